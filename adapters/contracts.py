@@ -1,0 +1,58 @@
+"""The compiled contracts as the adapters see them: ABIs, call encoding and custom-error decoding."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils import function_signature_to_4byte_selector
+from web3 import AsyncWeb3
+from web3.contract import AsyncContract
+
+from deploy.compile import load_artifacts
+
+
+@cache
+def abi(name: str) -> list[dict[str, Any]]:
+    """The ABI of a compiled contract in contracts_sol/artifacts.json."""
+    return load_artifacts()[name]["abi"]
+
+
+@cache
+def _offline(name: str) -> AsyncContract:
+    return AsyncWeb3().eth.contract(abi=abi(name))
+
+
+def encode_call(name: str, fn: str, *args: Any) -> str:
+    """Calldata for `fn(*args)` of contract `name`."""
+    return _offline(name).encode_abi(fn, args=list(args))
+
+
+@cache
+def _error_table() -> dict[bytes, tuple[str, list[str]]]:
+    table: dict[bytes, tuple[str, list[str]]] = {}
+    for art in load_artifacts().values():
+        for item in art["abi"]:
+            if item["type"] == "error":
+                types = [i["type"] for i in item["inputs"]]
+                sig = f"{item['name']}({','.join(types)})"
+                table[function_signature_to_4byte_selector(sig)] = (item["name"], types)
+    return table
+
+
+def decode_error(data: str | bytes | None) -> str | None:
+    """'SwapExpired(0x.., 1700000000)' for revert data of one of our custom errors, else None."""
+    if data is None:
+        return None
+    raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else data
+    entry = _error_table().get(raw[:4])
+    if entry is None:
+        return None
+    name, types = entry
+    try:
+        values = abi_decode(types, raw[4:])
+    except Exception:  # noqa: BLE001 - malformed data: the name alone is still useful
+        return name
+    shown = [("0x" + v.hex()) if isinstance(v, bytes) else str(v) for v in values]
+    return f"{name}({', '.join(shown)})"

@@ -1,0 +1,355 @@
+"""Shared EVM ledger code: RPC access with retry and failover, and a per-account transaction sender.
+
+`EvmChain` is one chain reached through a primary and optional standby RPC URLs: every read goes through
+`call()`, which retries transport failures with backoff and fails over to the next URL, raising
+`RpcUnavailable` only when all of them keep failing. `TxSender` owns one account's nonces: it signs locally,
+computes the hash before broadcasting (so a resend is recognised), keeps every unmined transaction so a
+dropped one is rebroadcast and a stuck one is replaced with a higher fee at the same nonce: no nonce gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import (
+    BadResponseFormat,
+    ContractLogicError,
+    ProviderConnectionError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
+)
+from web3.types import TxReceipt
+
+from adapters.contracts import decode_error
+from adapters.errors import ReceiptTimeout, RpcUnavailable, TransactionDropped, TransactionReverted
+
+T = TypeVar("T")
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+    ProviderConnectionError,
+    BadResponseFormat,
+    TimeExhausted,
+)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return True
+    # A JSON body that is not JSON-RPC ("garbage") surfaces as ValueError/KeyError inside web3.
+    return isinstance(exc, (ValueError, KeyError)) and not isinstance(exc, (Web3RPCError, ContractLogicError))
+
+
+class EvmChain:
+    """One EVM chain behind a primary and optional standby RPC URLs (in order of preference)."""
+
+    def __init__(
+        self,
+        name: str,
+        rpc_urls: Sequence[str],
+        *,
+        request_timeout: float = 5.0,
+        attempts_per_url: int = 3,
+    ) -> None:
+        if not rpc_urls:
+            raise ValueError(f"chain {name}: at least one RPC URL is required")
+        self.name = name
+        self.rpc_urls = list(rpc_urls)
+        self._w3s = [
+            AsyncWeb3(
+                AsyncHTTPProvider(
+                    url,
+                    request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
+                    exception_retry_configuration=None,  # retries and failover are ours, below
+                )
+            )
+            for url in self.rpc_urls
+        ]
+        self._active = 0
+        self._attempts_per_url = attempts_per_url
+        self.chain_id: int | None = None
+        self.rpc_errors = 0  # transport failures seen (exported as a metric)
+        self.last_ok = 0.0  # monotonic time of the last successful call (readiness)
+
+    @property
+    def w3(self) -> AsyncWeb3:
+        """The AsyncWeb3 of the endpoint currently in use."""
+        return self._w3s[self._active]
+
+    @property
+    def active_url(self) -> str:
+        return self.rpc_urls[self._active]
+
+    async def call(self, fn: Callable[[AsyncWeb3], Awaitable[T]]) -> T:
+        """Run `fn(w3)`; on transport errors retry with backoff, then fail over to the next URL."""
+        last: BaseException | None = None
+        for _ in range(len(self._w3s)):
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(_is_transport_error),
+                    stop=stop_after_attempt(self._attempts_per_url),
+                    wait=wait_exponential(multiplier=0.1, max=2.0),
+                    reraise=True,
+                ):
+                    with attempt:
+                        try:
+                            result = await fn(self.w3)
+                        except BaseException as exc:
+                            if _is_transport_error(exc):
+                                self.rpc_errors += 1
+                            raise
+                self.last_ok = time.monotonic()
+                return result
+            except BaseException as exc:
+                if not _is_transport_error(exc):
+                    raise
+                last = exc
+                self._active = (self._active + 1) % len(self._w3s)
+        raise RpcUnavailable(f"{self.name}: no RPC endpoint answered ({type(last).__name__}: {last})") from last
+
+    async def connect(self) -> int:
+        """Read and remember the chain id (also a reachability check)."""
+        self.chain_id = await self.call(lambda w3: w3.eth.chain_id)
+        return self.chain_id
+
+    async def block_number(self) -> int:
+        return await self.call(lambda w3: w3.eth.block_number)
+
+    async def get_block(self, ident: int | str) -> Any:
+        return await self.call(lambda w3: w3.eth.get_block(ident))
+
+    async def now(self) -> int:
+        """The chain's clock: the timestamp of its latest block."""
+        block = await self.get_block("latest")
+        return int(block["timestamp"])
+
+    async def receipt(self, tx_hash: HexBytes | str) -> TxReceipt | None:
+        """The receipt, or None when the transaction is not mined (or unknown)."""
+
+        async def fetch(w3: AsyncWeb3) -> TxReceipt | None:
+            try:
+                return await w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:
+                return None
+
+        return await self.call(fetch)
+
+    async def rpc(self, method: str, params: list[Any]) -> Any:
+        """A raw JSON-RPC call (anvil test controls, eth_getBlockReceipts, ...)."""
+
+        async def raw(w3: AsyncWeb3) -> Any:
+            resp = await w3.provider.make_request(method, params)  # type: ignore[arg-type]
+            if "error" in resp:
+                raise Web3RPCError(str(resp["error"]))
+            return resp["result"]
+
+        return await self.call(raw)
+
+    async def close(self) -> None:
+        for w3 in self._w3s:
+            await w3.provider.disconnect()
+
+
+@dataclass
+class SentTx:
+    """A signed transaction this sender broadcast; `hashes` holds the original and any fee-bumped replacements."""
+
+    nonce: int
+    params: dict[str, Any]
+    raw: bytes
+    hashes: list[HexBytes] = field(default_factory=list)
+    sent_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def tx_hash(self) -> HexBytes:
+        return self.hashes[-1]
+
+
+_ALREADY_SENT_MARKERS = ("already known", "known transaction", "already imported", "nonce too low")
+
+
+class TxSender:
+    """Sends transactions for ONE account that this process alone signs for: a local nonce ledger.
+
+    The nonce is read from the chain once, then counted locally under a lock; sign-and-broadcast is
+    serialised, waiting for receipts is not, so several transactions can be in flight (pipelining).
+    """
+
+    def __init__(
+        self,
+        chain: EvmChain,
+        account: LocalAccount,
+        *,
+        priority_fee_wei: int = 1_000_000_000,
+        rebroadcast_after: float = 3.0,
+        bump_after: float = 12.0,
+        fee_bump_percent: int = 15,
+        gas_margin_percent: int = 20,
+    ) -> None:
+        self.chain = chain
+        self.account = account
+        self.address = account.address
+        self.priority_fee_wei = priority_fee_wei
+        self.rebroadcast_after = rebroadcast_after
+        self.bump_after = bump_after
+        self.fee_bump_percent = fee_bump_percent
+        self.gas_margin_percent = gas_margin_percent
+        self._lock = asyncio.Lock()
+        self._next_nonce: int | None = None
+        self.in_flight: dict[int, SentTx] = {}
+        self._block_seen = asyncio.Event()
+        self.gas_used_total = 0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"TxSender({self.chain.name}, {self.address})"
+
+    def notify_new_block(self) -> None:
+        """Called by a block follower: wakes receipt waiters at once instead of waiting for their poll."""
+        self._block_seen.set()
+
+    async def _fees(self) -> tuple[int, int]:
+        block = await self.chain.get_block("latest")
+        base = int(block.get("baseFeePerGas", 0) or 0)
+        return 2 * base + self.priority_fee_wei, self.priority_fee_wei
+
+    async def estimate_gas(self, to: str | None, data: bytes | str, value: int = 0) -> int:
+        """Gas estimate with margin; raises TransactionReverted with the revert reason if it would fail."""
+        tx = {"from": self.address, "data": HexBytes(data), "value": value}
+        if to is not None:
+            tx["to"] = to
+        try:
+            est = await self.chain.call(lambda w3: w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            reason = decode_error(getattr(exc, "data", None)) or str(exc)
+            raise TransactionReverted(f"{self.chain.name}: would revert: {reason}", reason=reason) from exc
+        return est * (100 + self.gas_margin_percent) // 100
+
+    async def send(self, to: str | None, data: bytes | str, *, gas: int | None = None, value: int = 0) -> SentTx:
+        """Sign and broadcast; returns once the node accepted it (or already had it)."""
+        if gas is None:
+            gas = await self.estimate_gas(to, data, value)
+        max_fee, tip = await self._fees()
+        async with self._lock:
+            if self._next_nonce is None:  # once per process: this account is ours alone
+                self._next_nonce = await self.chain.call(
+                    lambda w3: w3.eth.get_transaction_count(self.address, "pending")
+                )
+            params: dict[str, Any] = {
+                "chainId": self.chain.chain_id or await self.chain.connect(),
+                "nonce": self._next_nonce,
+                "gas": gas,
+                "maxFeePerGas": max_fee,
+                "maxPriorityFeePerGas": tip,
+                "value": value,
+                "data": HexBytes(data),
+                "type": 2,
+            }
+            if to is not None:
+                params["to"] = to
+            sent = self._sign(params)
+            await self._broadcast(sent)
+            self._next_nonce += 1
+            self.in_flight[sent.nonce] = sent
+            return sent
+
+    def _sign(self, params: dict[str, Any], previous: SentTx | None = None) -> SentTx:
+        signed = self.account.sign_transaction(params)
+        sent = previous or SentTx(nonce=params["nonce"], params=params, raw=b"")
+        sent.params, sent.raw = params, bytes(signed.raw_transaction)
+        sent.hashes.append(HexBytes(signed.hash))
+        sent.sent_at = time.monotonic()
+        return sent
+
+    async def _broadcast(self, sent: SentTx) -> None:
+        try:
+            await self.chain.call(lambda w3: w3.eth.send_raw_transaction(sent.raw))
+        except Web3RPCError as exc:
+            text = str(exc).lower()
+            if any(m in text for m in _ALREADY_SENT_MARKERS):
+                # A transport-level retry may have delivered it already; the receipt wait decides.
+                return
+            raise TransactionReverted(f"{self.chain.name}: rejected by node: {exc}", reason=str(exc)) from exc
+
+    async def _find_receipt(self, sent: SentTx) -> TxReceipt | None:
+        for h in reversed(sent.hashes):
+            receipt = await self.chain.receipt(h)
+            if receipt is not None:
+                return receipt
+        return None
+
+    async def _known_to_node(self, sent: SentTx) -> bool:
+        async def lookup(w3: AsyncWeb3) -> bool:
+            try:
+                await w3.eth.get_transaction(sent.tx_hash)
+                return True
+            except TransactionNotFound:
+                return False
+
+        return await self.chain.call(lookup)
+
+    async def _bump(self, sent: SentTx) -> None:
+        max_fee, tip = await self._fees()
+        params = dict(sent.params)
+        factor = 100 + self.fee_bump_percent
+        params["maxPriorityFeePerGas"] = max(tip, params["maxPriorityFeePerGas"] * factor // 100 + 1)
+        params["maxFeePerGas"] = max(max_fee, params["maxFeePerGas"] * factor // 100 + 1)
+        self._sign(params, previous=sent)
+        await self._broadcast(sent)
+
+    async def wait(self, sent: SentTx, *, timeout: float = 120.0, poll: float = 0.25) -> TxReceipt:
+        """Wait for the receipt; rebroadcast a transaction the node forgot, replace a stuck one with a higher fee."""
+        deadline = time.monotonic() + timeout
+        last_action = time.monotonic()
+        first_sent = sent.sent_at
+        while True:
+            receipt = await self._find_receipt(sent)
+            if receipt is not None:
+                self.in_flight.pop(sent.nonce, None)
+                self.gas_used_total += int(receipt["gasUsed"])
+                if receipt["status"] != 1:
+                    raise TransactionReverted(
+                        f"{self.chain.name}: transaction {receipt['transactionHash'].hex()} reverted",
+                        tx_hash=receipt["transactionHash"].hex(),
+                    )
+                return receipt
+            now = time.monotonic()
+            if now > deadline:
+                raise ReceiptTimeout(f"{self.chain.name}: no receipt for nonce {sent.nonce} after {timeout:.0f}s")
+            if now - last_action > self.rebroadcast_after:
+                last_action = now
+                if now - first_sent > self.bump_after:
+                    await self._bump(sent)
+                elif not await self._known_to_node(sent):
+                    try:
+                        await self._broadcast(sent)
+                    except TransactionReverted as exc:
+                        raise TransactionDropped(f"{self.chain.name}: nonce {sent.nonce} was taken: {exc}") from exc
+            self._block_seen.clear()
+            try:
+                await asyncio.wait_for(self._block_seen.wait(), poll)
+            except asyncio.TimeoutError:
+                pass
+
+    async def transact(
+        self, to: str | None, data: bytes | str, *, gas: int | None = None, timeout: float = 120.0
+    ) -> TxReceipt:
+        """send() then wait()."""
+        return await self.wait(await self.send(to, data, gas=gas), timeout=timeout)
+
+    async def resync_nonce(self) -> None:
+        """Forget the local nonce (e.g. after a chain rollback); the next send reads it from the chain."""
+        async with self._lock:
+            self._next_nonce = None

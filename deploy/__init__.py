@@ -1,0 +1,1 @@
+"""Compile, local devnet and deployment tooling for dvp-relayer."""

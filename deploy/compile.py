@@ -1,0 +1,125 @@
+"""Compile contracts_sol/src with the pinned solc through py-solc-x and keep ABI + bytecode in the repo.
+
+Every source (ours and OpenZeppelin's) is inlined into the standard-JSON input, so a native solc and the
+npm solcjs shim see byte-identical input and produce byte-identical output. `check_artifacts()` recompiles
+and compares with what is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import solcx
+
+from deploy.toolchain import NODE_MODULES, REPO_ROOT, SOLC_VERSION, solc_binary
+
+CONTRACTS_DIR = REPO_ROOT / "contracts_sol"
+SRC_DIR = CONTRACTS_DIR / "src"
+ARTIFACTS_FILE = CONTRACTS_DIR / "artifacts.json"
+
+# The settings are part of the pinned build: changing them changes every bytecode.
+COMPILER_SETTINGS: dict[str, Any] = {
+    "optimizer": {"enabled": True, "runs": 1_000_000},
+    "viaIR": True,
+    "evmVersion": "cancun",
+    "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
+}
+
+_IMPORT_RE = re.compile(r'^\s*import\s+(?:[^"\']*from\s+)?["\']([^"\']+)["\']', re.MULTILINE)
+
+
+class CompileError(RuntimeError):
+    """Raised when solc reports an error; the message holds solc's formatted errors."""
+
+
+def _resolve(unit: str, imported: str) -> str:
+    if imported.startswith("."):
+        parts = unit.split("/")[:-1]
+        for piece in imported.split("/"):
+            if piece == "..":
+                parts.pop()
+            elif piece != ".":
+                parts.append(piece)
+        return "/".join(parts)
+    return imported
+
+
+def _read_unit(unit: str) -> str:
+    if unit.startswith("@"):
+        return (NODE_MODULES / unit).read_text()
+    return (CONTRACTS_DIR / unit).read_text()
+
+
+def collect_sources() -> dict[str, dict[str, str]]:
+    """All source units reachable from contracts_sol/src, keyed by their solc unit name."""
+    pending = sorted(str(p.relative_to(CONTRACTS_DIR)) for p in SRC_DIR.rglob("*.sol"))
+    sources: dict[str, dict[str, str]] = {}
+    while pending:
+        unit = pending.pop()
+        if unit in sources:
+            continue
+        text = _read_unit(unit)
+        sources[unit] = {"content": text}
+        pending.extend(_resolve(unit, imp) for imp in _IMPORT_RE.findall(text))
+    return dict(sorted(sources.items()))
+
+
+def compile_all() -> dict[str, dict[str, Any]]:
+    """Compile and return {contract name: {abi, bytecode, deployedBytecode, source}} for our own contracts."""
+    standard_input = {"language": "Solidity", "sources": collect_sources(), "settings": COMPILER_SETTINGS}
+    try:
+        output = solcx.compile_standard(standard_input, solc_binary=solc_binary(), allow_empty=True)
+    except solcx.exceptions.SolcError as exc:
+        raise CompileError(str(exc)) from exc
+    errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
+    if errors:
+        raise CompileError("\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors))
+    artifacts: dict[str, dict[str, Any]] = {}
+    for unit, contracts in output["contracts"].items():
+        if unit.startswith("@"):
+            continue
+        for name, data in contracts.items():
+            bytecode = data["evm"]["bytecode"]["object"]
+            if not bytecode:
+                continue  # abstract contracts and interfaces
+            artifacts[name] = {
+                "source": unit,
+                "abi": data["abi"],
+                "bytecode": "0x" + bytecode,
+                "deployedBytecode": "0x" + data["evm"]["deployedBytecode"]["object"],
+            }
+    return dict(sorted(artifacts.items()))
+
+
+def render(artifacts: dict[str, dict[str, Any]]) -> str:
+    doc = {"compiler": {"version": SOLC_VERSION, "settings": COMPILER_SETTINGS}, "contracts": artifacts}
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def write_artifacts(path: Path = ARTIFACTS_FILE) -> Path:
+    """Compile and write the committed artifacts file."""
+    path.write_text(render(compile_all()))
+    return path
+
+
+def check_artifacts(path: Path = ARTIFACTS_FILE) -> list[str]:
+    """Names of contracts whose committed artifact differs from a fresh compile (empty list = reproducible)."""
+    committed = json.loads(path.read_text())
+    fresh = json.loads(render(compile_all()))
+    names = set(committed["contracts"]) | set(fresh["contracts"])
+    differing = [n for n in sorted(names) if committed["contracts"].get(n) != fresh["contracts"].get(n)]
+    if committed["compiler"] != fresh["compiler"]:
+        differing.insert(0, "<compiler settings>")
+    return differing
+
+
+def load_artifacts(path: Path = ARTIFACTS_FILE) -> dict[str, dict[str, Any]]:
+    """The committed artifacts, without compiling."""
+    return json.loads(path.read_text())["contracts"]
+
+
+if __name__ == "__main__":
+    print(write_artifacts())

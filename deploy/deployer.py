@@ -1,0 +1,102 @@
+"""Deploy the escrow and tokens to any EVM endpoint, and set up balances for a local devnet."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+
+from adapters.evm import EvmChain, TxSender
+from deploy.compile import load_artifacts
+
+MAX_UINT256 = 2**256 - 1
+
+
+@dataclass
+class ChainDeployment:
+    """What a relayer needs to know about one chain after deployment."""
+
+    name: str
+    chain_id: int
+    rpc_url: str
+    escrow: str
+    tokens: dict[str, str] = field(default_factory=dict)  # symbol -> address
+    deploy_block: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def contract_data(name: str, *ctor_args: Any) -> str:
+    """Creation bytecode of a compiled contract with its constructor arguments."""
+    art = load_artifacts()[name]
+    factory = AsyncWeb3().eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+    return factory.constructor(*ctor_args).data_in_transaction
+
+
+def encode_call(contract_name: str, fn: str, *args: Any) -> str:
+    art = load_artifacts()[contract_name]
+    return AsyncWeb3().eth.contract(abi=art["abi"]).encode_abi(fn, args=list(args))
+
+
+async def deploy(sender: TxSender, name: str, *ctor_args: Any) -> str:
+    receipt = await sender.transact(None, contract_data(name, *ctor_args))
+    return str(receipt["contractAddress"])
+
+
+async def deploy_chain(
+    chain: EvmChain,
+    deployer: LocalAccount,
+    *,
+    kind: str,
+    token_name: str,
+    token_symbol: str,
+    token_decimals: int = 0,
+) -> ChainDeployment:
+    """Deploy the escrow and one permissioned token (kind 'st' = SecurityToken, 'sc' = Stablecoin)."""
+    chain_id = await chain.connect()
+    start_block = await chain.block_number()
+    sender = TxSender(chain, deployer)
+    escrow = await deploy(sender, "HashedTimelockEscrow")
+    if kind == "st":
+        token = await deploy(sender, "SecurityToken", token_name, token_symbol, deployer.address)
+    elif kind == "sc":
+        token = await deploy(sender, "Stablecoin", token_name, token_symbol, token_decimals, deployer.address)
+    else:
+        raise ValueError(f"unknown ledger kind {kind!r}: expected 'st' or 'sc'")
+    token_contract = "SecurityToken" if kind == "st" else "Stablecoin"
+    await sender.transact(token, encode_call(token_contract, "setAllowed", [escrow], True))
+    return ChainDeployment(
+        name=chain.name,
+        chain_id=chain_id,
+        rpc_url=chain.active_url,
+        escrow=escrow,
+        tokens={token_symbol: token},
+        deploy_block=start_block,
+    )
+
+
+async def onboard_holder(
+    chain: EvmChain,
+    issuer: LocalAccount,
+    holder: LocalAccount,
+    deployment: ChainDeployment,
+    *,
+    kind: str,
+    issue_amount: int,
+) -> None:
+    """Allowlist a holder, issue it tokens and let it approve the escrow (a devnet convenience)."""
+    token_contract = "SecurityToken" if kind == "st" else "Stablecoin"
+    token = next(iter(deployment.tokens.values()))
+    issuer_tx = TxSender(chain, issuer)
+    await issuer_tx.transact(token, encode_call(token_contract, "setAllowed", [holder.address], True))
+    if issue_amount:
+        if kind == "st":
+            data = encode_call(token_contract, "issue", holder.address, issue_amount)
+        else:
+            data = encode_call(token_contract, "issue", holder.address, issue_amount, b"\x00" * 32)
+        await issuer_tx.transact(token, data)
+    holder_tx = TxSender(chain, holder)
+    await holder_tx.transact(token, encode_call(token_contract, "approve", deployment.escrow, MAX_UINT256))

@@ -1,0 +1,204 @@
+"""Start and stop the real local components (anvil, redis-server) as child processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.toolchain import anvil_binary
+
+# anvil's well-known development mnemonic: local devnets and tests only, never real funds.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+class ProcessStartError(RuntimeError):
+    """Raised when a child process did not come up (port busy, crashed, wrong program on the port)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def rpc_request(url: str, method: str, params: list | None = None, timeout: float = 2.0) -> object:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        doc = json.loads(resp.read())
+    if "error" in doc:
+        raise ProcessStartError(f"{method}: {doc['error']}")
+    return doc["result"]
+
+
+@dataclass
+class AnvilProcess:
+    """One anvil chain. `block_time=None` means automine (a block per transaction)."""
+
+    chain_id: int
+    port: int
+    block_time: float | None = None
+    state_file: Path | None = None
+    log_file: Path | None = None
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(anvil_binary()),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--chain-id", str(self.chain_id),
+            "--mnemonic", DEV_MNEMONIC,
+            "--accounts", "10",
+            "--silent",
+        ]
+        if self.block_time is not None:
+            cmd += ["--block-time", str(self.block_time)]
+        if self.state_file is not None:
+            cmd += ["--state", str(self.state_file), "--state-interval", "1"]
+        return cmd
+
+    def start(self, timeout: float = 20.0) -> AnvilProcess:
+        if port_open(self.port):
+            raise ProcessStartError(f"port {self.port} is already in use; refusing to share someone else's chain")
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ProcessStartError(f"anvil exited with {self.proc.returncode} (port {self.port})")
+            try:
+                version = str(rpc_request(self.url, "web3_clientVersion"))
+                if "anvil" not in version.lower():
+                    raise ProcessStartError(f"port {self.port} answers as {version!r}, not anvil")
+                return self
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        self.stop()
+        raise ProcessStartError(f"anvil on port {self.port} did not answer within {timeout}s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self.pid = None
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None:
+                if self.proc.poll() is not None:
+                    break
+            elif not _alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            self.proc.wait(timeout=timeout)
+        self.pid = None
+
+    def pause(self) -> None:
+        """SIGSTOP: RPC calls hang with no answer (a stalled node)."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise ProcessStartError("redis-server not installed (Debian: apt-get install redis-server)")
+    return found
+
+
+@dataclass
+class RedisProcess:
+    """A throw-away (or devnet) redis-server with AOF, bound to 127.0.0.1."""
+
+    port: int
+    data_dir: Path
+    appendfsync: str = "always"
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        if port_open(self.port):
+            raise ProcessStartError(f"port {self.port} is already in use")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            redis_server_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ProcessStartError(f"redis-server exited with {self.proc.returncode}")
+            if port_open(self.port):
+                return self
+            time.sleep(0.05)
+        raise ProcessStartError(f"redis-server on port {self.port} did not start")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+        else:
+            deadline = time.monotonic() + 10
+            while _alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.pid = None
