@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import function_signature_to_4byte_selector
+from eth_utils import function_signature_to_4byte_selector, keccak
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
@@ -22,6 +22,11 @@ def abi(name: str) -> list[dict[str, Any]]:
 @cache
 def _offline(name: str) -> AsyncContract:
     return AsyncWeb3().eth.contract(abi=abi(name))
+
+
+def swap_id(sender: str, trade_id: bytes) -> bytes:
+    """The escrow's id of the swap `sender` locked for `trade_id`: keccak256(abi.encode(sender, tradeId))."""
+    return bytes(keccak(bytes(12) + bytes.fromhex(sender[2:]) + trade_id))
 
 
 def encode_call(name: str, fn: str, *args: Any) -> str:

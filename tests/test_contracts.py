@@ -10,7 +10,7 @@ from eth_account import Account
 
 from web3.logs import DISCARD
 
-from adapters.contracts import abi, encode_call
+from adapters.contracts import abi, encode_call, swap_id
 from deploy.deployer import MAX_UINT256
 from tests.chain_kit import Kit, new_secret
 
@@ -28,6 +28,11 @@ async def env(kit: Kit):
     await kit.tx(seller, ST, st, "approve", escrow, MAX_UINT256)
     return dict(kit=kit, escrow=escrow, st=st, issuer=issuer, seller=seller, buyer=buyer, relayer=relayer,
                 outsider=outsider)
+
+
+def claim_args(swap, preimage):
+    trade, sender, token, amount, receiver, _h, timelock = swap
+    return (preimage, swap_id(sender, trade), token, amount, receiver, timelock)
 
 
 def tid() -> bytes:
@@ -58,10 +63,10 @@ async def test_lock_then_claim_pays_receiver_and_emits_every_term(env):
     assert await kit.view(E, env["escrow"], "isActive", swap) is True
     assert await bal(env, env["seller"].address) == before_seller - 250
     # anyone (here: the relayer) may claim; funds can only go to the receiver in the lock
-    receipt = await kit.tx(env["relayer"], E, env["escrow"], "claim", swap, secret)
+    receipt = await kit.tx(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
     escrow = kit.chain.w3.eth.contract(address=env["escrow"], abi=abi(E))
     (claimed,) = escrow.events.Claimed().process_receipt(receipt, errors=DISCARD)
-    assert claimed["args"]["preimage"] == secret and claimed["args"]["tradeId"] == swap[0]
+    assert claimed["args"]["preimage"] == secret and claimed["args"]["swapId"] == swap_id(swap[1], swap[0])
     assert await bal(env, env["buyer"].address) == before_buyer + 250
     assert await kit.view(E, env["escrow"], "isActive", swap) is False
 
@@ -90,15 +95,15 @@ async def test_refund_after_timelock_returns_to_sender(env):
 
 async def test_wrong_preimage_is_rejected(env):
     swap, _ = await lock(env)
-    err = await env["kit"].reverts(env["relayer"], E, env["escrow"], "claim", swap, os.urandom(32))
-    assert err.startswith("WrongPreimage")
+    err = await env["kit"].reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, os.urandom(32)))
+    assert err.startswith("WrongPreimageOrTerms")
 
 
 async def test_claim_after_timelock_is_rejected(env):
     kit: Kit = env["kit"]
     swap, secret = await lock(env, ttl=50)
     await kit.warp(50)
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", swap, secret)
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
     assert err.startswith("SwapExpired")
 
 
@@ -111,8 +116,8 @@ async def test_refund_before_timelock_is_rejected(env):
 async def test_double_claim_is_rejected(env):
     kit: Kit = env["kit"]
     swap, secret = await lock(env)
-    await kit.tx(env["relayer"], E, env["escrow"], "claim", swap, secret)
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", swap, secret)
+    await kit.tx(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
     assert err.startswith("SwapNotActive")
 
 
@@ -138,12 +143,17 @@ async def test_claim_with_altered_terms_is_rejected(env):
     swap, secret = await lock(env, amount=10)
     forged = list(swap)
     forged[3] = 1_000  # claim more than locked
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", tuple(forged), secret)
-    assert err.startswith("TermsMismatch")
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(tuple(forged), secret))
+    assert err.startswith("WrongPreimageOrTerms")
     forged = list(swap)
     forged[4] = env["outsider"].address  # redirect the funds
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", tuple(forged), secret)
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(tuple(forged), secret))
+    assert err.startswith("WrongPreimageOrTerms")
+    # a refund with altered terms is refused too
+    await kit.warp(3601)
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "refund", tuple(forged))
     assert err.startswith("TermsMismatch")
+    await kit.tx(env["relayer"], E, env["escrow"], "refund", swap)
 
 
 async def test_invalid_terms_are_rejected(env):
@@ -260,29 +270,37 @@ async def test_batch_with_one_bad_entry_reverts_whole_batch(env):
     terms = [(tid(), env["st"], 4, env["buyer"].address, hashlib.sha256(s).digest(), now + 600) for s in secrets]
     await kit.tx(env["seller"], E, env["escrow"], "lockBatch", terms)
     swaps = [(t[0], env["seller"].address, *t[1:]) for t in terms]
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimBatch", swaps, [secrets[0], os.urandom(32)])
-    assert err.startswith("WrongPreimage")
-    await kit.tx(env["relayer"], E, env["escrow"], "claimBatch", swaps, secrets)
+    bad_claims = [claim_args(swaps[0], secrets[0]), claim_args(swaps[1], os.urandom(32))]
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimBatch", bad_claims)
+    assert err.startswith("WrongPreimageOrTerms")
+    assert await kit.view(E, env["escrow"], "isActive", swaps[0])
+    await kit.tx(env["relayer"], E, env["escrow"], "claimBatch", [claim_args(sw, sc) for sw, sc in zip(swaps, secrets)])
     assert not await kit.view(E, env["escrow"], "isActive", swaps[0])
 
 
-async def test_reentrant_token_cannot_reenter(env):
+async def test_reentrant_token_cannot_double_claim_or_skim(env):
+    """Effects precede every token call: a token re-entering the escrow finds the swap already cleared."""
     kit: Kit = env["kit"]
-    seller = env["seller"]
+    seller, buyer = env["seller"], env["buyer"]
     tok = await kit.deploy(seller, "ReentrantToken")
     await kit.tx(seller, "ReentrantToken", tok, "mint", seller.address, 1000)
     await kit.tx(seller, "ReentrantToken", tok, "approve", env["escrow"], MAX_UINT256)
-    # a first, honest swap holds 100 tokens in escrow
-    now = await kit.now()
-    secret, h = new_secret()
-    trade = tid()
-    await kit.tx(seller, E, env["escrow"], "lock", trade, tok, 100, env["buyer"].address, h, now + 600)
-    # arm the token: during the next transferFrom it tries to claim the honest swap again
-    payload = encode_call(E, "claim", (trade, seller.address, tok, 100, env["buyer"].address, h, now + 600), secret)
-    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], payload)
-    _, h2 = new_secret()
-    err = await kit.reverts(seller, E, env["escrow"], "lock", tid(), tok, 50, env["buyer"].address, h2, now + 600)
-    assert err.startswith("ReentrancyGuardReentrantCall")
+    ballast, _ = await lock(env, amount=500, token=tok)  # other funds of this token sit in escrow
+    swap, secret = await lock(env, amount=100, token=tok)
+    args = claim_args(swap, secret)
+    # during the claim's transfer the token claims the same swap again
+    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], encode_call(E, "claim", *args))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *args)
+    assert err.startswith("SwapNotActive")
+    # during a lock's pull the token claims another live swap: the escrow's balance check refuses the lock
+    await kit.tx(seller, "ReentrantToken", tok, "arm", "0x" + "00" * 20, b"")
+    swap2, secret2 = await lock(env, amount=100, token=tok)
+    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], encode_call(E, "claim", *claim_args(swap2, secret2)))
+    _, h = new_secret()
+    await kit.reverts(seller, E, env["escrow"], "lock", tid(), tok, 50, buyer.address, h, await kit.now() + 600)
+    assert await kit.view(E, env["escrow"], "isActive", swap2)
+    assert await kit.view("ReentrantToken", tok, "balanceOf", env["escrow"]) == 700  # 500 + 100 + 100
+    assert await kit.view("ReentrantToken", tok, "balanceOf", buyer.address) == 0
 
 
 async def test_fee_on_transfer_token_is_rejected(env):
@@ -304,7 +322,7 @@ async def test_token_without_return_value_works(env):
     await kit.tx(seller, "NoReturnToken", tok, "mint", seller.address, 1000)
     await kit.tx(seller, "NoReturnToken", tok, "approve", env["escrow"], MAX_UINT256)
     swap, secret = await lock(env, amount=300, token=tok)
-    await kit.tx(env["relayer"], E, env["escrow"], "claim", swap, secret)
+    await kit.tx(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
     assert await kit.view("NoReturnToken", tok, "balanceOf", buyer.address) == 300
 
 
@@ -318,7 +336,7 @@ async def test_non_allowlisted_holder_cannot_lock_or_receive(env):
     assert err.startswith("HolderNotAllowed")
     # a lock towards a receiver who is not allowlisted can never be claimed; it can only be refunded
     swap, secret = await lock(env, amount=3, receiver=outsider.address, ttl=60)
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", swap, secret)
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
     assert err.startswith("HolderNotAllowed")
 
 

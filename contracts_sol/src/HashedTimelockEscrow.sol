@@ -7,7 +7,6 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
-import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 /// @title HashedTimelockEscrow
 /// @notice One escrow for any ERC-20, deployed once per chain. A swap is identified by (sender, tradeId)
@@ -17,7 +16,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 ///         are permissionless because funds can only go to the receiver (claim) or the sender (refund).
 ///         A finished swap's slot is cleared (gas refund); a lock by signature consumes a per-signer
 ///         nonce, so a signed lock can never be replayed after its swap was cleared.
-contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
+contract HashedTimelockEscrow is EIP712, Nonces {
     using SafeERC20 for IERC20;
 
     /// @notice Terms chosen by the sender when locking.
@@ -30,7 +29,17 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
         uint64 timelock;
     }
 
-    /// @notice Everything that identifies a live swap; passed back to claim or refund it.
+    /// @notice A claim: the preimage, the swap's id and its terms except the hashlock (= sha256(preimage)).
+    struct Claim {
+        bytes32 preimage;
+        bytes32 swapId;
+        address token;
+        uint256 amount;
+        address receiver;
+        uint64 timelock;
+    }
+
+    /// @notice Everything that identifies a live swap; passed back to refund it.
     struct Swap {
         bytes32 tradeId;
         address sender;
@@ -45,33 +54,35 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
         "Lock(bytes32 tradeId,address token,uint256 amount,address receiver,bytes32 hashlock,uint64 timelock,uint256 nonce,uint256 deadline)"
     );
 
-    /// @notice swapId => keccak256(token, amount, receiver, hashlock, timelock); zero when no live swap.
-    mapping(bytes32 swapId => bytes32 termsHash) public swaps;
+    // Storage: the swap's terms hash lives at storage slot `swapId(sender, tradeId)` itself (a keccak, so it
+    // cannot collide with the few fixed slots of EIP712/Nonces). No mapping: one keccak less per operation.
 
+    /// @dev Only tradeId is indexed (watchers filter by trade); each extra topic would cost 119 gas per lock.
     event Locked(
         bytes32 indexed tradeId,
-        address indexed sender,
-        address indexed receiver,
+        address sender,
+        address receiver,
         address token,
         uint256 amount,
         bytes32 hashlock,
         uint64 timelock
     );
-    event Claimed(bytes32 indexed tradeId, address indexed sender, bytes32 preimage);
-    event Refunded(bytes32 indexed tradeId, address indexed sender);
+    /// @dev Claimed and Refunded name the swap by id = swapId(sender, tradeId), which watchers compute.
+    event Claimed(bytes32 indexed swapId, bytes32 preimage);
+    event Refunded(bytes32 indexed swapId);
 
     /// @notice A live swap already uses this (sender, tradeId).
     error SwapAlreadyExists(bytes32 tradeId, address sender);
-    /// @notice No live swap for this (sender, tradeId): never locked, or already claimed or refunded.
-    error SwapNotActive(bytes32 tradeId, address sender);
+    /// @notice No live swap with this id: never locked, or already claimed or refunded.
+    error SwapNotActive(bytes32 swapId);
     /// @notice A live swap exists but the terms given do not match the ones locked.
-    error TermsMismatch(bytes32 tradeId, address sender);
-    /// @notice sha256(preimage) differs from the hashlock.
-    error WrongPreimage(bytes32 tradeId);
+    error TermsMismatch(bytes32 swapId);
+    /// @notice A live swap exists, but not with sha256(preimage) as hashlock and these terms.
+    error WrongPreimageOrTerms(bytes32 swapId);
     /// @notice The timelock has passed: the swap can only be refunded.
-    error SwapExpired(bytes32 tradeId, uint64 timelock);
+    error SwapExpired(bytes32 swapId, uint64 timelock);
     /// @notice The timelock has not passed yet: the swap can only be claimed.
-    error SwapNotExpired(bytes32 tradeId, uint64 timelock);
+    error SwapNotExpired(bytes32 swapId, uint64 timelock);
     /// @notice Amount zero, receiver zero, zero hashlock or a timelock not in the future.
     error InvalidTerms(bytes32 tradeId);
     /// @notice The escrow received a different amount than it pulled (fee-on-transfer or rebasing token).
@@ -95,14 +106,14 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
         address receiver,
         bytes32 hashlock,
         uint64 timelock
-    ) external nonReentrant {
+    ) external {
         _record(tradeId, msg.sender, token, amount, receiver, hashlock, timelock);
         _pull(token, msg.sender, amount);
     }
 
     /// @notice Lock many swaps from msg.sender in one transaction; all or nothing. Consecutive entries of
     ///         the same token are pulled with a single transferFrom.
-    function lockBatch(LockTerms[] calldata terms) external nonReentrant {
+    function lockBatch(LockTerms[] calldata terms) external {
         uint256 n = terms.length;
         if (n == 0) revert BadBatch();
         address runToken = terms[0].token;
@@ -125,7 +136,7 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
     ///         the receiver the sender signed for, or back to the sender: the submitter never has custody.
     function lockWithSig(LockTerms calldata t, address sender, uint256 deadline, bytes calldata signature)
         external
-        nonReentrant
+       
     {
         _checkLockSig(t, sender, deadline, signature);
         _record(t.tradeId, sender, t.token, t.amount, t.receiver, t.hashlock, t.timelock);
@@ -143,7 +154,7 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
         uint8 v,
         bytes32 r,
         bytes32 s
-    ) external nonReentrant {
+    ) external {
         _checkLockSig(t, sender, deadline, signature);
         try IERC20Permit(t.token).permit(sender, address(this), t.amount, permitDeadline, v, r, s) {} catch {}
         _record(t.tradeId, sender, t.token, t.amount, t.receiver, t.hashlock, t.timelock);
@@ -152,28 +163,32 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
 
     // ----------------------------------------------------------------- claim
 
-    /// @notice Pay the receiver by revealing the preimage, strictly before the timelock.
-    function claim(Swap calldata s, bytes32 preimage) external nonReentrant {
-        _settle(s, preimage);
-        IERC20(s.token).safeTransfer(s.receiver, s.amount);
+    /// @notice Pay the receiver by revealing the preimage, strictly before the timelock. The hashlock is not
+    ///         passed: it is sha256(preimage), checked through the stored terms hash.
+    function claim(bytes32 preimage, bytes32 id, address token, uint256 amount, address receiver, uint64 timelock)
+        external
+       
+    {
+        _settle(preimage, id, token, amount, receiver, timelock);
+        IERC20(token).safeTransfer(receiver, amount);
     }
 
     /// @notice Claim many swaps; all or nothing. Consecutive entries with the same token and receiver are
     ///         paid with a single transfer.
-    function claimBatch(Swap[] calldata ss, bytes32[] calldata preimages) external nonReentrant {
-        uint256 n = ss.length;
-        if (n == 0 || n != preimages.length) revert BadBatch();
-        address runToken = ss[0].token;
-        address runTo = ss[0].receiver;
+    function claimBatch(Claim[] calldata cs) external {
+        uint256 n = cs.length;
+        if (n == 0) revert BadBatch();
+        address runToken = cs[0].token;
+        address runTo = cs[0].receiver;
         uint256 runAmount;
         for (uint256 i; i < n; ++i) {
-            Swap calldata s = ss[i];
-            if (s.token != runToken || s.receiver != runTo) {
+            Claim calldata c = cs[i];
+            if (c.token != runToken || c.receiver != runTo) {
                 IERC20(runToken).safeTransfer(runTo, runAmount);
-                (runToken, runTo, runAmount) = (s.token, s.receiver, 0);
+                (runToken, runTo, runAmount) = (c.token, c.receiver, 0);
             }
-            _settle(s, preimages[i]);
-            runAmount += s.amount;
+            _settle(c.preimage, c.swapId, c.token, c.amount, c.receiver, c.timelock);
+            runAmount += c.amount;
         }
         IERC20(runToken).safeTransfer(runTo, runAmount);
     }
@@ -181,14 +196,14 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- refund
 
     /// @notice Return the tokens to the sender once the timelock has passed. Anyone may call it.
-    function refund(Swap calldata s) external nonReentrant {
+    function refund(Swap calldata s) external {
         _unwind(s);
         IERC20(s.token).safeTransfer(s.sender, s.amount);
     }
 
     /// @notice Refund many swaps; all or nothing. Consecutive entries with the same token and sender are
     ///         paid back with a single transfer.
-    function refundBatch(Swap[] calldata ss) external nonReentrant {
+    function refundBatch(Swap[] calldata ss) external {
         uint256 n = ss.length;
         if (n == 0) revert BadBatch();
         address runToken = ss[0].token;
@@ -234,9 +249,16 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
         }
     }
 
+    /// @notice keccak256(token, amount, receiver, hashlock, timelock) of the live swap, or zero.
+    function swaps(bytes32 id) public view returns (bytes32 stored) {
+        assembly ("memory-safe") {
+            stored := sload(id)
+        }
+    }
+
     /// @notice True while the swap is locked with exactly these terms (neither claimed nor refunded).
     function isActive(Swap calldata s) external view returns (bool) {
-        bytes32 stored = swaps[swapId(s.sender, s.tradeId)];
+        bytes32 stored = swaps(swapId(s.sender, s.tradeId));
         return stored != bytes32(0) && stored == termsHash(s.token, s.amount, s.receiver, s.hashlock, s.timelock);
     }
 
@@ -260,41 +282,65 @@ contract HashedTimelockEscrow is EIP712, Nonces, ReentrancyGuardTransient {
             revert InvalidTerms(tradeId);
         }
         bytes32 id = swapId(sender, tradeId);
-        if (swaps[id] != bytes32(0)) revert SwapAlreadyExists(tradeId, sender);
-        swaps[id] = termsHash(token, amount, receiver, hashlock, timelock);
+        if (swaps(id) != bytes32(0)) revert SwapAlreadyExists(tradeId, sender);
+        bytes32 h = termsHash(token, amount, receiver, hashlock, timelock);
+        assembly ("memory-safe") {
+            sstore(id, h)
+        }
         emit Locked(tradeId, sender, receiver, token, amount, hashlock, timelock);
     }
 
-    /// @dev transferFrom with a balance check: rejects tokens that deliver less than asked.
+    /// @dev transferFrom with a balance check: rejects tokens that deliver less (or more) than asked.
     function _pull(address token, address from, uint256 amount) private {
-        uint256 before = IERC20(token).balanceOf(address(this));
+        uint256 before = _selfBalance(token);
         IERC20(token).safeTransferFrom(from, address(this), amount);
-        uint256 received = IERC20(token).balanceOf(address(this)) - before;
+        uint256 received = _selfBalance(token) - before;
         if (received != amount) revert UnsupportedToken(token, amount, received);
     }
 
-    /// @dev Check a live swap's terms and clear its slot; returns nothing, reverts on any mismatch.
-    function _consume(Swap calldata s) private returns (bytes32 id) {
-        id = swapId(s.sender, s.tradeId);
-        bytes32 stored = swaps[id];
-        if (stored == bytes32(0)) revert SwapNotActive(s.tradeId, s.sender);
-        if (stored != termsHash(s.token, s.amount, s.receiver, s.hashlock, s.timelock)) {
-            revert TermsMismatch(s.tradeId, s.sender);
+    /// @dev token.balanceOf(this) without the ABI round trip of a high-level call (runs twice per pull).
+    function _selfBalance(address token) private view returns (uint256 bal) {
+        assembly ("memory-safe") {
+            mstore(0x00, 0x70a08231) // balanceOf(address)
+            mstore(0x20, address())
+            if iszero(and(gt(returndatasize(), 0x1f), staticcall(gas(), token, 0x1c, 0x24, 0x00, 0x20))) {
+                revert(0, 0)
+            }
+            bal := mload(0x00)
         }
-        delete swaps[id];
     }
 
-    function _settle(Swap calldata s, bytes32 preimage) private {
-        if (block.timestamp >= s.timelock) revert SwapExpired(s.tradeId, s.timelock);
-        if (sha256(abi.encodePacked(preimage)) != s.hashlock) revert WrongPreimage(s.tradeId);
-        _consume(s);
-        emit Claimed(s.tradeId, s.sender, preimage);
+    /// @dev Clear the slot of a live swap whose stored terms hash equals `expected`; false if it differs.
+    function _consume(bytes32 id, bytes32 expected) private returns (bool matched) {
+        bytes32 stored = swaps(id);
+        if (stored == bytes32(0)) revert SwapNotActive(id);
+        matched = stored == expected;
+        if (matched) {
+            assembly ("memory-safe") {
+                sstore(id, 0)
+            }
+        }
+    }
+
+    function _settle(bytes32 preimage, bytes32 id, address token, uint256 amount, address receiver, uint64 timelock)
+        private
+    {
+        if (block.timestamp >= timelock) revert SwapExpired(id, timelock);
+        bytes32 hashlock;
+        assembly ("memory-safe") {
+            mstore(0x00, preimage)
+            if iszero(staticcall(gas(), 0x02, 0x00, 0x20, 0x00, 0x20)) { revert(0, 0) } // sha256 precompile
+            hashlock := mload(0x00)
+        }
+        if (!_consume(id, termsHash(token, amount, receiver, hashlock, timelock))) revert WrongPreimageOrTerms(id);
+        emit Claimed(id, preimage);
     }
 
     function _unwind(Swap calldata s) private {
-        if (block.timestamp < s.timelock) revert SwapNotExpired(s.tradeId, s.timelock);
-        _consume(s);
-        emit Refunded(s.tradeId, s.sender);
+        bytes32 id = swapId(s.sender, s.tradeId);
+        if (block.timestamp < s.timelock) revert SwapNotExpired(id, s.timelock);
+        if (!_consume(id, termsHash(s.token, s.amount, s.receiver, s.hashlock, s.timelock))) revert TermsMismatch(id);
+        emit Refunded(id);
     }
 
     function _checkLockSig(LockTerms calldata t, address sender, uint256 deadline, bytes calldata signature)

@@ -1,0 +1,42 @@
+"""The committed artifacts reproduce from source, and gas per operation does not regress."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploy.compile import ARTIFACTS_FILE, check_artifacts
+from deploy.gas_report import REPORT_FILE, measure
+
+TOLERANCE = 1.02
+
+
+def test_committed_artifacts_match_a_fresh_compile():
+    assert ARTIFACTS_FILE.exists()
+    assert check_artifacts() == []
+
+
+async def test_gas_does_not_rise_above_the_committed_report():
+    committed = json.loads(REPORT_FILE.read_text())["tokens"]
+    fresh = (await measure())["tokens"]
+    assert fresh.keys() == committed.keys()
+    regressions = {
+        f"{tok}.{op}": (committed[tok][op], fresh[tok][op])
+        for tok in committed
+        for op in committed[tok]
+        if fresh[tok][op] > committed[tok][op] * TOLERANCE
+    }
+    assert not regressions, f"gas rose more than 2% (committed, now): {regressions}"
+
+
+def test_committed_report_meets_the_issue_targets():
+    plain = json.loads(REPORT_FILE.read_text())["tokens"]["PlainToken"]
+    assert plain["lock"] + plain["claim"] <= 109_417  # best public ERC-20 HTLC, same conditions
+    assert plain["lock_batch_50_same_receiver_per_swap"] <= 30_000
+    assert plain["claim_batch_50_same_receiver_per_swap"] <= 10_000
+
+
+@pytest.fixture(autouse=True)
+def _report_exists():
+    assert REPORT_FILE.exists(), "run `make gas-report` to write contracts_sol/gas-report.json"
