@@ -1,0 +1,245 @@
+"""The HTLC ledger interface on an EVM chain: lock, claim, refund, read a swap, follow escrow events.
+
+`EscrowFollower` delivers the escrow's events only once they are `confirmations` blocks deep. It remembers
+the hash of the blocks it processed; when the chain no longer has one of them (a reorg deeper than the
+confirmations) it rewinds to the last block still on the chain and says so, so the caller drops what it
+derived from the removed blocks and the events are fetched again. eth_getLogs over bounded block ranges is
+the source of truth; the cursor (height + hash) is handed in and out by the caller (who stores it in Redis).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+from web3 import AsyncWeb3
+
+from adapters.contracts import abi, encode_call, swap_id
+from adapters.evm import EvmChain, SentTx, TxSender
+
+ESCROW = "HashedTimelockEscrow"
+ERC20 = "SecurityToken"  # any compiled ERC-20 ABI serves for allowance/approve
+MAX_UINT256 = 2**256 - 1
+
+
+@dataclass(frozen=True)
+class LockedEvent:
+    trade_id: bytes
+    sender: str
+    receiver: str
+    token: str
+    amount: int
+    hashlock: bytes
+    timelock: int
+    block: int
+    tx_hash: str
+
+    @property
+    def swap_id(self) -> bytes:
+        return swap_id(self.sender, self.trade_id)
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    swap_id: bytes
+    preimage: bytes
+    block: int
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class RefundedEvent:
+    swap_id: bytes
+    block: int
+    tx_hash: str
+
+
+EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent
+
+
+@dataclass
+class FollowResult:
+    events: list[EscrowEvent] = field(default_factory=list)
+    rewound_to: int | None = None  # set when a reorg removed processed blocks above this height
+    head: int = 0
+    head_timestamp: int = 0
+
+
+class EscrowFollower:
+    """Follows one escrow's events k blocks deep, detecting reorgs by block hash."""
+
+    def __init__(
+        self,
+        chain: EvmChain,
+        escrow: str,
+        *,
+        confirmations: int,
+        start_height: int,
+        start_hash: str | None = None,
+        max_range: int = 2000,
+        hash_window: int = 256,
+    ) -> None:
+        self.chain = chain
+        self.escrow = to_checksum_address(escrow)
+        self.confirmations = confirmations
+        self.height = start_height  # last processed block
+        self.max_range = max_range
+        self._hashes: OrderedDict[int, str] = OrderedDict()
+        if start_hash:
+            self._hashes[start_height] = start_hash
+        self._hash_window = hash_window
+        self._contract = AsyncWeb3().eth.contract(abi=abi(ESCROW))
+        self._topics = {
+            "0x" + HexBytes(self._contract.events[name]().topic).hex().removeprefix("0x"): name
+            for name in ("Locked", "Claimed", "Refunded")
+        }
+        self.last_head = 0
+        self.last_head_timestamp = 0
+
+    @property
+    def cursor(self) -> tuple[int, str | None]:
+        return self.height, self._hashes.get(self.height)
+
+    async def _block_hash(self, number: int) -> str | None:
+        try:
+            block = await self.chain.get_block(number)
+        except Exception as exc:  # noqa: BLE001 - BlockNotFound after a rollback
+            if "not found" in str(exc).lower():
+                return None
+            raise
+        return "0x" + bytes(block["hash"]).hex()
+
+    async def _check_reorg(self) -> int | None:
+        """If the last processed block is gone, rewind to the newest remembered block still on chain."""
+        if not self._hashes:
+            return None
+        last = next(reversed(self._hashes))
+        if await self._block_hash(last) == self._hashes[last]:
+            return None
+        for number in reversed(list(self._hashes)):
+            if await self._block_hash(number) == self._hashes[number]:
+                break
+            del self._hashes[number]
+        else:
+            number = max(0, last - self._hash_window)
+        self.height = number
+        for n in [n for n in self._hashes if n > number]:
+            del self._hashes[n]
+        return number
+
+    async def poll(self) -> FollowResult:
+        """Process every newly confirmed block (bounded range per call)."""
+        head_block = await self.chain.get_block("latest")
+        head = int(head_block["number"])
+        self.last_head, self.last_head_timestamp = head, int(head_block["timestamp"])
+        result = FollowResult(head=head, head_timestamp=self.last_head_timestamp)
+        rewound = await self._check_reorg()
+        if rewound is not None:
+            result.rewound_to = rewound
+            return result
+        target = head - (self.confirmations - 1)
+        if target <= self.height:
+            if target < self.height:  # the chain got shorter (rollback) without a hash mismatch yet
+                result.rewound_to = self.height = max(target, 0)
+            return result
+        end = min(target, self.height + self.max_range)
+        start = self.height + 1
+        logs = await self.chain.call(
+            lambda w3: w3.eth.get_logs({"address": self.escrow, "fromBlock": start, "toBlock": end})
+        )
+        # Logs and hashes must come from one fork: re-read the hash of every block that holds a log.
+        wanted = {int(lg["blockNumber"]) for lg in logs} | {end}
+        hashes = {n: await self._block_hash(n) for n in sorted(wanted)}
+        for lg in logs:
+            if hashes[int(lg["blockNumber"])] != "0x" + bytes(lg["blockHash"]).hex():
+                return result  # a reorg happened while reading: try again next poll
+        for lg in logs:
+            ev = self._decode(lg)
+            if ev is not None:
+                result.events.append(ev)
+        self.height = end
+        self._hashes[end] = hashes[end] or ""
+        while len(self._hashes) > self._hash_window:
+            self._hashes.popitem(last=False)
+        return result
+
+    def _decode(self, lg: Any) -> EscrowEvent | None:
+        topic0 = "0x" + bytes(lg["topics"][0]).hex()
+        name = self._topics.get(topic0)
+        if name is None:
+            return None
+        args = self._contract.events[name]().process_log(lg)["args"]
+        block, tx = int(lg["blockNumber"]), "0x" + bytes(lg["transactionHash"]).hex()
+        if name == "Locked":
+            return LockedEvent(
+                trade_id=bytes(args["tradeId"]), sender=args["sender"], receiver=args["receiver"],
+                token=args["token"], amount=int(args["amount"]), hashlock=bytes(args["hashlock"]),
+                timelock=int(args["timelock"]), block=block, tx_hash=tx,
+            )
+        if name == "Claimed":
+            return ClaimedEvent(swap_id=bytes(args["swapId"]), preimage=bytes(args["preimage"]), block=block,
+                                tx_hash=tx)
+        return RefundedEvent(swap_id=bytes(args["swapId"]), block=block, tx_hash=tx)
+
+
+class HtlcLedger:
+    """One chain's escrow as the engine uses it. Subclasses name the ledger kind."""
+
+    kind = "evm"
+
+    def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount]) -> None:
+        self.chain = chain
+        self.escrow = to_checksum_address(escrow)
+        self.senders = {addr: TxSender(chain, acct) for addr, acct in accounts.items()}
+        self._view = AsyncWeb3().eth.contract(abi=abi(ESCROW))
+
+    def signs_for(self, address: str) -> bool:
+        return address in self.senders
+
+    def any_sender(self, prefer: list[str] | None = None) -> TxSender | None:
+        for addr in prefer or []:
+            if addr in self.senders:
+                return self.senders[addr]
+        return next(iter(self.senders.values()), None)
+
+    def notify_new_block(self) -> None:
+        for s in self.senders.values():
+            s.notify_new_block()
+
+    async def swap_slot(self, sid: bytes) -> bytes:
+        """The stored terms hash of a swap at the latest block (zero when none is live)."""
+        data = encode_call(ESCROW, "swaps", sid)
+        raw = await self.chain.call(lambda w3: w3.eth.call({"to": self.escrow, "data": data}))
+        return bytes(raw)[-32:]
+
+    async def ensure_allowance(self, owner: str, token: str, amount: int) -> None:
+        """Approve the escrow (unlimited) when the owner's allowance is short; we hold the owner's key."""
+        data = encode_call(ERC20, "allowance", owner, self.escrow)
+        raw = await self.chain.call(lambda w3: w3.eth.call({"to": token, "data": data}))
+        if int.from_bytes(bytes(raw)[-32:], "big") < amount:
+            await self.senders[owner].transact(token, encode_call(ERC20, "approve", self.escrow, MAX_UINT256))
+
+    async def lock(self, sender: str, trade_id: bytes, token: str, amount: int, receiver: str, hashlock: bytes,
+                   timelock: int) -> SentTx:
+        await self.ensure_allowance(sender, token, amount)
+        data = encode_call(ESCROW, "lock", trade_id, token, amount, receiver, hashlock, timelock)
+        return await self.senders[sender].send(self.escrow, data)
+
+    async def claim(self, via: TxSender, preimage: bytes, sid: bytes, token: str, amount: int, receiver: str,
+                    timelock: int) -> SentTx:
+        data = encode_call(ESCROW, "claim", preimage, sid, token, amount, receiver, timelock)
+        return await via.send(self.escrow, data)
+
+    async def refund(self, via: TxSender, trade_id: bytes, sender: str, token: str, amount: int, receiver: str,
+                     hashlock: bytes, timelock: int) -> SentTx:
+        data = encode_call(ESCROW, "refund", (trade_id, sender, token, amount, receiver, hashlock, timelock))
+        return await via.send(self.escrow, data)
+
+    def follower(self, *, confirmations: int, start_height: int, start_hash: str | None) -> EscrowFollower:
+        return EscrowFollower(self.chain, self.escrow, confirmations=confirmations, start_height=start_height,
+                              start_hash=start_hash)
+

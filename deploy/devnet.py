@@ -1,0 +1,176 @@
+"""`dvp-relayer devnet up|down|status`: two anvil chains + Redis + contracts + demo balances on this machine.
+
+State lives in .devnet/: pids of what `up` started (so `down` stops only those), chain state files,
+deployment.json (addresses, chain ids, RPC URLs, demo accounts) and devnet.env (the relayer's DVP_ settings).
+The keys are anvil's public development keys: local use only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+
+from adapters.evm import EvmChain
+from deploy.deployer import deploy_chain, onboard_holder
+from deploy.processes import DEV_MNEMONIC, AnvilProcess, RedisProcess, port_open, rpc_request
+from deploy.toolchain import REPO_ROOT
+
+Account.enable_unaudited_hdwallet_features()
+
+DEVNET_DIR = REPO_ROOT / ".devnet"
+ROLES = {"issuer": 0, "seller": 1, "buyer": 2, "pts": 3, "watcher": 4}
+ST_ISSUE, SC_ISSUE = 1_000_000, 10_000_000_000
+
+
+def dev_account(index: int) -> Any:
+    return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+@dataclass
+class DevnetOptions:
+    st_port: int = 8545
+    sc_port: int = 8546
+    st_chain_id: int = 17001
+    sc_chain_id: int = 17002
+    block_time: float | None = 1.0
+    redis_port: int = 6379
+    directory: Path = DEVNET_DIR
+
+
+def _pids_file(d: Path) -> Path:
+    return d / "pids.json"
+
+
+def is_up(opts: DevnetOptions) -> bool:
+    dep = opts.directory / "deployment.json"
+    if not dep.exists():
+        return False
+    doc = json.loads(dep.read_text())
+    try:
+        for chain in ("st", "sc"):
+            rpc_request(doc[chain]["rpc_url"], "eth_chainId")
+    except OSError:
+        return False
+    return True
+
+
+async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str) -> dict[str, Any]:
+    issuer, seller, buyer, pts = (dev_account(ROLES[r]) for r in ("issuer", "seller", "buyer", "pts"))
+    st_chain, sc_chain = EvmChain("st", [st_url]), EvmChain("sc", [sc_url])
+    try:
+        st_dep, sc_dep = await asyncio.gather(
+            deploy_chain(st_chain, issuer, kind="st", token_name="Demo Green Bond 2030", token_symbol="DGB30"),
+            deploy_chain(sc_chain, issuer, kind="sc", token_name="Progmat Demo JPY", token_symbol="DJPY"),
+        )
+        await asyncio.gather(
+            onboard_holder(st_chain, issuer, seller, st_dep, kind="st", issue_amount=ST_ISSUE),
+            onboard_holder(sc_chain, issuer, buyer, sc_dep, kind="sc", issue_amount=SC_ISSUE),
+        )
+        # the buyer must be allowed to receive the ST, the seller to receive the SC
+        await onboard_holder(st_chain, issuer, buyer, st_dep, kind="st", issue_amount=0)
+        await onboard_holder(sc_chain, issuer, seller, sc_dep, kind="sc", issue_amount=0)
+    finally:
+        await st_chain.close()
+        await sc_chain.close()
+    return {
+        "st": st_dep.to_dict(),
+        "sc": sc_dep.to_dict(),
+        "redis_url": redis_url,
+        "accounts": {r: dev_account(i).address for r, i in ROLES.items()},
+    }
+
+
+def env_lines(doc: dict[str, Any], block_time: float | None) -> list[str]:
+    from relayer.secrets import generate_key
+
+    seller, buyer, pts = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"]), dev_account(ROLES["pts"])
+    st, sc = doc["st"], doc["sc"]
+    return [
+        "# written by `dvp-relayer devnet up` - anvil development keys, local use only",
+        f"DVP_REDIS_URL={doc['redis_url']}",
+        f"DVP_ST_RPC_URL={st['rpc_url']}",
+        f"DVP_ST_CHAIN_ID={st['chain_id']}",
+        f"DVP_ST_ESCROW={st['escrow']}",
+        f"DVP_ST_TOKENS={','.join(st['tokens'].values())}",
+        f"DVP_ST_START_BLOCK={st['deploy_block']}",
+        f"DVP_SC_RPC_URL={sc['rpc_url']}",
+        f"DVP_SC_CHAIN_ID={sc['chain_id']}",
+        f"DVP_SC_ESCROW={sc['escrow']}",
+        f"DVP_SC_TOKENS={','.join(sc['tokens'].values())}",
+        f"DVP_SC_START_BLOCK={sc['deploy_block']}",
+        f"DVP_TRUSTED_PTS_SIGNERS={pts.address}",
+        f"DVP_PARTY_KEYS={seller.key.hex()},{buyer.key.hex()}",
+        f"DVP_SECRET_KEY={generate_key()}",
+        f"DVP_BLOCK_TIME={block_time or 1}",
+        f"DVP_DEMO_PTS_KEY={pts.key.hex()}",
+    ]
+
+
+def up(opts: DevnetOptions, echo: Any = print) -> dict[str, Any]:
+    """Start what is missing, deploy, issue demo balances, write deployment.json and devnet.env."""
+    d = opts.directory
+    d.mkdir(parents=True, exist_ok=True)
+    if is_up(opts):
+        echo(f"devnet already up ({d / 'deployment.json'})")
+        return json.loads((d / "deployment.json").read_text())
+    started: dict[str, int] = {}
+    st = AnvilProcess(opts.st_chain_id, opts.st_port, opts.block_time, log_file=d / "anvil-st.log").start()
+    started["anvil-st"] = st.pid  # type: ignore[assignment]
+    sc = AnvilProcess(opts.sc_chain_id, opts.sc_port, opts.block_time, log_file=d / "anvil-sc.log").start()
+    started["anvil-sc"] = sc.pid  # type: ignore[assignment]
+    echo(f"anvil ST chain {opts.st_chain_id} on {st.url}, coin ledger {opts.sc_chain_id} on {sc.url}")
+    if port_open(opts.redis_port):
+        redis_url = f"redis://127.0.0.1:{opts.redis_port}/0"
+        echo(f"reusing the Redis listening on 127.0.0.1:{opts.redis_port}")
+    else:
+        rp = RedisProcess(opts.redis_port, d / "redis", appendfsync="everysec").start()
+        started["redis"] = rp.pid  # type: ignore[assignment]
+        redis_url = rp.url
+        echo(f"started redis-server on 127.0.0.1:{opts.redis_port} (AOF on)")
+    _pids_file(d).write_text(json.dumps(started))
+    doc = asyncio.run(_deploy(opts, st.url, sc.url, redis_url))
+    (d / "deployment.json").write_text(json.dumps(doc, indent=2) + "\n")
+    env = d / "devnet.env"
+    env.write_text("\n".join(env_lines(doc, opts.block_time)) + "\n")
+    os.chmod(env, 0o600)
+    echo(f"deployed: ST escrow {doc['st']['escrow']}, SC escrow {doc['sc']['escrow']}")
+    echo(f"wrote {d / 'deployment.json'} and {env}")
+    return doc
+
+
+def down(opts: DevnetOptions, echo: Any = print) -> None:
+    """Stop only the processes `up` started."""
+    pf = _pids_file(opts.directory)
+    if not pf.exists():
+        echo("no devnet started from this directory")
+        return
+    for name, pid in json.loads(pf.read_text()).items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+            echo(f"stopped {name} (pid {pid})")
+        except ProcessLookupError:
+            echo(f"{name} (pid {pid}) was not running")
+    pf.unlink()
+    (opts.directory / "deployment.json").unlink(missing_ok=True)
+
+
+def status(opts: DevnetOptions) -> dict[str, Any]:
+    dep = opts.directory / "deployment.json"
+    if not dep.exists():
+        return {"up": False}
+    doc = json.loads(dep.read_text())
+    out: dict[str, Any] = {"up": is_up(opts)}
+    for chain in ("st", "sc"):
+        try:
+            out[chain] = {"rpc_url": doc[chain]["rpc_url"],
+                          "block": int(str(rpc_request(doc[chain]["rpc_url"], "eth_blockNumber")), 16)}
+        except OSError as exc:
+            out[chain] = {"rpc_url": doc[chain]["rpc_url"], "error": str(exc)}
+    return out

@@ -1,0 +1,179 @@
+"""`dvp-relayer …`: devnet, deploy, run, submit, status, demo, keygen, gas-report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from relayer.errors import RelayerError
+
+
+@click.group()
+def main() -> None:
+    """Cross-chain atomic DvP relayer."""
+
+
+@main.group()
+def devnet() -> None:
+    """Local devnet: two anvil chains, Redis, deployed contracts, demo balances."""
+
+
+@devnet.command("up")
+@click.option("--block-time", type=float, default=1.0, show_default=True, help="seconds per block (0 = automine)")
+@click.option("--st-port", type=int, default=8545, show_default=True)
+@click.option("--sc-port", type=int, default=8546, show_default=True)
+def devnet_up(block_time: float, st_port: int, sc_port: int) -> None:
+    from deploy.devnet import DevnetOptions, up
+
+    up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port), echo=click.echo)
+
+
+@devnet.command("down")
+def devnet_down() -> None:
+    from deploy.devnet import DevnetOptions, down
+
+    down(DevnetOptions(), echo=click.echo)
+
+
+@devnet.command("status")
+def devnet_status() -> None:
+    from deploy.devnet import DevnetOptions, status
+
+    click.echo(json.dumps(status(DevnetOptions()), indent=2))
+
+
+@main.command()
+@click.option("--rpc-url", required=True, help="any EVM JSON-RPC endpoint")
+@click.option("--kind", type=click.Choice(["st", "sc"]), required=True, help="ST chain or coin ledger")
+@click.option("--token-name", required=True)
+@click.option("--token-symbol", required=True)
+@click.option("--decimals", type=int, default=0, show_default=True)
+def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals: int) -> None:
+    """Deploy the escrow and a permissioned token with the key in DVP_DEPLOYER_KEY."""
+    import os
+
+    from eth_account import Account
+
+    from adapters.evm import EvmChain
+    from deploy.deployer import deploy_chain
+
+    key = os.environ.get("DVP_DEPLOYER_KEY")
+    if not key:
+        raise click.UsageError("set DVP_DEPLOYER_KEY to the deployer's private key")
+
+    async def go() -> None:
+        chain = EvmChain(kind, [rpc_url])
+        try:
+            dep = await deploy_chain(chain, Account.from_key(key), kind=kind, token_name=token_name,
+                                     token_symbol=token_symbol, token_decimals=decimals)
+            click.echo(json.dumps(dep.to_dict(), indent=2))
+        finally:
+            await chain.close()
+
+    asyncio.run(go())
+
+
+def _settings():  # noqa: ANN202
+    from relayer.config import Settings
+
+    return Settings()
+
+
+@main.command()
+def run() -> None:
+    """Run a relayer worker until SIGTERM/SIGINT (finishes in-flight sends first)."""
+    from relayer.logging import configure
+    from relayer.service import build_engine, close_engine
+
+    settings = _settings()
+    configure(settings.log_level)
+
+    async def go() -> None:
+        engine = build_engine(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await engine.run(stop)
+        finally:
+            await close_engine(engine)
+
+    asyncio.run(go())
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def submit(file: Path) -> None:
+    """Submit a signed trade instruction (JSON: {instruction, signature})."""
+    from relayer.protocol.instruction import parse_signed
+    from relayer.service import build_engine, close_engine
+
+    async def go() -> None:
+        engine = build_engine(_settings())
+        try:
+            await engine.st.ledger.chain.connect()
+            await engine.sc.ledger.chain.connect()
+            signed = parse_signed(json.loads(file.read_text()))
+            created = await engine.intake(signed)
+            click.echo(json.dumps({"trade_id": signed.instruction.tradeId, "created": created}))
+        finally:
+            await close_engine(engine)
+
+    try:
+        asyncio.run(go())
+    except (RelayerError, json.JSONDecodeError) as exc:
+        click.echo(json.dumps({"error": getattr(exc, "code", "invalid_json"), "message": str(exc)}), err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("trade_id")
+def status(trade_id: str) -> None:
+    """A trade's state and audit trail."""
+    from relayer.store import Store
+
+    async def go() -> None:
+        store = Store.from_url(_settings().redis_url)
+        try:
+            rec = await store.get(trade_id.lower())
+            if rec is None:
+                click.echo(json.dumps({"error": "not_found"}))
+                sys.exit(1)
+            public = {k: v for k, v in rec.fields.items() if k not in ("secret", "instruction")}
+            click.echo(json.dumps({"state": rec.state.value, "record": public,
+                                   "audit": await store.audit(rec.trade_id)}, indent=2))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+@main.command()
+def demo() -> None:
+    """Devnet up if needed, settle one trade, print every step and both parties' balances."""
+    from relayer.demo import demo as run_demo
+
+    state = run_demo(echo=click.echo)
+    sys.exit(0 if state == "SETTLED" else 1)
+
+
+@main.command()
+def keygen() -> None:
+    """Print a new DVP_SECRET_KEY."""
+    from relayer.secrets import generate_key
+
+    click.echo(generate_key())
+
+
+@main.command("gas-report")
+def gas_report() -> None:
+    """Measure gas per escrow operation on a fresh anvil; write contracts_sol/gas-report.json."""
+    from deploy.gas_report import write_report
+
+    click.echo(json.dumps(write_report(), indent=2))

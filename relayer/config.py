@@ -1,0 +1,82 @@
+"""Configuration from the environment (prefix DVP_) and an optional .env file; documented in .env.example."""
+
+from __future__ import annotations
+
+import os
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relayer.protocol.rules import TimingPolicy
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class Settings(BaseSettings):
+    """Every knob of a relayer worker. Secrets are SecretStr: they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="DVP_", env_file=os.environ.get("DVP_ENV_FILE", ".env"),
+                                      extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    st_rpc_url: str = Field("http://127.0.0.1:8545", description="ST chain RPC (primary)")
+    st_rpc_standby_urls: str = Field("", description="comma-separated standby RPC URLs for the ST chain")
+    st_chain_id: int | None = None
+    st_escrow: str = ""
+    st_tokens: str = Field("", description="comma-separated ST token addresses this relayer settles")
+    st_start_block: int = 0
+
+    sc_rpc_url: str = Field("http://127.0.0.1:8546", description="coin ledger RPC (primary)")
+    sc_rpc_standby_urls: str = ""
+    sc_chain_id: int | None = None
+    sc_escrow: str = ""
+    sc_tokens: str = ""
+    sc_start_block: int = 0
+
+    trusted_pts_signers: str = Field("", description="comma-separated addresses of PTS keys we accept")
+    party_keys: SecretStr = Field(SecretStr(""), description="comma-separated private keys of accounts we act for")
+    secret_key: SecretStr = Field(SecretStr(""), description="AES-256 key (url-safe base64) for secrets at rest")
+
+    confirmations: int = Field(1, ge=1)
+    block_time: float = Field(1.0, gt=0)
+    inclusion_delay: float = 3.0
+    margin: float = 5.0
+    st_lock_duration: int = 300
+    poll_interval: float = 0.2
+    rpc_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    def st_urls(self) -> list[str]:
+        return [self.st_rpc_url, *_split(self.st_rpc_standby_urls)]
+
+    def sc_urls(self) -> list[str]:
+        return [self.sc_rpc_url, *_split(self.sc_rpc_standby_urls)]
+
+    def trusted_signers(self) -> set[str]:
+        return {to_checksum_address(a) for a in _split(self.trusted_pts_signers)}
+
+    def st_token_set(self) -> set[str]:
+        return {to_checksum_address(a) for a in _split(self.st_tokens)}
+
+    def sc_token_set(self) -> set[str]:
+        return {to_checksum_address(a) for a in _split(self.sc_tokens)}
+
+    def accounts(self) -> dict[str, LocalAccount]:
+        """address -> signer, for every configured party key."""
+        accts = [Account.from_key(k) for k in _split(self.party_keys.get_secret_value())]
+        return {a.address: a for a in accts}
+
+    def timing(self) -> TimingPolicy:
+        return TimingPolicy(
+            confirmations=self.confirmations,
+            block_time=self.block_time,
+            inclusion_delay=self.inclusion_delay,
+            margin=self.margin,
+            st_lock_duration=self.st_lock_duration,
+        )

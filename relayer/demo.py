@@ -1,0 +1,93 @@
+"""`dvp-relayer demo`: one cross-chain settlement on the local devnet, every step printed as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from dotenv import dotenv_values
+
+from adapters.contracts import encode_call
+from deploy.devnet import DEVNET_DIR, DevnetOptions, up
+from relayer.config import Settings
+from relayer.logging import configure
+from relayer.protocol.instruction import TradeInstruction, sign_instruction
+from relayer.protocol.states import TERMINAL
+from relayer.service import build_engine, close_engine
+
+
+def devnet_settings() -> tuple[Settings, dict[str, str]]:
+    env = {k: v for k, v in dotenv_values(DEVNET_DIR / "devnet.env").items() if v is not None}
+    fields = {k.removeprefix("DVP_").lower(): v for k, v in env.items() if k.startswith("DVP_")}
+    fields.pop("demo_pts_key", None)
+    return Settings(_env_file=None, **fields), env  # type: ignore[call-arg]
+
+
+async def _balance(chain: Any, token: str, who: str) -> int:
+    raw = await chain.call(lambda w3: w3.eth.call({"to": token, "data": encode_call("SecurityToken", "balanceOf", who)}))
+    return int.from_bytes(bytes(raw)[-32:], "big")
+
+
+async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500) -> str:
+    settings, env = devnet_settings()
+    configure("WARNING")
+    engine = build_engine(settings)
+    await engine.start()
+    st_chain, sc_chain = engine.st.ledger.chain, engine.sc.ledger.chain
+    accounts = list(settings.accounts())
+    seller, buyer = accounts[0], accounts[1]
+    st_token, sc_token = sorted(settings.st_token_set())[0], sorted(settings.sc_token_set())[0]
+    now = await st_chain.now()
+    ins = TradeInstruction(
+        tradeId="0x" + os.urandom(32).hex(), stChainId=st_chain.chain_id, stToken=st_token, stAmount=st_amount,
+        scChainId=sc_chain.chain_id, scToken=sc_token, scAmount=st_amount * price,
+        sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer,
+        deadline=now + 600,
+    )
+    signed = sign_instruction(ins, env["DVP_DEMO_PTS_KEY"])
+
+    async def balances() -> dict[str, int]:
+        return {
+            "seller ST": await _balance(st_chain, st_token, seller), "buyer ST": await _balance(st_chain, st_token, buyer),
+            "seller SC": await _balance(sc_chain, sc_token, seller), "buyer SC": await _balance(sc_chain, sc_token, buyer),
+        }
+
+    before = await balances()
+    echo(f"trade {ins.tradeId}")
+    echo(f"  seller {seller} delivers {st_amount} ST; buyer {buyer} pays {ins.scAmount} SC")
+    t0 = time.monotonic()
+    await engine.intake(signed)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(engine.run(stop))
+    shown = 0
+    state = "MATCHED"
+    try:
+        while time.monotonic() - t0 < 300:
+            for entry in (await engine.store.audit(ins.tradeId))[shown:]:
+                shown += 1
+                detail = {k: v for k, v in entry.items() if k in ("tx", "block", "chain", "from", "to", "gas", "reason",
+                                                                   "t_st", "t_sc")}
+                echo(f"  +{time.monotonic() - t0:6.2f}s  {entry['event']:<18} "
+                     + " ".join(f"{k}={v}" for k, v in detail.items()))
+            rec = await engine.store.get(ins.tradeId)
+            assert rec is not None
+            state = rec.state.value
+            if rec.state in TERMINAL:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await runner
+    after = await balances()
+    echo(f"final state: {state} after {time.monotonic() - t0:.2f}s")
+    for k in before:
+        echo(f"  {k:<10} {before[k]:>16} -> {after[k]:>16}  ({after[k] - before[k]:+})")
+    await close_engine(engine)
+    return state
+
+
+def demo(echo: Any = print) -> str:
+    up(DevnetOptions(), echo=echo)
+    return asyncio.run(run_demo(echo))

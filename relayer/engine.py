@@ -1,0 +1,387 @@
+"""The engine: the only module that joins the protocol rules, the Redis store and the ledger adapters.
+
+Each round it (1) advances both chains' followers (k-confirmed events, reorg rewinds), (2) for every open
+trade rebuilds a view of both legs from those events and asks `protocol.rules.decide()` what the state is
+and what is due, (3) persists state changes (compare-and-set, audited) and starts the due actions, each
+checked against the chain right before sending. Intent is written before side effects: the secret (sealed),
+its hashlock and T_st are in Redis before the ST lock is broadcast. A restart re-reads every open trade and
+re-derives everything from the chains, so a crash at any line resumes correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.contracts import swap_id
+from adapters.errors import LedgerError, TransactionReverted
+from adapters.evm import SentTx, TxSender
+from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
+from relayer.config import Settings
+from relayer.errors import ConcurrentUpdate, InvalidInstruction
+from relayer.logging import get_logger
+from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.rules import (
+    Action,
+    Decision,
+    LegView,
+    ObservedLock,
+    Roles,
+    TimingPolicy,
+    TradeView,
+    decide,
+    sc_timelock_for,
+)
+from relayer.protocol.states import TERMINAL, TradeState, can_transition
+from relayer.secrets import SecretBox
+from relayer.store import Store, TradeRecord
+
+ACTOR = f"relayer@{os.uname().nodename}:{os.getpid()}"
+
+
+class ChainIndex:
+    """The escrow events of one chain seen so far (k-confirmed), by trade id and by swap id."""
+
+    def __init__(self) -> None:
+        self.locks: dict[bytes, list[LockedEvent]] = defaultdict(list)
+        self.claims: dict[bytes, ClaimedEvent] = {}
+        self.refunds: dict[bytes, RefundedEvent] = {}
+
+    def apply(self, events: list[EscrowEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, LockedEvent):
+                self.locks[ev.trade_id].append(ev)
+            elif isinstance(ev, ClaimedEvent):
+                self.claims[ev.swap_id] = ev
+            else:
+                self.refunds[ev.swap_id] = ev
+
+    def rewind(self, height: int) -> None:
+        """Forget everything derived from blocks above `height` (they were reorged out)."""
+        for tid in list(self.locks):
+            self.locks[tid] = [e for e in self.locks[tid] if e.block <= height]
+        self.claims = {k: v for k, v in self.claims.items() if v.block <= height}
+        self.refunds = {k: v for k, v in self.refunds.items() if v.block <= height}
+
+    def leg(self, trade_id: bytes, sender: str) -> tuple[LegView, LockedEvent | None, list[LockedEvent]]:
+        """The expected sender's swap for this trade, plus locks by anyone else (recorded, never acted on)."""
+        mine = [e for e in self.locks.get(trade_id, []) if e.sender == sender]
+        others = [e for e in self.locks.get(trade_id, []) if e.sender != sender]
+        if not mine:
+            return LegView(), None, others
+        ev = mine[-1]
+        sid = ev.swap_id
+        claim = self.claims.get(sid)
+        lock = ObservedLock(ev.sender, ev.receiver, ev.token, ev.amount, ev.hashlock, ev.timelock, ev.tx_hash,
+                            ev.block)
+        return LegView(lock=lock, claimed=claim is not None, preimage=claim.preimage if claim else None,
+                       refunded=sid in self.refunds), ev, others
+
+
+@dataclass
+class ChainSide:
+    name: str  # "st" | "sc"
+    ledger: HtlcLedger
+    follower: EscrowFollower | None = None
+    index: ChainIndex = field(default_factory=ChainIndex)
+
+
+class Engine:
+    """Drives every open trade to SETTLED or ABORTED."""
+
+    def __init__(self, settings: Settings, store: Store, st: HtlcLedger, sc: HtlcLedger, box: SecretBox) -> None:
+        self.settings = settings
+        self.store = store
+        self.st = ChainSide("st", st)
+        self.sc = ChainSide("sc", sc)
+        self.box = box
+        self.policy: TimingPolicy = settings.timing()
+        self.trusted = settings.trusted_signers()
+        self.st_tokens = settings.st_token_set()
+        self.sc_tokens = settings.sc_token_set()
+        self.log = get_logger()
+        self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
+        self._not_before: dict[tuple[str, Action], float] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self.clock_offset = 0.0
+        self.rounds = 0
+        self.started = False
+
+    # ------------------------------------------------------------------ intake
+
+    async def validate(self, signed: SignedInstruction) -> None:
+        """Every check an instruction must pass before anything is written; raises InvalidInstruction."""
+        ins = signed.instruction
+        signer = signed.signer()
+        if signer not in self.trusted:
+            raise InvalidInstruction(f"signer {signer} is not a trusted PTS key", code="untrusted_signer")
+        if ins.stChainId != self.st.ledger.chain.chain_id:
+            raise InvalidInstruction(f"unknown ST chain id {ins.stChainId}", code="unknown_chain")
+        if ins.scChainId != self.sc.ledger.chain.chain_id:
+            raise InvalidInstruction(f"unknown SC chain id {ins.scChainId}", code="unknown_chain")
+        if ins.stToken not in self.st_tokens:
+            raise InvalidInstruction(f"unknown ST token {ins.stToken}", code="unknown_token")
+        if ins.scToken not in self.sc_tokens:
+            raise InvalidInstruction(f"unknown SC token {ins.scToken}", code="unknown_token")
+        now = await self.st.ledger.chain.now()
+        if ins.deadline - now < self.policy.min_st_window(self.clock_offset):
+            raise InvalidInstruction(
+                f"deadline {ins.deadline} leaves less than {self.policy.min_st_window(self.clock_offset)}s",
+                code="deadline_too_close",
+            )
+
+    async def intake(self, signed: SignedInstruction) -> bool:
+        """Validate and store a signed instruction. True if new, False if the same one was already accepted."""
+        await self.validate(signed)
+        created = await self.store.create(signed, TradeState.MATCHED, ACTOR)
+        if created:
+            self.log.info("trade_accepted", trade_id=signed.instruction.tradeId)
+        return created
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect to both chains and place each follower where no open trade's events can be missed."""
+        for side, start in ((self.st, self.settings.st_start_block), (self.sc, self.settings.sc_start_block)):
+            await side.ledger.chain.connect()
+            cursor = await self.store.get_cursor(side.name)
+            height, bhash = (cursor if cursor else (start - 1, None))
+            oldest = await self._oldest_open_block(side.name)
+            if oldest is not None and oldest - 1 < height:
+                height, bhash = oldest - 1, None
+            side.follower = side.ledger.follower(
+                confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash
+            )
+        self.started = True
+        self.log.info("engine_started", st_chain=self.st.ledger.chain.chain_id, sc_chain=self.sc.ledger.chain.chain_id)
+
+    async def _oldest_open_block(self, chain: str) -> int | None:
+        oldest = None
+        for tid in await self.store.open_trades():
+            rec = await self.store.get(tid)
+            if rec is None:
+                continue
+            b = rec.get_int(f"{chain}_from_block")
+            if b is not None and (oldest is None or b < oldest):
+                oldest = b
+        return oldest
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Rounds until `stop` is set; then waits for in-flight sends so nothing is left half-done."""
+        if not self.started:
+            await self.start()
+        while not stop.is_set():
+            try:
+                await self.step()
+            except LedgerError as exc:
+                self.log.warning("round_failed", error=str(exc), error_type=type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - keep the worker alive; the next round re-derives all
+                self.log.exception("round_crashed", error=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+        await self.drain()
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        tasks = [t for t in self._inflight.values() if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # ------------------------------------------------------------------ one round
+
+    async def _follow(self, side: ChainSide) -> None:
+        assert side.follower is not None
+        before = side.follower.last_head
+        res = await side.follower.poll()
+        if res.rewound_to is not None:
+            side.index.rewind(res.rewound_to)
+            self.log.warning("reorg_rewind", chain=side.name, to_height=res.rewound_to)
+        side.index.apply(res.events)
+        height, bhash = side.follower.cursor
+        if bhash:
+            await self.store.set_cursor(side.name, height, bhash)
+        if res.head != before:
+            side.ledger.notify_new_block()
+
+    async def step(self) -> None:
+        await asyncio.gather(self._follow(self.st), self._follow(self.sc))
+        assert self.st.follower and self.sc.follower
+        now_st, now_sc = self.st.follower.last_head_timestamp, self.sc.follower.last_head_timestamp
+        self.clock_offset = now_st - now_sc
+        for tid in await self.store.open_trades():
+            rec = await self.store.get(tid)
+            if rec is None or rec.state in TERMINAL:
+                continue
+            try:
+                await self._advance(rec, now_st, now_sc)
+            except ConcurrentUpdate:
+                pass  # another worker moved it: next round re-reads
+        self.rounds += 1
+
+    def roles_for(self, rec: TradeRecord) -> Roles:
+        ins = rec.signed.instruction
+        return Roles(
+            seller=self.st.ledger.signs_for(ins.sellerStAccount),
+            buyer=self.sc.ledger.signs_for(ins.buyerScAccount),
+            st_gas=bool(self.st.ledger.senders),
+            sc_gas=bool(self.sc.ledger.senders),
+        )
+
+    async def _advance(self, rec: TradeRecord, now_st: int, now_sc: int) -> None:
+        ins = rec.signed.instruction
+        log = self.log.bind(trade_id=ins.tradeId)
+        tid = ins.trade_id_bytes
+        roles = self.roles_for(rec)
+        st_leg, st_ev, st_foreign = self.st.index.leg(tid, ins.sellerStAccount)
+        sc_leg, sc_ev, sc_foreign = self.sc.index.leg(tid, ins.buyerScAccount)
+        if rec.get_int("st_from_block") is None:
+            await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),  # type: ignore
+                                          "sc_from_block": max(0, self.sc.follower.last_head - 64)},  # type: ignore
+                                    actor=ACTOR, event=None)
+        if roles.seller and rec.get("hashlock") is None and st_leg.lock is None:
+            await self._prepare_secret(rec, now_st, log)
+        hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
+        view = TradeView(
+            instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc, clock_offset=self.clock_offset,
+            our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
+        )
+        d = decide(view, roles, self.policy)
+        await self._report_anomalies(rec, d, st_foreign + sc_foreign, log)
+        if d.state != rec.state and can_transition(rec.state, d.state):
+            old = rec.state
+            await self.store.update(rec, {"state": d.state.value}, actor=ACTOR, event="state",
+                                    **{"from": old.value, "to": d.state.value})
+            log.info("trade_state", from_state=old.value, to_state=d.state.value)
+        for action in d.actions:
+            self._schedule(rec, action, view, st_ev, sc_ev)
+
+    async def _prepare_secret(self, rec: TradeRecord, now_st: int, log: Any) -> None:
+        """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent)."""
+        ins = rec.signed.instruction
+        t_st = min(ins.deadline, now_st + self.policy.st_lock_duration)
+        if t_st - now_st < self.policy.min_st_window(self.clock_offset):
+            return  # decide() will abort the trade once the deadline passes; nothing was locked
+        secret = os.urandom(32)
+        await self.store.update(
+            rec,
+            {"hashlock": hashlib.sha256(secret).hexdigest(), "secret": self.box.seal(secret, ins.tradeId),
+             "t_st": t_st},
+            actor=ACTOR, event="secret_created", t_st=t_st,
+        )
+        log.info("secret_created", t_st=t_st)
+
+    async def _report_anomalies(self, rec: TradeRecord, d: Decision, foreign: list[LockedEvent], log: Any) -> None:
+        for note in d.notes:
+            key = (rec.trade_id, note)
+            if key not in self._reported:
+                self._reported.add(key)
+                await self.store.add_audit(rec.trade_id, ACTOR, "not_acting", reason=note)
+                log.warning("counterparty_terms", reason=note)
+        for ev in foreign:
+            key = (rec.trade_id, ev.tx_hash)
+            if key not in self._reported:
+                self._reported.add(key)
+                await self.store.add_audit(rec.trade_id, ACTOR, "foreign_lock_ignored", sender=ev.sender,
+                                           tx=ev.tx_hash, block=ev.block)
+                log.warning("foreign_lock_ignored", sender=ev.sender, tx=ev.tx_hash)
+        if d.one_sided:
+            log.error("atomicity_violation", notes=d.notes)
+
+    # ------------------------------------------------------------------ actions
+
+    def _schedule(self, rec: TradeRecord, action: Action, view: TradeView, st_ev: LockedEvent | None,
+                  sc_ev: LockedEvent | None) -> None:
+        key = (rec.trade_id, action)
+        task = self._inflight.get(key)
+        if task is not None and not task.done():
+            return
+        if time.monotonic() < self._not_before.get(key, 0.0):
+            return
+        self._inflight[key] = asyncio.create_task(self._act(rec, action, view, st_ev, sc_ev))
+
+    async def _act(self, rec: TradeRecord, action: Action, view: TradeView, st_ev: LockedEvent | None,
+                   sc_ev: LockedEvent | None) -> None:
+        ins = rec.signed.instruction
+        log = self.log.bind(trade_id=ins.tradeId, action=action.value)
+        key = (rec.trade_id, action)
+        cooldown = (self.settings.confirmations + 1) * self.settings.block_time
+        try:
+            sent = await self._send(rec, action, view, st_ev, sc_ev)
+            if sent is None:
+                return
+            ledger, sender, tx = sent
+            started = time.monotonic()
+            await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx.tx_hash.to_0x_hex(),
+                                       nonce=tx.nonce, chain=ledger.kind)
+            log.info("tx_sent", tx=tx.tx_hash.to_0x_hex(), chain=ledger.kind)
+            receipt = await sender.wait(tx)
+            await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_mined",
+                                       tx=receipt["transactionHash"].to_0x_hex(), block=receipt["blockNumber"],
+                                       gas=receipt["gasUsed"], chain=ledger.kind)
+            log.info("tx_mined", tx=receipt["transactionHash"].to_0x_hex(), block=receipt["blockNumber"],
+                     gas=receipt["gasUsed"], seconds=round(time.monotonic() - started, 3))
+        except TransactionReverted as exc:
+            cooldown = 2 * self.settings.block_time
+            log.warning("action_failed", reason=exc.reason or str(exc))
+            await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_failed", reason=exc.reason or str(exc))
+        except LedgerError as exc:
+            cooldown = 2 * self.settings.block_time
+            log.warning("action_failed", reason=str(exc), error_type=type(exc).__name__)
+        finally:
+            self._not_before[key] = time.monotonic() + cooldown
+
+    async def _send(self, rec: TradeRecord, action: Action, view: TradeView, st_ev: LockedEvent | None,
+                    sc_ev: LockedEvent | None) -> tuple[HtlcLedger, TxSender, SentTx] | None:
+        """Check the chain, then broadcast; None when the chain shows the action is no longer needed."""
+        ins = rec.signed.instruction
+        tid = ins.trade_id_bytes
+        st, sc = self.st.ledger, self.sc.ledger
+        if action is Action.LOCK_ST:
+            if await st.swap_slot(swap_id(ins.sellerStAccount, tid)) != bytes(32):
+                return None  # already locked (maybe by our previous incarnation): wait for confirmations
+            tx = await st.lock(ins.sellerStAccount, tid, ins.stToken, ins.stAmount, ins.buyerStAccount,
+                               bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"]))
+            return st, st.senders[ins.sellerStAccount], tx
+        if action is Action.LOCK_SC:
+            assert st_ev is not None
+            t_sc = sc_timelock_for(st_ev.timelock, self.policy.delta(self.clock_offset))
+            if await sc.swap_slot(swap_id(ins.buyerScAccount, tid)) != bytes(32):
+                return None
+            if rec.get("t_sc") is None:
+                await self.store.update(rec, {"t_sc": t_sc}, actor=ACTOR, event="sc_lock_planned", t_sc=t_sc)
+            tx = await sc.lock(ins.buyerScAccount, tid, ins.scToken, ins.scAmount, ins.sellerScAccount,
+                               st_ev.hashlock, t_sc)
+            return sc, sc.senders[ins.buyerScAccount], tx
+        if action in (Action.CLAIM_SC, Action.REFUND_SC):
+            ledger, ev, prefer = sc, sc_ev, [ins.sellerScAccount, ins.buyerScAccount]
+        else:
+            ledger, ev, prefer = st, st_ev, [ins.buyerStAccount, ins.sellerStAccount]
+        assert ev is not None
+        sid = ev.swap_id
+        if await ledger.swap_slot(sid) == bytes(32):
+            return None  # already claimed or refunded
+        via = ledger.any_sender(prefer)
+        if via is None:
+            return None
+        if action in (Action.REFUND_ST, Action.REFUND_SC):
+            tx = await ledger.refund(via, ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock,
+                                     ev.timelock)
+            return ledger, via, tx
+        preimage = self._preimage(rec, view)
+        if preimage is None:
+            return None
+        tx = await ledger.claim(via, preimage, sid, ev.token, ev.amount, ev.receiver, ev.timelock)
+        return ledger, via, tx
+
+    def _preimage(self, rec: TradeRecord, view: TradeView) -> bytes | None:
+        public = view.sc.preimage or view.st.preimage
+        if public is not None:
+            return public
+        sealed = rec.get("secret")
+        return self.box.open(sealed, rec.trade_id) if sealed else None

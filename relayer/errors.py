@@ -1,0 +1,38 @@
+"""Exception root of the relayer service. Every error the relayer raises on purpose derives from RelayerError."""
+
+from __future__ import annotations
+
+
+class RelayerError(Exception):
+    """Raised when the relayer refuses or cannot do something; `code` is a stable machine-readable reason."""
+
+    code = "relayer_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidInstruction(RelayerError):
+    """Raised when a trade instruction is malformed, unsigned by a trusted PTS key, or outside what we serve."""
+
+    code = "invalid_instruction"
+
+
+class ConflictingInstruction(RelayerError):
+    """Raised when a trade id is already known with different terms (replay with other terms)."""
+
+    code = "conflicting_trade_id"
+
+
+class ConcurrentUpdate(RelayerError):
+    """Raised when a trade record changed between read and write (compare-and-set lost); re-read and retry."""
+
+    code = "concurrent_update"
+
+
+class ConfigError(RelayerError):
+    """Raised when the configuration is incomplete or inconsistent."""
+
+    code = "config_error"

@@ -1,0 +1,1 @@
+"""The protocol: trade instruction, state machine, Δ and term rules. Pure functions and types, no I/O."""

@@ -1,0 +1,127 @@
+"""The trade instruction a PTS signs (EIP-712) and the relayer verifies before accepting a trade.
+
+The EIP-712 domain and types are documented in docs/trade-instruction.md so any standard signer
+(ethers.js signTypedData, eth-account sign_typed_data) can produce one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import is_checksum_address, to_checksum_address
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relayer.errors import InvalidInstruction
+
+UINT256_MAX = 2**256 - 1
+UINT64_MAX = 2**64 - 1
+
+EIP712_DOMAIN = {"name": "DvP Trade Instruction", "version": "1"}
+EIP712_TYPES = {
+    "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}],
+    "TradeInstruction": [
+        {"name": "tradeId", "type": "bytes32"},
+        {"name": "stChainId", "type": "uint256"},
+        {"name": "stToken", "type": "address"},
+        {"name": "stAmount", "type": "uint256"},
+        {"name": "scChainId", "type": "uint256"},
+        {"name": "scToken", "type": "address"},
+        {"name": "scAmount", "type": "uint256"},
+        {"name": "sellerStAccount", "type": "address"},
+        {"name": "sellerScAccount", "type": "address"},
+        {"name": "buyerScAccount", "type": "address"},
+        {"name": "buyerStAccount", "type": "address"},
+        {"name": "deadline", "type": "uint64"},
+    ],
+}
+
+
+def _address(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("0x") or len(v) != 42:
+        raise ValueError("must be a 0x-prefixed 20-byte hex address")
+    if not is_checksum_address(v):
+        if v[2:] == v[2:].lower() or v[2:] == v[2:].upper():
+            raise ValueError("address must be EIP-55 checksummed")
+        raise ValueError("address has a bad EIP-55 checksum")
+    return v
+
+
+class TradeInstruction(BaseModel):
+    """A matched trade: seller delivers `stAmount` of `stToken`, buyer pays `scAmount` of `scToken`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    tradeId: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="32-byte trade id, 0x-hex")
+    stChainId: int = Field(gt=0, le=UINT256_MAX)
+    stToken: str
+    stAmount: int = Field(gt=0, le=UINT256_MAX)
+    scChainId: int = Field(gt=0, le=UINT256_MAX)
+    scToken: str
+    scAmount: int = Field(gt=0, le=UINT256_MAX)
+    sellerStAccount: str
+    sellerScAccount: str
+    buyerScAccount: str
+    buyerStAccount: str
+    deadline: int = Field(gt=0, le=UINT64_MAX, description="unix seconds by which the trade must be settled")
+
+    _addr = field_validator(
+        "stToken", "scToken", "sellerStAccount", "sellerScAccount", "buyerScAccount", "buyerStAccount"
+    )(_address)
+
+    @field_validator("tradeId")
+    @classmethod
+    def _lower_id(cls, v: str) -> str:
+        return v.lower()
+
+    @property
+    def trade_id_bytes(self) -> bytes:
+        return bytes.fromhex(self.tradeId[2:])
+
+    def typed_data(self) -> dict[str, Any]:
+        """The full EIP-712 message, ready for eth-account / ethers signTypedData."""
+        message = self.model_dump()
+        message["tradeId"] = self.trade_id_bytes
+        return {"types": EIP712_TYPES, "primaryType": "TradeInstruction", "domain": EIP712_DOMAIN, "message": message}
+
+    def digest(self) -> str:
+        """A stable hash of the terms, to tell a replay (same terms) from a conflict (same id, other terms)."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+class SignedInstruction(BaseModel):
+    """What a PTS posts: the instruction and its EIP-712 signature (65 bytes, 0x-hex)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    instruction: TradeInstruction
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+
+    def signer(self) -> str:
+        """The address that signed, recovered from the signature."""
+        try:
+            signable = encode_typed_data(full_message=self.instruction.typed_data())
+            return to_checksum_address(Account.recover_message(signable, signature=self.signature))
+        except Exception as exc:  # noqa: BLE001 - any recovery failure is a bad signature
+            raise InvalidInstruction(f"signature cannot be recovered: {exc}", code="bad_signature") from exc
+
+
+def sign_instruction(instruction: TradeInstruction, private_key: bytes | str) -> SignedInstruction:
+    """Sign as a PTS would (used by the demo and tests; a real PTS signs with its own tooling)."""
+    signed = Account.sign_typed_data(private_key, full_message=instruction.typed_data())
+    return SignedInstruction(instruction=instruction, signature="0x" + bytes(signed.signature).hex())
+
+
+def parse_signed(doc: Any) -> SignedInstruction:
+    """Validate a decoded JSON document; raises InvalidInstruction with a field-level message."""
+    from pydantic import ValidationError
+
+    try:
+        return SignedInstruction.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInstruction(f"{where}: {first['msg']}", code="invalid_field") from exc

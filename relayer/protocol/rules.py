@@ -1,0 +1,234 @@
+"""Protocol rules: Δ, checking a counterparty's lock, and deciding what a trade needs next.
+
+`decide()` is the stateless heart of the relayer (as in yui-relayer's relay loop): from what both chains
+show (k-confirmed) and what this relayer may do (its roles), it returns the trade's state and the actions
+due now. It does no I/O, so every rule is unit-tested in microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from relayer.protocol.instruction import TradeInstruction
+from relayer.protocol.states import TradeState
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """Inputs of Δ and of the timelocks. Δ = k × block time + inclusion delay + |clock offset| + margin."""
+
+    confirmations: int = 1
+    block_time: float = 1.0
+    inclusion_delay: float = 3.0
+    margin: float = 5.0
+    st_lock_duration: int = 300  # T_st - now when the seller locks (capped by the instruction's deadline)
+
+    def delta(self, clock_offset: float = 0.0) -> int:
+        """Seconds the second leg must expire before the first (Herlihy's Δ), for this clock offset."""
+        return math.ceil(self.confirmations * self.block_time + self.inclusion_delay + abs(clock_offset) + self.margin)
+
+    def min_st_window(self, clock_offset: float = 0.0) -> int:
+        """Least time left on T_st for which locking the ST (seller) or the SC (buyer) is still safe.
+
+        Buyer sees the ST lock (Δ), locks the SC with T_sc = T_st - Δ and the seller needs Δ to see and claim it.
+        """
+        return 3 * self.delta(clock_offset)
+
+
+@dataclass(frozen=True)
+class ObservedLock:
+    """A Locked event as seen on chain with k confirmations."""
+
+    sender: str
+    receiver: str
+    token: str
+    amount: int
+    hashlock: bytes
+    timelock: int
+    tx_hash: str = ""
+    block: int = 0
+
+
+@dataclass(frozen=True)
+class LegView:
+    """One leg (ST or SC) of a trade as the chain shows it, for the expected sender's swap."""
+
+    lock: ObservedLock | None = None
+    claimed: bool = False
+    preimage: bytes | None = None
+    refunded: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.lock is not None and not self.claimed and not self.refunded
+
+
+class Action(StrEnum):
+    LOCK_ST = "lock_st"
+    LOCK_SC = "lock_sc"
+    CLAIM_SC = "claim_sc"
+    CLAIM_ST = "claim_st"
+    REFUND_ST = "refund_st"
+    REFUND_SC = "refund_sc"
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What this relayer may sign for: the seller's ST account, the buyer's SC account, gas on each chain."""
+
+    seller: bool = False
+    buyer: bool = False
+    st_gas: bool = False  # holds some key on the ST chain (to claim/refund as a watcher)
+    sc_gas: bool = False
+
+
+@dataclass(frozen=True)
+class TradeView:
+    """Everything decide() needs about one trade."""
+
+    instruction: TradeInstruction
+    st: LegView
+    sc: LegView
+    now_st: int
+    now_sc: int
+    clock_offset: float = 0.0  # now_st - now_sc
+    our_hashlock: bytes | None = None  # set once the seller side persisted its secret
+    planned_t_st: int | None = None  # set with the secret
+    sc_lock_rejected: bool = False  # a counterparty SC lock with wrong terms was seen (never acted on)
+
+
+@dataclass
+class Decision:
+    state: TradeState
+    actions: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    one_sided: bool = False  # an atomicity violation: must never happen; alert
+
+
+def check_st_lock(ins: TradeInstruction, lock: ObservedLock) -> list[str]:
+    """Problems with the seller's ST lock as the buyer checks it (empty list = acceptable terms)."""
+    problems = []
+    if lock.sender != ins.sellerStAccount:
+        problems.append(f"sender {lock.sender} is not the seller {ins.sellerStAccount}")
+    if lock.token != ins.stToken:
+        problems.append(f"token {lock.token} is not {ins.stToken}")
+    if lock.amount != ins.stAmount:
+        problems.append(f"amount {lock.amount} is not {ins.stAmount}")
+    if lock.receiver != ins.buyerStAccount:
+        problems.append(f"receiver {lock.receiver} is not the buyer {ins.buyerStAccount}")
+    if lock.hashlock == bytes(32):
+        problems.append("hashlock is zero")
+    if lock.timelock > ins.deadline:
+        problems.append(f"timelock {lock.timelock} is after the trade deadline {ins.deadline}")
+    return problems
+
+
+def check_sc_lock(
+    ins: TradeInstruction, lock: ObservedLock, hashlock: bytes | None, t_st: int | None, delta: int
+) -> list[str]:
+    """Problems with the buyer's SC lock as the seller checks it (empty list = acceptable terms)."""
+    problems = []
+    if lock.sender != ins.buyerScAccount:
+        problems.append(f"sender {lock.sender} is not the buyer {ins.buyerScAccount}")
+    if lock.token != ins.scToken:
+        problems.append(f"token {lock.token} is not {ins.scToken}")
+    if lock.amount != ins.scAmount:
+        problems.append(f"amount {lock.amount} is not {ins.scAmount}")
+    if lock.receiver != ins.sellerScAccount:
+        problems.append(f"receiver {lock.receiver} is not the seller {ins.sellerScAccount}")
+    if hashlock is not None and lock.hashlock != hashlock:
+        problems.append("hashlock differs from the ST lock's")
+    if t_st is not None and lock.timelock > t_st - delta:
+        problems.append(f"timelock {lock.timelock} is later than T_st - Δ = {t_st - delta}")
+    return problems
+
+
+def sc_timelock_for(t_st: int, delta: int) -> int:
+    """The buyer's SC timelock: Δ before the ST's."""
+    return t_st - delta
+
+
+def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
+    """The trade's state and the actions due now, from chain facts alone (plus our own secret's existence)."""
+    ins = view.instruction
+    st, sc = view.st, view.sc
+    delta = policy.delta(view.clock_offset)
+    t_st = st.lock.timelock if st.lock else view.planned_t_st
+    st_problems = check_st_lock(ins, st.lock) if st.lock else []
+    hashlock = st.lock.hashlock if st.lock else view.our_hashlock
+    sc_problems = check_sc_lock(ins, sc.lock, hashlock, t_st, delta) if sc.lock else []
+    d = Decision(state=TradeState.MATCHED)
+    d.notes += [f"ST lock: {p}" for p in st_problems] + [f"SC lock: {p}" for p in sc_problems]
+
+    # -- state, from the chains
+    preimage_public = sc.preimage or st.preimage
+    if st.claimed and sc.claimed:
+        d.state = TradeState.SETTLED
+        return d
+    if sc.claimed and st.refunded:
+        d.state, d.one_sided = TradeState.SC_CLAIMED, True
+        d.notes.append("ONE-SIDED: SC claimed but ST refunded")
+        return d
+    st_expired = st.lock is not None and view.now_st >= st.lock.timelock
+    sc_expired = sc.lock is not None and view.now_sc >= sc.lock.timelock
+    if sc.claimed or st.claimed:
+        d.state = TradeState.SC_CLAIMED
+    elif (st.active and st_expired) or (sc.active and sc_expired):
+        d.state = TradeState.REFUNDING
+    elif sc.active and not sc_problems:
+        d.state = TradeState.SC_LOCKED
+    elif st.active and not st_problems:
+        d.state = TradeState.ST_LOCKED
+    else:
+        no_more_st = st.refunded or (st.lock is None and view.now_st >= (view.planned_t_st or ins.deadline))
+        no_more_sc = sc.refunded or sc.lock is None or not sc.active
+        if not st.active and not sc.active and no_more_st and no_more_sc:
+            d.state = TradeState.ABORTED
+            return d
+        if st.active or sc.active:
+            d.state = TradeState.REFUNDING  # only wrong-terms locks remain: they wait for their timelock
+
+    # -- refunds are due by themselves when a timelock passes (our sender's leg, or as a watcher)
+    if st.active and st_expired and (roles.seller or roles.st_gas):
+        d.actions.append(Action.REFUND_ST)
+    if sc.active and sc_expired and (roles.buyer or roles.sc_gas):
+        d.actions.append(Action.REFUND_SC)
+
+    # -- claims: the ST for the buyer as soon as the secret is public (any watcher), strictly before T_st
+    st_claimable = st.active and not st_expired and not st_problems
+    if preimage_public and st_claimable and (roles.st_gas or roles.seller or roles.buyer):
+        d.actions.append(Action.CLAIM_ST)
+    if (
+        roles.seller
+        and view.our_hashlock is not None
+        and sc.active
+        and not sc_problems
+        and st_claimable
+        and view.now_sc + policy.inclusion_delay < sc.lock.timelock  # type: ignore[union-attr]
+    ):
+        d.actions.append(Action.CLAIM_SC)
+        if Action.CLAIM_ST not in d.actions:
+            d.actions.append(Action.CLAIM_ST)  # same moment: the seller holds s; steps 3 and 4 overlap
+    if roles.seller and st.claimed and sc.active and not sc_expired and not sc_problems:
+        d.actions.append(Action.CLAIM_SC)  # the ST claim landed first: collect the payment too
+
+    # -- locks
+    if (
+        roles.seller
+        and st.lock is None
+        and not st.refunded
+        and view.planned_t_st is not None
+        and view.planned_t_st - view.now_st >= policy.min_st_window(view.clock_offset)
+    ):
+        d.actions.append(Action.LOCK_ST)
+    if roles.buyer and st.active and not st_problems and sc.lock is None and not sc.refunded:
+        t_sc = sc_timelock_for(st.lock.timelock, delta)  # type: ignore[union-attr]
+        if t_sc - view.now_sc >= delta:
+            d.actions.append(Action.LOCK_SC)
+        else:
+            d.notes.append(f"too late to lock SC: T_sc {t_sc} leaves less than Δ={delta}s")
+    if st_problems and roles.buyer:
+        d.notes.append("ST lock has wrong terms: not acting on it")
+    return d

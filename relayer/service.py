@@ -1,0 +1,35 @@
+"""Build a ready-to-run Engine from Settings (used by the CLI, the demo and the tests)."""
+
+from __future__ import annotations
+
+from adapters.evm import EvmChain
+from adapters.progmat_coin import ProgmatCoinLedger
+from adapters.st_chain import StChainLedger
+from relayer.config import Settings
+from relayer.engine import Engine
+from relayer.errors import ConfigError
+from relayer.secrets import SecretBox
+from relayer.store import Store
+
+
+def build_engine(settings: Settings, store: Store | None = None) -> Engine:
+    if not settings.st_escrow or not settings.sc_escrow:
+        raise ConfigError("DVP_ST_ESCROW and DVP_SC_ESCROW must be set (see .env.example or `dvp-relayer devnet up`)")
+    if not settings.secret_key.get_secret_value():
+        raise ConfigError("DVP_SECRET_KEY must be set (generate one with `dvp-relayer keygen`)")
+    accounts = settings.accounts()
+    st_chain = EvmChain("st", settings.st_urls(), request_timeout=settings.rpc_timeout)
+    sc_chain = EvmChain("sc", settings.sc_urls(), request_timeout=settings.rpc_timeout)
+    return Engine(
+        settings,
+        store or Store.from_url(settings.redis_url),
+        StChainLedger(st_chain, settings.st_escrow, accounts),
+        ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts),
+        SecretBox(settings.secret_key.get_secret_value()),
+    )
+
+
+async def close_engine(engine: Engine) -> None:
+    await engine.st.ledger.chain.close()
+    await engine.sc.ledger.chain.close()
+    await engine.store.close()

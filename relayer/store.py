@@ -1,0 +1,190 @@
+"""Every Redis key and script of the relayer, in one place.
+
+Keys (prefix `dvp:`):
+  dvp:trade:{id}      hash: instruction JSON, digest, state, version, created_at, and the intent fields
+                      (hashlock, sealed secret, planned T_st, planned T_sc, start blocks, leg tx hashes)
+  dvp:audit:{id}      list of JSON entries: who, what, tx hash, block, time (append-only)
+  dvp:open            sorted set of non-terminal trade ids (score = acceptance time)
+  dvp:all             sorted set of every trade id (score = acceptance time)
+  dvp:cursor:{chain}  hash: height and hash of the last block the follower processed
+State changes are compare-and-set on `version` (Lua), and the audit entry is written in the same script.
+Delivery: at-least-once; every action the engine takes is idempotent and checked against the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from relayer.errors import ConcurrentUpdate, ConflictingInstruction
+from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.states import TERMINAL, TradeState
+
+PREFIX = "dvp:"
+OPEN = PREFIX + "open"
+ALL = PREFIX + "all"
+
+
+def trade_key(trade_id: str) -> str:
+    return f"{PREFIX}trade:{trade_id}"
+
+
+def audit_key(trade_id: str) -> str:
+    return f"{PREFIX}audit:{trade_id}"
+
+
+def cursor_key(chain: str) -> str:
+    return f"{PREFIX}cursor:{chain}"
+
+
+# KEYS: trade, audit, open, all. ARGV: digest, record JSON, audit JSON, now
+_CREATE = """
+local existing = redis.call('HGET', KEYS[1], 'digest')
+if existing then
+  if existing == ARGV[1] then return 0 end
+  return -1
+end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+if fields['state'] ~= 'REJECTED' then redis.call('ZADD', KEYS[3], ARGV[4], fields['trade_id']) end
+redis.call('ZADD', KEYS[4], ARGV[4], fields['trade_id'])
+return 1
+"""
+
+# KEYS: trade, audit, open. ARGV: expected version, fields JSON, audit JSON (or ''), terminal flag, trade id
+_UPDATE = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if v ~= ARGV[1] then return -1 end
+local fields = cjson.decode(ARGV[2])
+for k, val in pairs(fields) do redis.call('HSET', KEYS[1], k, val) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[3]) end
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[3], ARGV[5]) end
+return tonumber(v) + 1
+"""
+
+
+@dataclass
+class TradeRecord:
+    """A trade as stored: the signed instruction plus intent and progress."""
+
+    trade_id: str
+    signed: SignedInstruction
+    state: TradeState
+    version: int
+    fields: dict[str, str]
+
+    def get(self, name: str) -> str | None:
+        return self.fields.get(name) or None
+
+    def get_int(self, name: str) -> int | None:
+        v = self.fields.get(name)
+        return int(v) if v not in (None, "") else None
+
+
+class Store:
+    """Trade records, audit trail, open-trade index and chain cursors in Redis."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.r = client
+        self._create = client.register_script(_CREATE)
+        self._update = client.register_script(_UPDATE)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(aioredis.from_url(url, decode_responses=True, health_check_interval=10))
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    async def create(self, signed: SignedInstruction, state: TradeState, actor: str, note: str = "") -> bool:
+        """Store a new trade. True if created, False if the same instruction was already there.
+
+        Raises ConflictingInstruction when the id exists with different terms.
+        """
+        ins = signed.instruction
+        now = time.time()
+        record = {
+            "trade_id": ins.tradeId,
+            "instruction": signed.model_dump_json(),
+            "digest": ins.digest(),
+            "state": state.value,
+            "version": "1",
+            "created_at": f"{now:.3f}",
+        }
+        entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", note=note)
+        res = await self._create(
+            keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL],
+            args=[ins.digest(), json.dumps(record), entry, f"{now:.3f}"],
+        )
+        if int(res) == -1:
+            raise ConflictingInstruction(f"trade {ins.tradeId} already exists with different terms")
+        return int(res) == 1
+
+    async def get(self, trade_id: str) -> TradeRecord | None:
+        data = await self.r.hgetall(trade_key(trade_id))
+        if not data:
+            return None
+        return TradeRecord(
+            trade_id=trade_id,
+            signed=SignedInstruction.model_validate_json(data["instruction"]),
+            state=TradeState(data["state"]),
+            version=int(data["version"]),
+            fields=data,
+        )
+
+    async def update(
+        self,
+        rec: TradeRecord,
+        fields: dict[str, Any],
+        *,
+        actor: str,
+        event: str | None,
+        **audit: Any,
+    ) -> TradeRecord:
+        """Compare-and-set: write `fields` (and an audit entry) only if nobody changed the record since `rec`."""
+        str_fields = {k: str(v) for k, v in fields.items()}
+        new_state = TradeState(str_fields.get("state", rec.state.value))
+        entry = _audit_entry(actor, event, **audit) if event else ""
+        res = await self._update(
+            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN],
+            args=[str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
+                  rec.trade_id],
+        )
+        if int(res) == -1:
+            raise ConcurrentUpdate(f"trade {rec.trade_id} changed concurrently (had version {rec.version})")
+        rec.fields.update(str_fields)
+        rec.version, rec.state = int(res), new_state
+        return rec
+
+    async def audit(self, trade_id: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in await self.r.lrange(audit_key(trade_id), 0, -1)]
+
+    async def add_audit(self, trade_id: str, actor: str, event: str, **data: Any) -> None:
+        """An audit entry that changes no state (e.g. a counterparty lock with wrong terms was seen)."""
+        await self.r.rpush(audit_key(trade_id), _audit_entry(actor, event, **data))
+
+    async def open_trades(self) -> list[str]:
+        return list(await self.r.zrange(OPEN, 0, -1))
+
+    async def list_trades(self, offset: int = 0, limit: int = 100) -> list[str]:
+        return list(await self.r.zrevrange(ALL, offset, offset + limit - 1))
+
+    async def get_cursor(self, chain: str) -> tuple[int, str] | None:
+        data = await self.r.hgetall(cursor_key(chain))
+        return (int(data["height"]), data["hash"]) if data else None
+
+    async def set_cursor(self, chain: str, height: int, block_hash: str) -> None:
+        await self.r.hset(cursor_key(chain), mapping={"height": height, "hash": block_hash})
+
+
+def _audit_entry(actor: str, event: str | None, **data: Any) -> str:
+    return json.dumps({"t": round(time.time(), 3), "actor": actor, "event": event, **data}, default=str)

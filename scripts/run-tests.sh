@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the default test suite; "no tests collected" (pytest exit 5) is a failure, never a silent pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pytest -q -m "not slow" -p no:cacheprovider "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "ERROR: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"
