@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     block_time: float = Field(1.0, gt=0)
     inclusion_delay: float = 3.0
     margin: float = 5.0
+    max_clock_skew: float = Field(5.0, description="bound on |ST block time - SC block time| used in Δ")
     st_lock_duration: int = 300
     poll_interval: float = 0.2
     rpc_timeout: float = 5.0
@@ -78,5 +79,6 @@ class Settings(BaseSettings):
             block_time=self.block_time,
             inclusion_delay=self.inclusion_delay,
             margin=self.margin,
+            max_clock_skew=self.max_clock_skew,
             st_lock_duration=self.st_lock_duration,
         )

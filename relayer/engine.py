@@ -89,6 +89,17 @@ class ChainSide:
     ledger: HtlcLedger
     follower: EscrowFollower | None = None
     index: ChainIndex = field(default_factory=ChainIndex)
+    head: int = -1
+    head_timestamp: int = 0
+    head_seen_at: float = 0.0  # wall time when the current head was first seen
+
+    def now(self) -> int:
+        """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
+
+        A chain that makes blocks only on demand (or stalls) keeps an old head timestamp; projecting keeps
+        "time left on a timelock" honest and the two chains' clocks comparable.
+        """
+        return int(self.head_timestamp + max(0.0, time.time() - self.head_seen_at))
 
 
 class Engine:
@@ -129,9 +140,9 @@ class Engine:
         if ins.scToken not in self.sc_tokens:
             raise InvalidInstruction(f"unknown SC token {ins.scToken}", code="unknown_token")
         now = await self.st.ledger.chain.now()
-        if ins.deadline - now < self.policy.min_st_window(self.clock_offset):
+        if ins.deadline - now < self.policy.min_st_window():
             raise InvalidInstruction(
-                f"deadline {ins.deadline} leaves less than {self.policy.min_st_window(self.clock_offset)}s",
+                f"deadline {ins.deadline} leaves less than {self.policy.min_st_window()}s",
                 code="deadline_too_close",
             )
 
@@ -206,13 +217,15 @@ class Engine:
         height, bhash = side.follower.cursor
         if bhash:
             await self.store.set_cursor(side.name, height, bhash)
+        if res.head != side.head:
+            side.head, side.head_timestamp, side.head_seen_at = res.head, res.head_timestamp, time.time()
         if res.head != before:
             side.ledger.notify_new_block()
 
     async def step(self) -> None:
         await asyncio.gather(self._follow(self.st), self._follow(self.sc))
         assert self.st.follower and self.sc.follower
-        now_st, now_sc = self.st.follower.last_head_timestamp, self.sc.follower.last_head_timestamp
+        now_st, now_sc = self.st.now(), self.sc.now()
         self.clock_offset = now_st - now_sc
         for tid in await self.store.open_trades():
             rec = await self.store.get(tid)
@@ -265,7 +278,7 @@ class Engine:
         """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent)."""
         ins = rec.signed.instruction
         t_st = min(ins.deadline, now_st + self.policy.st_lock_duration)
-        if t_st - now_st < self.policy.min_st_window(self.clock_offset):
+        if t_st - now_st < self.policy.min_st_window():
             return  # decide() will abort the trade once the deadline passes; nothing was locked
         secret = os.urandom(32)
         await self.store.update(
@@ -350,7 +363,7 @@ class Engine:
             return st, st.senders[ins.sellerStAccount], tx
         if action is Action.LOCK_SC:
             assert st_ev is not None
-            t_sc = sc_timelock_for(st_ev.timelock, self.policy.delta(self.clock_offset))
+            t_sc = sc_timelock_for(st_ev.timelock, self.policy.delta())
             if await sc.swap_slot(swap_id(ins.buyerScAccount, tid)) != bytes(32):
                 return None
             if rec.get("t_sc") is None:

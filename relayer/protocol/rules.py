@@ -17,24 +17,32 @@ from relayer.protocol.states import TradeState
 
 @dataclass(frozen=True)
 class TimingPolicy:
-    """Inputs of Δ and of the timelocks. Δ = k × block time + inclusion delay + |clock offset| + margin."""
+    """Inputs of Δ and of the timelocks. Δ = k × block time + inclusion delay + max clock skew + margin.
+
+    The clock term is a configured bound on the difference between the two chains' block timestamps, not
+    the instantaneous measurement: block timestamps are quantised by block time, so a measured offset is
+    noisy, and Δ must be the same number for the buyer who picks T_sc and the seller who checks it. The
+    engine measures the offset every round and stops new locks when it exceeds the bound.
+    """
 
     confirmations: int = 1
     block_time: float = 1.0
     inclusion_delay: float = 3.0
+    max_clock_skew: float = 2.0
     margin: float = 5.0
     st_lock_duration: int = 300  # T_st - now when the seller locks (capped by the instruction's deadline)
 
-    def delta(self, clock_offset: float = 0.0) -> int:
-        """Seconds the second leg must expire before the first (Herlihy's Δ), for this clock offset."""
-        return math.ceil(self.confirmations * self.block_time + self.inclusion_delay + abs(clock_offset) + self.margin)
+    def delta(self) -> int:
+        """Seconds the second leg must expire before the first (Herlihy's Δ)."""
+        return math.ceil(self.confirmations * self.block_time + self.inclusion_delay + self.max_clock_skew
+                         + self.margin)
 
-    def min_st_window(self, clock_offset: float = 0.0) -> int:
+    def min_st_window(self) -> int:
         """Least time left on T_st for which locking the ST (seller) or the SC (buyer) is still safe.
 
         Buyer sees the ST lock (Δ), locks the SC with T_sc = T_st - Δ and the seller needs Δ to see and claim it.
         """
-        return 3 * self.delta(clock_offset)
+        return 3 * self.delta()
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,8 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     """The trade's state and the actions due now, from chain facts alone (plus our own secret's existence)."""
     ins = view.instruction
     st, sc = view.st, view.sc
-    delta = policy.delta(view.clock_offset)
+    delta = policy.delta()
+    skew_ok = abs(view.clock_offset) <= policy.max_clock_skew
     t_st = st.lock.timelock if st.lock else view.planned_t_st
     st_problems = check_st_lock(ins, st.lock) if st.lock else []
     hashlock = st.lock.hashlock if st.lock else view.our_hashlock
@@ -220,13 +229,18 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
         and st.lock is None
         and not st.refunded
         and view.planned_t_st is not None
-        and view.planned_t_st - view.now_st >= policy.min_st_window(view.clock_offset)
+        and view.planned_t_st - view.now_st >= policy.min_st_window()
     ):
-        d.actions.append(Action.LOCK_ST)
+        if skew_ok:
+            d.actions.append(Action.LOCK_ST)
+        else:
+            d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
     if roles.buyer and st.active and not st_problems and sc.lock is None and not sc.refunded:
         t_sc = sc_timelock_for(st.lock.timelock, delta)  # type: ignore[union-attr]
-        if t_sc - view.now_sc >= delta:
+        if t_sc - view.now_sc >= delta and skew_ok:
             d.actions.append(Action.LOCK_SC)
+        elif not skew_ok:
+            d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
         else:
             d.notes.append(f"too late to lock SC: T_sc {t_sc} leaves less than Δ={delta}s")
     if st_problems and roles.buyer:

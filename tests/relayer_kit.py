@@ -1,0 +1,123 @@
+"""A real two-chain devnet for relayer tests: two anvils, a throw-away Redis, deployed contracts, engines."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.contracts import encode_call
+from adapters.evm import EvmChain, TxSender
+from deploy.devnet import ROLES, dev_account
+from relayer.config import Settings
+from relayer.engine import Engine
+from relayer.protocol.instruction import SignedInstruction, TradeInstruction, sign_instruction
+from relayer.protocol.states import TERMINAL, TradeState
+from relayer.secrets import generate_key
+from relayer.service import build_engine, close_engine
+from relayer.store import Store
+
+_db = itertools.count(1)
+
+
+@dataclass
+class Net:
+    doc: dict[str, Any]
+    redis_port: int
+    st: EvmChain
+    sc: EvmChain
+    secret_key: str
+
+    @property
+    def seller(self) -> Any:
+        return dev_account(ROLES["seller"])
+
+    @property
+    def buyer(self) -> Any:
+        return dev_account(ROLES["buyer"])
+
+    @property
+    def pts(self) -> Any:
+        return dev_account(ROLES["pts"])
+
+    @property
+    def st_token(self) -> str:
+        return next(iter(self.doc["st"]["tokens"].values()))
+
+    @property
+    def sc_token(self) -> str:
+        return next(iter(self.doc["sc"]["tokens"].values()))
+
+    def settings(self, party_keys: list[Any], db: int | None = None, **over: Any) -> Settings:
+        fields: dict[str, Any] = dict(
+            redis_url=f"redis://127.0.0.1:{self.redis_port}/{db if db is not None else next(_db) % 16}",
+            st_rpc_url=self.doc["st"]["rpc_url"], st_escrow=self.doc["st"]["escrow"],
+            st_tokens=self.st_token, st_start_block=self.doc["st"]["deploy_block"],
+            sc_rpc_url=self.doc["sc"]["rpc_url"], sc_escrow=self.doc["sc"]["escrow"],
+            sc_tokens=self.sc_token, sc_start_block=self.doc["sc"]["deploy_block"],
+            trusted_pts_signers=self.pts.address,
+            party_keys=",".join(k.key.hex() for k in party_keys),
+            secret_key=self.secret_key, confirmations=1, block_time=0.5, inclusion_delay=2.0, margin=3.0,
+            st_lock_duration=120, poll_interval=0.05,
+        )
+        fields.update(over)
+        return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+    async def engine(self, party_keys: list[Any], **over: Any) -> Engine:
+        settings = self.settings(party_keys, **over)
+        store = Store.from_url(settings.redis_url)
+        engine = build_engine(settings, store)
+        await engine.start()
+        return engine
+
+    async def instruction(self, **over: Any) -> SignedInstruction:
+        key = over.pop("pts_key", self.pts.key)
+        now = await self.st.now()
+        fields: dict[str, Any] = dict(
+            tradeId="0x" + os.urandom(32).hex(), stChainId=self.doc["st"]["chain_id"], stToken=self.st_token,
+            stAmount=10, scChainId=self.doc["sc"]["chain_id"], scToken=self.sc_token, scAmount=12_345,
+            sellerStAccount=self.seller.address, sellerScAccount=self.seller.address,
+            buyerScAccount=self.buyer.address, buyerStAccount=self.buyer.address, deadline=now + 300,
+        )
+        fields.update(over)
+        return sign_instruction(TradeInstruction(**fields), key)
+
+    async def warp(self, seconds: int) -> None:
+        """Advance both chains' clocks and mine a block on each."""
+        for chain in (self.st, self.sc):
+            await chain.rpc("evm_increaseTime", [seconds])
+            await chain.rpc("evm_mine", [])
+
+    async def balance(self, chain: EvmChain, token: str, who: str) -> int:
+        raw = await chain.call(lambda w3: w3.eth.call({"to": token, "data": encode_call("SecurityToken", "balanceOf", who)}))
+        return int.from_bytes(bytes(raw)[-32:], "big")
+
+    def sender(self, chain: EvmChain, acct: Any) -> TxSender:
+        return TxSender(chain, acct)
+
+
+async def drive(engine: Engine, trade_ids: list[str], until: set[TradeState] = set(TERMINAL), timeout: float = 60.0,
+                tick: Any = None) -> dict[str, TradeState]:
+    """Run engine rounds until every trade reached one of `until` (or time runs out); returns their states."""
+    deadline = time.monotonic() + timeout
+    states: dict[str, TradeState] = {}
+    while time.monotonic() < deadline:
+        await engine.step()
+        states = {}
+        for tid in trade_ids:
+            rec = await engine.store.get(tid)
+            assert rec is not None
+            states[tid] = rec.state
+        if all(s in until for s in states.values()):
+            await engine.drain()
+            return states
+        if tick is not None:
+            await tick()
+        await asyncio.sleep(0.05)
+    return states
+
+
+__all__ = ["Net", "drive", "close_engine", "generate_key"]

@@ -1,0 +1,99 @@
+"""End-to-end settlement on two real anvil chains and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relayer.errors import ConflictingInstruction, InvalidInstruction
+from relayer.protocol.states import TradeState
+from tests.relayer_kit import Net, close_engine, drive
+
+
+async def test_one_trade_settles_atomically(net: Net):
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = await net.instruction(stAmount=7, scAmount=7_000)
+        tid = signed.instruction.tradeId
+        b = [await net.balance(net.st, net.st_token, net.buyer.address),
+             await net.balance(net.sc, net.sc_token, net.seller.address)]
+        assert await engine.intake(signed) is True
+        states = await drive(engine, [tid])
+        assert states[tid] == TradeState.SETTLED
+        assert await net.balance(net.st, net.st_token, net.buyer.address) == b[0] + 7
+        assert await net.balance(net.sc, net.sc_token, net.seller.address) == b[1] + 7_000
+        events = [e["event"] for e in await engine.store.audit(tid)]
+        for expected in ("accepted", "secret_created", "lock_st_mined", "lock_sc_mined", "claim_sc_mined",
+                         "claim_st_mined"):
+            assert expected in events
+        # the secret was sealed before the ST lock was sent
+        assert events.index("secret_created") < events.index("lock_st_sent")
+    finally:
+        await close_engine(engine)
+
+
+async def test_fifty_concurrent_trades_settle(net: Net):
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = [await net.instruction(stAmount=1, scAmount=100 + i) for i in range(50)]
+        ids = [s.instruction.tradeId for s in signed]
+        before = await net.balance(net.st, net.st_token, net.buyer.address)
+        await asyncio.gather(*(engine.intake(s) for s in signed))
+        states = await drive(engine, ids, timeout=120)
+        assert set(states.values()) == {TradeState.SETTLED}, states
+        assert await net.balance(net.st, net.st_token, net.buyer.address) == before + 50
+    finally:
+        await close_engine(engine)
+
+
+async def test_same_instruction_twice_is_one_trade_and_other_terms_conflict(net: Net):
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = await net.instruction()
+        assert await engine.intake(signed) is True
+        assert await engine.intake(signed) is False
+        assert await engine.store.open_trades() == [signed.instruction.tradeId]
+        other = await net.instruction(tradeId=signed.instruction.tradeId, scAmount=1)
+        with pytest.raises(ConflictingInstruction):
+            await engine.intake(other)
+        rec = await engine.store.get(signed.instruction.tradeId)
+        assert rec is not None and rec.signed.instruction.scAmount == 12_345
+    finally:
+        await engine.store.r.flushdb()
+        await close_engine(engine)
+
+
+@pytest.mark.parametrize(
+    "over, code",
+    [
+        ({"stToken": "0x" + "11" * 20}, "unknown_token"),
+        ({"stChainId": 999}, "unknown_chain"),
+        ({"deadline": 1}, "deadline_too_close"),
+    ],
+)
+async def test_bad_instructions_are_refused_and_nothing_written(net: Net, over, code):
+    from eth_utils import to_checksum_address
+
+    if "stToken" in over:
+        over["stToken"] = to_checksum_address(over["stToken"])
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = await net.instruction(**over)
+        with pytest.raises(InvalidInstruction) as err:
+            await engine.intake(signed)
+        assert err.value.code == code
+        assert await engine.store.get(signed.instruction.tradeId) is None
+    finally:
+        await close_engine(engine)
+
+
+async def test_untrusted_signer_is_refused(net: Net):
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = await net.instruction(pts_key=net.buyer.key)
+        with pytest.raises(InvalidInstruction) as err:
+            await engine.intake(signed)
+        assert err.value.code == "untrusted_signer"
+    finally:
+        await close_engine(engine)
