@@ -1,0 +1,102 @@
+"""Failure paths of the protocol on real chains: absent or dishonest counterparties end ABORTED, never one-sided."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from adapters.contracts import encode_call, swap_id
+from relayer.protocol.states import TradeState
+from tests.relayer_kit import Net, close_engine, drive
+
+E = "HashedTimelockEscrow"
+
+
+async def _bot_lock(net: Net, chain, acct, escrow: str, trade_id: bytes, token: str, amount: int, receiver: str,
+                    hashlock: bytes, timelock: int) -> None:
+    await net.sender(chain, acct).transact(escrow, encode_call(E, "lock", trade_id, token, amount, receiver, hashlock,
+                                                               timelock))
+
+
+async def test_buyer_never_locks_st_is_refunded_and_trade_aborted(net: Net):
+    engine = await net.engine([net.seller])  # acts for the seller only; the buyer is absent
+    try:
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        before = await net.balance(net.st, net.st_token, net.seller.address)
+        await engine.intake(signed)
+        assert (await drive(engine, [tid], until={TradeState.ST_LOCKED}))[tid] == TradeState.ST_LOCKED
+        assert await net.balance(net.st, net.st_token, net.seller.address) == before - 10
+        await net.warp(engine.settings.st_lock_duration + 5)
+        assert (await drive(engine, [tid]))[tid] == TradeState.ABORTED
+        assert await net.balance(net.st, net.st_token, net.seller.address) == before
+        assert "refund_st_mined" in [e["event"] for e in await engine.store.audit(tid)]
+    finally:
+        await close_engine(engine)
+
+
+async def test_seller_never_claims_both_legs_are_refunded(net: Net):
+    engine = await net.engine([net.buyer])  # acts for the buyer only; a seller bot locks and walks away
+    try:
+        signed = await net.instruction()
+        ins = signed.instruction
+        secret = os.urandom(32)
+        t_st = await net.st.now() + 120
+        sc_before = await net.balance(net.sc, net.sc_token, net.buyer.address)
+        await engine.intake(signed)
+        await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,
+                        ins.stAmount, ins.buyerStAccount, hashlib.sha256(secret).digest(), t_st)
+        assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
+        assert await net.balance(net.sc, net.sc_token, net.buyer.address) == sc_before - ins.scAmount
+        await net.warp(125)
+        assert (await drive(engine, [ins.tradeId]))[ins.tradeId] == TradeState.ABORTED
+        assert await net.balance(net.sc, net.sc_token, net.buyer.address) == sc_before
+        events = [e["event"] for e in await engine.store.audit(ins.tradeId)]
+        assert "refund_sc_mined" in events and "refund_st_mined" in events  # the ST refunded by us as a watcher
+    finally:
+        await close_engine(engine)
+
+
+@pytest.mark.parametrize("wrong", ["amount", "receiver", "hashlock", "timelock"])
+async def test_counterparty_sc_lock_with_wrong_terms_is_never_acted_on(net: Net, wrong: str):
+    engine = await net.engine([net.seller])  # we act for the seller; a dishonest buyer bot locks wrong terms
+    try:
+        signed = await net.instruction()
+        ins = signed.instruction
+        st_before = await net.balance(net.st, net.st_token, net.seller.address)
+        sc_seller_before = await net.balance(net.sc, net.sc_token, net.seller.address)
+        await engine.intake(signed)
+        assert (await drive(engine, [ins.tradeId], until={TradeState.ST_LOCKED}))[ins.tradeId] == TradeState.ST_LOCKED
+        rec = await engine.store.get(ins.tradeId)
+        hashlock, t_st = bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+        terms = dict(amount=ins.scAmount, receiver=ins.sellerScAccount, hashlock=hashlock,
+                     timelock=t_st - engine.policy.delta())
+        terms[wrong] = {"amount": ins.scAmount - 1, "receiver": net.pts.address, "hashlock": os.urandom(32),
+                        "timelock": t_st - 1}[wrong]
+        if wrong == "receiver":
+            await net.sender(net.sc, dev_issuer()).transact(
+                net.sc_token, encode_call("Stablecoin", "setAllowed", [net.pts.address], True))
+        await _bot_lock(net, net.sc, net.buyer, net.doc["sc"]["escrow"], ins.trade_id_bytes, ins.scToken,
+                        terms["amount"], terms["receiver"], terms["hashlock"], terms["timelock"])
+        # several rounds with the bad lock visible: no claim is ever sent, the secret stays private
+        await drive(engine, [ins.tradeId], until=set(), timeout=3)
+        events = await engine.store.audit(ins.tradeId)
+        assert not [e for e in events if e["event"].startswith("claim")]
+        assert any(e["event"] == "not_acting" and "SC lock" in e["reason"] for e in events)
+        await net.warp(engine.settings.st_lock_duration + 5)
+        assert (await drive(engine, [ins.tradeId]))[ins.tradeId] == TradeState.ABORTED
+        assert await net.balance(net.st, net.st_token, net.seller.address) == st_before
+        assert await net.balance(net.sc, net.sc_token, net.seller.address) == sc_seller_before
+        # the bad SC lock was refunded to the buyer too (by us, as a watcher)
+        sid = swap_id(net.buyer.address, ins.trade_id_bytes)
+        assert await engine.sc.ledger.swap_slot(sid) == bytes(32)
+    finally:
+        await close_engine(engine)
+
+
+def dev_issuer():
+    from deploy.devnet import ROLES, dev_account
+
+    return dev_account(ROLES["issuer"])
