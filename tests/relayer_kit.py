@@ -121,3 +121,46 @@ async def drive(engine: Engine, trade_ids: list[str], until: set[TradeState] = s
 
 
 __all__ = ["Net", "drive", "close_engine", "generate_key"]
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment for a `dvp-relayer run` subprocess with these settings (secrets included: test only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVP_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"DVP_{name.upper()}"] = str(value)
+    env["DVP_ENV_FILE"] = "/nonexistent"
+    return env
+
+
+class Worker:
+    """A real relayer worker process (`dvp-relayer run`), killable with SIGKILL, logs captured to a file."""
+
+    def __init__(self, settings: Settings, log_path: Any) -> None:
+        self.env = worker_env(settings)
+        self.log_path = log_path
+        self.proc: Any = None
+
+    def start(self) -> Worker:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        exe = Path(sys.executable).with_name("dvp-relayer")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(exe), "run"], env=self.env, stdout=self._log, stderr=self._log)
+        return self
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def terminate(self) -> int:
+        self.proc.terminate()
+        rc = self.proc.wait(30)
+        self._log.close()
+        return rc

@@ -1,0 +1,128 @@
+"""SIGKILL the real worker process right after each step of a trade; a restarted worker completes it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from relayer.protocol.states import TERMINAL, TradeState
+from relayer.store import Store
+from tests.relayer_kit import Net, Worker
+
+
+async def _wait_for(store: Store, tid: str, predicate, timeout: float = 60.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = await store.audit(tid)
+        if predicate(events):
+            return events
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out; audit so far: {[e['event'] for e in await store.audit(tid)]}")
+
+
+def _has(event: str, **match):
+    return lambda evs: any(e["event"] == event and all(e.get(k) == v for k, v in match.items()) for e in evs)
+
+
+async def _redis_dump(store: Store) -> str:
+    parts = []
+    async for key in store.r.scan_iter("*"):
+        kind = await store.r.type(key)
+        if kind == "hash":
+            parts += [f"{k}={v}" for k, v in (await store.r.hgetall(key)).items()]
+        elif kind == "list":
+            parts += await store.r.lrange(key, 0, -1)
+        elif kind == "zset":
+            parts += await store.r.zrange(key, 0, -1)
+        elif kind == "string":
+            parts.append(await store.r.get(key))
+        parts.append(key)
+    return "\n".join(parts).lower()
+
+
+async def assert_no_plaintext_secrets(store: Store, settings, tid: str, log_text: str) -> None:
+    """The HTLC secret and every private key: absent from the worker's logs and from every Redis value."""
+    import base64
+
+    from relayer.secrets import SecretBox
+
+    rec = await store.get(tid)
+    secret = SecretBox(settings.secret_key.get_secret_value()).open(rec.fields["secret"], tid)
+    needles = {secret.hex(), base64.b64encode(secret).decode().lower()}
+    needles |= {acct.key.hex().removeprefix("0x") for acct in settings.accounts().values()}
+    needles.add(settings.secret_key.get_secret_value().lower())
+    haystacks = {"logs": log_text.lower(), "redis": await _redis_dump(store)}
+    for where, text in haystacks.items():
+        for needle in needles:
+            assert needle not in text, f"a secret appears in plaintext in {where}"
+    # logs are JSON lines, and each line about a trade names it
+    import json
+
+    lines = [json.loads(line) for line in log_text.splitlines() if line.strip()]
+    assert lines, "the worker logged nothing"
+    for line in lines:
+        if line["event"] in ("tx_sent", "tx_mined", "trade_state", "secret_created"):
+            assert line.get("trade_id"), line
+
+
+KILL_POINTS = {
+    "after_secret_persisted": _has("secret_created"),
+    "after_st_lock_sent": _has("lock_st_sent"),
+    "at_st_locked": _has("state", to="ST_LOCKED"),
+    "after_sc_lock_sent": _has("lock_sc_sent"),
+    "at_sc_locked": _has("state", to="SC_LOCKED"),
+    "after_claims_sent": _has("claim_sc_sent"),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+async def test_sigkill_after_each_step_then_restart_settles(net: Net, tmp_path, point: str):
+    settings = net.settings([net.seller, net.buyer])
+    store = Store.from_url(settings.redis_url)
+    log = tmp_path / "worker.log"
+    try:
+        await store.r.flushdb()
+        signed = await net.instruction(stAmount=3, scAmount=3_000)
+        tid = signed.instruction.tradeId
+        buyer_st = await net.balance(net.st, net.st_token, net.buyer.address)
+        seller_sc = await net.balance(net.sc, net.sc_token, net.seller.address)
+        from relayer.service import build_engine, close_engine
+
+        intake = build_engine(settings, Store.from_url(settings.redis_url))
+        await intake.st.ledger.chain.connect()
+        await intake.sc.ledger.chain.connect()
+        await intake.intake(signed)
+        await close_engine(intake)
+
+        worker = Worker(settings, log).start()
+        try:
+            await _wait_for(store, tid, KILL_POINTS[point])
+        finally:
+            worker.kill()
+        killed_at = [e["event"] for e in await store.audit(tid)]
+        state_at_kill = (await store.get(tid)).state  # type: ignore[union-attr]
+        print(point, state_at_kill, killed_at)
+        assert state_at_kill != TradeState.SETTLED, "the kill came too late to test recovery"
+        worker = Worker(settings, log).start()
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                rec = await store.get(tid)
+                if rec and rec.state in TERMINAL:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            assert worker.terminate() == 0  # graceful on SIGTERM
+        rec = await store.get(tid)
+        assert rec is not None and rec.state == TradeState.SETTLED, (killed_at, [e["event"] for e in await store.audit(tid)])
+        assert await net.balance(net.st, net.st_token, net.buyer.address) == buyer_st + 3
+        assert await net.balance(net.sc, net.sc_token, net.seller.address) == seller_sc + 3_000
+        # exactly one lock per leg was ever mined, whatever the crash point
+        events = [e["event"] for e in await store.audit(tid)]
+        assert events.count("lock_st_mined") <= 1 and events.count("lock_sc_mined") <= 1
+        await assert_no_plaintext_secrets(store, settings, tid, log.read_text())
+    finally:
+        await store.r.flushdb()
+        await store.close()
