@@ -210,6 +210,9 @@ class TxSender:
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
         self.in_flight: dict[int, SentTx] = {}
+        self.history: dict[int, SentTx] = {}  # recent sends by nonce, to re-broadcast one a reorg dropped
+        self._history_size = 512
+        self.gaps_healed = 0
         self._block_seen = asyncio.Event()
         self.gas_used_total = 0
 
@@ -263,6 +266,9 @@ class TxSender:
             await self._broadcast(sent)
             self._next_nonce += 1
             self.in_flight[sent.nonce] = sent
+            self.history[sent.nonce] = sent
+            if len(self.history) > self._history_size:
+                del self.history[min(self.history)]
             return sent
 
     def _sign(self, params: dict[str, Any], previous: SentTx | None = None) -> SentTx:
@@ -330,6 +336,7 @@ class TxSender:
                 raise ReceiptTimeout(f"{self.chain.name}: no receipt for nonce {sent.nonce} after {timeout:.0f}s")
             if now - last_action > self.rebroadcast_after:
                 last_action = now
+                await self.heal_gaps()
                 if now - first_sent > self.bump_after:
                     await self._bump(sent)
                 elif not await self._known_to_node(sent):
@@ -348,6 +355,39 @@ class TxSender:
     ) -> TxReceipt:
         """send() then wait()."""
         return await self.wait(await self.send(to, data, gas=gas), timeout=timeout)
+
+    async def heal_gaps(self) -> int:
+        """Fill nonce gaps below our next nonce: a transaction mined and then reorged out is not put back in
+        the mempool, and every later one of this account would wait behind it forever. Re-broadcast the
+        original (same intent, same hash) when we still have it, else a zero-value self-transfer.
+        Returns how many nonces were filled.
+        """
+        if self._next_nonce is None:
+            return 0
+        latest = await self.chain.call(lambda w3: w3.eth.get_transaction_count(self.address, "latest"))
+        async with self._lock:
+            if self._next_nonce is None:
+                return 0
+            if latest > self._next_nonce:  # someone else used this account: follow the chain
+                self._next_nonce = latest
+                return 0
+            filled = 0
+            for nonce in range(latest, self._next_nonce):
+                sent = self.history.get(nonce)
+                if sent is not None and await self._known_to_node(sent):
+                    continue
+                if sent is not None:
+                    await self._broadcast(sent)
+                    self.in_flight[nonce] = sent
+                else:
+                    max_fee, tip = await self._fees()
+                    filler = self._sign({"chainId": self.chain.chain_id, "nonce": nonce, "gas": 21_000,
+                                         "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "value": 0,
+                                         "to": self.address, "data": b"", "type": 2})
+                    await self._broadcast(filler)
+                filled += 1
+            self.gaps_healed += filled
+            return filled
 
     async def resync_nonce(self) -> None:
         """Forget the local nonce (e.g. after a chain rollback); the next send reads it from the chain."""

@@ -1,0 +1,125 @@
+"""The escrow follower on a real anvil: k-deep delivery, reorg detection and rewind, cursor resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from adapters.contracts import encode_call
+from adapters.evm import EvmChain, TxSender
+from adapters.htlc import EscrowFollower, LockedEvent
+from deploy.deployer import MAX_UINT256, deploy
+from deploy.processes import AnvilProcess, free_port
+from tests.chain_kit import dev_accounts
+
+E = "HashedTimelockEscrow"
+
+
+@pytest.fixture
+async def chain_env():
+    node = AnvilProcess(chain_id=31999, port=free_port()).start()
+    chain = EvmChain("reorg", [node.url])
+    await chain.connect()
+    issuer, seller, buyer = dev_accounts(3)
+    tx = TxSender(chain, issuer)
+    escrow = await deploy(tx, E)
+    token = await deploy(tx, "PlainToken")
+    await tx.transact(token, encode_call("PlainToken", "mint", seller.address, 10**9))
+    s_tx = TxSender(chain, seller)
+    await s_tx.transact(token, encode_call("PlainToken", "approve", escrow, MAX_UINT256))
+    yield chain, escrow, token, s_tx, buyer
+    await chain.close()
+    node.stop()
+
+
+async def _lock(chain, escrow, token, s_tx, buyer) -> bytes:
+    trade = os.urandom(32)
+    data = encode_call(E, "lock", trade, token, 5, buyer.address, hashlib.sha256(os.urandom(32)).digest(),
+                       await chain.now() + 600)
+    await s_tx.transact(escrow, data)
+    return trade
+
+
+async def test_events_wait_for_k_confirmations_and_a_reorg_within_k_is_never_seen(chain_env):
+    chain, escrow, token, s_tx, buyer = chain_env
+    follower = EscrowFollower(chain, escrow, confirmations=3, start_height=await chain.block_number())
+    trade = await _lock(chain, escrow, token, s_tx, buyer)
+    assert (await follower.poll()).events == []  # 1 deep
+    await chain.rpc("anvil_mine", [1])
+    assert (await follower.poll()).events == []  # 2 deep
+    # a reorg of depth 2 removes the lock's block before it is k deep; anvil does not re-include it
+    await chain.rpc("anvil_reorg", [2, []])
+    await chain.rpc("anvil_mine", [4])
+    seen = []
+    for _ in range(3):
+        seen += (await follower.poll()).events
+    assert not any(isinstance(e, LockedEvent) and e.trade_id == trade for e in seen)
+
+
+async def test_a_reorg_deeper_than_k_is_detected_and_rewound(chain_env):
+    chain, escrow, token, s_tx, buyer = chain_env
+    follower = EscrowFollower(chain, escrow, confirmations=1, start_height=await chain.block_number())
+    trade = await _lock(chain, escrow, token, s_tx, buyer)
+    res = await follower.poll()
+    lock_block = res.events[0].block
+    assert [e.trade_id for e in res.events] == [trade]
+    await chain.rpc("anvil_reorg", [1, []])  # replaces the block holding the lock
+    res = await follower.poll()
+    assert res.rewound_to is not None and res.rewound_to < lock_block
+    await chain.rpc("anvil_mine", [2])
+    again = []
+    for _ in range(3):
+        again += (await follower.poll()).events
+    assert trade not in [e.trade_id for e in again if isinstance(e, LockedEvent)]
+
+
+async def test_rollback_shortens_the_chain_and_the_follower_rewinds(chain_env):
+    chain, escrow, token, s_tx, buyer = chain_env
+    follower = EscrowFollower(chain, escrow, confirmations=1, start_height=await chain.block_number())
+    await _lock(chain, escrow, token, s_tx, buyer)
+    await follower.poll()
+    height = follower.height
+    await chain.rpc("anvil_rollback", [1])
+    res = await follower.poll()
+    assert res.rewound_to is not None and follower.height < height
+
+
+async def test_resume_from_a_cursor_misses_nothing(chain_env):
+    chain, escrow, token, s_tx, buyer = chain_env
+    start = await chain.block_number()
+    first = EscrowFollower(chain, escrow, confirmations=1, start_height=start)
+    t1 = await _lock(chain, escrow, token, s_tx, buyer)
+    got = (await first.poll()).events
+    height, bhash = first.cursor
+    # the process "dies"; meanwhile two more locks land
+    t2 = await _lock(chain, escrow, token, s_tx, buyer)
+    t3 = await _lock(chain, escrow, token, s_tx, buyer)
+    second = EscrowFollower(chain, escrow, confirmations=1, start_height=height, start_hash=bhash)
+    got += (await second.poll()).events
+    assert [e.trade_id for e in got if isinstance(e, LockedEvent)] == [t1, t2, t3]
+
+
+async def test_a_reorged_out_transaction_leaves_no_nonce_gap(chain_env):
+    """Trap from Boltz #1201 / ibet-Prime #37: one dropped tx must not block every later tx of the account."""
+    chain, escrow, token, s_tx, buyer = chain_env
+    s_tx.rebroadcast_after = 0.3
+    first = os.urandom(32)
+    h = hashlib.sha256(os.urandom(32)).digest()
+    timelock = await chain.now() + 600
+    await s_tx.transact(escrow, encode_call(E, "lock", first, token, 5, buyer.address, h, timelock))
+    await chain.rpc("anvil_reorg", [1, []])  # the lock's block is replaced; anvil does not re-queue the tx
+    latest = await chain.call(lambda w3: w3.eth.get_transaction_count(s_tx.address, "latest"))
+    assert latest == max(s_tx.history)  # the chain forgot our last nonce: a gap
+    second = os.urandom(32)
+    receipt = await s_tx.transact(escrow, encode_call(E, "lock", second, token, 5, buyer.address, h, timelock),
+                                  timeout=20)
+    assert receipt["status"] == 1 and s_tx.gaps_healed == 1
+    # the dropped lock was re-broadcast as it was (same intent), so both swaps are live
+    from adapters.contracts import swap_id
+
+    for trade in (first, second):
+        raw = await chain.call(lambda w3, t=trade: w3.eth.call(
+            {"to": escrow, "data": encode_call(E, "swaps", swap_id(s_tx.address, t))}))
+        assert bytes(raw) != bytes(32)

@@ -1,0 +1,191 @@
+"""Pure protocol rules: instruction signatures, the state machine and decide(). No I/O."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from eth_account import Account
+from eth_keys import keys
+from eth_utils import keccak
+
+from relayer.errors import InvalidInstruction
+from relayer.protocol.instruction import SignedInstruction, TradeInstruction, parse_signed, sign_instruction
+from relayer.protocol.rules import Action, LegView, ObservedLock, Roles, TimingPolicy, TradeView, decide
+from relayer.protocol.states import ALLOWED, TERMINAL, TradeState, can_transition
+
+PTS = Account.create()
+SELLER, BUYER = Account.create().address, Account.create().address
+ST_TOKEN, SC_TOKEN = Account.create().address, Account.create().address
+POLICY = TimingPolicy(confirmations=1, block_time=1, inclusion_delay=2, max_clock_skew=2, margin=3,
+                      st_lock_duration=300)
+NOW = 1_800_000_000
+
+
+def instruction(**over) -> TradeInstruction:
+    fields = dict(tradeId="0x" + "ab" * 32, stChainId=1, stToken=ST_TOKEN, stAmount=10, scChainId=2,
+                  scToken=SC_TOKEN, scAmount=1000, sellerStAccount=SELLER, sellerScAccount=SELLER,
+                  buyerScAccount=BUYER, buyerStAccount=BUYER, deadline=NOW + 3600)
+    fields.update(over)
+    return TradeInstruction(**fields)
+
+
+def _independent_digest(ins: TradeInstruction) -> bytes:
+    """EIP-712 digest computed by hand from the spec in docs/trade-instruction.md (not via eth-account)."""
+    def word(v) -> bytes:
+        if isinstance(v, str) and v.startswith("0x") and len(v) == 42:
+            return bytes(12) + bytes.fromhex(v[2:])
+        if isinstance(v, bytes):
+            return v
+        return int(v).to_bytes(32, "big")
+
+    domain_type = keccak(text="EIP712Domain(string name,string version)")
+    domain = keccak(domain_type + keccak(text="DvP Trade Instruction") + keccak(text="1"))
+    type_hash = keccak(text="TradeInstruction(bytes32 tradeId,uint256 stChainId,address stToken,uint256 stAmount,"
+                            "uint256 scChainId,address scToken,uint256 scAmount,address sellerStAccount,"
+                            "address sellerScAccount,address buyerScAccount,address buyerStAccount,uint64 deadline)")
+    order = ["tradeId", "stChainId", "stToken", "stAmount", "scChainId", "scToken", "scAmount", "sellerStAccount",
+             "sellerScAccount", "buyerScAccount", "buyerStAccount", "deadline"]
+    values = {**ins.model_dump(), "tradeId": ins.trade_id_bytes}
+    struct = keccak(type_hash + b"".join(word(values[k]) for k in order))
+    return keccak(b"\x19\x01" + domain + struct)
+
+
+def test_signature_made_independently_is_accepted():
+    ins = instruction()
+    sig = keys.PrivateKey(PTS.key).sign_msg_hash(_independent_digest(ins))
+    v = sig.v + 27
+    signed = SignedInstruction(instruction=ins, signature="0x" + (sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big")
+                                                                  + bytes([v])).hex())
+    assert signed.signer() == PTS.address
+    assert sign_instruction(ins, PTS.key).signature == signed.signature  # our own signer agrees byte for byte
+
+
+def test_tampered_instruction_recovers_another_signer():
+    signed = sign_instruction(instruction(), PTS.key)
+    tampered = SignedInstruction(instruction=instruction(scAmount=1), signature=signed.signature)
+    assert tampered.signer() != PTS.address
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("stAmount", 0, "greater than 0"),
+        ("stAmount", -5, "greater than 0"),
+        ("scAmount", 2**256, "less than or equal"),
+        ("stAmount", "10", "valid integer"),
+        ("sellerStAccount", SELLER.lower().replace("0x", "0X"), "address"),
+        ("buyerStAccount", "0x" + BUYER[2:].swapcase() if BUYER[2:] != BUYER[2:].swapcase() else BUYER, "checksum"),
+        ("tradeId", "0x1234", "pattern"),
+        ("deadline", 2**64, "less than or equal"),
+    ],
+)
+def test_malformed_fields_are_refused_with_the_field_named(field, value, fragment):
+    doc = {"instruction": {**instruction().model_dump(), field: value}, "signature": "0x" + "11" * 65}
+    with pytest.raises(InvalidInstruction) as err:
+        parse_signed(doc)
+    assert field in str(err.value) and err.value.code == "invalid_field"
+
+
+def test_unknown_fields_are_refused():
+    doc = {"instruction": {**instruction().model_dump(), "extra": 1}, "signature": "0x" + "11" * 65}
+    with pytest.raises(InvalidInstruction):
+        parse_signed(doc)
+
+
+def test_terminal_states_have_no_way_out_and_forward_path_exists():
+    for s in TERMINAL:
+        assert ALLOWED[s] == frozenset()
+    path = [TradeState.MATCHED, TradeState.ST_LOCKED, TradeState.SC_LOCKED, TradeState.SC_CLAIMED, TradeState.SETTLED]
+    assert all(can_transition(a, b) for a, b in zip(path, path[1:]))
+    assert not can_transition(TradeState.SC_CLAIMED, TradeState.ABORTED)  # the secret is public: only forward
+    assert not can_transition(TradeState.SETTLED, TradeState.ABORTED)
+
+
+H = os.urandom(32)
+T_ST = NOW + 300
+
+
+def st_lock(**over) -> ObservedLock:
+    f = dict(sender=SELLER, receiver=BUYER, token=ST_TOKEN, amount=10, hashlock=H, timelock=T_ST)
+    f.update(over)
+    return ObservedLock(**f)
+
+
+def sc_lock(**over) -> ObservedLock:
+    f = dict(sender=BUYER, receiver=SELLER, token=SC_TOKEN, amount=1000, hashlock=H, timelock=T_ST - POLICY.delta())
+    f.update(over)
+    return ObservedLock(**f)
+
+
+def view(st=LegView(), sc=LegView(), now=NOW, **over) -> TradeView:
+    f = dict(instruction=instruction(), st=st, sc=sc, now_st=now, now_sc=now, our_hashlock=H, planned_t_st=T_ST)
+    f.update(over)
+    return TradeView(**f)
+
+
+BOTH = Roles(seller=True, buyer=True, st_gas=True, sc_gas=True)
+SELLER_ONLY = Roles(seller=True, st_gas=True, sc_gas=True)
+BUYER_ONLY = Roles(buyer=True, st_gas=True, sc_gas=True)
+
+
+def test_happy_path_decisions():
+    assert decide(view(), BOTH, POLICY).actions == [Action.LOCK_ST]
+    d = decide(view(st=LegView(lock=st_lock())), BOTH, POLICY)
+    assert (d.state, d.actions) == (TradeState.ST_LOCKED, [Action.LOCK_SC])
+    d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock())), BOTH, POLICY)
+    assert d.state == TradeState.SC_LOCKED and set(d.actions) == {Action.CLAIM_SC, Action.CLAIM_ST}
+    d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock(), claimed=True, preimage=b"s")), BUYER_ONLY,
+               POLICY)
+    assert d.state == TradeState.SC_CLAIMED and d.actions == [Action.CLAIM_ST]
+    d = decide(view(st=LegView(lock=st_lock(), claimed=True), sc=LegView(lock=sc_lock(), claimed=True)), BOTH, POLICY)
+    assert d.state == TradeState.SETTLED and d.actions == []
+
+
+@pytest.mark.parametrize("over", [dict(amount=9), dict(receiver=SELLER), dict(token=SC_TOKEN),
+                                  dict(timelock=NOW + 7200), dict(hashlock=bytes(32))])
+def test_buyer_never_locks_against_a_wrong_st_lock(over):
+    d = decide(view(st=LegView(lock=st_lock(**over))), BUYER_ONLY, POLICY)
+    assert Action.LOCK_SC not in d.actions and d.notes
+
+
+@pytest.mark.parametrize("over", [dict(amount=999), dict(receiver=BUYER), dict(hashlock=os.urandom(32)),
+                                  dict(timelock=T_ST - POLICY.delta() + 1)])
+def test_seller_never_claims_a_wrong_sc_lock(over):
+    d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock(**over))), SELLER_ONLY, POLICY)
+    assert Action.CLAIM_SC not in d.actions and Action.CLAIM_ST not in d.actions
+
+
+def test_no_lock_when_time_is_too_short_and_no_claim_at_or_after_timelock():
+    d = decide(view(st=LegView(lock=st_lock(timelock=NOW + POLICY.delta() + 1))), BUYER_ONLY, POLICY)
+    assert Action.LOCK_SC not in d.actions
+    assert Action.LOCK_ST not in decide(view(planned_t_st=NOW + POLICY.min_st_window() - 1), BOTH, POLICY).actions
+    late = view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock()), now=T_ST - POLICY.delta())
+    assert Action.CLAIM_SC not in decide(late, BOTH, POLICY).actions
+
+
+def test_refunds_are_due_by_themselves_after_the_timelocks():
+    d = decide(view(st=LegView(lock=st_lock()), now=T_ST), SELLER_ONLY, POLICY)
+    assert d.state == TradeState.REFUNDING and d.actions == [Action.REFUND_ST]
+    d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock()), now=T_ST - POLICY.delta(),
+                    our_hashlock=None), BUYER_ONLY, POLICY)
+    assert Action.REFUND_SC in d.actions and Action.REFUND_ST not in d.actions
+    d = decide(view(st=LegView(lock=st_lock(), refunded=True), sc=LegView(lock=sc_lock(), refunded=True), now=T_ST),
+               BOTH, POLICY)
+    assert d.state == TradeState.ABORTED
+
+
+def test_nothing_locked_past_the_deadline_is_aborted():
+    d = decide(view(now=NOW + 3600, planned_t_st=None, our_hashlock=None), BOTH, POLICY)
+    assert d.state == TradeState.ABORTED and d.actions == []
+
+
+def test_clock_skew_beyond_the_bound_stops_new_locks():
+    d = decide(view(st=LegView(lock=st_lock()), clock_offset=POLICY.max_clock_skew + 1), BUYER_ONLY, POLICY)
+    assert Action.LOCK_SC not in d.actions
+
+
+def test_one_sided_outcome_is_flagged():
+    d = decide(view(st=LegView(lock=st_lock(), refunded=True), sc=LegView(lock=sc_lock(), claimed=True, preimage=b"s"),
+                    now=T_ST), BOTH, POLICY)
+    assert d.one_sided
