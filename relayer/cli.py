@@ -86,23 +86,19 @@ def _settings():  # noqa: ANN202
 
 @main.command()
 def run() -> None:
-    """Run a relayer worker until SIGTERM/SIGINT (finishes in-flight sends first)."""
+    """Run a relayer worker (engine + HTTP API) until SIGTERM/SIGINT; in-flight sends finish first."""
     from relayer.logging import configure
-    from relayer.service import build_engine, close_engine
+    from relayer.worker import serve
 
     settings = _settings()
     configure(settings.log_level)
 
     async def go() -> None:
-        engine = build_engine(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        try:
-            await engine.run(stop)
-        finally:
-            await close_engine(engine)
+        await serve(settings, stop)
 
     asyncio.run(go())
 

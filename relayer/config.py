@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     rpc_timeout: float = 5.0
     log_level: str = "INFO"
 
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, description="HTTP API + dashboard port; 0 disables the API in this worker")
+    api_tokens: SecretStr = Field(SecretStr(""), description="comma-separated bearer tokens for POST /v1/trades")
+    api_read_auth: bool = Field(False, description="require a bearer token on the read endpoints too")
+    api_max_lag_blocks: int = Field(20, description="readiness fails when a follower lags more blocks than this")
+
+    def api_token_list(self) -> list[str]:
+        return _split(self.api_tokens.get_secret_value())
+
     def st_urls(self) -> list[str]:
         return [self.st_rpc_url, *_split(self.st_rpc_standby_urls)]
 

@@ -24,6 +24,7 @@ from adapters.evm import SentTx, TxSender
 from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
 from relayer.config import Settings
 from relayer.errors import ConcurrentUpdate, InvalidInstruction
+from relayer import metrics
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.rules import (
@@ -120,6 +121,8 @@ class Engine:
         self._not_before: dict[tuple[str, Action], float] = {}
         self._reported: set[tuple[str, str]] = set()
         self.clock_offset = 0.0
+        self._round_states: dict[str, int] = defaultdict(int)
+        self._min_left: dict[str, float] = {"st": float("inf"), "sc": float("inf")}
         self.rounds = 0
         self.started = False
 
@@ -215,6 +218,9 @@ class Engine:
             self.log.warning("reorg_rewind", chain=side.name, to_height=res.rewound_to)
         side.index.apply(res.events)
         height, bhash = side.follower.cursor
+        metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
+        metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
+        metrics.RPC_ERRORS.labels(side.name).set(side.ledger.chain.rpc_errors)
         if bhash:
             await self.store.set_cursor(side.name, height, bhash)
         if res.head != side.head:
@@ -227,6 +233,9 @@ class Engine:
         assert self.st.follower and self.sc.follower
         now_st, now_sc = self.st.now(), self.sc.now()
         self.clock_offset = now_st - now_sc
+        metrics.CLOCK_OFFSET.set(self.clock_offset)
+        self._round_states: dict[str, int] = defaultdict(int)
+        self._min_left = {"st": float("inf"), "sc": float("inf")}
         for tid in await self.store.open_trades():
             rec = await self.store.get(tid)
             if rec is None or rec.state in TERMINAL:
@@ -235,6 +244,14 @@ class Engine:
                 await self._advance(rec, now_st, now_sc)
             except ConcurrentUpdate:
                 pass  # another worker moved it: next round re-reads
+            self._round_states[rec.state.value] += 1
+        for state in TradeState:
+            if state not in TERMINAL:
+                metrics.TRADES.labels(state.value).set(self._round_states.get(state.value, 0))
+        for state, n in (await self.store.terminal_counts()).items():
+            metrics.TRADES.labels(state).set(n)
+        for leg, left in self._min_left.items():
+            metrics.TIMELOCK_MIN_LEFT.labels(leg).set(left)
         self.rounds += 1
 
     def roles_for(self, rec: TradeRecord) -> Roles:
@@ -266,13 +283,38 @@ class Engine:
         )
         d = decide(view, roles, self.policy)
         await self._report_anomalies(rec, d, st_foreign + sc_foreign, log)
+        self._watch_timelocks(rec, st_leg, sc_leg, now_st, now_sc, log)
+        observed = {}
+        if st_leg.lock and rec.get("st_timelock") is None:
+            observed["st_timelock"] = st_leg.lock.timelock
+        if sc_leg.lock and rec.get("sc_timelock") is None:
+            observed["sc_timelock"] = sc_leg.lock.timelock
         if d.state != rec.state and can_transition(rec.state, d.state):
             old = rec.state
-            await self.store.update(rec, {"state": d.state.value}, actor=ACTOR, event="state",
+            await self.store.update(rec, {"state": d.state.value, **observed}, actor=ACTOR, event="state",
                                     **{"from": old.value, "to": d.state.value})
             log.info("trade_state", from_state=old.value, to_state=d.state.value)
+            metrics.TRANSITIONS.labels(d.state.value).inc()
+            if d.state is TradeState.SETTLED:
+                metrics.SETTLE_SECONDS.observe(time.time() - float(rec.fields["created_at"]))
+        elif observed:
+            await self.store.update(rec, observed, actor=ACTOR, event=None)
         for action in d.actions:
             self._schedule(rec, action, view, st_ev, sc_ev)
+
+    def _watch_timelocks(self, rec: TradeRecord, st_leg: LegView, sc_leg: LegView, now_st: int, now_sc: int,
+                         log: Any) -> None:
+        """Export the least time left on live locks, and warn once a live lock has less than 2Δ left."""
+        for leg, view, now in (("st", st_leg, now_st), ("sc", sc_leg, now_sc)):
+            if not view.active or view.lock is None:
+                continue
+            left = view.lock.timelock - now
+            self._min_left[leg] = min(self._min_left[leg], left)
+            if 0 < left < 2 * self.policy.delta():
+                key = (rec.trade_id, f"near-{leg}")
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.warning("timelock_near", leg=leg, seconds_left=left, state=rec.state.value)
 
     async def _prepare_secret(self, rec: TradeRecord, now_st: int, log: Any) -> None:
         """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent)."""
@@ -332,19 +374,23 @@ class Engine:
             started = time.monotonic()
             await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx.tx_hash.to_0x_hex(),
                                        nonce=tx.nonce, chain=ledger.kind)
+            metrics.TX_SENT.labels(ledger.kind, action.value).inc()
             log.info("tx_sent", tx=tx.tx_hash.to_0x_hex(), chain=ledger.kind)
             receipt = await sender.wait(tx)
             await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_mined",
                                        tx=receipt["transactionHash"].to_0x_hex(), block=receipt["blockNumber"],
                                        gas=receipt["gasUsed"], chain=ledger.kind)
+            metrics.GAS.labels(ledger.kind, action.value).inc(int(receipt["gasUsed"]))
             log.info("tx_mined", tx=receipt["transactionHash"].to_0x_hex(), block=receipt["blockNumber"],
                      gas=receipt["gasUsed"], seconds=round(time.monotonic() - started, 3))
         except TransactionReverted as exc:
             cooldown = 2 * self.settings.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
             log.warning("action_failed", reason=exc.reason or str(exc))
             await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_failed", reason=exc.reason or str(exc))
         except LedgerError as exc:
             cooldown = 2 * self.settings.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
             log.warning("action_failed", reason=str(exc), error_type=type(exc).__name__)
         finally:
             self._not_before[key] = time.monotonic() + cooldown

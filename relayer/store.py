@@ -6,6 +6,7 @@ Keys (prefix `dvp:`):
   dvp:audit:{id}      list of JSON entries: who, what, tx hash, block, time (append-only)
   dvp:open            sorted set of non-terminal trade ids (score = acceptance time)
   dvp:all             sorted set of every trade id (score = acceptance time)
+  dvp:counts          hash: terminal state -> number of trades that reached it
   dvp:cursor:{chain}  hash: height and hash of the last block the follower processed
 State changes are compare-and-set on `version` (Lua), and the audit entry is written in the same script.
 Delivery: at-least-once; every action the engine takes is idempotent and checked against the chain.
@@ -27,6 +28,7 @@ from relayer.protocol.states import TERMINAL, TradeState
 PREFIX = "dvp:"
 OPEN = PREFIX + "open"
 ALL = PREFIX + "all"
+COUNTS = PREFIX + "counts"
 
 
 def trade_key(trade_id: str) -> str:
@@ -41,7 +43,7 @@ def cursor_key(chain: str) -> str:
     return f"{PREFIX}cursor:{chain}"
 
 
-# KEYS: trade, audit, open, all. ARGV: digest, record JSON, audit JSON, now
+# KEYS: trade, audit, open, all, counts. ARGV: digest, record JSON, audit JSON, now
 _CREATE = """
 local existing = redis.call('HGET', KEYS[1], 'digest')
 if existing then
@@ -51,12 +53,13 @@ end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
-if fields['state'] ~= 'REJECTED' then redis.call('ZADD', KEYS[3], ARGV[4], fields['trade_id']) end
+if fields['state'] ~= 'REJECTED' then redis.call('ZADD', KEYS[3], ARGV[4], fields['trade_id'])
+else redis.call('HINCRBY', KEYS[5], 'REJECTED', 1) end
 redis.call('ZADD', KEYS[4], ARGV[4], fields['trade_id'])
 return 1
 """
 
-# KEYS: trade, audit, open. ARGV: expected version, fields JSON, audit JSON (or ''), terminal flag, trade id
+# KEYS: trade, audit, open, counts. ARGV: expected version, fields JSON, audit JSON (or ''), terminal flag, trade id
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if v ~= ARGV[1] then return -1 end
@@ -64,7 +67,10 @@ local fields = cjson.decode(ARGV[2])
 for k, val in pairs(fields) do redis.call('HSET', KEYS[1], k, val) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[3]) end
-if ARGV[4] == '1' then redis.call('ZREM', KEYS[3], ARGV[5]) end
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('HINCRBY', KEYS[4], fields['state'], 1)
+end
 return tonumber(v) + 1
 """
 
@@ -122,7 +128,7 @@ class Store:
         }
         entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", note=note)
         res = await self._create(
-            keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL],
+            keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
             args=[ins.digest(), json.dumps(record), entry, f"{now:.3f}"],
         )
         if int(res) == -1:
@@ -155,7 +161,7 @@ class Store:
         new_state = TradeState(str_fields.get("state", rec.state.value))
         entry = _audit_entry(actor, event, **audit) if event else ""
         res = await self._update(
-            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN],
+            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS],
             args=[str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
                   rec.trade_id],
         )
@@ -177,6 +183,12 @@ class Store:
 
     async def list_trades(self, offset: int = 0, limit: int = 100) -> list[str]:
         return list(await self.r.zrevrange(ALL, offset, offset + limit - 1))
+
+    async def terminal_counts(self) -> dict[str, int]:
+        return {k: int(v) for k, v in (await self.r.hgetall(COUNTS)).items()}
+
+    async def count_open(self) -> int:
+        return int(await self.r.zcard(OPEN))
 
     async def get_cursor(self, chain: str) -> tuple[int, str] | None:
         data = await self.r.hgetall(cursor_key(chain))

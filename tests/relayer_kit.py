@@ -61,7 +61,7 @@ class Net:
             trusted_pts_signers=self.pts.address,
             party_keys=",".join(k.key.hex() for k in party_keys),
             secret_key=self.secret_key, confirmations=1, block_time=0.5, inclusion_delay=2.0, margin=3.0,
-            st_lock_duration=120, poll_interval=0.05,
+            st_lock_duration=120, poll_interval=0.05, api_port=0,
         )
         fields.update(over)
         return Settings(_env_file=None, **fields)  # type: ignore[call-arg]

@@ -1,0 +1,247 @@
+"""The HTTP face: intake of signed trades, trade queries, OpenAPI, health, readiness, metrics, dashboard.
+
+Thin on purpose: every rule lives in the engine and the protocol package. Errors are JSON
+{"error": <machine-readable code>, "message": <human text>} with a 4xx status; nothing is written on a 4xx.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relayer.engine import Engine
+from relayer.errors import ConflictingInstruction, InvalidInstruction, RelayerError
+from relayer.metrics import REGISTRY
+from relayer.openapi import OPENAPI
+from relayer.protocol.instruction import parse_signed
+from relayer.protocol.states import TradeState
+from relayer.store import TradeRecord
+
+ENGINE = web.AppKey("engine", Engine)
+API_TOKENS = web.AppKey("api_tokens", list)
+READ_AUTH = web.AppKey("read_auth", bool)
+ACCEPTING = web.AppKey("accepting", dict)
+MAX_BODY = 64 * 1024
+MAX_LAG_BLOCKS = web.AppKey("max_lag_blocks", int)
+
+_STATUS_FOR_CODE = {
+    "invalid_json": 400, "invalid_field": 400, "bad_signature": 400,
+    "untrusted_signer": 403, "unknown_chain": 422, "unknown_token": 422, "deadline_too_close": 422,
+    "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
+    "shutting_down": 503,
+}
+
+
+def error(code: str, message: str, status: int | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status or _STATUS_FOR_CODE.get(code, 400))
+
+
+def _authorized(request: web.Request) -> bool:
+    tokens: list[str] = request.app[API_TOKENS]
+    header = request.headers.get("Authorization", "")
+    presented = header[7:] if header.startswith("Bearer ") else ""
+    ok = False
+    for token in tokens:  # compare against every token, in constant time each
+        ok |= hmac.compare_digest(presented.encode(), token.encode())
+    return ok
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure is a JSON error; an unexpected exception is a 500 without internals."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error("body_too_large", f"request body over {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error(exc.reason.lower().replace(" ", "_"), exc.reason, exc.status)
+        raise
+    except RelayerError as exc:
+        return error(exc.code, str(exc))
+    except Exception:  # noqa: BLE001
+        request.app[ENGINE].log.exception("api_error", path=request.path)
+        return error("internal", "internal error", 500)
+
+
+async def post_trade(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return error("unauthorized", "a valid API bearer token is required")
+    if not request.app[ACCEPTING]["on"]:
+        return error("shutting_down", "this worker is shutting down; retry on another")
+    if request.content_type != "application/json":
+        return error("invalid_json", "Content-Type must be application/json", 415)
+    body = await request.read()
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error("invalid_json", f"body is not JSON: {exc}")
+    signed = parse_signed(doc)
+    engine = request.app[ENGINE]
+    try:
+        created = await engine.intake(signed)
+    except ConflictingInstruction as exc:
+        return error(exc.code, str(exc))
+    rec = await engine.store.get(signed.instruction.tradeId)
+    assert rec is not None
+    return web.json_response({"trade_id": rec.trade_id, "state": rec.state.value, "created": created}, status=202)
+
+
+def _legs(audit: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    legs: dict[str, dict[str, Any]] = {"st": {}, "sc": {}}
+    for entry in audit:
+        ev = entry.get("event") or ""
+        for action in ("lock", "claim", "refund"):
+            for leg in ("st", "sc"):
+                if ev.startswith(f"{action}_{leg}_"):
+                    slot = legs[leg].setdefault(action, {})
+                    if ev.endswith("_sent"):
+                        slot["tx"] = entry.get("tx")
+                    elif ev.endswith("_mined"):
+                        slot.update(tx=entry.get("tx"), block=entry.get("block"), gas=entry.get("gas"))
+    return legs
+
+
+def trade_document(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, now_sc: int) -> dict[str, Any]:
+    """The public view of a trade: never the secret, never keys."""
+    t_st = rec.get_int("st_timelock") or rec.get_int("t_st")
+    t_sc = rec.get_int("sc_timelock") or rec.get_int("t_sc")
+    return {
+        "trade_id": rec.trade_id,
+        "state": rec.state.value,
+        "instruction": rec.signed.instruction.model_dump(),
+        "created_at": float(rec.fields["created_at"]),
+        "hashlock": ("0x" + rec.fields["hashlock"]) if rec.get("hashlock") else None,
+        "timelocks": {
+            "st": t_st, "sc": t_sc,
+            "st_seconds_left": (t_st - now_st) if t_st else None,
+            "sc_seconds_left": (t_sc - now_sc) if t_sc else None,
+        },
+        "legs": _legs(audit),
+        "timeline": audit,
+    }
+
+
+async def get_trade(request: web.Request) -> web.Response:
+    if request.app[READ_AUTH] and not _authorized(request):
+        return error("unauthorized", "a valid API bearer token is required")
+    engine = request.app[ENGINE]
+    rec = await engine.store.get(request.match_info["trade_id"].lower())
+    if rec is None:
+        return error("not_found", "no such trade")
+    now_st, now_sc = _chain_now(engine)
+    return web.json_response(trade_document(rec, await engine.store.audit(rec.trade_id), now_st, now_sc))
+
+
+def _chain_now(engine: Engine) -> tuple[int, int]:
+    if engine.st.head_seen_at:
+        return engine.st.now(), engine.sc.now()
+    now = int(time.time())
+    return now, now
+
+
+async def list_trades(request: web.Request) -> web.Response:
+    if request.app[READ_AUTH] and not _authorized(request):
+        return error("unauthorized", "a valid API bearer token is required")
+    engine = request.app[ENGINE]
+    try:
+        offset = int(request.query.get("offset", "0"))
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return error("invalid_field", "offset and limit must be integers")
+    if offset < 0 or not 1 <= limit <= 500:
+        return error("invalid_field", "offset must be >= 0 and limit between 1 and 500")
+    state = request.query.get("state")
+    if state is not None and state not in TradeState.__members__:
+        return error("invalid_field", f"unknown state {state!r}")
+    now_st, now_sc = _chain_now(engine)
+    items: list[dict[str, Any]] = []
+    scan_offset = offset if state is None else 0
+    skipped = 0
+    while len(items) < limit:
+        ids = await engine.store.list_trades(scan_offset, 200 if state else limit)
+        if not ids:
+            break
+        scan_offset += len(ids)
+        for tid in ids:
+            rec = await engine.store.get(tid)
+            if rec is None or (state and rec.state.value != state):
+                continue
+            if state and skipped < offset:
+                skipped += 1
+                continue
+            doc = trade_document(rec, [], now_st, now_sc)
+            doc.pop("timeline")
+            doc["legs"] = _legs(await engine.store.audit(tid))
+            items.append(doc)
+            if len(items) >= limit:
+                break
+    return web.json_response({"items": items, "offset": offset, "limit": limit})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when Redis and both chains answer and both followers are within the lag bound."""
+    engine = request.app[ENGINE]
+    checks: dict[str, Any] = {}
+    try:
+        checks["redis"] = await engine.store.ping()
+    except Exception as exc:  # noqa: BLE001
+        checks["redis"] = f"down: {type(exc).__name__}"
+    for side in (engine.st, engine.sc):
+        try:
+            head = await side.ledger.chain.block_number()
+            processed = side.follower.height if side.follower else -1
+            lag = head - processed
+            ok = side.follower is not None and lag <= request.app[MAX_LAG_BLOCKS]
+            checks[side.name] = True if ok else f"follower lag {lag} blocks"
+        except Exception as exc:  # noqa: BLE001
+            checks[side.name] = f"down: {type(exc).__name__}"
+    ready = all(v is True for v in checks.values()) and request.app[ACCEPTING]["on"]
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics_handler(_: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+async def dashboard(_: web.Request) -> web.Response:
+    html = resources.files("relayer").joinpath("dashboard.html").read_text()
+    return web.Response(text=html, content_type="text/html")
+
+
+ROUTES = [
+    ("POST", "/v1/trades", post_trade),
+    ("GET", "/v1/trades", list_trades),
+    ("GET", "/v1/trades/{trade_id}", get_trade),
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", metrics_handler),
+    ("GET", "/openapi.json", openapi),
+    ("GET", "/", dashboard),
+]
+
+
+def make_app(engine: Engine, *, api_tokens: list[str], read_auth: bool = False, max_lag_blocks: int = 20) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[ENGINE] = engine
+    app[API_TOKENS] = [t for t in api_tokens if t]
+    app[READ_AUTH] = read_auth
+    app[ACCEPTING] = {"on": True}
+    app[MAX_LAG_BLOCKS] = max_lag_blocks
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

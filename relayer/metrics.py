@@ -1,0 +1,30 @@
+"""Prometheus metrics of one worker, in their own registry (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+TRADES = Gauge("dvp_trades", "Trades by state (open ones from this worker's last round, terminal ones in total)",
+               ["state"], registry=REGISTRY)
+TRANSITIONS = Counter("dvp_trade_transitions_total", "State transitions made by this worker", ["to"],
+                      registry=REGISTRY)
+SETTLE_SECONDS = Histogram("dvp_settlement_seconds", "Acceptance to SETTLED, seconds",
+                           buckets=(1, 2, 3, 5, 8, 13, 21, 34, 60, 120, 300, 600), registry=REGISTRY)
+FOLLOWER_LAG = Gauge("dvp_follower_lag_blocks", "Chain head minus the last block the follower processed",
+                     ["chain"], registry=REGISTRY)
+FOLLOWER_HEIGHT = Gauge("dvp_follower_height", "Last block processed by the follower", ["chain"],
+                        registry=REGISTRY)
+RPC_ERRORS = Gauge("dvp_rpc_errors", "Transport errors seen talking to the chain's RPC endpoints", ["chain"],
+                   registry=REGISTRY)
+GAS = Counter("dvp_gas_used_total", "Gas used by transactions this worker sent", ["leg", "action"],
+              registry=REGISTRY)
+TX_SENT = Counter("dvp_transactions_sent_total", "Transactions broadcast", ["leg", "action"], registry=REGISTRY)
+ACTION_FAILURES = Counter("dvp_action_failures_total", "Actions that failed (retried later)", ["action"],
+                          registry=REGISTRY)
+TIMELOCK_MIN_LEFT = Gauge("dvp_timelock_min_seconds_left",
+                          "Least time left on any live lock this worker must still claim or refund",
+                          ["leg"], registry=REGISTRY)
+CLOCK_OFFSET = Gauge("dvp_chain_clock_offset_seconds", "ST chain clock minus coin ledger clock",
+                     registry=REGISTRY)

@@ -1,0 +1,187 @@
+"""The HTTP API of a real worker process (engine + API) on the two-chain devnet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+
+from deploy.processes import free_port, port_open
+from relayer.api import ROUTES
+from relayer.openapi import OPENAPI
+from relayer.store import Store
+from tests.relayer_kit import Net, Worker
+
+TOKEN = "test-token-" + "x" * 20
+
+
+@pytest.fixture(scope="module")
+async def api(net: Net, tmp_path_factory):
+    port = free_port()
+    settings = net.settings([net.seller, net.buyer], api_port=port, api_tokens=TOKEN)
+    store = Store.from_url(settings.redis_url)
+    await store.r.flushdb()
+    worker = Worker(settings, tmp_path_factory.mktemp("api") / "worker.log").start()
+    deadline = time.monotonic() + 30
+    while not port_open(port):
+        assert time.monotonic() < deadline, "API did not start"
+        await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        yield http, store, port, worker
+    assert worker.terminate() == 0
+    await store.r.flushdb()
+    await store.close()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def _post(http, body, headers=AUTH, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    async with http.post("/v1/trades", data=data, headers={**headers, "Content-Type": "application/json"}) as r:
+        return r.status, await r.json()
+
+
+async def test_submit_settle_and_read_back(api, net: Net):
+    http, store, _, _ = api
+    signed = (await net.instruction(stAmount=2, scAmount=2_000)).model_dump()
+    status, body = await _post(http, signed)
+    assert status == 202 and body["created"] is True
+    tid = body["trade_id"]
+    status, again = await _post(http, signed)  # same instruction again: same answer, nothing duplicated
+    assert status == 202 and again["trade_id"] == tid and again["created"] is False
+    deadline = time.monotonic() + 30
+    doc = {}
+    while time.monotonic() < deadline:
+        async with http.get(f"/v1/trades/{tid}") as r:
+            doc = await r.json()
+        if doc["state"] == "SETTLED":
+            break
+        await asyncio.sleep(0.2)
+    assert doc["state"] == "SETTLED"
+    for leg in ("st", "sc"):
+        assert doc["legs"][leg]["lock"]["block"] and doc["legs"][leg]["claim"]["tx"].startswith("0x")
+    assert doc["timelocks"]["st"] and doc["timelocks"]["sc"] and doc["timelocks"]["sc"] < doc["timelocks"]["st"]
+    assert [e["event"] for e in doc["timeline"]][0] == "accepted"
+    assert "secret" not in json.dumps(doc).lower().replace("secret_created", "")
+    async with http.get("/v1/trades", params={"state": "SETTLED", "limit": "10"}) as r:
+        listed = await r.json()
+    assert tid in [t["trade_id"] for t in listed["items"]]
+    async with http.get("/v1/trades", params={"state": "ABORTED"}) as r:
+        assert tid not in [t["trade_id"] for t in (await r.json())["items"]]
+
+
+async def test_same_id_other_terms_is_409(api, net: Net):
+    http, *_ = api
+    first = await net.instruction()
+    assert (await _post(http, first.model_dump()))[0] == 202
+    other = await net.instruction(tradeId=first.instruction.tradeId, stAmount=3)
+    status, body = await _post(http, other.model_dump())
+    assert (status, body["error"]) == (409, "conflicting_trade_id")
+
+
+def _mutate(doc, **fields):
+    out = json.loads(json.dumps(doc))
+    out["instruction"].update(fields)
+    return out
+
+
+async def test_bad_input_gets_a_4xx_code_and_nothing_is_written(api, net: Net):
+    http, store, _, _ = api
+    good = (await net.instruction()).model_dump()
+    ins = good["instruction"]
+    before = await store.list_trades(0, 10_000)
+    untrusted = (await net.instruction(pts_key=net.buyer.key)).model_dump()
+    expired = (await net.instruction(deadline=1)).model_dump()
+    unknown_chain = (await net.instruction(scChainId=424242)).model_dump()
+    from eth_utils import to_checksum_address
+
+    unknown_token = (await net.instruction(stToken=to_checksum_address("0x" + "ab" * 20))).model_dump()
+    bad_checksum = ins["sellerStAccount"][:2] + ins["sellerStAccount"][2:].swapcase()
+    cases = [
+        (None, b"{not json", 400, "invalid_json"),
+        (None, b"[]", 400, "invalid_field"),
+        (_mutate(good, stAmount="10"), None, 400, "invalid_field"),
+        (_mutate(good, stAmount=0), None, 400, "invalid_field"),
+        (_mutate(good, scAmount=-1), None, 400, "invalid_field"),
+        (_mutate(good, scAmount=2**256), None, 400, "invalid_field"),
+        (_mutate(good, sellerStAccount=bad_checksum), None, 400, "invalid_field"),
+        (untrusted, None, 403, "untrusted_signer"),
+        (expired, None, 422, "deadline_too_close"),
+        (unknown_chain, None, 422, "unknown_chain"),
+        (unknown_token, None, 422, "unknown_token"),
+        (_mutate(good, stAmount=11), None, 403, "untrusted_signer"),  # tampered after signing
+        (None, b'{"pad": "' + b"x" * 70_000 + b'"}', 413, "body_too_large"),
+    ]
+    for body, raw, status, code in cases:
+        got_status, got = await _post(http, body, raw=raw)
+        assert (got_status, got["error"]) == (status, code), (code, got)
+        assert got["message"]
+    assert (await _post(http, good, headers={}))[0] == 401
+    assert (await _post(http, good, headers={"Authorization": "Bearer wrong"}))[0] == 401
+    assert await store.list_trades(0, 10_000) == before
+
+
+async def test_openapi_document_matches_the_routes(api):
+    http, *_ = api
+    async with http.get("/openapi.json") as r:
+        doc = await r.json()
+    assert doc == json.loads(json.dumps(OPENAPI))
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {(m, p.replace("{trade_id}", "{trade_id}")) for m, p, _ in ROUTES}
+    assert documented == served
+
+
+async def test_health_readiness_and_metrics(api):
+    http, *_ = api
+    async with http.get("/healthz") as r:
+        assert r.status == 200
+    async with http.get("/readyz") as r:
+        body = await r.json()
+        assert r.status == 200 and body["ready"] is True and body["checks"]["redis"] is True
+    async with http.get("/metrics") as r:
+        text = await r.text()
+    for name in ("dvp_trades", "dvp_settlement_seconds_bucket", "dvp_follower_lag_blocks", "dvp_rpc_errors",
+                 "dvp_gas_used_total"):
+        assert name in text, name
+    assert 'dvp_gas_used_total{action="lock_st",leg="st"}' in text
+
+
+async def test_unknown_trade_is_404(api):
+    http, *_ = api
+    async with http.get("/v1/trades/0x" + "00" * 32) as r:
+        assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
+async def test_fuzz_against_the_openapi_document_never_5xx(api):
+    """schemathesis generates requests from /openapi.json (bounded); the server must never answer 5xx."""
+    _, _, port, _ = api
+
+    def run() -> int:
+        import hypothesis
+        import requests
+        import schemathesis
+
+        schema = schemathesis.openapi.from_dict(json.loads(json.dumps(OPENAPI)))
+        calls = 0
+        session = requests.Session()
+        for result in schema.get_all_operations():
+            op = result.ok()
+
+            @hypothesis.settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                                 suppress_health_check=list(hypothesis.HealthCheck))
+            @hypothesis.given(case=op.as_strategy())
+            def check(case) -> None:
+                nonlocal calls
+                resp = case.call(base_url=f"http://127.0.0.1:{port}", headers=AUTH, session=session)
+                calls += 1
+                assert resp.status_code < 500, (case.method, case.path, resp.status_code, resp.text[:200])
+
+            check()
+        return calls
+
+    calls = await asyncio.to_thread(run)
+    assert calls >= 100
