@@ -5,9 +5,9 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup demo test test-all gas-report compile devnet-up devnet-down clean
+.PHONY: setup system-deps demo test gas-report compile devnet-up devnet-down clean
 
-setup: $(VENV_STAMP) $(NPM_STAMP) redis-bin
+setup: $(VENV_STAMP) $(NPM_STAMP) system-deps
 
 $(VENV_STAMP): pyproject.toml
 	@test -x .venv/bin/python || python3 -m venv .venv
@@ -19,12 +19,14 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-# Tests start their own redis-server on a free port, so the binary must exist even when a Redis is listening.
-redis-bin:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian package)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; fi; }
+# Debian packages: redis-server (tests start their own on a free port, so the binary must exist even when a
+# Redis is listening) and chromium (the dashboard's browser test; playwright drives it, no browser download).
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+system-deps:
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	 command -v chromium >/dev/null || missing="$$missing chromium"; \
+	 if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	   $(APT) update -qq && $(APT) install -y -qq $$missing; fi
 
 demo: setup
 	.venv/bin/dvp-relayer demo

@@ -126,7 +126,8 @@ class Store:
             "version": "1",
             "created_at": f"{now:.3f}",
         }
-        entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", note=note)
+        extra = {"note": note} if note else {}
+        entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", **extra)
         res = await self._create(
             keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
             args=[ins.digest(), json.dumps(record), entry, f"{now:.3f}"],

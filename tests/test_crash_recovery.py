@@ -126,3 +126,34 @@ async def test_sigkill_after_each_step_then_restart_settles(net: Net, tmp_path, 
     finally:
         await store.r.flushdb()
         await store.close()
+
+
+async def test_sigterm_mid_trade_finishes_in_flight_sends_and_resumes(net: Net, tmp_path):
+    settings = net.settings([net.seller, net.buyer])
+    store = Store.from_url(settings.redis_url)
+    log = tmp_path / "worker.log"
+    try:
+        await store.r.flushdb()
+        signed = await net.instruction(stAmount=2, scAmount=2_000)
+        tid = signed.instruction.tradeId
+        from relayer.service import build_engine, close_engine
+
+        intake = build_engine(settings, Store.from_url(settings.redis_url))
+        await intake.st.ledger.chain.connect()
+        await intake.sc.ledger.chain.connect()
+        await intake.intake(signed)
+        await close_engine(intake)
+        worker = Worker(settings, log).start()
+        await _wait_for(store, tid, _has("lock_st_sent"))
+        assert worker.terminate() == 0  # SIGTERM: graceful
+        events = [e["event"] for e in await store.audit(tid)]
+        assert "lock_st_mined" in events, events  # the in-flight send was seen through before exiting
+        assert '"event": "worker_stopped"' in log.read_text()
+        worker = Worker(settings, log).start()
+        try:
+            await _wait_for(store, tid, _has("state", to="SETTLED"))
+        finally:
+            assert worker.terminate() == 0
+    finally:
+        await store.r.flushdb()
+        await store.close()
