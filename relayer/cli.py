@@ -160,6 +160,23 @@ def demo() -> None:
 
 
 @main.command()
+@click.option("--trades", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--concurrency", type=int, default=20, show_default=True)
+@click.option("--fault-interval", type=float, default=1.5, show_default=True, help="mean seconds between faults")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".chaos"), show_default=True)
+@click.option("--max-seconds", type=float, default=3600, show_default=True)
+def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workdir: Path, max_seconds: float) -> None:
+    """Settle N randomized trades on a private devnet while injecting faults; check both chains; exit 1 on any
+    one-sided or stuck trade."""
+    from chaos.runner import ChaosConfig, run_chaos
+
+    cfg = ChaosConfig(trades=trades, seed=seed, concurrency=concurrency, fault_interval=fault_interval,
+                      workdir=workdir, max_seconds=max_seconds)
+    sys.exit(run_chaos(cfg, echo=click.echo))
+
+
+@main.command()
 def keygen() -> None:
     """Print a new DVP_SECRET_KEY."""
     from relayer.secrets import generate_key

@@ -1,0 +1,1 @@
+"""Fault injection: a chaos runner on a local devnet and an independent checker that reads only the chains."""

@@ -1,0 +1,106 @@
+"""Classify every trade from the two chains alone (not Redis, not the relayer's rules).
+
+SETTLED     both legs claimed
+ABORTED     no leg claimed, nothing left locked
+ONE-SIDED   exactly one leg claimed (a violation)
+STUCK       funds still locked although the lock's timelock has passed (a violation at the end of a run)
+PENDING     still locked, timelock not reached (only before the end of a run)
+BAD-TERMS-CLAIMED  a lock whose terms differ from the instruction was claimed anyway (a violation)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils import keccak
+from web3 import AsyncWeb3
+
+from adapters.contracts import abi
+
+VIOLATIONS = ("ONE-SIDED", "STUCK", "BAD-TERMS-CLAIMED")
+
+
+def _swap_id(sender: str, trade_id: bytes) -> bytes:
+    return keccak(bytes(12) + bytes.fromhex(sender[2:]) + trade_id)
+
+
+@dataclass
+class Leg:
+    locked: dict[str, Any] | None = None  # the Locked event args of the expected sender's swap
+    claimed: bool = False
+    refunded: bool = False
+
+
+@dataclass
+class ChainLogs:
+    locks: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)  # (tradeId, sender) -> args
+    claimed: set[bytes] = field(default_factory=set)
+    refunded: set[bytes] = field(default_factory=set)
+    now: int = 0
+
+
+async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 5000) -> ChainLogs:
+    """Every escrow event from `from_block` to the head, read straight from the node."""
+    w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(rpc_url))
+    c = w3.eth.contract(address=escrow, abi=abi("HashedTimelockEscrow"))
+    out = ChainLogs()
+    try:
+        head = await w3.eth.get_block("latest")
+        out.now = int(head["timestamp"])
+        start = from_block
+        while start <= head["number"]:
+            end = min(head["number"], start + chunk - 1)
+            for name in ("Locked", "Claimed", "Refunded"):
+                for ev in await c.events[name]().get_logs(from_block=start, to_block=end):
+                    a = ev["args"]
+                    if name == "Locked":
+                        out.locks[(bytes(a["tradeId"]), a["sender"])] = dict(a)
+                    elif name == "Claimed":
+                        out.claimed.add(bytes(a["swapId"]))
+                    else:
+                        out.refunded.add(bytes(a["swapId"]))
+            start = end + 1
+    finally:
+        await w3.provider.disconnect()
+    return out
+
+
+def _leg(logs: ChainLogs, trade_id: bytes, sender: str) -> Leg:
+    sid = _swap_id(sender, trade_id)
+    return Leg(locked=logs.locks.get((trade_id, sender)), claimed=sid in logs.claimed, refunded=sid in logs.refunded)
+
+
+def classify(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs, delta: int) -> str:
+    tid = bytes.fromhex(ins["tradeId"][2:])
+    st_leg = _leg(st, tid, ins["sellerStAccount"])
+    sc_leg = _leg(sc, tid, ins["buyerScAccount"])
+    if sc_leg.claimed and sc_leg.locked:
+        a, s = sc_leg.locked, st_leg.locked
+        if (a["amount"] != ins["scAmount"] or a["receiver"] != ins["sellerScAccount"] or a["token"] != ins["scToken"]
+                or (s is not None and (a["hashlock"] != s["hashlock"] or a["timelock"] > s["timelock"] - delta))):
+            return "BAD-TERMS-CLAIMED"
+    if st_leg.claimed and sc_leg.claimed:
+        return "SETTLED"
+    if st_leg.claimed != sc_leg.claimed:
+        other, now = (sc_leg, sc.now) if st_leg.claimed else (st_leg, st.now)
+        if other.locked and not other.refunded and now < other.locked["timelock"]:
+            return "PENDING"
+        return "ONE-SIDED"
+    for leg, now in ((st_leg, st.now), (sc_leg, sc.now)):
+        if leg.locked and not leg.claimed and not leg.refunded:
+            return "STUCK" if now >= leg.locked["timelock"] else "PENDING"
+    return "ABORTED"
+
+
+async def check(instructions: list[dict[str, Any]], deployment: dict[str, Any], delta: int) -> Counter[str]:
+    st = await read_chain(deployment["st"]["rpc_url"], deployment["st"]["escrow"], deployment["st"]["deploy_block"])
+    sc = await read_chain(deployment["sc"]["rpc_url"], deployment["sc"]["escrow"], deployment["sc"]["deploy_block"])
+    return Counter(classify(ins, st, sc, delta) for ins in instructions)
+
+
+async def classify_all(instructions: list[dict[str, Any]], deployment: dict[str, Any], delta: int) -> dict[str, str]:
+    st = await read_chain(deployment["st"]["rpc_url"], deployment["st"]["escrow"], deployment["st"]["deploy_block"])
+    sc = await read_chain(deployment["sc"]["rpc_url"], deployment["sc"]["escrow"], deployment["sc"]["deploy_block"])
+    return {ins["tradeId"]: classify(ins, st, sc, delta) for ins in instructions}

@@ -1,0 +1,484 @@
+"""`dvp-relayer chaos --trades N --seed S`: settle N randomized trades on a private devnet while injecting faults.
+
+Faults (chosen by a seeded RNG, at random moments):
+  worker_kill       SIGKILL the relayer worker, restart it after 0.2-3 s
+  chain_stop_short  stop an anvil (state kept with --state) for less than Δ, restart it
+  chain_stop_long   the same for longer than Δ
+  reorg             anvil_reorg of depth < confirmations on a random chain
+  redis_restart     SIGKILL redis-server (AOF appendfsync always) and restart it
+  duplicate         re-post an accepted instruction (must answer 202, created=false)
+  replay_conflict   post the same trade id with other terms (must answer 409)
+  clock_skew        move one chain's clock by 1-3 s (evm_increaseTime)
+Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
+  bot_wrong_terms   the bot buyer locks SC with a wrong amount, receiver, hashlock or timelock
+  bot_late_lock     the bot buyer locks SC when less than Δ is left on T_st
+  bot_never_locks   the bot buyer never locks
+  bot_never_claims  the bot seller locks ST and never claims the SC
+  bot_late_claim    the bot seller claims the SC just before T_sc
+At the end every timelock is made to pass, the relayer refunds what is left, and the independent checker
+(chaos.checker, chain reads only) classifies every trade. Exit status 1 on any violation or stuck trade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from adapters.contracts import encode_call, swap_id
+from adapters.errors import LedgerError
+from adapters.evm import EvmChain, TxSender
+from chaos.checker import VIOLATIONS, classify_all
+from deploy.deployer import MAX_UINT256
+from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
+from deploy.processes import AnvilProcess, RedisProcess, free_port, port_open
+from relayer.protocol.instruction import TradeInstruction, sign_instruction
+from relayer.secrets import generate_key
+
+E = "HashedTimelockEscrow"
+FAULTS = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "duplicate",
+          "replay_conflict", "clock_skew")
+BOT_KINDS = ("bot_wrong_terms", "bot_late_lock", "bot_never_locks", "bot_never_claims", "bot_late_claim")
+BOT_SELLER, BOT_BUYER = 5, 6
+
+
+@dataclass
+class ChaosConfig:
+    trades: int = 20
+    seed: int = 1
+    concurrency: int = 20
+    fault_interval: float = 1.5  # mean seconds between injected faults
+    honest_share: float = 0.5
+    block_time: float = 0.5
+    confirmations: int = 2
+    st_lock_duration: int = 40
+    workdir: Path = Path(".chaos")
+    max_seconds: float = 3600
+
+
+@dataclass
+class Stats:
+    faults: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    api_errors: Counter[str] = field(default_factory=Counter)
+    checks_failed: list[str] = field(default_factory=list)
+
+
+class Chaos:
+    def __init__(self, cfg: ChaosConfig, echo: Any = print) -> None:
+        self.cfg = cfg
+        self.echo = echo
+        self.rng = random.Random(cfg.seed)
+        self.stats = Stats()
+        self.instructions: list[dict[str, Any]] = []
+        self.signed: dict[str, Any] = {}
+        self.worker: subprocess.Popen | None = None
+        self.stop = asyncio.Event()
+        self.outcomes: dict[str, str] = {}
+        self.chain_down: dict[str, bool] = {"st": False, "sc": False}
+        self.kind_of: dict[str, str] = {}
+        self._kind_deck: list[str] = []
+
+    def _draw(self, deck: list[str], make: Any) -> str:
+        """Shuffled decks instead of independent draws: every kind comes up, even in a short run."""
+        if not deck:
+            deck.extend(make())
+            self.rng.shuffle(deck)
+        return deck.pop()
+
+    # ------------------------------------------------------------------ set-up
+
+    async def setup(self) -> None:
+        d = self.cfg.workdir
+        d.mkdir(parents=True, exist_ok=True)
+        for f in d.glob("*"):
+            if f.is_file():
+                f.unlink()
+        self.st_node = AnvilProcess(18101, free_port(), self.cfg.block_time, state_file=d / "st.state",
+                                    log_file=d / "anvil-st.log").start()
+        self.sc_node = AnvilProcess(18102, free_port(), self.cfg.block_time, state_file=d / "sc.state",
+                                    log_file=d / "anvil-sc.log").start()
+        self.redis = RedisProcess(free_port(), d / "redis", appendfsync="always").start()
+        self.doc = await _deploy(DevnetOptions(), self.st_node.url, self.sc_node.url, self.redis.url)
+        self.st = EvmChain("st", [self.st_node.url])
+        self.sc = EvmChain("sc", [self.sc_node.url])
+        await self.st.connect()
+        await self.sc.connect()
+        issuer = dev_account(ROLES["issuer"])
+        self.bot_seller, self.bot_buyer = dev_account(BOT_SELLER), dev_account(BOT_BUYER)
+        self.st_token = next(iter(self.doc["st"]["tokens"].values()))
+        self.sc_token = next(iter(self.doc["sc"]["tokens"].values()))
+        holders = [self.bot_seller.address, self.bot_buyer.address]
+        for chain, token, kind in ((self.st, self.st_token, "SecurityToken"), (self.sc, self.sc_token, "Stablecoin")):
+            tx = TxSender(chain, issuer)
+            await tx.transact(token, encode_call(kind, "setAllowed", holders, True))
+            if kind == "SecurityToken":
+                await tx.transact(token, encode_call(kind, "issue", self.bot_seller.address, 10**9))
+            else:
+                await tx.transact(token, encode_call(kind, "issue", self.bot_buyer.address, 10**15, b"\0" * 32))
+        self.bot_tx = {
+            ("st", "seller"): TxSender(self.st, self.bot_seller, rebroadcast_after=1.0),
+            ("sc", "seller"): TxSender(self.sc, self.bot_seller, rebroadcast_after=1.0),
+            ("sc", "buyer"): TxSender(self.sc, self.bot_buyer, rebroadcast_after=1.0),
+        }
+        await self.bot_tx[("st", "seller")].transact(self.st_token, encode_call("SecurityToken", "approve",
+                                                                                 self.doc["st"]["escrow"], MAX_UINT256))
+        await self.bot_tx[("sc", "buyer")].transact(self.sc_token, encode_call("Stablecoin", "approve",
+                                                                                self.doc["sc"]["escrow"], MAX_UINT256))
+        self.api_port = free_port()
+        self.api_token = "chaos-" + os.urandom(8).hex()
+        seller, buyer = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"])
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DVP_")} | {
+            "DVP_ENV_FILE": "/nonexistent",
+            "DVP_REDIS_URL": self.redis.url,
+            "DVP_ST_RPC_URL": self.st_node.url, "DVP_ST_ESCROW": self.doc["st"]["escrow"],
+            "DVP_ST_TOKENS": self.st_token, "DVP_ST_START_BLOCK": str(self.doc["st"]["deploy_block"]),
+            "DVP_SC_RPC_URL": self.sc_node.url, "DVP_SC_ESCROW": self.doc["sc"]["escrow"],
+            "DVP_SC_TOKENS": self.sc_token, "DVP_SC_START_BLOCK": str(self.doc["sc"]["deploy_block"]),
+            "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
+            "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
+            "DVP_SECRET_KEY": generate_key(),
+            "DVP_CONFIRMATIONS": str(self.cfg.confirmations), "DVP_BLOCK_TIME": str(self.cfg.block_time),
+            "DVP_INCLUSION_DELAY": "1", "DVP_MAX_CLOCK_SKEW": "4", "DVP_MARGIN": "1",
+            "DVP_ST_LOCK_DURATION": str(self.cfg.st_lock_duration), "DVP_POLL_INTERVAL": "0.1",
+            "DVP_RPC_TIMEOUT": "2", "DVP_API_PORT": str(self.api_port), "DVP_API_TOKENS": self.api_token,
+            "DVP_LOG_LEVEL": "WARNING",
+        }
+        # Δ as the relayer computes it: k × block time + inclusion + skew + margin
+        import math
+
+        self.delta = math.ceil(self.cfg.confirmations * self.cfg.block_time + 1 + 4 + 1)
+        self.start_worker()
+
+    def start_worker(self) -> None:
+        exe = Path(sys.executable).with_name("dvp-relayer")
+        log = open(self.cfg.workdir / "worker.log", "ab")
+        self.worker = subprocess.Popen([str(exe), "run"], env=self.env, stdout=log, stderr=log)
+
+    async def teardown(self) -> None:
+        if self.worker and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+        await self.st.close()
+        await self.sc.close()
+        self.st_node.stop()
+        self.sc_node.stop()
+        self.redis.stop()
+
+    # ------------------------------------------------------------------ trades
+
+    async def _post(self, http: aiohttp.ClientSession, body: str) -> tuple[int, dict[str, Any]]:
+        async with http.post(f"http://127.0.0.1:{self.api_port}/v1/trades", data=body,
+                             headers={"Authorization": f"Bearer {self.api_token}",
+                                      "Content-Type": "application/json"}) as r:
+            return r.status, await r.json()
+
+    async def submit(self, http: aiohttp.ClientSession, body: str, deadline: float) -> int | None:
+        """Post until the worker answers (a PTS retries while the worker is down)."""
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                status, doc = await self._post(http, body)
+                if status < 500:
+                    return status
+                self.stats.api_errors[f"http_{status}"] += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
+                self.stats.api_errors[type(exc).__name__] += 1
+            await asyncio.sleep(0.3)
+        return None
+
+    async def _chain_now(self, chain: EvmChain) -> int:
+        while True:
+            try:
+                return await chain.now()
+            except LedgerError:
+                await asyncio.sleep(0.5)
+
+    async def one_trade(self, http: aiohttp.ClientSession, i: int) -> None:
+        rng = self.rng
+        honest = max(1, round(len(BOT_KINDS) * self.cfg.honest_share / (1 - self.cfg.honest_share)))
+        kind = self._draw(self._kind_deck, lambda: ["honest"] * honest + list(BOT_KINDS))
+        self.stats.kinds[kind] += 1
+        seller, buyer = dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address
+        if kind in ("bot_never_claims", "bot_late_claim"):
+            seller = self.bot_seller.address
+        elif kind != "honest":
+            buyer = self.bot_buyer.address
+        now = await self._chain_now(self.st)
+        ins = TradeInstruction(
+            tradeId="0x" + os.urandom(32).hex(), stChainId=self.st.chain_id, stToken=self.st_token,
+            stAmount=rng.randint(1, 50), scChainId=self.sc.chain_id, scToken=self.sc_token,
+            scAmount=rng.randint(1, 10**6), sellerStAccount=seller, sellerScAccount=seller,
+            buyerScAccount=buyer, buyerStAccount=buyer, deadline=now + 3 * self.cfg.st_lock_duration,
+        )
+        signed = sign_instruction(ins, dev_account(ROLES["pts"]).key)
+        body = signed.model_dump_json()
+        self.instructions.append(ins.model_dump())
+        self.kind_of[ins.tradeId] = kind
+        deadline = time.monotonic() + 120
+        status = await self.submit(http, body, deadline)
+        if status != 202:
+            self.stats.checks_failed.append(f"trade {i}: submission answered {status}")
+            return
+        if rng.random() < 0.15:
+            self.stats.faults["duplicate"] += 1
+            if await self.submit(http, body, deadline) != 202:
+                self.stats.checks_failed.append(f"trade {i}: duplicate not answered 202")
+        if rng.random() < 0.15:
+            self.stats.faults["replay_conflict"] += 1
+            other = sign_instruction(ins.model_copy(update={"scAmount": ins.scAmount + 1}),
+                                     dev_account(ROLES["pts"]).key)
+            if await self.submit(http, other.model_dump_json(), deadline) != 409:
+                self.stats.checks_failed.append(f"trade {i}: conflicting replay not answered 409")
+        if kind != "honest":
+            try:
+                await self.bot(kind, ins)
+            except (LedgerError, asyncio.TimeoutError) as exc:
+                self.stats.api_errors[f"bot:{type(exc).__name__}"] += 1
+        await self.wait_resolved(ins)
+
+    async def wait_resolved(self, ins: TradeInstruction) -> None:
+        """Hold the concurrency slot until the trade's timelocks have passed or both legs are claimed."""
+        limit = time.monotonic() + 4 * self.cfg.st_lock_duration
+        tid = ins.trade_id_bytes
+        st_id, sc_id = swap_id(ins.sellerStAccount, tid), swap_id(ins.buyerScAccount, tid)
+        while time.monotonic() < limit and not self.stop.is_set():
+            try:
+                st_slot = await self._slot(self.st, self.doc["st"]["escrow"], st_id)
+                sc_slot = await self._slot(self.sc, self.doc["sc"]["escrow"], sc_id)
+                if st_slot == bytes(32) and sc_slot == bytes(32) and await self._touched(ins):
+                    return
+            except LedgerError:
+                pass
+            await asyncio.sleep(1.0)
+
+    async def _touched(self, ins: TradeInstruction) -> bool:
+        """True once the trade is over: an ST lock existed and is gone, or nothing can be locked any more."""
+        now = await self.st.now()
+        logs = await self.st.call(lambda w3: w3.eth.get_logs({
+            "address": self.doc["st"]["escrow"], "fromBlock": self.doc["st"]["deploy_block"],
+            "topics": [None, "0x" + ins.trade_id_bytes.hex()]}))
+        return bool(logs) or now > ins.deadline
+
+    async def _slot(self, chain: EvmChain, escrow: str, sid: bytes) -> bytes:
+        raw = await chain.call(lambda w3: w3.eth.call({"to": escrow, "data": encode_call(E, "swaps", sid)}))
+        return bytes(raw)[-32:]
+
+    async def _wait_lock(self, chain: EvmChain, escrow: str, ins: TradeInstruction, sender: str,
+                         timeout: float) -> dict[str, Any] | None:
+        from web3 import AsyncWeb3
+
+        from adapters.contracts import abi
+
+        c = AsyncWeb3().eth.contract(abi=abi(E))
+        limit = time.monotonic() + timeout
+        while time.monotonic() < limit:
+            try:
+                logs = await chain.call(lambda w3: w3.eth.get_logs({
+                    "address": escrow, "fromBlock": self.doc[chain.name]["deploy_block"],
+                    "topics": [None, "0x" + ins.trade_id_bytes.hex()]}))
+                for lg in logs:
+                    args = c.events.Locked().process_log(lg)["args"]
+                    if args["sender"] == sender:
+                        return dict(args)
+            except (LedgerError, Exception):  # noqa: BLE001 - chain may be down for a moment
+                pass
+            await asyncio.sleep(0.5)
+        return None
+
+    async def bot(self, kind: str, ins: TradeInstruction) -> None:
+        """The dishonest or absent counterparty, acting with keys the relayer does not hold."""
+        rng = self.rng
+        st_escrow, sc_escrow = self.doc["st"]["escrow"], self.doc["sc"]["escrow"]
+        self.stats.faults[kind] += 1
+        if kind in ("bot_never_claims", "bot_late_claim"):
+            secret = os.urandom(32)
+            t_st = await self._chain_now(self.st) + self.cfg.st_lock_duration
+            await self.bot_tx[("st", "seller")].transact(st_escrow, encode_call(
+                E, "lock", ins.trade_id_bytes, ins.stToken, ins.stAmount, ins.buyerStAccount,
+                hashlib.sha256(secret).digest(), t_st), timeout=60)
+            if kind == "bot_never_claims":
+                return
+            sc_lock = await self._wait_lock(self.sc, sc_escrow, ins, ins.buyerScAccount, self.cfg.st_lock_duration)
+            if sc_lock is None:
+                return
+            while await self._chain_now(self.sc) < sc_lock["timelock"] - 3:
+                await asyncio.sleep(0.5)
+            await self.bot_tx[("sc", "seller")].transact(sc_escrow, encode_call(
+                E, "claim", secret, swap_id(ins.buyerScAccount, ins.trade_id_bytes), ins.scToken, ins.scAmount,
+                ins.sellerScAccount, sc_lock["timelock"]), timeout=30)
+            return
+        if kind == "bot_never_locks":
+            return
+        st_lock = await self._wait_lock(self.st, st_escrow, ins, ins.sellerStAccount, self.cfg.st_lock_duration)
+        if st_lock is None:
+            return
+        amount, receiver, hashlock = ins.scAmount, ins.sellerScAccount, st_lock["hashlock"]
+        timelock = st_lock["timelock"] - self.delta
+        if kind == "bot_wrong_terms":
+            wrong = rng.choice(["amount", "receiver", "hashlock", "timelock"])
+            if wrong == "amount":
+                amount -= 1
+            elif wrong == "receiver":
+                receiver = self.bot_buyer.address
+            elif wrong == "hashlock":
+                hashlock = os.urandom(32)
+            else:
+                timelock = st_lock["timelock"] - 1
+        elif kind == "bot_late_lock":
+            while await self._chain_now(self.sc) < st_lock["timelock"] - self.delta + 1:
+                await asyncio.sleep(0.5)
+            timelock = max(timelock, await self._chain_now(self.sc) + 2)
+        now = await self._chain_now(self.sc)
+        if timelock <= now + 1:
+            return
+        await self.bot_tx[("sc", "buyer")].transact(sc_escrow, encode_call(
+            E, "lock", ins.trade_id_bytes, ins.scToken, amount, receiver, hashlock, timelock), timeout=30)
+
+    # ------------------------------------------------------------------ faults
+
+    async def faults(self) -> None:
+        weights = {"worker_kill": 3, "chain_stop_short": 2, "chain_stop_long": 2, "reorg": 3, "redis_restart": 2,
+                   "clock_skew": 2}
+        deck: list[str] = []
+        skew = 0
+        while not self.stop.is_set():
+            await asyncio.sleep(self.rng.expovariate(1 / self.cfg.fault_interval))
+            if self.stop.is_set():
+                return
+            fault = self._draw(deck, lambda: [k for k, n in weights.items() for _ in range(n)])
+            try:
+                if fault == "worker_kill":
+                    assert self.worker is not None
+                    self.worker.kill()
+                    self.worker.wait()
+                    await asyncio.sleep(self.rng.uniform(0.2, 3.0))
+                    self.start_worker()
+                elif fault in ("chain_stop_short", "chain_stop_long"):
+                    name = self.rng.choice(["st", "sc"])
+                    if self.chain_down[name]:
+                        continue
+                    node = self.st_node if name == "st" else self.sc_node
+                    down = (self.rng.uniform(0.5, self.delta * 0.6) if fault == "chain_stop_short"
+                            else self.rng.uniform(self.delta * 1.2, self.delta * 2))
+                    self.chain_down[name] = True
+                    node.stop()
+                    await asyncio.sleep(down)
+                    while port_open(node.port):
+                        await asyncio.sleep(0.1)
+                    node.start()
+                    self.chain_down[name] = False
+                elif fault == "reorg":
+                    chain = self.rng.choice([self.st, self.sc])
+                    if self.chain_down[chain.name]:
+                        continue
+                    await chain.rpc("anvil_reorg", [self.rng.randint(1, self.cfg.confirmations - 1) or 1, []])
+                elif fault == "redis_restart":
+                    self.redis.stop(kill=True)
+                    await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+                    self.redis.start()
+                elif fault == "clock_skew":
+                    shift = self.rng.randint(1, 3)
+                    name = "st" if (skew <= 0) == (self.rng.random() < 0.5) else "sc"
+                    if abs(skew + (shift if name == "st" else -shift)) > 6:
+                        name = "sc" if name == "st" else "st"
+                    chain = self.st if name == "st" else self.sc
+                    if self.chain_down[name]:
+                        continue
+                    await chain.rpc("evm_increaseTime", [shift])
+                    skew += shift if name == "st" else -shift
+                self.stats.faults[fault] += 1
+            except Exception as exc:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
+                self.stats.api_errors[f"inject:{fault}:{type(exc).__name__}"] += 1
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        t0 = time.monotonic()
+        await self.setup()
+        self.echo(f"chaos: {self.cfg.trades} trades, seed {self.cfg.seed}, Δ={self.delta}s, "
+                  f"k={self.cfg.confirmations}, workdir {self.cfg.workdir}")
+        injector = asyncio.create_task(self.faults())
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+        done = 0
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async def slot(i: int) -> None:
+                nonlocal done
+                async with sem:
+                    await self.one_trade(http, i)
+                    done += 1
+                    if done % max(1, self.cfg.trades // 20) == 0:
+                        self.echo(f"  {done}/{self.cfg.trades} trades resolved, {time.monotonic() - t0:.0f}s, "
+                                  f"faults so far {sum(self.stats.faults.values())}")
+
+            try:
+                await asyncio.wait_for(asyncio.gather(*(slot(i) for i in range(self.cfg.trades))),
+                                       self.cfg.max_seconds)
+            except asyncio.TimeoutError:
+                self.echo("chaos: time bound reached; finishing")
+        self.stop.set()
+        await injector
+        for node in (self.st_node, self.sc_node):
+            if not port_open(node.port):
+                node.start()
+        if not port_open(self.redis.port):
+            self.redis.start()
+        if self.worker is None or self.worker.poll() is not None:
+            self.start_worker()
+        # make every timelock pass, give the relayer time to refund what is left
+        for chain in (self.st, self.sc):
+            await chain.rpc("evm_increaseTime", [4 * self.cfg.st_lock_duration])
+            await chain.rpc("evm_mine", [])
+        result = await self.settle_out()
+        await self.teardown()
+        self.report(result, time.monotonic() - t0)
+        bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"]
+        return 1 if bad else 0
+
+    async def settle_out(self, timeout: float = 120.0) -> Counter[str]:
+        limit = time.monotonic() + timeout
+        while True:
+            self.outcomes = await classify_all(self.instructions, self.doc, self.delta)
+            result = Counter(self.outcomes.values())
+            if (not result["STUCK"] and not result["PENDING"]) or time.monotonic() > limit:
+                return result
+            await asyncio.sleep(2)
+
+    def report(self, result: Counter[str], seconds: float) -> None:
+        self.echo("")
+        self.echo(f"{'outcome (checker, chain reads only)':<40}{'trades':>8}")
+        for k in ("SETTLED", "ABORTED", "ONE-SIDED", "STUCK", "BAD-TERMS-CLAIMED", "PENDING"):
+            self.echo(f"  {k:<38}{result.get(k, 0):>8}")
+        self.echo(f"{'trade kind':<24}{'count':>7}{'SETTLED':>9}{'ABORTED':>9}{'other':>7}")
+        for k, v in sorted(self.stats.kinds.items()):
+            outs = Counter(o for t, o in self.outcomes.items() if self.kind_of.get(t) == k)
+            other = v - outs["SETTLED"] - outs["ABORTED"]
+            self.echo(f"  {k:<22}{v:>7}{outs['SETTLED']:>9}{outs['ABORTED']:>9}{other:>7}")
+        self.echo(f"{'fault injected':<40}{'count':>8}")
+        for k in FAULTS + BOT_KINDS:
+            self.echo(f"  {k:<38}{self.stats.faults.get(k, 0):>8}")
+        if self.stats.api_errors:
+            self.echo("transient errors seen by the runner: " + ", ".join(
+                f"{k}={v}" for k, v in sorted(self.stats.api_errors.items())))
+        for msg in self.stats.checks_failed:
+            self.echo(f"CHECK FAILED: {msg}")
+        self.echo(f"{len(self.instructions)} trades in {seconds:.0f}s")
+
+
+def run_chaos(cfg: ChaosConfig, echo: Any = print) -> int:
+    return asyncio.run(Chaos(cfg, echo).run())

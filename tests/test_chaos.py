@@ -1,0 +1,23 @@
+"""A bounded chaos run in the default suite: every fault kind, real processes, the independent checker."""
+
+from __future__ import annotations
+
+from chaos.runner import BOT_KINDS, FAULTS, Chaos, ChaosConfig
+
+
+async def test_bounded_chaos_run_has_no_one_sided_or_stuck_trade(tmp_path):
+    lines: list[str] = []
+    chaos = Chaos(ChaosConfig(trades=20, seed=7, concurrency=20, fault_interval=1.2, workdir=tmp_path / "chaos",
+                              max_seconds=600), echo=lines.append)
+    status = await chaos.run()
+    report = "\n".join(lines)
+    assert status == 0, report
+    result = {o: list(chaos.outcomes.values()).count(o) for o in set(chaos.outcomes.values())}
+    assert result.get("ONE-SIDED", 0) == 0 and result.get("STUCK", 0) == 0, report
+    assert len(chaos.outcomes) == 20
+    # every fault kind was injected at least once, and honest trades settled despite them
+    for kind in FAULTS + BOT_KINDS:
+        assert chaos.stats.faults[kind] >= 1 or kind in ("duplicate", "replay_conflict"), (kind, report)
+    honest = [t for t, k in chaos.kind_of.items() if k == "honest"]
+    assert sum(chaos.outcomes[t] == "SETTLED" for t in honest) >= len(honest) // 2, report
+    assert not chaos.stats.checks_failed, report
