@@ -5,7 +5,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup system-deps demo test gas-report compile devnet-up devnet-down clean
+.PHONY: setup system-deps demo test chaos-long gas-report compile devnet-up devnet-down clean
 
 setup: $(VENV_STAMP) $(NPM_STAMP) system-deps
 
@@ -33,6 +33,10 @@ demo: setup
 
 test: setup
 	bash scripts/run-tests.sh
+
+# Long fault-injection run (not part of `make test`): 1000 trades, every fault kind many times.
+chaos-long: setup
+	.venv/bin/dvp-relayer chaos --trades 1000 --seed 42 --concurrency 40 --fault-interval 1.0 --workdir .chaos
 
 gas-report: setup
 	$(PY) -m deploy.gas_report

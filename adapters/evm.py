@@ -393,3 +393,44 @@ class TxSender:
         """Forget the local nonce (e.g. after a chain rollback); the next send reads it from the chain."""
         async with self._lock:
             self._next_nonce = None
+
+
+class HeadWatcher:
+    """Wakes a waiter on every new block through an `eth_subscribe("newHeads")` WebSocket subscription.
+
+    Only a doorbell: what happened in the block is always read with eth_getLogs from the persisted cursor, so
+    a subscription lost across a reconnect (web3 does not restore them) costs latency, never events. On any
+    failure it reconnects with backoff; meanwhile the caller's own polling interval keeps things moving.
+    """
+
+    def __init__(self, name: str, ws_url: str, wake: asyncio.Event) -> None:
+        self.name = name
+        self.ws_url = ws_url
+        self.wake = wake
+        self.connected = False
+        self.heads_seen = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from web3 import WebSocketProvider
+
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                async with AsyncWeb3(WebSocketProvider(self.ws_url)) as w3:
+                    await w3.eth.subscribe("newHeads")
+                    self.connected, backoff = True, 0.2
+                    async for _ in w3.socket.process_subscriptions():
+                        self.heads_seen += 1
+                        self.wake.set()
+                        if stop.is_set():
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - any ws failure: fall back to polling and reconnect later
+                pass
+            self.connected = False
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 5.0)

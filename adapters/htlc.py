@@ -223,22 +223,6 @@ class HtlcLedger:
         if int.from_bytes(bytes(raw)[-32:], "big") < amount:
             await self.senders[owner].transact(token, encode_call(ERC20, "approve", self.escrow, MAX_UINT256))
 
-    async def lock(self, sender: str, trade_id: bytes, token: str, amount: int, receiver: str, hashlock: bytes,
-                   timelock: int) -> SentTx:
-        await self.ensure_allowance(sender, token, amount)
-        data = encode_call(ESCROW, "lock", trade_id, token, amount, receiver, hashlock, timelock)
-        return await self.senders[sender].send(self.escrow, data)
-
-    async def claim(self, via: TxSender, preimage: bytes, sid: bytes, token: str, amount: int, receiver: str,
-                    timelock: int) -> SentTx:
-        data = encode_call(ESCROW, "claim", preimage, sid, token, amount, receiver, timelock)
-        return await via.send(self.escrow, data)
-
-    async def refund(self, via: TxSender, trade_id: bytes, sender: str, token: str, amount: int, receiver: str,
-                     hashlock: bytes, timelock: int) -> SentTx:
-        data = encode_call(ESCROW, "refund", (trade_id, sender, token, amount, receiver, hashlock, timelock))
-        return await via.send(self.escrow, data)
-
     def follower(self, *, confirmations: int, start_height: int, start_hash: str | None) -> EscrowFollower:
         return EscrowFollower(self.chain, self.escrow, confirmations=confirmations, start_height=start_height,
                               start_hash=start_hash)

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
 
     st_rpc_url: str = Field("http://127.0.0.1:8545", description="ST chain RPC (primary)")
     st_rpc_standby_urls: str = Field("", description="comma-separated standby RPC URLs for the ST chain")
+    st_ws_url: str = Field("", description="optional WebSocket URL: new-block notifications wake the worker at once")
     st_chain_id: int | None = None
     st_escrow: str = ""
     st_tokens: str = Field("", description="comma-separated ST token addresses this relayer settles")
@@ -34,6 +35,7 @@ class Settings(BaseSettings):
 
     sc_rpc_url: str = Field("http://127.0.0.1:8546", description="coin ledger RPC (primary)")
     sc_rpc_standby_urls: str = ""
+    sc_ws_url: str = ""
     sc_chain_id: int | None = None
     sc_escrow: str = ""
     sc_tokens: str = ""
@@ -50,6 +52,7 @@ class Settings(BaseSettings):
     max_clock_skew: float = Field(5.0, description="bound on |ST block time - SC block time| used in Δ")
     st_lock_duration: int = 300
     poll_interval: float = 0.2
+    batch_max: int = Field(50, ge=1, description="most swaps per batch transaction (1 = batching off)")
     rpc_timeout: float = 5.0
     log_level: str = "INFO"
 

@@ -18,10 +18,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.contracts import swap_id
+from adapters.contracts import encode_call, swap_id
 from adapters.errors import LedgerError, TransactionReverted
-from adapters.evm import SentTx, TxSender
-from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
+from adapters.evm import HeadWatcher, TxSender
+from adapters.htlc import ESCROW, ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
 from relayer.config import Settings
 from relayer.errors import ConcurrentUpdate, InvalidInstruction
 from relayer import metrics
@@ -85,6 +85,36 @@ class ChainIndex:
 
 
 @dataclass
+class Due:
+    """One action decide() found due for one trade this round."""
+
+    rec: TradeRecord
+    action: Action
+    view: TradeView
+    st_ev: LockedEvent | None
+    sc_ev: LockedEvent | None
+
+    @property
+    def key(self) -> tuple[str, Action]:
+        return (self.rec.trade_id, self.action)
+
+
+@dataclass
+class Prepared:
+    """A due action checked against the chain and ready to encode, alone or in a batch."""
+
+    due: Due
+    ledger: HtlcLedger
+    via: TxSender
+    single: str  # calldata of the single-swap call
+    entry: tuple[Any, ...]  # the swap's entry in the batch call
+    sort_key: tuple[str, ...] = ()
+
+
+_BATCH_FN = {"lock": "lockBatch", "claim": "claimBatch", "refund": "refundBatch"}
+
+
+@dataclass
 class ChainSide:
     name: str  # "st" | "sc"
     ledger: HtlcLedger
@@ -118,6 +148,7 @@ class Engine:
         self.sc_tokens = settings.sc_token_set()
         self.log = get_logger()
         self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
+        self._due: list[Due] = []
         self._not_before: dict[tuple[str, Action], float] = {}
         self._reported: set[tuple[str, str]] = set()
         self.clock_offset = 0.0
@@ -176,6 +207,7 @@ class Engine:
 
     async def _oldest_open_block(self, chain: str) -> int | None:
         oldest = None
+        self._due: list[Due] = []
         for tid in await self.store.open_trades():
             rec = await self.store.get(tid)
             if rec is None:
@@ -186,20 +218,36 @@ class Engine:
         return oldest
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Rounds until `stop` is set; then waits for in-flight sends so nothing is left half-done."""
+        """Rounds until `stop` is set; then waits for in-flight sends so nothing is left half-done.
+
+        A round starts on a new-block notification (WebSocket, when configured) or after poll_interval.
+        """
         if not self.started:
             await self.start()
+        wake = asyncio.Event()
+        watchers = [
+            asyncio.create_task(HeadWatcher(name, url, wake).run(stop))
+            for name, url in (("st", self.settings.st_ws_url), ("sc", self.settings.sc_ws_url)) if url
+        ]
+        waiter = asyncio.create_task(stop.wait())
         while not stop.is_set():
+            wake.clear()
             try:
                 await self.step()
             except LedgerError as exc:
                 self.log.warning("round_failed", error=str(exc), error_type=type(exc).__name__)
             except Exception as exc:  # noqa: BLE001 - keep the worker alive; the next round re-derives all
                 self.log.exception("round_crashed", error=str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), self.settings.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+            if wake.is_set():
+                continue  # a block arrived during the round
+            woken = asyncio.create_task(wake.wait())
+            await asyncio.wait({woken, waiter}, timeout=self.settings.poll_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+        waiter.cancel()
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await self.drain()
 
     async def drain(self, timeout: float = 30.0) -> None:
@@ -236,6 +284,7 @@ class Engine:
         metrics.CLOCK_OFFSET.set(self.clock_offset)
         self._round_states: dict[str, int] = defaultdict(int)
         self._min_left = {"st": float("inf"), "sc": float("inf")}
+        self._due: list[Due] = []
         for tid in await self.store.open_trades():
             rec = await self.store.get(tid)
             if rec is None or rec.state in TERMINAL:
@@ -252,6 +301,7 @@ class Engine:
             metrics.TRADES.labels(state).set(n)
         for leg, left in self._min_left.items():
             metrics.TIMELOCK_MIN_LEFT.labels(leg).set(left)
+        self._dispatch(self._due)
         self.rounds += 1
 
     def roles_for(self, rec: TradeRecord) -> Roles:
@@ -300,7 +350,7 @@ class Engine:
         elif observed:
             await self.store.update(rec, observed, actor=ACTOR, event=None)
         for action in d.actions:
-            self._schedule(rec, action, view, st_ev, sc_ev)
+            self._due.append(Due(rec, action, view, st_ev, sc_ev))
 
     def _watch_timelocks(self, rec: TradeRecord, st_leg: LegView, sc_leg: LegView, now_st: int, now_sc: int,
                          log: Any) -> None:
@@ -350,93 +400,147 @@ class Engine:
 
     # ------------------------------------------------------------------ actions
 
-    def _schedule(self, rec: TradeRecord, action: Action, view: TradeView, st_ev: LockedEvent | None,
-                  sc_ev: LockedEvent | None) -> None:
-        key = (rec.trade_id, action)
-        task = self._inflight.get(key)
-        if task is not None and not task.done():
-            return
-        if time.monotonic() < self._not_before.get(key, 0.0):
-            return
-        self._inflight[key] = asyncio.create_task(self._act(rec, action, view, st_ev, sc_ev))
+    def _dispatch(self, due: list[Due]) -> None:
+        """Start the due actions that are not already in flight, grouped so that actions of one kind, on one
+        chain, signed by one account go out as one batch transaction (up to DVP_BATCH_MAX swaps)."""
+        now = time.monotonic()
+        groups: dict[tuple[str, str, str], list[Due]] = defaultdict(list)
+        for d in due:
+            task = self._inflight.get(d.key)
+            if (task is not None and not task.done()) or now < self._not_before.get(d.key, 0.0):
+                continue
+            groups[self._group_key(d)].append(d)
+        size = max(1, self.settings.batch_max)
+        for items in groups.values():
+            for i in range(0, len(items), size):
+                chunk = items[i:i + size]
+                task = asyncio.create_task(self._act(chunk))
+                for d in chunk:
+                    self._inflight[d.key] = task
 
-    async def _act(self, rec: TradeRecord, action: Action, view: TradeView, st_ev: LockedEvent | None,
-                   sc_ev: LockedEvent | None) -> None:
-        ins = rec.signed.instruction
-        log = self.log.bind(trade_id=ins.tradeId, action=action.value)
-        key = (rec.trade_id, action)
+    def _group_key(self, d: Due) -> tuple[str, str, str]:
+        ins = d.rec.signed.instruction
+        kind, leg = d.action.value.split("_")
+        if d.action is Action.LOCK_ST:
+            return (leg, kind, ins.sellerStAccount)
+        if d.action is Action.LOCK_SC:
+            return (leg, kind, ins.buyerScAccount)
+        ledger = self.st.ledger if leg == "st" else self.sc.ledger
+        via = ledger.any_sender(self._prefer(d))
+        return (leg, kind, via.address if via else "")
+
+    def _prefer(self, d: Due) -> list[str]:
+        ins = d.rec.signed.instruction
+        if d.action in (Action.CLAIM_SC, Action.REFUND_SC):
+            return [ins.sellerScAccount, ins.buyerScAccount]
+        return [ins.buyerStAccount, ins.sellerStAccount]
+
+    async def _act(self, items: list[Due]) -> None:
+        """Check each item against the chain, send one transaction (a batch when several), record the outcome."""
+        action = items[0].action
         cooldown = (self.settings.confirmations + 1) * self.settings.block_time
         try:
-            sent = await self._send(rec, action, view, st_ev, sc_ev)
-            if sent is None:
+            prepared = [p for p in await asyncio.gather(*(self._prepare(d) for d in items)) if p is not None]
+            if not prepared:
                 return
-            ledger, sender, tx = sent
-            started = time.monotonic()
-            await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx.tx_hash.to_0x_hex(),
-                                       nonce=tx.nonce, chain=ledger.kind)
-            metrics.TX_SENT.labels(ledger.kind, action.value).inc()
-            log.info("tx_sent", tx=tx.tx_hash.to_0x_hex(), chain=ledger.kind)
-            receipt = await sender.wait(tx)
-            await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_mined",
-                                       tx=receipt["transactionHash"].to_0x_hex(), block=receipt["blockNumber"],
-                                       gas=receipt["gasUsed"], chain=ledger.kind)
-            metrics.GAS.labels(ledger.kind, action.value).inc(int(receipt["gasUsed"]))
-            log.info("tx_mined", tx=receipt["transactionHash"].to_0x_hex(), block=receipt["blockNumber"],
-                     gas=receipt["gasUsed"], seconds=round(time.monotonic() - started, 3))
+            if len(prepared) == 1:
+                await self._send_and_record(prepared, prepared[0].single)
+                return
+            prepared.sort(key=lambda p: p.sort_key)  # consecutive same token+counterparty: one transfer
+            kind = action.value.split("_")[0]
+            data = encode_call(ESCROW, _BATCH_FN[kind], [p.entry for p in prepared])
+            try:
+                await prepared[0].via.estimate_gas(prepared[0].ledger.escrow, data)
+            except TransactionReverted as exc:
+                # one entry would fail the whole batch (all-or-nothing): send them one by one instead
+                self.log.warning("batch_fallback", action=action.value, size=len(prepared), reason=exc.reason)
+                await asyncio.gather(*(self._send_and_record([p], p.single) for p in prepared))
+                return
+            await self._send_and_record(prepared, data)
         except TransactionReverted as exc:
             cooldown = 2 * self.settings.block_time
             metrics.ACTION_FAILURES.labels(action.value).inc()
-            log.warning("action_failed", reason=exc.reason or str(exc))
-            await self.store.add_audit(rec.trade_id, ACTOR, f"{action.value}_failed", reason=exc.reason or str(exc))
+            for d in items:
+                self.log.warning("action_failed", trade_id=d.rec.trade_id, action=action.value,
+                                 reason=exc.reason or str(exc))
+                await self.store.add_audit(d.rec.trade_id, ACTOR, f"{action.value}_failed",
+                                           reason=exc.reason or str(exc))
         except LedgerError as exc:
             cooldown = 2 * self.settings.block_time
             metrics.ACTION_FAILURES.labels(action.value).inc()
-            log.warning("action_failed", reason=str(exc), error_type=type(exc).__name__)
+            self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
+                             error_type=type(exc).__name__)
         finally:
-            self._not_before[key] = time.monotonic() + cooldown
+            until = time.monotonic() + cooldown
+            for d in items:
+                self._not_before[d.key] = until
 
-    async def _send(self, rec: TradeRecord, action: Action, view: TradeView, st_ev: LockedEvent | None,
-                    sc_ev: LockedEvent | None) -> tuple[HtlcLedger, TxSender, SentTx] | None:
-        """Check the chain, then broadcast; None when the chain shows the action is no longer needed."""
+    async def _send_and_record(self, prepared: list[Prepared], data: str) -> None:
+        ledger, via = prepared[0].ledger, prepared[0].via
+        action = prepared[0].due.action
+        tx = await via.send(ledger.escrow, data)
+        tx_hash = tx.tx_hash.to_0x_hex()
+        sent_at = time.monotonic()
+        batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
+        metrics.TX_SENT.labels(ledger.kind, action.value).inc()
+        for p in prepared:
+            await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx_hash, nonce=tx.nonce,
+                                       chain=ledger.kind, **batch)
+            self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=ledger.kind,
+                          **batch)
+        receipt = await via.wait(tx)
+        gas = int(receipt["gasUsed"])
+        metrics.GAS.labels(ledger.kind, action.value).inc(gas)
+        mined = receipt["transactionHash"].to_0x_hex()
+        for p in prepared:
+            await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", tx=mined,
+                                       block=receipt["blockNumber"], gas=gas // len(prepared), chain=ledger.kind,
+                                       **batch)
+            self.log.info("tx_mined", trade_id=p.due.rec.trade_id, action=action.value, tx=mined,
+                          block=receipt["blockNumber"], gas=gas // len(prepared),
+                          seconds=round(time.monotonic() - sent_at, 3))
+
+    async def _prepare(self, d: Due) -> Prepared | None:
+        """Check the chain; None when the chain shows the action is no longer needed (or cannot be done)."""
+        rec, action = d.rec, d.action
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
         st, sc = self.st.ledger, self.sc.ledger
         if action is Action.LOCK_ST:
             if await st.swap_slot(swap_id(ins.sellerStAccount, tid)) != bytes(32):
                 return None  # already locked (maybe by our previous incarnation): wait for confirmations
-            tx = await st.lock(ins.sellerStAccount, tid, ins.stToken, ins.stAmount, ins.buyerStAccount,
-                               bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"]))
-            return st, st.senders[ins.sellerStAccount], tx
+            await st.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount)
+            terms = (tid, ins.stToken, ins.stAmount, ins.buyerStAccount, bytes.fromhex(rec.fields["hashlock"]),
+                     int(rec.fields["t_st"]))
+            return Prepared(d, st, st.senders[ins.sellerStAccount], encode_call(ESCROW, "lock", *terms), terms,
+                            (ins.stToken,))
         if action is Action.LOCK_SC:
-            assert st_ev is not None
-            t_sc = sc_timelock_for(st_ev.timelock, self.policy.delta())
+            assert d.st_ev is not None
+            t_sc = sc_timelock_for(d.st_ev.timelock, self.policy.delta())
             if await sc.swap_slot(swap_id(ins.buyerScAccount, tid)) != bytes(32):
                 return None
             if rec.get("t_sc") is None:
                 await self.store.update(rec, {"t_sc": t_sc}, actor=ACTOR, event="sc_lock_planned", t_sc=t_sc)
-            tx = await sc.lock(ins.buyerScAccount, tid, ins.scToken, ins.scAmount, ins.sellerScAccount,
-                               st_ev.hashlock, t_sc)
-            return sc, sc.senders[ins.buyerScAccount], tx
-        if action in (Action.CLAIM_SC, Action.REFUND_SC):
-            ledger, ev, prefer = sc, sc_ev, [ins.sellerScAccount, ins.buyerScAccount]
-        else:
-            ledger, ev, prefer = st, st_ev, [ins.buyerStAccount, ins.sellerStAccount]
+            await sc.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount)
+            terms = (tid, ins.scToken, ins.scAmount, ins.sellerScAccount, d.st_ev.hashlock, t_sc)
+            return Prepared(d, sc, sc.senders[ins.buyerScAccount], encode_call(ESCROW, "lock", *terms), terms,
+                            (ins.scToken,))
+        ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
         assert ev is not None
         sid = ev.swap_id
         if await ledger.swap_slot(sid) == bytes(32):
             return None  # already claimed or refunded
-        via = ledger.any_sender(prefer)
+        via = ledger.any_sender(self._prefer(d))
         if via is None:
             return None
         if action in (Action.REFUND_ST, Action.REFUND_SC):
-            tx = await ledger.refund(via, ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock,
-                                     ev.timelock)
-            return ledger, via, tx
-        preimage = self._preimage(rec, view)
+            swap = (ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock, ev.timelock)
+            return Prepared(d, ledger, via, encode_call(ESCROW, "refund", swap), swap, (ev.token, ev.sender))
+        preimage = self._preimage(rec, d.view)
         if preimage is None:
             return None
-        tx = await ledger.claim(via, preimage, sid, ev.token, ev.amount, ev.receiver, ev.timelock)
-        return ledger, via, tx
+        claim = (preimage, sid, ev.token, ev.amount, ev.receiver, ev.timelock)
+        return Prepared(d, ledger, via, encode_call(ESCROW, "claim", *claim), claim, (ev.token, ev.receiver))
 
     def _preimage(self, rec: TradeRecord, view: TradeView) -> bytes | None:
         public = view.sc.preimage or view.st.preimage

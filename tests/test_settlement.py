@@ -43,6 +43,10 @@ async def test_fifty_concurrent_trades_settle(net: Net):
         states = await drive(engine, ids, timeout=120)
         assert set(states.values()) == {TradeState.SETTLED}, states
         assert await net.balance(net.st, net.st_token, net.buyer.address) == before + 50
+        # trades due in the same round for the same account went out as batch transactions
+        sent = [e for tid in ids for e in await engine.store.audit(tid) if e["event"].endswith("_sent")]
+        assert any(e.get("batch", 1) > 1 for e in sent)
+        assert len({e["tx"] for e in sent}) < len(sent)
     finally:
         await close_engine(engine)
 
