@@ -214,6 +214,8 @@ class TxSender:
         self._history_size = 512
         self.gaps_healed = 0
         self._block_seen = asyncio.Event()
+        self._fee_cache: tuple[float, int, int] | None = None
+        self._fee_stale = True
         self.gas_used_total = 0
 
     def __repr__(self) -> str:  # never show the key
@@ -221,12 +223,19 @@ class TxSender:
 
     def notify_new_block(self) -> None:
         """Called by a block follower: wakes receipt waiters at once instead of waiting for their poll."""
+        self._fee_stale = True
         self._block_seen.set()
 
     async def _fees(self) -> tuple[int, int]:
+        """EIP-1559 fees: 2 × base fee + tip. Cached until the next block (one RPC per block, not per send)."""
+        cached = self._fee_cache
+        if cached is not None and not self._fee_stale and time.monotonic() - cached[0] < 2.0:
+            return cached[1], cached[2]
         block = await self.chain.get_block("latest")
         base = int(block.get("baseFeePerGas", 0) or 0)
-        return 2 * base + self.priority_fee_wei, self.priority_fee_wei
+        self._fee_cache = (time.monotonic(), 2 * base + self.priority_fee_wei, self.priority_fee_wei)
+        self._fee_stale = False
+        return self._fee_cache[1], self._fee_cache[2]
 
     async def estimate_gas(self, to: str | None, data: bytes | str, value: int = 0) -> int:
         """Gas estimate with margin; raises TransactionReverted with the revert reason if it would fail."""

@@ -177,6 +177,24 @@ def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workd
 
 
 @main.command()
+@click.option("--trades", type=int, default=200, show_default=True, help="trades per throughput run")
+@click.option("--latency-trades", type=int, default=10, show_default=True)
+@click.option("--raw-transfers", type=int, default=1000, show_default=True, help="ERC-20 transfers per chain")
+@click.option("--block-time", type=float, default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
+def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: float, as_json: bool,
+          workdir: Path) -> None:
+    """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on."""
+    from bench.runner import BenchConfig, run_bench
+
+    cfg = BenchConfig(trades=trades, latency_trades=latency_trades, raw_transfers=raw_transfers,
+                      block_time=block_time, workdir=workdir)
+    out = run_bench(cfg, echo=(lambda _: None) if as_json else click.echo)
+    click.echo(json.dumps(out, indent=None if as_json else 2))
+
+
+@main.command()
 def keygen() -> None:
     """Print a new DVP_SECRET_KEY."""
     from relayer.secrets import generate_key

@@ -24,6 +24,8 @@ from adapters.evm import HeadWatcher, TxSender
 from adapters.htlc import ESCROW, ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
 from relayer.config import Settings
 from relayer.errors import ConcurrentUpdate, InvalidInstruction
+from redis.exceptions import RedisError
+
 from relayer import metrics
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
@@ -69,6 +71,12 @@ class ChainIndex:
         self.claims = {k: v for k, v in self.claims.items() if v.block <= height}
         self.refunds = {k: v for k, v in self.refunds.items() if v.block <= height}
 
+    def forget(self, trade_id: bytes, swap_ids: list[bytes]) -> None:
+        self.locks.pop(trade_id, None)
+        for sid in swap_ids:
+            self.claims.pop(sid, None)
+            self.refunds.pop(sid, None)
+
     def leg(self, trade_id: bytes, sender: str) -> tuple[LegView, LockedEvent | None, list[LockedEvent]]:
         """The expected sender's swap for this trade, plus locks by anyone else (recorded, never acted on)."""
         mine = [e for e in self.locks.get(trade_id, []) if e.sender == sender]
@@ -93,6 +101,7 @@ class Due:
     view: TradeView
     st_ev: LockedEvent | None
     sc_ev: LockedEvent | None
+    observed_at: float = 0.0  # monotonic time the round finished reading both chains
 
     @property
     def key(self) -> tuple[str, Action]:
@@ -149,6 +158,7 @@ class Engine:
         self.log = get_logger()
         self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
         self._due: list[Due] = []
+        self._observed_at = 0.0
         self._not_before: dict[tuple[str, Action], float] = {}
         self._reported: set[tuple[str, str]] = set()
         self.clock_offset = 0.0
@@ -190,8 +200,31 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Connect to both chains and place each follower where no open trade's events can be missed."""
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Connect to both chains and place each follower where no open trade's events can be missed.
+
+        A chain or Redis that is down at start is waited for (readiness stays red), not a reason to exit.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await self._start_once()
+                return
+            except (LedgerError, OSError, RedisError) as exc:
+                if stop is not None and stop.is_set():
+                    raise
+                self.log.warning("waiting_for_dependencies", error=str(exc), retry_in=delay)
+                if stop is not None:
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                        raise
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _start_once(self) -> None:
         for side, start in ((self.st, self.settings.st_start_block), (self.sc, self.settings.sc_start_block)):
             await side.ledger.chain.connect()
             cursor = await self.store.get_cursor(side.name)
@@ -223,7 +256,10 @@ class Engine:
         A round starts on a new-block notification (WebSocket, when configured) or after poll_interval.
         """
         if not self.started:
-            await self.start()
+            try:
+                await self.start(stop)
+            except (LedgerError, OSError, RedisError):
+                return  # stopped before the dependencies came up
         wake = asyncio.Event()
         watchers = [
             asyncio.create_task(HeadWatcher(name, url, wake).run(stop))
@@ -278,6 +314,7 @@ class Engine:
 
     async def step(self) -> None:
         await asyncio.gather(self._follow(self.st), self._follow(self.sc))
+        self._observed_at = time.monotonic()
         assert self.st.follower and self.sc.follower
         now_st, now_sc = self.st.now(), self.sc.now()
         self.clock_offset = now_st - now_sc
@@ -347,10 +384,24 @@ class Engine:
             metrics.TRANSITIONS.labels(d.state.value).inc()
             if d.state is TradeState.SETTLED:
                 metrics.SETTLE_SECONDS.observe(time.time() - float(rec.fields["created_at"]))
+            if d.state in TERMINAL:
+                self._forget(rec, [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign)
         elif observed:
             await self.store.update(rec, observed, actor=ACTOR, event=None)
         for action in d.actions:
-            self._due.append(Due(rec, action, view, st_ev, sc_ev))
+            self._due.append(Due(rec, action, view, st_ev, sc_ev, self._observed_at))
+
+    def _forget(self, rec: TradeRecord, locks: list[LockedEvent]) -> None:
+        """Drop a finished trade's in-memory traces so a long-running worker's memory stays flat."""
+        for action in Action:
+            self._not_before.pop((rec.trade_id, action), None)
+            task = self._inflight.get((rec.trade_id, action))
+            if task is None or task.done():
+                self._inflight.pop((rec.trade_id, action), None)
+        self._reported = {k for k in self._reported if k[0] != rec.trade_id}
+        tid = rec.signed.instruction.trade_id_bytes
+        for side in (self.st, self.sc):
+            side.index.forget(tid, [e.swap_id for e in locks])
 
     def _watch_timelocks(self, rec: TradeRecord, st_leg: LegView, sc_leg: LegView, now_st: int, now_sc: int,
                          log: Any) -> None:
@@ -404,6 +455,8 @@ class Engine:
         """Start the due actions that are not already in flight, grouped so that actions of one kind, on one
         chain, signed by one account go out as one batch transaction (up to DVP_BATCH_MAX swaps)."""
         now = time.monotonic()
+        for key in [k for k, t in self._inflight.items() if t.done()]:
+            del self._inflight[key]
         groups: dict[tuple[str, str, str], list[Due]] = defaultdict(list)
         for d in due:
             task = self._inflight.get(d.key)
@@ -484,8 +537,10 @@ class Engine:
         batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
         metrics.TX_SENT.labels(ledger.kind, action.value).inc()
         for p in prepared:
+            reaction = sent_at - p.due.observed_at
+            metrics.REACTION_SECONDS.observe(reaction)
             await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx_hash, nonce=tx.nonce,
-                                       chain=ledger.kind, **batch)
+                                       chain=ledger.kind, reaction_ms=round(reaction * 1000, 1), **batch)
             self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=ledger.kind,
                           **batch)
         receipt = await via.wait(tx)

@@ -28,3 +28,5 @@ TIMELOCK_MIN_LEFT = Gauge("dvp_timelock_min_seconds_left",
                           ["leg"], registry=REGISTRY)
 CLOCK_OFFSET = Gauge("dvp_chain_clock_offset_seconds", "ST chain clock minus coin ledger clock",
                      registry=REGISTRY)
+REACTION_SECONDS = Histogram("dvp_reaction_seconds", "Chain event observed -> resulting transaction broadcast",
+                             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=REGISTRY)

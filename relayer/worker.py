@@ -16,7 +16,6 @@ async def serve(settings: Settings, stop: asyncio.Event, engine: Engine | None =
     """Run until `stop` is set. Shutdown order: refuse new trades, finish the round and in-flight sends,
     close the API, close connections. Every trade is left in a state the next start resumes."""
     engine = engine or build_engine(settings)
-    await engine.start()
     runner: web.AppRunner | None = None
     app: web.Application | None = None
     if settings.api_port:

@@ -157,3 +157,27 @@ async def test_sigterm_mid_trade_finishes_in_flight_sends_and_resumes(net: Net, 
     finally:
         await store.r.flushdb()
         await store.close()
+
+
+async def test_worker_started_while_a_chain_is_down_waits_with_readiness_red(net: Net, tmp_path):
+    import aiohttp
+
+    from deploy.processes import free_port, port_open
+
+    api_port, dead_port = free_port(), free_port()
+    settings = net.settings([net.seller, net.buyer], api_port=api_port, st_rpc_url=f"http://127.0.0.1:{dead_port}")
+    worker = Worker(settings, tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open(api_port):
+            assert time.monotonic() < deadline and worker.proc.poll() is None, "worker exited"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2)
+        assert worker.proc.poll() is None  # still alive, waiting for the chain
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{api_port}/readyz") as r:
+                body = await r.json()
+        assert r.status == 503 and body["checks"]["st"] is not True and body["checks"]["sc"] is not True
+        assert "waiting_for_dependencies" in (tmp_path / "worker.log").read_text()
+    finally:
+        assert worker.terminate() == 0

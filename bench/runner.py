@@ -1,0 +1,257 @@
+"""The benchmark. Everything runs side by side in one invocation on one private devnet, so ratios are fair:
+
+1. raw ceiling: signed ERC-20 transfers/s the two chains accept from this Python client (pipelined sends)
+2. latency: trades one at a time (match -> SETTLED, seconds and blocks) against the protocol floor
+3. throughput: M trades submitted at once, batching off (DVP_BATCH_MAX=1) then on (50)
+For each relayer run the worker is a separate process (CPU and peak RSS read from /proc), and Redis memory
+per settled trade is read from INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from adapters.contracts import encode_call
+from adapters.evm import EvmChain, TxSender
+from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
+from deploy.processes import AnvilProcess, RedisProcess, free_port, port_open
+from relayer.protocol.instruction import TradeInstruction, sign_instruction
+from relayer.secrets import generate_key
+from relayer.store import Store
+
+
+@dataclass
+class BenchConfig:
+    trades: int = 200
+    latency_trades: int = 10
+    raw_transfers: int = 1000  # per chain
+    block_time: float = 1.0
+    confirmations: int = 1
+    workdir: Path = Path(".bench")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig, echo: Any = print) -> None:
+        self.cfg = cfg
+        self.echo = echo
+        self.out: dict[str, Any] = {"config": {"block_time_s": cfg.block_time, "confirmations": cfg.confirmations,
+                                               "trades": cfg.trades}}
+
+    async def setup(self) -> None:
+        d = self.cfg.workdir
+        d.mkdir(parents=True, exist_ok=True)
+        self.st_node = AnvilProcess(18201, free_port(), self.cfg.block_time, log_file=d / "anvil-st.log").start()
+        self.sc_node = AnvilProcess(18202, free_port(), self.cfg.block_time, log_file=d / "anvil-sc.log").start()
+        self.redis = RedisProcess(free_port(), d / "redis", appendfsync="everysec").start()
+        self.doc = await _deploy(DevnetOptions(), self.st_node.url, self.sc_node.url, self.redis.url)
+        self.st, self.sc = EvmChain("st", [self.st_node.url]), EvmChain("sc", [self.sc_node.url])
+        await self.st.connect()
+        await self.sc.connect()
+
+    async def teardown(self) -> None:
+        await self.st.close()
+        await self.sc.close()
+        self.st_node.stop()
+        self.sc_node.stop()
+        self.redis.stop()
+
+    # ------------------------------------------------------------------ raw ceiling
+
+    async def raw_ceiling(self) -> float:
+        """Pipelined, pre-signed-as-we-go ERC-20 transfers on both chains at once; mined tx per second."""
+        seller, buyer = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"])
+        jobs = [(self.st, seller, next(iter(self.doc["st"]["tokens"].values())), buyer.address),
+                (self.sc, buyer, next(iter(self.doc["sc"]["tokens"].values())), seller.address)]
+
+        async def pump(chain: EvmChain, acct: Any, token: str, to: str) -> int:
+            sender = TxSender(chain, acct)
+            data = encode_call("SecurityToken", "transfer", to, 1)
+            sent = [await sender.send(token, data, gas=80_000) for _ in range(self.cfg.raw_transfers)]
+            for tx in sent:
+                await sender.wait(tx, poll=0.05)
+            return len(sent)
+
+        t0 = time.monotonic()
+        counts = await asyncio.gather(*(pump(*j) for j in jobs))
+        elapsed = time.monotonic() - t0
+        tps = sum(counts) / elapsed
+        self.out["raw_ceiling"] = {"erc20_transfers": sum(counts), "seconds": round(elapsed, 2),
+                                   "tx_per_s": round(tps, 1)}
+        return tps
+
+    # ------------------------------------------------------------------ relayer runs
+
+    def _env(self, db: int, batch_max: int, api_port: int) -> dict[str, str]:
+        seller, buyer = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"])
+        st, sc = self.doc["st"], self.doc["sc"]
+        return {k: v for k, v in os.environ.items() if not k.startswith("DVP_")} | {
+            "DVP_ENV_FILE": "/nonexistent",
+            "DVP_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/{db}",
+            "DVP_ST_RPC_URL": st["rpc_url"], "DVP_ST_WS_URL": st["rpc_url"].replace("http", "ws"),
+            "DVP_ST_ESCROW": st["escrow"], "DVP_ST_TOKENS": ",".join(st["tokens"].values()),
+            "DVP_ST_START_BLOCK": str(st["deploy_block"]),
+            "DVP_SC_RPC_URL": sc["rpc_url"], "DVP_SC_WS_URL": sc["rpc_url"].replace("http", "ws"),
+            "DVP_SC_ESCROW": sc["escrow"], "DVP_SC_TOKENS": ",".join(sc["tokens"].values()),
+            "DVP_SC_START_BLOCK": str(sc["deploy_block"]),
+            "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
+            "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
+            "DVP_SECRET_KEY": generate_key(), "DVP_CONFIRMATIONS": str(self.cfg.confirmations),
+            "DVP_BLOCK_TIME": str(self.cfg.block_time), "DVP_POLL_INTERVAL": "0.5",
+            "DVP_BATCH_MAX": str(batch_max), "DVP_API_PORT": str(api_port), "DVP_API_TOKENS": "bench",
+            "DVP_LOG_LEVEL": "WARNING",
+        }
+
+    async def _instruction(self, i: int) -> str:
+        st, sc = self.doc["st"], self.doc["sc"]
+        seller, buyer = dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address
+        ins = TradeInstruction(
+            tradeId="0x" + os.urandom(32).hex(), stChainId=st["chain_id"], stToken=next(iter(st["tokens"].values())),
+            stAmount=1 + i % 7, scChainId=sc["chain_id"], scToken=next(iter(sc["tokens"].values())),
+            scAmount=1000 + i, sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer,
+            buyerStAccount=buyer, deadline=await self.st.now() + 3600)
+        return sign_instruction(ins, dev_account(ROLES["pts"]).key).model_dump_json()
+
+    async def relayer_run(self, label: str, db: int, batch_max: int, n: int, sequential: bool) -> dict[str, Any]:
+        port = free_port()
+        exe = Path(sys.executable).with_name("dvp-relayer")
+        log = open(self.cfg.workdir / f"worker-{label}.log", "wb")
+        proc = subprocess.Popen([str(exe), "run"], env=self._env(db, batch_max, port), stdout=log, stderr=log)
+        store = Store.from_url(f"redis://127.0.0.1:{self.redis.port}/{db}")
+        r = aioredis.from_url(f"redis://127.0.0.1:{self.redis.port}/{db}")
+        try:
+            while not port_open(port):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # let the worker finish its start-up round
+            mem0 = int((await r.info("memory"))["used_memory"])
+            bodies = [await self._instruction(i) for i in range(n)]
+            ids: list[str] = []
+            heads: dict[str, int] = {}
+            t0 = time.monotonic()
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+                async def post(body: str) -> str:
+                    async with http.post("/v1/trades", data=body, headers={
+                            "Authorization": "Bearer bench", "Content-Type": "application/json"}) as resp:
+                        assert resp.status == 202, await resp.text()
+                        return (await resp.json())["trade_id"]
+
+                if sequential:
+                    for body in bodies:
+                        head = await self.st.block_number()
+                        tid = await post(body)
+                        heads[tid] = head
+                        ids.append(tid)
+                        await self._wait_settled(store, [tid])
+                else:
+                    head = await self.st.block_number()
+                    ids = list(await asyncio.gather(*(post(b) for b in bodies)))
+                    heads = {t: head for t in ids}
+                    await self._wait_settled(store, ids)
+            elapsed = time.monotonic() - t0
+            mem1 = int((await r.info("memory"))["used_memory"])
+            cpu, rss = _proc_usage(proc.pid)
+            return await self._summarise(store, ids, heads, elapsed, cpu, rss, (mem1 - mem0) / n)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            log.close()
+            await store.close()
+            await r.aclose()
+
+    async def _wait_settled(self, store: Store, ids: list[str], timeout: float = 600) -> None:
+        limit = time.monotonic() + timeout
+        pending = set(ids)
+        while pending and time.monotonic() < limit:
+            for tid in list(pending):
+                rec = await store.get(tid)
+                if rec is not None and rec.state.value == "SETTLED":
+                    pending.discard(tid)
+                elif rec is not None and rec.state.value in ("ABORTED", "REJECTED"):
+                    raise RuntimeError(f"trade {tid} ended {rec.state.value}")
+            await asyncio.sleep(0.05)
+        if pending:
+            raise RuntimeError(f"{len(pending)} trades not settled in {timeout}s")
+
+    async def _summarise(self, store: Store, ids: list[str], heads: dict[str, int], elapsed: float, cpu: float,
+                         rss_kb: int, redis_bytes: float) -> dict[str, Any]:
+        lat, blocks, reaction, gas, txs = [], [], [], 0, set()
+        for tid in ids:
+            audit = await store.audit(tid)
+            t_acc = audit[0]["t"]
+            t_done = next(e["t"] for e in audit if e["event"] == "state" and e.get("to") == "SETTLED")
+            lat.append(t_done - t_acc)
+            st_claim = next(e for e in audit if e["event"] == "claim_st_mined")
+            blocks.append(st_claim["block"] - heads[tid])
+            reaction += [e["reaction_ms"] for e in audit if e["event"].endswith("_sent") and "reaction_ms" in e]
+            gas += sum(e.get("gas", 0) for e in audit if e["event"].endswith("_mined"))
+            txs |= {e["tx"] for e in audit if e["event"].endswith("_mined")}
+        return {
+            "trades": len(ids), "seconds": round(elapsed, 2), "dvp_per_s": round(len(ids) / elapsed, 2),
+            "latency_s": {"p50": round(pct(lat, 0.5), 2), "p99": round(pct(lat, 0.99), 2)},
+            "latency_blocks": {"p50": pct(blocks, 0.5), "p99": pct(blocks, 0.99)},
+            "reaction_ms": {"p50": round(pct(reaction, 0.5), 1), "p99": round(pct(reaction, 0.99), 1)},
+            "gas_per_dvp": round(gas / len(ids)), "transactions": len(txs),
+            "relayer_cpu_s": round(cpu, 2), "relayer_peak_rss_mb": round(rss_kb / 1024, 1),
+            "redis_bytes_per_trade": round(redis_bytes),
+        }
+
+    async def run(self) -> dict[str, Any]:
+        await self.setup()
+        try:
+            self.echo("raw ceiling: pipelined ERC-20 transfers on both chains ...")
+            tps = await self.raw_ceiling()
+            self.echo(f"  {tps:.0f} tx/s")
+            self.echo(f"latency: {self.cfg.latency_trades} trades one at a time ...")
+            self.out["latency_run"] = await self.relayer_run("latency", 1, 50, self.cfg.latency_trades, True)
+            self.echo(f"  {json.dumps(self.out['latency_run'])}")
+            for label, db, batch in (("batching_off", 2, 1), ("batching_on", 3, 50)):
+                self.echo(f"throughput, {label}: {self.cfg.trades} trades at once ...")
+                self.out[label] = await self.relayer_run(label, db, batch, self.cfg.trades, False)
+                self.echo(f"  {json.dumps(self.out[label])}")
+        finally:
+            await self.teardown()
+        on, off, lat = self.out["batching_on"], self.out["batching_off"], self.out["latency_run"]
+        floor = 4 * self.cfg.block_time
+        self.out["targets"] = {
+            "latency_p50_within_1s_of_floor": {"floor_s": floor, "p50_s": lat["latency_s"]["p50"],
+                                               "met": lat["latency_s"]["p50"] <= floor + 1},
+            "reaction_p99_le_50ms": {"p99_ms": lat["reaction_ms"]["p99"], "met": lat["reaction_ms"]["p99"] <= 50},
+            "throughput_ge_half_raw": {"dvp_tx_equiv_per_s": round(4 * on["dvp_per_s"], 1),
+                                       "half_raw": round(tps / 2, 1), "met": 4 * on["dvp_per_s"] >= tps / 2},
+            "gas_batched_le_0.4_unbatched": {"ratio": round(on["gas_per_dvp"] / off["gas_per_dvp"], 3),
+                                             "met": on["gas_per_dvp"] <= 0.4 * off["gas_per_dvp"]},
+            "redis_le_2kb_per_trade": {"bytes": on["redis_bytes_per_trade"], "met": on["redis_bytes_per_trade"] <= 2048},
+        }
+        return self.out
+
+
+def _proc_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user+sys) and peak RSS (kB) of a live process, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(stat[11]) + int(stat[12])) / ticks
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    return cpu, rss
+
+
+def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
+    return asyncio.run(Bench(cfg, echo).run())
