@@ -195,6 +195,7 @@ class HtlcLedger:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
         self.senders = {addr: TxSender(chain, acct) for addr, acct in accounts.items()}
+        self._unlimited: set[tuple[str, str]] = set()
         self._view = AsyncWeb3().eth.contract(abi=abi(ESCROW))
 
     def signs_for(self, address: str) -> bool:
@@ -217,11 +218,18 @@ class HtlcLedger:
         return bytes(raw)[-32:]
 
     async def ensure_allowance(self, owner: str, token: str, amount: int) -> None:
-        """Approve the escrow (unlimited) when the owner's allowance is short; we hold the owner's key."""
+        """Approve the escrow (unlimited) when the owner's allowance is short; we hold the owner's key.
+        An unlimited allowance is remembered (OpenZeppelin never decrements it), saving a call per lock."""
+        if (owner, token) in self._unlimited:
+            return
         data = encode_call(ERC20, "allowance", owner, self.escrow)
         raw = await self.chain.call(lambda w3: w3.eth.call({"to": token, "data": data}))
-        if int.from_bytes(bytes(raw)[-32:], "big") < amount:
+        allowance = int.from_bytes(bytes(raw)[-32:], "big")
+        if allowance < amount:
             await self.senders[owner].transact(token, encode_call(ERC20, "approve", self.escrow, MAX_UINT256))
+            allowance = MAX_UINT256
+        if allowance == MAX_UINT256:
+            self._unlimited.add((owner, token))
 
     def follower(self, *, confirmations: int, start_height: int, start_hash: str | None) -> EscrowFollower:
         return EscrowFollower(self.chain, self.escrow, confirmations=confirmations, start_height=start_height,

@@ -121,6 +121,9 @@ class Prepared:
 
 
 _BATCH_FN = {"lock": "lockBatch", "claim": "claimBatch", "refund": "refundBatch"}
+# Gas limits for single-swap calls (worst case measured: fresh storage on both balances, allowlisted token,
+# ~95k for a lock), with headroom; only gasUsed is paid. Batches are estimated (see _act).
+_SINGLE_GAS = {"lock": 180_000, "claim": 130_000, "refund": 130_000}
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Engine:
         self.log = get_logger()
         self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
         self._due: list[Due] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._observed_at = 0.0
         self._not_before: dict[tuple[str, Action], float] = {}
         self._reported: set[tuple[str, str]] = set()
@@ -287,7 +291,7 @@ class Engine:
         await self.drain()
 
     async def drain(self, timeout: float = 30.0) -> None:
-        tasks = [t for t in self._inflight.values() if not t.done()]
+        tasks = [t for t in self._inflight.values() if not t.done()] + list(self._background)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
@@ -322,9 +326,8 @@ class Engine:
         self._round_states: dict[str, int] = defaultdict(int)
         self._min_left = {"st": float("inf"), "sc": float("inf")}
         self._due: list[Due] = []
-        for tid in await self.store.open_trades():
-            rec = await self.store.get(tid)
-            if rec is None or rec.state in TERMINAL:
+        for rec in await self.store.get_many(await self.store.open_trades()):
+            if rec.state in TERMINAL:
                 continue
             try:
                 await self._advance(rec, now_st, now_sc)
@@ -386,10 +389,27 @@ class Engine:
                 metrics.SETTLE_SECONDS.observe(time.time() - float(rec.fields["created_at"]))
             if d.state in TERMINAL:
                 self._forget(rec, [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign)
+                self._archive_later(rec.trade_id)
         elif observed:
             await self.store.update(rec, observed, actor=ACTOR, event=None)
         for action in d.actions:
             self._due.append(Due(rec, action, view, st_ev, sc_ev, self._observed_at))
+
+    def _archive_later(self, trade_id: str) -> None:
+        """Compact a finished trade once the audit entries of its last transactions are written."""
+        async def later() -> None:
+            await asyncio.sleep(max(2.0, 2 * self.settings.block_time))
+            for _ in range(3):
+                try:
+                    if await self.store.archive(trade_id):
+                        return
+                except RedisError:
+                    pass
+                await asyncio.sleep(1.0)
+
+        task = asyncio.create_task(later())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _forget(self, rec: TradeRecord, locks: list[LockedEvent]) -> None:
         """Drop a finished trade's in-memory traces so a long-running worker's memory stays flat."""
@@ -497,7 +517,7 @@ class Engine:
             if not prepared:
                 return
             if len(prepared) == 1:
-                await self._send_and_record(prepared, prepared[0].single)
+                await self._send_and_record(prepared, prepared[0].single, gas=_SINGLE_GAS[action.value.split("_")[0]])
                 return
             prepared.sort(key=lambda p: p.sort_key)  # consecutive same token+counterparty: one transfer
             kind = action.value.split("_")[0]
@@ -528,10 +548,10 @@ class Engine:
             for d in items:
                 self._not_before[d.key] = until
 
-    async def _send_and_record(self, prepared: list[Prepared], data: str) -> None:
+    async def _send_and_record(self, prepared: list[Prepared], data: str, gas: int | None = None) -> None:
         ledger, via = prepared[0].ledger, prepared[0].via
         action = prepared[0].due.action
-        tx = await via.send(ledger.escrow, data)
+        tx = await via.send(ledger.escrow, data, gas=gas)
         tx_hash = tx.tx_hash.to_0x_hex()
         sent_at = time.monotonic()
         batch = {"batch": len(prepared)} if len(prepared) > 1 else {}

@@ -14,8 +14,10 @@ Delivery: at-least-once; every action the engine takes is idempotent and checked
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,19 @@ return tonumber(v) + 1
 """
 
 
+# KEYS: trade, audit. ARGV: expected version, packed archive, audit length. Replaces the hash by
+# {state, version, digest, archive} and deletes the audit list, only if nothing changed meanwhile.
+_ARCHIVE = """
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return -1 end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then return -1 end
+local state = redis.call('HGET', KEYS[1], 'state')
+local digest = redis.call('HGET', KEYS[1], 'digest')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'state', state, 'version', ARGV[1], 'digest', digest, 'archive', ARGV[2])
+return 1
+"""
+
+
 @dataclass
 class TradeRecord:
     """A trade as stored: the signed instruction plus intent and progress."""
@@ -100,6 +115,8 @@ class Store:
         self.r = client
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
+        self._archive = client.register_script(_ARCHIVE)
+        self._parsed: dict[str, SignedInstruction] = {}
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -137,16 +154,31 @@ class Store:
         return int(res) == 1
 
     async def get(self, trade_id: str) -> TradeRecord | None:
-        data = await self.r.hgetall(trade_key(trade_id))
+        return self._record(trade_id, await self.r.hgetall(trade_key(trade_id)))
+
+    async def get_many(self, trade_ids: list[str]) -> list[TradeRecord]:
+        """Several records in one round trip (the engine reads every open trade each round)."""
+        if not trade_ids:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in trade_ids:
+                pipe.hgetall(trade_key(tid))
+            rows = await pipe.execute()
+        return [rec for tid, data in zip(trade_ids, rows) if (rec := self._record(tid, data)) is not None]
+
+    def _record(self, trade_id: str, data: dict[str, str]) -> TradeRecord | None:
         if not data:
             return None
-        return TradeRecord(
-            trade_id=trade_id,
-            signed=SignedInstruction.model_validate_json(data["instruction"]),
-            state=TradeState(data["state"]),
-            version=int(data["version"]),
-            fields=data,
-        )
+        if "archive" in data:
+            data = {**data, **json.loads(zlib.decompress(base64.b64decode(data["archive"])))["fields"]}
+        signed = self._parsed.get(data["digest"])
+        if signed is None:  # instructions are immutable: validate (checksums, signature shape) once
+            signed = SignedInstruction.model_validate_json(data["instruction"])
+            if len(self._parsed) > 50_000:
+                self._parsed.clear()
+            self._parsed[data["digest"]] = signed
+        return TradeRecord(trade_id=trade_id, signed=signed, state=TradeState(data["state"]),
+                           version=int(data["version"]), fields=data)
 
     async def update(
         self,
@@ -173,7 +205,25 @@ class Store:
         return rec
 
     async def audit(self, trade_id: str) -> list[dict[str, Any]]:
+        archived = await self.r.hget(trade_key(trade_id), "archive")
+        if archived:
+            return list(json.loads(zlib.decompress(base64.b64decode(archived)))["audit"])
         return [json.loads(x) for x in await self.r.lrange(audit_key(trade_id), 0, -1)]
+
+    async def archive(self, trade_id: str) -> bool:
+        """Compact a finished trade: its fields and audit trail become one compressed value, the sealed secret
+        is dropped (a settled trade's secret is public on chain; an aborted one's is never needed again).
+        Readers (get, audit) see the same data as before. False if the trade is not terminal or changed."""
+        data = await self.r.hgetall(trade_key(trade_id))
+        if not data or "archive" in data or TradeState(data["state"]) not in TERMINAL:
+            return False
+        audit = await self.r.lrange(audit_key(trade_id), 0, -1)
+        keep = {k: v for k, v in data.items() if k not in ("secret", "state", "version", "digest")}
+        blob = json.dumps({"fields": keep, "audit": [json.loads(x) for x in audit]}, separators=(",", ":"))
+        packed = base64.b64encode(zlib.compress(blob.encode(), 9)).decode()
+        res = await self._archive(keys=[trade_key(trade_id), audit_key(trade_id)],
+                                  args=[data["version"], packed, str(len(audit))])
+        return int(res) == 1
 
     async def add_audit(self, trade_id: str, actor: str, event: str, **data: Any) -> None:
         """An audit entry that changes no state (e.g. a counterparty lock with wrong terms was seen)."""

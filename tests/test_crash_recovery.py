@@ -42,6 +42,20 @@ async def _redis_dump(store: Store) -> str:
     return "\n".join(parts).lower()
 
 
+async def _claimed_preimage(settings, rec) -> bytes:
+    from web3 import AsyncWeb3
+
+    from adapters.contracts import abi, swap_id
+
+    ins = rec.signed.instruction
+    w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(settings.sc_rpc_url))
+    escrow = w3.eth.contract(address=settings.sc_escrow, abi=abi("HashedTimelockEscrow"))
+    logs = await escrow.events.Claimed().get_logs(
+        from_block=0, argument_filters={"swapId": swap_id(ins.buyerScAccount, ins.trade_id_bytes)})
+    await w3.provider.disconnect()
+    return bytes(logs[0]["args"]["preimage"])
+
+
 async def assert_no_plaintext_secrets(store: Store, settings, tid: str, log_text: str) -> None:
     """The HTLC secret and every private key: absent from the worker's logs and from every Redis value."""
     import base64
@@ -49,7 +63,10 @@ async def assert_no_plaintext_secrets(store: Store, settings, tid: str, log_text
     from relayer.secrets import SecretBox
 
     rec = await store.get(tid)
-    secret = SecretBox(settings.secret_key.get_secret_value()).open(rec.fields["secret"], tid)
+    if rec.get("secret"):
+        secret = SecretBox(settings.secret_key.get_secret_value()).open(rec.fields["secret"], tid)
+    else:  # archived: the sealed copy is gone; the settled trade's secret is public in the SC Claimed event
+        secret = await _claimed_preimage(settings, rec)
     needles = {secret.hex(), base64.b64encode(secret).decode().lower()}
     needles |= {acct.key.hex().removeprefix("0x") for acct in settings.accounts().values()}
     needles.add(settings.secret_key.get_secret_value().lower())

@@ -23,6 +23,14 @@ async def test_one_trade_settles_atomically(net: Net):
         assert states[tid] == TradeState.SETTLED
         assert await net.balance(net.st, net.st_token, net.buyer.address) == b[0] + 7
         assert await net.balance(net.sc, net.sc_token, net.seller.address) == b[1] + 7_000
+        # drive() drained the engine, which archives a finished trade compactly: same record and timeline,
+        # no sealed secret, no separate audit list
+        assert await engine.store.r.hexists(f"dvp:trade:{tid}", "archive")
+        assert not await engine.store.r.exists(f"dvp:audit:{tid}")
+        rec = await engine.store.get(tid)
+        assert rec is not None and rec.state == TradeState.SETTLED and rec.get("secret") is None
+        assert rec.signed == signed and rec.get_int("t_st")
+        assert await engine.store.archive(tid) is False  # once
         events = [e["event"] for e in await engine.store.audit(tid)]
         for expected in ("accepted", "secret_created", "lock_st_mined", "lock_sc_mined", "claim_sc_mined",
                          "claim_st_mined"):
