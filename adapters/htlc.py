@@ -213,9 +213,14 @@ class HtlcLedger:
 
     async def swap_slot(self, sid: bytes) -> bytes:
         """The stored terms hash of a swap at the latest block (zero when none is live)."""
-        data = encode_call(ESCROW, "swaps", sid)
-        raw = await self.chain.call(lambda w3: w3.eth.call({"to": self.escrow, "data": data}))
-        return bytes(raw)[-32:]
+        return (await self.swap_slots([sid]))[0]
+
+    async def swap_slots(self, sids: list[bytes]) -> list[bytes]:
+        """Several swaps' stored terms hashes in one round trip. The escrow keeps a swap's terms hash at the
+        storage slot equal to its id, so eth_getStorageAt reads it without running the EVM."""
+        results = await self.chain.rpc_batch(
+            [("eth_getStorageAt", [self.escrow, "0x" + sid.hex(), "latest"]) for sid in sids])
+        return [bytes.fromhex(r[2:].rjust(64, "0")) for r in results]
 
     async def ensure_allowance(self, owner: str, token: str, amount: int) -> None:
         """Approve the escrow (unlimited) when the owner's allowance is short; we hold the owner's key.

@@ -513,7 +513,9 @@ class Engine:
         action = items[0].action
         cooldown = (self.settings.confirmations + 1) * self.settings.block_time
         try:
-            prepared = [p for p in await asyncio.gather(*(self._prepare(d) for d in items)) if p is not None]
+            slots = await self._slots(items)
+            prepared = [p for p in await asyncio.gather(*(self._prepare(d, slot) for d, slot in zip(items, slots)))
+                        if p is not None]
             if not prepared:
                 return
             if len(prepared) == 1:
@@ -575,14 +577,31 @@ class Engine:
                           block=receipt["blockNumber"], gas=gas // len(prepared),
                           seconds=round(time.monotonic() - sent_at, 3))
 
-    async def _prepare(self, d: Due) -> Prepared | None:
-        """Check the chain; None when the chain shows the action is no longer needed (or cannot be done)."""
+    def _swap_of(self, d: Due) -> tuple[HtlcLedger, bytes]:
+        """The ledger and swap id an action touches."""
+        ins = d.rec.signed.instruction
+        tid = ins.trade_id_bytes
+        if d.action is Action.LOCK_ST:
+            return self.st.ledger, swap_id(ins.sellerStAccount, tid)
+        if d.action is Action.LOCK_SC:
+            return self.sc.ledger, swap_id(ins.buyerScAccount, tid)
+        ev = d.sc_ev if d.action in (Action.CLAIM_SC, Action.REFUND_SC) else d.st_ev
+        assert ev is not None
+        return (self.sc.ledger if d.action in (Action.CLAIM_SC, Action.REFUND_SC) else self.st.ledger), ev.swap_id
+
+    async def _slots(self, items: list[Due]) -> list[bytes]:
+        """The current storage slot of every item's swap (all on one chain), in one round trip."""
+        ledger = self._swap_of(items[0])[0]
+        return await ledger.swap_slots([self._swap_of(d)[1] for d in items])
+
+    async def _prepare(self, d: Due, slot: bytes) -> Prepared | None:
+        """Given the swap's current slot, None when the chain shows the action is no longer needed."""
         rec, action = d.rec, d.action
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
         st, sc = self.st.ledger, self.sc.ledger
         if action is Action.LOCK_ST:
-            if await st.swap_slot(swap_id(ins.sellerStAccount, tid)) != bytes(32):
+            if slot != bytes(32):
                 return None  # already locked (maybe by our previous incarnation): wait for confirmations
             await st.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount)
             terms = (tid, ins.stToken, ins.stAmount, ins.buyerStAccount, bytes.fromhex(rec.fields["hashlock"]),
@@ -592,7 +611,7 @@ class Engine:
         if action is Action.LOCK_SC:
             assert d.st_ev is not None
             t_sc = sc_timelock_for(d.st_ev.timelock, self.policy.delta())
-            if await sc.swap_slot(swap_id(ins.buyerScAccount, tid)) != bytes(32):
+            if slot != bytes(32):
                 return None
             if rec.get("t_sc") is None:
                 await self.store.update(rec, {"t_sc": t_sc}, actor=ACTOR, event="sc_lock_planned", t_sc=t_sc)
@@ -603,7 +622,7 @@ class Engine:
         ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
         assert ev is not None
         sid = ev.swap_id
-        if await ledger.swap_slot(sid) == bytes(32):
+        if slot == bytes(32):
             return None  # already claimed or refunded
         via = ledger.any_sender(self._prefer(d))
         if via is None:
