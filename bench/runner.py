@@ -10,6 +10,7 @@ per settled trade is read from INFO.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import json
 import os
 import statistics
@@ -58,6 +59,7 @@ class Bench:
 
     async def setup(self) -> None:
         d = self.cfg.workdir
+        shutil.rmtree(d / "redis", ignore_errors=True)  # a fresh Redis: no trades from an earlier run
         d.mkdir(parents=True, exist_ok=True)
         self.st_node = AnvilProcess(18201, free_port(), self.cfg.block_time, log_file=d / "anvil-st.log").start()
         self.sc_node = AnvilProcess(18202, free_port(), self.cfg.block_time, log_file=d / "anvil-sc.log").start()
@@ -175,8 +177,16 @@ class Bench:
                         break
                 await asyncio.sleep(0.5)
             mem1 = int((await r.info("memory"))["used_memory"])
+            # exact: the trade's own key plus its entry in the all-trades index (audit lists are archived)
+            per_trade = 0
+            for tid in ids:
+                per_trade += int(await r.memory_usage(f"dvp:trade:{tid}", samples=0) or 0)
+                per_trade += int(await r.memory_usage(f"dvp:audit:{tid}", samples=0) or 0)
+            index = int(await r.memory_usage("dvp:all", samples=0) or 0) / max(1, int(await r.zcard("dvp:all")))
             cpu, rss = _proc_usage(proc.pid)
-            return await self._summarise(store, ids, heads, elapsed, cpu, rss, (mem1 - mem0) / n)
+            out = await self._summarise(store, ids, heads, elapsed, cpu, rss, per_trade / n + index)
+            out["redis_used_memory_delta_per_trade"] = round((mem1 - mem0) / n)
+            return out
         finally:
             proc.terminate()
             proc.wait(30)

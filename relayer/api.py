@@ -34,7 +34,7 @@ _STATUS_FOR_CODE = {
     "invalid_json": 400, "invalid_field": 400, "bad_signature": 400,
     "untrusted_signer": 403, "unknown_chain": 422, "unknown_token": 422, "deadline_too_close": 422,
     "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
-    "shutting_down": 503,
+    "shutting_down": 503, "not_ready": 503,
 }
 
 

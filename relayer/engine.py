@@ -23,7 +23,7 @@ from adapters.errors import LedgerError, TransactionReverted
 from adapters.evm import HeadWatcher, TxSender
 from adapters.htlc import ESCROW, ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
 from relayer.config import Settings
-from relayer.errors import ConcurrentUpdate, InvalidInstruction
+from relayer.errors import ConcurrentUpdate, InvalidInstruction, NotReady
 from redis.exceptions import RedisError
 
 from relayer import metrics
@@ -176,6 +176,8 @@ class Engine:
     async def validate(self, signed: SignedInstruction) -> None:
         """Every check an instruction must pass before anything is written; raises InvalidInstruction."""
         ins = signed.instruction
+        if not self.started:
+            raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
         signer = signed.signer()
         if signer not in self.trusted:
             raise InvalidInstruction(f"signer {signer} is not a trusted PTS key", code="untrusted_signer")

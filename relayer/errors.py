@@ -36,3 +36,9 @@ class ConfigError(RelayerError):
     """Raised when the configuration is incomplete or inconsistent."""
 
     code = "config_error"
+
+
+class NotReady(RelayerError):
+    """Raised when a worker cannot take a trade yet (its chains or Redis are not connected); retry later."""
+
+    code = "not_ready"

@@ -77,7 +77,7 @@ OPENAPI: dict[str, Any] = {
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
                     "422": _err("unknown chain or token, deadline too close"),
-                    "503": _err("shutting down"),
+                    "503": _err("shutting down, or not connected to its chains and Redis yet"),
                 },
             },
             "get": {

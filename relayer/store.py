@@ -14,7 +14,6 @@ Delivery: at-least-once; every action the engine takes is idempotent and checked
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import zlib
@@ -120,7 +119,9 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        return cls(aioredis.from_url(url, decode_responses=True, health_check_interval=10))
+        # latin-1 maps every byte to one character and back, so the compressed archives can be stored raw
+        # (no base64); everything else the relayer writes is ASCII JSON, identical under either encoding.
+        return cls(aioredis.from_url(url, decode_responses=True, encoding="latin-1", health_check_interval=10))
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -170,7 +171,7 @@ class Store:
         if not data:
             return None
         if "archive" in data:
-            data = {**data, **json.loads(zlib.decompress(base64.b64decode(data["archive"])))["fields"]}
+            data = {**data, **_unpack(data["archive"])["fields"]}
         signed = self._parsed.get(data["digest"])
         if signed is None:  # instructions are immutable: validate (checksums, signature shape) once
             signed = SignedInstruction.model_validate_json(data["instruction"])
@@ -207,7 +208,7 @@ class Store:
     async def audit(self, trade_id: str) -> list[dict[str, Any]]:
         archived = await self.r.hget(trade_key(trade_id), "archive")
         if archived:
-            return list(json.loads(zlib.decompress(base64.b64decode(archived)))["audit"])
+            return list(_unpack(archived)["audit"])
         return [json.loads(x) for x in await self.r.lrange(audit_key(trade_id), 0, -1)]
 
     async def archive(self, trade_id: str) -> bool:
@@ -218,9 +219,10 @@ class Store:
         if not data or "archive" in data or TradeState(data["state"]) not in TERMINAL:
             return False
         audit = await self.r.lrange(audit_key(trade_id), 0, -1)
-        keep = {k: v for k, v in data.items() if k not in ("secret", "state", "version", "digest")}
-        blob = json.dumps({"fields": keep, "audit": [json.loads(x) for x in audit]}, separators=(",", ":"))
-        packed = base64.b64encode(zlib.compress(blob.encode(), 9)).decode()
+        # kept: what the API shows; dropped: the sealed secret and what is derivable or operational only
+        drop = ("secret", "state", "version", "digest", "trade_id", "st_from_block", "sc_from_block")
+        keep = {k: v for k, v in data.items() if k not in drop}
+        packed = _pack({"fields": keep, "audit": [json.loads(x) for x in audit]})
         res = await self._archive(keys=[trade_key(trade_id), audit_key(trade_id)],
                                   args=[data["version"], packed, str(len(audit))])
         return int(res) == 1
@@ -247,6 +249,33 @@ class Store:
 
     async def set_cursor(self, chain: str, height: int, block_hash: str) -> None:
         await self.r.hset(cursor_key(chain), mapping={"height": height, "hash": block_hash})
+
+
+# A preset dictionary of what every archive repeats makes zlib effective on ~3 KB documents.
+_ZDICT = (
+    '{"fields":{"st_timelock":"","instruction":"{\\"instruction\\":{\\"tradeId\\":\\"0x\\",\\"stChainId\\":'
+    '\\"stToken\\":\\"0x\\",\\"stAmount\\":\\"scChainId\\":\\"scToken\\":\\"0x\\",\\"scAmount\\":'
+    '\\"sellerStAccount\\":\\"0x\\",\\"sellerScAccount\\":\\"0x\\",\\"buyerScAccount\\":\\"0x\\",'
+    '\\"buyerStAccount\\":\\"0x\\",\\"deadline\\":},\\"signature\\":\\"0x\\"}","t_sc":"","sc_timelock":"",'
+    '"created_at":"","hashlock":"","t_st":""},"audit":[{"t":,"actor":"relayer@","event":"accepted"},'
+    '{"event":"secret_created","t_st":},{"event":"lock_st_sent","tx":"0x","nonce":,"chain":"st","reaction_ms":,'
+    '"batch":},{"event":"state","from":"MATCHED","to":"ST_LOCKED"},{"event":"lock_st_mined","block":,"gas":,'
+    '{"event":"sc_lock_planned","t_sc":},{"event":"lock_sc_sent","chain":"sc"},{"event":"lock_sc_mined",'
+    '{"event":"state","from":"ST_LOCKED","to":"SC_LOCKED"},{"event":"claim_sc_sent"},{"event":"claim_st_sent"},'
+    '{"event":"claim_st_mined"},{"event":"claim_sc_mined"},{"event":"state","from":"SC_CLAIMED","to":"SETTLED"},'
+    '{"event":"refund_st_mined"},{"event":"refund_sc_mined"},"to":"ABORTED"},"to":"REFUNDING"}'
+).encode()
+
+
+def _pack(doc: dict[str, Any]) -> str:
+    c = zlib.compressobj(9, zdict=_ZDICT)
+    raw = c.compress(json.dumps(doc, separators=(",", ":")).encode()) + c.flush()
+    return raw.decode("latin-1")
+
+
+def _unpack(packed: str) -> dict[str, Any]:
+    d = zlib.decompressobj(zdict=_ZDICT)
+    return json.loads(d.decompress(packed.encode("latin-1")) + d.flush())
 
 
 def _audit_entry(actor: str, event: str | None, **data: Any) -> str:
