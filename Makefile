@@ -5,7 +5,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup system-deps demo test chaos-long gas-report compile devnet-up devnet-down clean
+.PHONY: setup system-deps demo test chaos-long bench gas-report compile devnet-up devnet-down clean
 
 setup: $(VENV_STAMP) $(NPM_STAMP) system-deps
 
@@ -37,6 +37,10 @@ test: setup
 # Long fault-injection run (not part of `make test`): 1000 trades, every fault kind many times.
 chaos-long: setup
 	.venv/bin/dvp-relayer chaos --trades 1000 --seed 42 --concurrency 40 --fault-interval 1.0 --workdir .chaos
+
+# Benchmark (not part of `make test`): raw ceiling, latency, batching off/on, side by side in one run.
+bench: setup
+	.venv/bin/dvp-relayer bench
 
 gas-report: setup
 	$(PY) -m deploy.gas_report
