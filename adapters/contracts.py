@@ -29,6 +29,32 @@ def swap_id(sender: str, trade_id: bytes) -> bytes:
     return bytes(keccak(bytes(12) + bytes.fromhex(sender[2:]) + trade_id))
 
 
+_DOMAIN_FIELDS = [
+    {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
+]
+_LOCK_FIELDS = [
+    {"name": "tradeId", "type": "bytes32"}, {"name": "token", "type": "address"},
+    {"name": "amount", "type": "uint256"}, {"name": "receiver", "type": "address"},
+    {"name": "hashlock", "type": "bytes32"}, {"name": "timelock", "type": "uint64"},
+    {"name": "nonce", "type": "uint256"}, {"name": "deadline", "type": "uint256"},
+]
+
+
+def lock_typed_data(escrow: str, chain_id: int, terms: tuple[Any, ...], nonce: int, deadline: int) -> dict[str, Any]:
+    """The EIP-712 message a holder signs to authorise `lockWithSig(terms, ...)` on this escrow.
+
+    terms = (tradeId, token, amount, receiver, hashlock, timelock); nonce = escrow.nonces(holder).
+    """
+    return {
+        "types": {"EIP712Domain": _DOMAIN_FIELDS, "Lock": _LOCK_FIELDS},
+        "primaryType": "Lock",
+        "domain": {"name": "DvpHashedTimelockEscrow", "version": "1", "chainId": chain_id, "verifyingContract": escrow},
+        "message": dict(zip(("tradeId", "token", "amount", "receiver", "hashlock", "timelock"), terms))
+        | {"nonce": nonce, "deadline": deadline},
+    }
+
+
 def encode_call(name: str, fn: str, *args: Any) -> str:
     """Calldata for `fn(*args)` of contract `name`."""
     return _offline(name).encode_abi(fn, args=list(args))

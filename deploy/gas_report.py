@@ -16,7 +16,7 @@ from typing import Any
 
 from eth_account import Account
 
-from adapters.contracts import encode_call, swap_id
+from adapters.contracts import encode_call, lock_typed_data, swap_id
 from adapters.evm import EvmChain, TxSender
 from deploy.compile import CONTRACTS_DIR
 from deploy.deployer import MAX_UINT256, deploy
@@ -37,27 +37,6 @@ def claim_args(swap: tuple, preimage: bytes) -> tuple:
     """claim() arguments from a Swap tuple (tradeId, sender, token, amount, receiver, hashlock, timelock)."""
     trade_id, sender, token, amount, receiver, _hashlock, timelock = swap
     return (preimage, swap_id(sender, trade_id), token, amount, receiver, timelock)
-
-
-def _lock_typed_data(escrow: str, chain_id: int, terms: tuple, nonce: int, deadline: int) -> dict[str, Any]:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
-            ],
-            "Lock": [
-                {"name": "tradeId", "type": "bytes32"}, {"name": "token", "type": "address"},
-                {"name": "amount", "type": "uint256"}, {"name": "receiver", "type": "address"},
-                {"name": "hashlock", "type": "bytes32"}, {"name": "timelock", "type": "uint64"},
-                {"name": "nonce", "type": "uint256"}, {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Lock",
-        "domain": {"name": "DvpHashedTimelockEscrow", "version": "1", "chainId": chain_id, "verifyingContract": escrow},
-        "message": dict(zip(("tradeId", "token", "amount", "receiver", "hashlock", "timelock"), terms))
-        | {"nonce": nonce, "deadline": deadline},
-    }
 
 
 async def _measure_token(chain: EvmChain, accts: list[Any], token_kind: str) -> dict[str, Any]:
@@ -93,7 +72,7 @@ async def _measure_token(chain: EvmChain, accts: list[Any], token_kind: str) -> 
     await lock_one(buyer.address, ttl=10**8)
     now = await chain.now()
     t, _ = terms(buyer.address, 10**8, now)
-    sig = Account.sign_typed_data(seller.key, full_message=_lock_typed_data(escrow, chain.chain_id, t, 0, now + 600))
+    sig = Account.sign_typed_data(seller.key, full_message=lock_typed_data(escrow, chain.chain_id, t, 0, now + 600))
     await r_tx.transact(escrow, encode_call(E, "lockWithSig", t, seller.address, now + 600, sig.signature))
 
     fig: dict[str, Any] = {}
@@ -105,7 +84,7 @@ async def _measure_token(chain: EvmChain, accts: list[Any], token_kind: str) -> 
     fig["refund"] = int((await r_tx.transact(escrow, encode_call(E, "refund", swap)))["gasUsed"])
     now = await chain.now()
     t, _ = terms(buyer.address, 3600, now)
-    sig = Account.sign_typed_data(seller.key, full_message=_lock_typed_data(escrow, chain.chain_id, t, 1, now + 600))
+    sig = Account.sign_typed_data(seller.key, full_message=lock_typed_data(escrow, chain.chain_id, t, 1, now + 600))
     rc = await r_tx.transact(escrow, encode_call(E, "lockWithSig", t, seller.address, now + 600, sig.signature))
     fig["lock_with_sig"] = int(rc["gasUsed"])
     fig["lock_plus_claim"] = fig["lock"] + fig["claim"]

@@ -10,7 +10,7 @@ from eth_account import Account
 
 from web3.logs import DISCARD
 
-from adapters.contracts import abi, encode_call, swap_id
+from adapters.contracts import abi, encode_call, lock_typed_data, swap_id
 from deploy.deployer import MAX_UINT256
 from tests.chain_kit import Kit, new_secret
 
@@ -172,26 +172,8 @@ async def test_invalid_terms_are_rejected(env):
 
 
 def _sign_lock(env, signer, terms, nonce, deadline, chain_id):
-    data = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
-            ],
-            "Lock": [
-                {"name": "tradeId", "type": "bytes32"}, {"name": "token", "type": "address"},
-                {"name": "amount", "type": "uint256"}, {"name": "receiver", "type": "address"},
-                {"name": "hashlock", "type": "bytes32"}, {"name": "timelock", "type": "uint64"},
-                {"name": "nonce", "type": "uint256"}, {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Lock",
-        "domain": {"name": "DvpHashedTimelockEscrow", "version": "1", "chainId": chain_id,
-                   "verifyingContract": env["escrow"]},
-        "message": {"tradeId": terms[0], "token": terms[1], "amount": terms[2], "receiver": terms[3],
-                    "hashlock": terms[4], "timelock": terms[5], "nonce": nonce, "deadline": deadline},
-    }
-    return Account.sign_typed_data(signer.key, full_message=data).signature
+    return Account.sign_typed_data(signer.key, full_message=lock_typed_data(env["escrow"], chain_id, terms, nonce,
+                                                                            deadline)).signature
 
 
 async def test_lock_by_signature_replay_and_forgery(env):

@@ -22,6 +22,16 @@ async def _wait_for(store: Store, tid: str, predicate, timeout: float = 60.0) ->
     raise AssertionError(f"timed out; audit so far: {[e['event'] for e in await store.audit(tid)]}")
 
 
+async def _intake(settings, signed) -> None:
+    """Accept a trade the way a worker's API would, before any worker runs."""
+    from relayer.service import build_engine, close_engine
+
+    engine = build_engine(settings, Store.from_url(settings.redis_url))
+    await engine.start()
+    await engine.intake(signed)
+    await close_engine(engine)
+
+
 def _has(event: str, **match):
     return lambda evs: any(e["event"] == event and all(e.get(k) == v for k, v in match.items()) for e in evs)
 
@@ -105,13 +115,7 @@ async def test_sigkill_after_each_step_then_restart_settles(net: Net, tmp_path, 
         tid = signed.instruction.tradeId
         buyer_st = await net.balance(net.st, net.st_token, net.buyer.address)
         seller_sc = await net.balance(net.sc, net.sc_token, net.seller.address)
-        from relayer.service import build_engine, close_engine
-
-        intake = build_engine(settings, Store.from_url(settings.redis_url))
-        await intake.st.ledger.chain.connect()
-        await intake.sc.ledger.chain.connect()
-        await intake.intake(signed)
-        await close_engine(intake)
+        await _intake(settings, signed)
 
         worker = Worker(settings, log).start()
         try:
@@ -153,13 +157,7 @@ async def test_sigterm_mid_trade_finishes_in_flight_sends_and_resumes(net: Net, 
         await store.r.flushdb()
         signed = await net.instruction(stAmount=2, scAmount=2_000)
         tid = signed.instruction.tradeId
-        from relayer.service import build_engine, close_engine
-
-        intake = build_engine(settings, Store.from_url(settings.redis_url))
-        await intake.st.ledger.chain.connect()
-        await intake.sc.ledger.chain.connect()
-        await intake.intake(signed)
-        await close_engine(intake)
+        await _intake(settings, signed)
         worker = Worker(settings, log).start()
         await _wait_for(store, tid, _has("lock_st_sent"))
         assert worker.terminate() == 0  # SIGTERM: graceful
