@@ -26,3 +26,7 @@ class TransactionDropped(LedgerError):
 
 class ReceiptTimeout(LedgerError):
     """Raised when a transaction was not mined within the wait bound (even after fee bumps)."""
+
+
+class LeaseLost(LedgerError):
+    """Raised when this process may no longer hold the lease to sign for an account; another worker may."""

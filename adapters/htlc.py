@@ -194,9 +194,20 @@ class HtlcLedger:
     def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount]) -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
-        self.senders = {addr: TxSender(chain, acct) for addr, acct in accounts.items()}
+        self.all_senders = {addr: TxSender(chain, acct) for addr, acct in accounts.items()}
+        self.senders = dict(self.all_senders)  # the accounts this process may sign for right now
         self._unlimited: set[tuple[str, str]] = set()
         self._view = AsyncWeb3().eth.contract(abi=abi(ESCROW))
+
+    async def set_active(self, addresses: set[str]) -> None:
+        """Sign only for these accounts from now on. An account taken over from another process re-reads its
+        nonce from the chain before its first send."""
+        for addr, sender in self.all_senders.items():
+            if addr in addresses and addr not in self.senders:
+                await sender.resync_nonce()
+                self.senders[addr] = sender
+            elif addr not in addresses:
+                self.senders.pop(addr, None)
 
     def signs_for(self, address: str) -> bool:
         return address in self.senders
@@ -208,7 +219,7 @@ class HtlcLedger:
         return next(iter(self.senders.values()), None)
 
     def notify_new_block(self) -> None:
-        for s in self.senders.values():
+        for s in self.all_senders.values():
             s.notify_new_block()
 
     async def swap_slot(self, sid: bytes) -> bytes:

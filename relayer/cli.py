@@ -132,10 +132,10 @@ def submit(file: Path) -> None:
 @click.argument("trade_id")
 def status(trade_id: str) -> None:
     """A trade's state and audit trail."""
-    from relayer.store import Store
+    from relayer.service import store_for
 
     async def go() -> None:
-        store = Store.from_url(_settings().redis_url)
+        store = store_for(_settings())
         try:
             rec = await store.get(trade_id.lower())
             if rec is None:

@@ -24,6 +24,16 @@ class Settings(BaseSettings):
                                       extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinels: str = Field("", description="comma-separated host:port of Redis Sentinels (overrides redis_url)")
+    redis_sentinel_master: str = Field("dvp", description="the master name the Sentinels monitor")
+    redis_db: int = 0
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for item in _split(self.redis_sentinels):
+            host, _, port = item.rpartition(":")
+            out.append((host, int(port)))
+        return out
 
     st_rpc_url: str = Field("http://127.0.0.1:8545", description="ST chain RPC (primary)")
     st_rpc_standby_urls: str = Field("", description="comma-separated standby RPC URLs for the ST chain")
@@ -52,6 +62,7 @@ class Settings(BaseSettings):
     max_clock_skew: float = Field(5.0, description="bound on |ST block time - SC block time| used in Δ")
     st_lock_duration: int = 300
     poll_interval: float = 0.2
+    lease_ttl: float = Field(5.0, gt=0, description="account lease TTL (s): a standby worker takes over after it")
     batch_max: int = Field(50, ge=1, description="most swaps per batch transaction (1 = batching off)")
     rpc_timeout: float = 5.0
     log_level: str = "INFO"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.contracts import encode_call, swap_id
-from adapters.errors import LedgerError, TransactionReverted
+from adapters.errors import LedgerError, LeaseLost, TransactionReverted
 from adapters.evm import HeadWatcher, TxSender
 from adapters.htlc import ESCROW, ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
 from relayer.config import Settings
@@ -45,6 +45,7 @@ from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
 ACTOR = f"relayer@{os.uname().nodename}:{os.getpid()}"
+WORKER_TOKEN = f"{ACTOR}:{os.urandom(4).hex()}"
 
 
 class ChainIndex:
@@ -161,6 +162,8 @@ class Engine:
         self.log = get_logger()
         self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
         self._due: list[Due] = []
+        self._accounts_held: set[str] = set()
+        self._lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
         self._background: set[asyncio.Task[None]] = set()
         self._observed_at = 0.0
         self._not_before: dict[tuple[str, Action], float] = {}
@@ -291,6 +294,10 @@ class Engine:
             w.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         await self.drain()
+        try:
+            await self.release_accounts()  # a standby takes over at once instead of after the TTL
+        except RedisError:
+            pass
 
     async def drain(self, timeout: float = 30.0) -> None:
         tasks = [t for t in self._inflight.values() if not t.done()] + list(self._background)
@@ -318,7 +325,29 @@ class Engine:
         if res.head != before:
             side.ledger.notify_new_block()
 
+    async def _hold_accounts(self) -> None:
+        """Several workers may share one Redis and the same keys: an account lease makes exactly one of them
+        the signer of each account (no nonce races); the others stand by and take over when it lapses."""
+        accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
+        if not accounts:
+            return
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        asked = time.monotonic()
+        held = await self.store.hold_leases([f"account:{a}" for a in accounts], WORKER_TOKEN, ttl_ms)
+        mine = {a for a in accounts if held[f"account:{a}"]}
+        self._lease_valid_until = asked + 0.8 * self.settings.lease_ttl
+        if mine != self._accounts_held:
+            self.log.info("account_leases", held=sorted(mine), lost=sorted(self._accounts_held - mine))
+        self._accounts_held = mine
+        await self.st.ledger.set_active(mine)
+        await self.sc.ledger.set_active(mine)
+
+    async def release_accounts(self) -> None:
+        accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
+        await self.store.release_leases([f"account:{a}" for a in accounts], WORKER_TOKEN)
+
     async def step(self) -> None:
+        await self._hold_accounts()
         await asyncio.gather(self._follow(self.st), self._follow(self.sc))
         self._observed_at = time.monotonic()
         assert self.st.follower and self.sc.follower
@@ -352,7 +381,7 @@ class Engine:
             seller=self.st.ledger.signs_for(ins.sellerStAccount),
             buyer=self.sc.ledger.signs_for(ins.buyerScAccount),
             st_gas=bool(self.st.ledger.senders),
-            sc_gas=bool(self.sc.ledger.senders),
+            sc_gas=bool(self.sc.ledger.senders),  # only accounts this worker holds the lease of
         )
 
     async def _advance(self, rec: TradeRecord, now_st: int, now_sc: int) -> None:
@@ -555,6 +584,8 @@ class Engine:
     async def _send_and_record(self, prepared: list[Prepared], data: str, gas: int | None = None) -> None:
         ledger, via = prepared[0].ledger, prepared[0].via
         action = prepared[0].due.action
+        if time.monotonic() > self._lease_valid_until:
+            raise LeaseLost(f"account lease of {via.address} may have lapsed: not sending")
         tx = await via.send(ledger.escrow, data, gas=gas)
         tx_hash = tx.tx_hash.to_0x_hex()
         sent_at = time.monotonic()

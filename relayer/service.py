@@ -12,6 +12,13 @@ from relayer.secrets import SecretBox
 from relayer.store import Store
 
 
+def store_for(settings: Settings) -> Store:
+    """Redis through Sentinel when DVP_REDIS_SENTINELS is set, else DVP_REDIS_URL."""
+    if settings.redis_sentinels:
+        return Store.from_sentinels(settings.sentinel_addresses(), settings.redis_sentinel_master, settings.redis_db)
+    return Store.from_url(settings.redis_url)
+
+
 def build_engine(settings: Settings, store: Store | None = None) -> Engine:
     if not settings.st_escrow or not settings.sc_escrow:
         raise ConfigError("DVP_ST_ESCROW and DVP_SC_ESCROW must be set (see .env.example or `dvp-relayer devnet up`)")
@@ -22,7 +29,7 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
     sc_chain = EvmChain("sc", settings.sc_urls(), request_timeout=settings.rpc_timeout)
     return Engine(
         settings,
-        store or Store.from_url(settings.redis_url),
+        store or store_for(settings),
         StChainLedger(st_chain, settings.st_escrow, accounts),
         ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts),
         SecretBox(settings.secret_key.get_secret_value()),

@@ -7,6 +7,8 @@ Keys (prefix `dvp:`):
   dvp:open            sorted set of non-terminal trade ids (score = acceptance time)
   dvp:all             sorted set of every trade id (score = acceptance time)
   dvp:counts          hash: terminal state -> number of trades that reached it
+  dvp:lease:{name}    string: the token of the worker holding the lease (SET NX PX; renewed with a Lua
+                      compare-token script). Account leases make one worker the only signer of an account.
   dvp:cursor:{chain}  hash: height and hash of the last block the follower processed
 State changes are compare-and-set on `version` (Lua), and the audit entry is written in the same script.
 Delivery: at-least-once; every action the engine takes is idempotent and checked against the chain.
@@ -89,6 +91,31 @@ return 1
 """
 
 
+# KEYS: lease. ARGV: token, ttl ms. Take a free lease or renew our own; 1 if held by us afterwards.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: token. Release only our own lease.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lease_key(name: str) -> str:
+    return f"{PREFIX}lease:{name}"
+
+
 @dataclass
 class TradeRecord:
     """A trade as stored: the signed instruction plus intent and progress."""
@@ -115,7 +142,18 @@ class Store:
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._archive = client.register_script(_ARCHIVE)
+        self._lease = client.register_script(_LEASE)
+        self._release = client.register_script(_RELEASE)
         self._parsed: dict[str, SignedInstruction] = {}
+
+    @classmethod
+    def from_sentinels(cls, sentinels: list[tuple[str, int]], master: str, db: int = 0) -> Store:
+        """Through Redis Sentinel: the client asks the Sentinels for the current master and follows failovers."""
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(sentinels, socket_timeout=2.0)
+        return cls(sentinel.master_for(master, db=db, decode_responses=True, encoding="latin-1",
+                                       socket_timeout=5.0, health_check_interval=10))
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -236,6 +274,21 @@ class Store:
 
     async def list_trades(self, offset: int = 0, limit: int = 100) -> list[str]:
         return list(await self.r.zrevrange(ALL, offset, offset + limit - 1))
+
+    async def hold_leases(self, names: list[str], token: str, ttl_ms: int) -> dict[str, bool]:
+        """Take or renew each lease for `token` in one round trip; name -> held by us now."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                await self._lease(keys=[lease_key(name)], args=[token, ttl_ms], client=pipe)
+            results = await pipe.execute()
+        return {name: bool(int(r)) for name, r in zip(names, results)}
+
+    async def release_leases(self, names: list[str], token: str) -> None:
+        for name in names:
+            await self._release(keys=[lease_key(name)], args=[token])
+
+    async def lease_holder(self, name: str) -> str | None:
+        return await self.r.get(lease_key(name))
 
     async def terminal_counts(self) -> dict[str, int]:
         return {k: int(v) for k, v in (await self.r.hgetall(COUNTS)).items()}

@@ -1,0 +1,94 @@
+"""Several worker processes on one Redis with the same keys: one signer per account, takeover when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from relayer.protocol.states import TradeState
+from relayer.store import Store
+from tests.relayer_kit import Net, Worker
+
+
+async def _holder_pid(store: Store, account: str) -> int | None:
+    token = await store.lease_holder(f"account:{account}")
+    return int(token.split(":")[1]) if token else None
+
+
+async def test_three_workers_two_killed_every_trade_settles(net: Net, tmp_path):
+    settings = net.settings([net.seller, net.buyer], lease_ttl=2.0)
+    store = Store.from_url(settings.redis_url)
+    await store.r.flushdb()
+    workers = [Worker(settings, tmp_path / f"w{i}.log").start() for i in range(3)]
+    try:
+        deadline = time.monotonic() + 20
+        while await _holder_pid(store, net.seller.address) is None:
+            assert time.monotonic() < deadline, "no worker took the account lease"
+            await asyncio.sleep(0.1)
+        from relayer.service import build_engine, close_engine
+
+        intake = build_engine(settings, Store.from_url(settings.redis_url))
+        await intake.start()
+        ids = []
+        for i in range(12):
+            signed = await net.instruction(stAmount=1, scAmount=100 + i)
+            await intake.intake(signed)
+            ids.append(signed.instruction.tradeId)
+        await close_engine(intake)
+        killed = []
+        for _ in range(2):  # kill whoever signs for the seller, twice, while trades are in flight
+            await asyncio.sleep(1.0)
+            limit = time.monotonic() + 15
+            while (pid := await _holder_pid(store, net.seller.address)) is None or pid in killed:
+                assert time.monotonic() < limit, "no standby took over the account lease"
+                await asyncio.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        deadline = time.monotonic() + 90
+        states = {}
+        while time.monotonic() < deadline:
+            states = {tid: (await store.get(tid)).state for tid in ids}
+            if all(s == TradeState.SETTLED for s in states.values()):
+                break
+            await asyncio.sleep(0.2)
+        assert all(s == TradeState.SETTLED for s in states.values()), states
+        survivor = await _holder_pid(store, net.seller.address)
+        assert survivor not in killed and survivor in [w.proc.pid for w in workers]
+        for tid in ids:  # one lock per leg, whatever the takeovers
+            events = [e["event"] for e in await store.audit(tid)]
+            assert events.count("lock_st_mined") <= 1 and events.count("lock_sc_mined") <= 1
+        logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
+        assert logs.count('"account_leases"') >= 3  # first holder, then two takeovers
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.terminate()
+            else:
+                w._log.close()
+        await store.r.flushdb()
+        await store.close()
+
+
+async def test_a_standby_never_signs_while_the_lease_is_held(net: Net, tmp_path):
+    settings = net.settings([net.seller, net.buyer], lease_ttl=2.0)
+    store = Store.from_url(settings.redis_url)
+    await store.r.flushdb()
+    a = Worker(settings, tmp_path / "a.log").start()
+    b = Worker(settings, tmp_path / "b.log").start()
+    try:
+        deadline = time.monotonic() + 20
+        while await _holder_pid(store, net.seller.address) is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3 * settings.lease_ttl)  # several renewals later the holder is still the same
+        holder = await _holder_pid(store, net.seller.address)
+        assert holder in (a.proc.pid, b.proc.pid)
+        assert await _holder_pid(store, net.buyer.address) in (a.proc.pid, b.proc.pid)
+    finally:
+        assert a.terminate() == 0 and b.terminate() == 0
+        # a graceful stop releases the leases at once
+        assert await store.lease_holder(f"account:{net.seller.address}") is None
+        await store.r.flushdb()
+        await store.close()
