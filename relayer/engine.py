@@ -23,7 +23,7 @@ from adapters.errors import LedgerError, LeaseLost, TransactionReverted
 from adapters.evm import HeadWatcher, TxSender
 from adapters.htlc import ESCROW, ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
 from relayer.config import Settings
-from relayer.errors import ConcurrentUpdate, InvalidInstruction, NotReady
+from relayer.errors import ConcurrentUpdate, ConfigError, InvalidInstruction, NotReady
 from redis.exceptions import RedisError
 
 from relayer import metrics
@@ -234,8 +234,12 @@ class Engine:
                 delay = min(delay * 2, 10.0)
 
     async def _start_once(self) -> None:
+        expected = {"st": self.settings.st_chain_id, "sc": self.settings.sc_chain_id}
         for side, start in ((self.st, self.settings.st_start_block), (self.sc, self.settings.sc_start_block)):
-            await side.ledger.chain.connect()
+            chain_id = await side.ledger.chain.connect()
+            if expected[side.name] is not None and chain_id != expected[side.name]:
+                raise ConfigError(f"{side.name} RPC {side.ledger.chain.active_url} serves chain {chain_id}, "
+                                  f"not the configured DVP_{side.name.upper()}_CHAIN_ID={expected[side.name]}")
             cursor = await self.store.get_cursor(side.name)
             height, bhash = (cursor if cursor else (start - 1, None))
             oldest = await self._oldest_open_block(side.name)
