@@ -19,7 +19,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
 from adapters.contracts import abi, encode_call, swap_id
-from adapters.evm import EvmChain, SentTx, TxSender
+from adapters.evm import EvmChain, TxSender
 
 ESCROW = "HashedTimelockEscrow"
 ERC20 = "SecurityToken"  # any compiled ERC-20 ABI serves for allowance/approve

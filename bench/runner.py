@@ -13,7 +13,6 @@ import asyncio
 import shutil
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relayer.engine import Engine
-from relayer.errors import ConflictingInstruction, InvalidInstruction, RelayerError
+from relayer.errors import ConflictingInstruction, RelayerError
 from relayer.metrics import REGISTRY
 from relayer.openapi import OPENAPI
 from relayer.protocol.instruction import parse_signed

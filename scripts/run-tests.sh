@@ -2,6 +2,7 @@
 # Run the default test suite; "no tests collected" (pytest exit 5) is a failure, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+.venv/bin/ruff check relayer adapters deploy chaos bench tests || exit 1
 .venv/bin/python -m pytest -q -m "not slow" -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -99,7 +99,8 @@ class Net:
         return TxSender(chain, acct)
 
 
-async def drive(engine: Engine, trade_ids: list[str], until: set[TradeState] = set(TERMINAL), timeout: float = 60.0,
+async def drive(engine: Engine, trade_ids: list[str], until: frozenset[TradeState] | set[TradeState] = TERMINAL,
+                timeout: float = 60.0,
                 tick: Any = None) -> dict[str, TradeState]:
     """Run engine rounds until every trade reached one of `until` (or time runs out); returns their states."""
     deadline = time.monotonic() + timeout

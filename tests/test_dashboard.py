@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from deploy.processes import free_port, port_open
 from relayer.store import Store
