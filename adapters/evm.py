@@ -46,8 +46,15 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Node answers that only mean "the chain moved under the request" (a reorg or rollback between resolving
+# `latest` and serving it): asking again is correct.
+_TRANSIENT_NODE_ERRORS = ("blockoutofrange", "header not found", "unknown block", "block not found")
+
+
 def _is_transport_error(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSPORT_ERRORS):
+        return True
+    if isinstance(exc, Web3RPCError) and any(m in str(exc).lower() for m in _TRANSIENT_NODE_ERRORS):
         return True
     # A JSON body that is not JSON-RPC ("garbage") surfaces as ValueError/KeyError inside web3.
     return isinstance(exc, (ValueError, KeyError)) and not isinstance(exc, (Web3RPCError, ContractLogicError))

@@ -580,6 +580,10 @@ class Engine:
             metrics.ACTION_FAILURES.labels(action.value).inc()
             self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
                              error_type=type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected node answer: retry later, never die
+            cooldown = 2 * self.settings.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
+            self.log.exception("action_crashed", action=action.value, size=len(items), error=str(exc))
         finally:
             until = time.monotonic() + cooldown
             for d in items:
