@@ -260,6 +260,51 @@ class Bench:
         return self.out
 
 
+async def soak(cfg: BenchConfig, total: int, echo: Any = print, wave: int = 200) -> dict[str, Any]:
+    """Settle `total` trades in waves through one worker; sample its RSS every 1,000 settled trades."""
+    b = Bench(cfg, echo)
+    await b.setup()
+    port = free_port()
+    exe = Path(sys.executable).with_name("dvp-relayer")
+    log = open(cfg.workdir / "worker-soak.log", "wb")
+    proc = subprocess.Popen([str(exe), "run"], env=b._env(5, 50, port), stdout=log, stderr=log)
+    store = Store.from_url(f"redis://127.0.0.1:{b.redis.port}/5")
+    samples: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    try:
+        while not port_open(port):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        settled = 0
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            while settled < total:
+                bodies = [await b._instruction(settled + i) for i in range(min(wave, total - settled))]
+
+                async def post(body: str) -> str:
+                    async with http.post("/v1/trades", data=body, headers={
+                            "Authorization": "Bearer bench", "Content-Type": "application/json"}) as resp:
+                        return (await resp.json())["trade_id"]
+
+                ids = list(await asyncio.gather(*(post(x) for x in bodies)))
+                await b._wait_settled(store, ids)
+                settled += len(ids)
+                if settled % 1000 == 0 or settled == total:
+                    rss = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text()
+                               .splitlines() if line.startswith("VmRSS:"))
+                    samples.append({"settled": settled, "rss_mb": round(rss / 1024, 1),
+                                    "seconds": round(time.monotonic() - t0, 1)})
+                    echo(f"  {samples[-1]}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+        await store.close()
+        await b.teardown()
+    rss = [x["rss_mb"] for x in samples if x["settled"] >= 1000]
+    spread = (max(rss) - min(rss)) / min(rss) if rss else float("nan")
+    return {"soak": samples, "rss_spread_from_1k": round(spread, 3), "flat_within_10pct": spread <= 0.10}
+
+
 def _proc_usage(pid: int) -> tuple[float, int]:
     """CPU seconds (user+sys) and peak RSS (kB) of a live process, from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -183,14 +183,20 @@ def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workd
 @click.option("--block-time", type=float, default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
+@click.option("--soak", type=int, default=0, help="instead: settle this many trades, sampling worker RSS per 1,000")
 def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: float, as_json: bool,
-          workdir: Path) -> None:
+          workdir: Path, soak: int) -> None:
     """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on."""
     from bench.runner import BenchConfig, run_bench
+    from bench.runner import soak as run_soak
 
     cfg = BenchConfig(trades=trades, latency_trades=latency_trades, raw_transfers=raw_transfers,
                       block_time=block_time, workdir=workdir)
-    out = run_bench(cfg, echo=(lambda _: None) if as_json else click.echo)
+    echo = (lambda _: None) if as_json else click.echo
+    if soak:
+        click.echo(json.dumps(asyncio.run(run_soak(cfg, soak, echo=echo))))
+        return
+    out = run_bench(cfg, echo=echo)
     click.echo(json.dumps(out, indent=None if as_json else 2))
 
 
