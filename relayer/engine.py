@@ -404,6 +404,7 @@ class Engine:
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc, clock_offset=self.clock_offset,
+            head_st=self.st.head_timestamp, head_sc=self.sc.head_timestamp,
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
         )
         d = decide(view, roles, self.policy)
@@ -564,7 +565,14 @@ class Engine:
             except TransactionReverted as exc:
                 # one entry would fail the whole batch (all-or-nothing): send them one by one instead
                 self.log.warning("batch_fallback", action=action.value, size=len(prepared), reason=exc.reason)
-                await asyncio.gather(*(self._send_and_record([p], p.single) for p in prepared))
+                gas = _SINGLE_GAS[action.value.split("_")[0]]
+                results = await asyncio.gather(*(self._send_and_record([p], p.single, gas=gas) for p in prepared),
+                                               return_exceptions=True)
+                for p, res in zip(prepared, results):  # each trade gets its own outcome, not its neighbour's
+                    if isinstance(res, Exception):
+                        reason = getattr(res, "reason", None) or str(res)
+                        self._not_before[p.due.key] = time.monotonic() + 2 * self.settings.block_time
+                        await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_failed", reason=reason)
                 return
             await self._send_and_record(prepared, data)
         except TransactionReverted as exc:

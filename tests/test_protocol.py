@@ -189,3 +189,21 @@ def test_one_sided_outcome_is_flagged():
     d = decide(view(st=LegView(lock=st_lock(), refunded=True), sc=LegView(lock=sc_lock(), claimed=True, preimage=b"s"),
                     now=T_ST), BOTH, POLICY)
     assert d.one_sided
+
+
+def test_a_claim_is_kept_trying_while_the_chain_itself_is_before_the_timelock():
+    """Regression (found by the long chaos run): after a chain stop the projected clock ran past T_st while the
+    chain's own clock had not; the relayer gave up the ST claim, refunded later, and the trade ended one-sided."""
+    secret_public = LegView(lock=sc_lock(), claimed=True, preimage=b"s")
+    stalled = view(st=LegView(lock=st_lock()), sc=secret_public, now=T_ST + 8, head_st=T_ST - 9, head_sc=T_ST)
+    d = decide(stalled, BUYER_ONLY, POLICY)
+    assert Action.CLAIM_ST in d.actions and Action.REFUND_ST not in d.actions
+    # once the chain itself is past T_st the claim is impossible and the refund is due
+    d = decide(view(st=LegView(lock=st_lock()), sc=secret_public, now=T_ST, head_st=T_ST), BUYER_ONLY, POLICY)
+    assert Action.CLAIM_ST not in d.actions and Action.REFUND_ST in d.actions and d.state == TradeState.SC_CLAIMED
+
+
+def test_locks_still_use_the_conservative_projected_clock():
+    d = decide(view(st=LegView(lock=st_lock()), now=T_ST - POLICY.delta(), head_st=NOW, head_sc=NOW), BUYER_ONLY,
+               POLICY)
+    assert Action.LOCK_SC not in d.actions

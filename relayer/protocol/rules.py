@@ -99,8 +99,10 @@ class TradeView:
     instruction: TradeInstruction
     st: LegView
     sc: LegView
-    now_st: int
+    now_st: int  # projected chain clocks: used to START things (locks, the seller's SC claim)
     now_sc: int
+    head_st: int | None = None  # timestamps of the latest blocks: used to GIVE UP a claim or to refund.
+    head_sc: int | None = None  # A claim is tried while the chain would still accept it (next block < T).
     clock_offset: float = 0.0  # now_st - now_sc
     our_hashlock: bytes | None = None  # set once the seller side persisted its secret
     planned_t_st: int | None = None  # set with the secret
@@ -180,8 +182,13 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
         d.state, d.one_sided = TradeState.SC_CLAIMED, True
         d.notes.append("ONE-SIDED: SC claimed but ST refunded")
         return d
-    st_expired = st.lock is not None and view.now_st >= st.lock.timelock
-    sc_expired = sc.lock is not None and view.now_sc >= sc.lock.timelock
+    # "Expired" means the chain itself is past the timelock: its latest block is at or after T, so no later
+    # block can accept a claim and a refund will succeed. A projected clock may run ahead of a chain that
+    # stalled or restarted; judging expiry by it would give up a claim the chain still accepts.
+    head_st = view.head_st if view.head_st is not None else view.now_st
+    head_sc = view.head_sc if view.head_sc is not None else view.now_sc
+    st_expired = st.lock is not None and head_st >= st.lock.timelock
+    sc_expired = sc.lock is not None and head_sc >= sc.lock.timelock
     if sc.claimed or st.claimed:
         d.state = TradeState.SC_CLAIMED
     elif (st.active and st_expired) or (sc.active and sc_expired):
@@ -191,7 +198,7 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     elif st.active and not st_problems:
         d.state = TradeState.ST_LOCKED
     else:
-        no_more_st = st.refunded or (st.lock is None and view.now_st >= (view.planned_t_st or ins.deadline))
+        no_more_st = st.refunded or (st.lock is None and head_st >= (view.planned_t_st or ins.deadline))
         no_more_sc = sc.refunded or sc.lock is None or not sc.active
         if not st.active and not sc.active and no_more_st and no_more_sc:
             d.state = TradeState.ABORTED
