@@ -42,6 +42,20 @@ class BenchConfig:
     workdir: Path = Path(".bench")
 
 
+async def _post_trade(http: aiohttp.ClientSession, body: str) -> str:
+    """Submit one signed instruction to a bench worker's API; its trade id."""
+    async with http.post("/v1/trades", data=body, headers={
+            "Authorization": "Bearer bench", "Content-Type": "application/json"}) as resp:
+        assert resp.status == 202, await resp.text()
+        return (await resp.json())["trade_id"]
+
+
+def _vm_kb(pid: int, field: str) -> int:
+    """A /proc/<pid>/status memory field (VmRSS, VmHWM) in kB."""
+    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(f"{field}:"))
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -131,39 +145,44 @@ class Bench:
             buyerStAccount=buyer, deadline=await self.st.now() + 3600)
         return sign_instruction(ins, dev_account(ROLES["pts"]).key).model_dump_json()
 
-    async def relayer_run(self, label: str, db: int, batch_max: int, n: int, sequential: bool) -> dict[str, Any]:
+    async def start_worker(self, label: str, db: int, batch_max: int) -> tuple[subprocess.Popen, Any, int]:
+        """A `dvp-relayer run` process with its API on a free port, ready to take trades."""
         port = free_port()
         exe = Path(sys.executable).with_name("dvp-relayer")
         log = open(self.cfg.workdir / f"worker-{label}.log", "wb")
         proc = subprocess.Popen([str(exe), "run"], env=self._env(db, batch_max, port), stdout=log, stderr=log)
+        while not port_open(port):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # let the worker finish its start-up round
+        return proc, log, port
+
+    @staticmethod
+    def stop_worker(proc: subprocess.Popen, log: Any) -> None:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+    async def relayer_run(self, label: str, db: int, batch_max: int, n: int, sequential: bool) -> dict[str, Any]:
+        proc, log, port = await self.start_worker(label, db, batch_max)
         store = Store.from_url(f"redis://127.0.0.1:{self.redis.port}/{db}")
         r = aioredis.from_url(f"redis://127.0.0.1:{self.redis.port}/{db}")
         try:
-            while not port_open(port):
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)  # let the worker finish its start-up round
             mem0 = int((await r.info("memory"))["used_memory"])
             bodies = [await self._instruction(i) for i in range(n)]
             ids: list[str] = []
             heads: dict[str, int] = {}
             t0 = time.monotonic()
             async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-                async def post(body: str) -> str:
-                    async with http.post("/v1/trades", data=body, headers={
-                            "Authorization": "Bearer bench", "Content-Type": "application/json"}) as resp:
-                        assert resp.status == 202, await resp.text()
-                        return (await resp.json())["trade_id"]
-
                 if sequential:
                     for body in bodies:
                         head = await self.st.block_number()
-                        tid = await post(body)
+                        tid = await _post_trade(http, body)
                         heads[tid] = head
                         ids.append(tid)
                         await self._wait_settled(store, [tid])
                 else:
                     head = await self.st.block_number()
-                    ids = list(await asyncio.gather(*(post(b) for b in bodies)))
+                    ids = list(await asyncio.gather(*(_post_trade(http, b) for b in bodies)))
                     heads = {t: head for t in ids}
                     await self._wait_settled(store, ids)
             elapsed = time.monotonic() - t0
@@ -187,9 +206,7 @@ class Bench:
             out["redis_used_memory_delta_per_trade"] = round((mem1 - mem0) / n)
             return out
         finally:
-            proc.terminate()
-            proc.wait(30)
-            log.close()
+            self.stop_worker(proc, log)
             await store.close()
             await r.aclose()
 
@@ -264,40 +281,24 @@ async def soak(cfg: BenchConfig, total: int, echo: Any = print, wave: int = 200)
     """Settle `total` trades in waves through one worker; sample its RSS every 1,000 settled trades."""
     b = Bench(cfg, echo)
     await b.setup()
-    port = free_port()
-    exe = Path(sys.executable).with_name("dvp-relayer")
-    log = open(cfg.workdir / "worker-soak.log", "wb")
-    proc = subprocess.Popen([str(exe), "run"], env=b._env(5, 50, port), stdout=log, stderr=log)
+    proc, log, port = await b.start_worker("soak", 5, 50)
     store = Store.from_url(f"redis://127.0.0.1:{b.redis.port}/5")
     samples: list[dict[str, Any]] = []
     t0 = time.monotonic()
     try:
-        while not port_open(port):
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)
         settled = 0
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             while settled < total:
                 bodies = [await b._instruction(settled + i) for i in range(min(wave, total - settled))]
-
-                async def post(body: str) -> str:
-                    async with http.post("/v1/trades", data=body, headers={
-                            "Authorization": "Bearer bench", "Content-Type": "application/json"}) as resp:
-                        return (await resp.json())["trade_id"]
-
-                ids = list(await asyncio.gather(*(post(x) for x in bodies)))
+                ids = list(await asyncio.gather(*(_post_trade(http, x) for x in bodies)))
                 await b._wait_settled(store, ids)
                 settled += len(ids)
                 if settled % 1000 == 0 or settled == total:
-                    rss = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text()
-                               .splitlines() if line.startswith("VmRSS:"))
-                    samples.append({"settled": settled, "rss_mb": round(rss / 1024, 1),
+                    samples.append({"settled": settled, "rss_mb": round(_vm_kb(proc.pid, "VmRSS") / 1024, 1),
                                     "seconds": round(time.monotonic() - t0, 1)})
                     echo(f"  {samples[-1]}")
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        b.stop_worker(proc, log)
         await store.close()
         await b.teardown()
     rss = [x["rss_mb"] for x in samples if x["settled"] >= 1000]
@@ -310,9 +311,7 @@ def _proc_usage(pid: int) -> tuple[float, int]:
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(stat[11]) + int(stat[12])) / ticks
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
-    return cpu, rss
+    return cpu, _vm_kb(pid, "VmHWM")
 
 
 def run_bench(cfg: BenchConfig, echo: Any = print) -> dict[str, Any]:
