@@ -95,6 +95,10 @@ class EvmChain:
         self.chain_id: int | None = None
         self.rpc_errors = 0  # transport failures seen (exported as a metric)
         self.last_ok = 0.0  # monotonic time of the last successful call (readiness)
+        # Bumped on the first success after the endpoints were unreachable: the node may have restarted and
+        # lost its mempool, so senders re-broadcast what they have in flight at once (see TxSender.wait).
+        self.reconnects = 0
+        self._unreachable = False
 
     @property
     def w3(self) -> AsyncWeb3:
@@ -124,12 +128,16 @@ class EvmChain:
                                 self.rpc_errors += 1
                             raise
                 self.last_ok = time.monotonic()
+                if self._unreachable:
+                    self._unreachable = False
+                    self.reconnects += 1
                 return result
             except BaseException as exc:
                 if not _is_transport_error(exc):
                     raise
                 last = exc
                 self._active = (self._active + 1) % len(self._w3s)
+        self._unreachable = True
         raise RpcUnavailable(f"{self.name}: no RPC endpoint answered ({type(last).__name__}: {last})") from last
 
     async def connect(self) -> int:
@@ -354,39 +362,63 @@ class TxSender:
         await self._broadcast(sent)
 
     async def wait(self, sent: SentTx, *, timeout: float = 120.0, poll: float = 0.25) -> TxReceipt:
-        """Wait for the receipt; rebroadcast a transaction the node forgot, replace a stuck one with a higher fee."""
+        """Wait for the receipt, keeping the transaction alive until `timeout`.
+
+        - the node forgot it (restart, reorg): re-broadcast the same signed bytes, and fill nonce gaps below it;
+        - the node was unreachable and is back: do that at once, not at the next periodic check;
+        - it sits unmined past `bump_after`: replace it at the same nonce with a higher fee;
+        - its nonce was used by another transaction: raise TransactionDropped (the caller re-plans);
+        - the node is unreachable for a while: keep waiting (RpcUnavailable does not end the wait).
+        Raises ReceiptTimeout after `timeout`; the transaction may still be mined later.
+        """
         deadline = time.monotonic() + timeout
-        last_action = time.monotonic()
-        first_sent = sent.sent_at
+        last_check = time.monotonic()
+        reconnects = self.chain.reconnects
         while True:
-            receipt = await self._find_receipt(sent)
-            if receipt is not None:
-                self.in_flight.pop(sent.nonce, None)
-                self.gas_used_total += int(receipt["gasUsed"])
-                if receipt["status"] != 1:
-                    raise TransactionReverted(
-                        f"{self.chain.name}: transaction {receipt['transactionHash'].hex()} reverted",
-                        tx_hash=receipt["transactionHash"].hex(),
-                    )
-                return receipt
             now = time.monotonic()
             if now > deadline:
                 raise ReceiptTimeout(f"{self.chain.name}: no receipt for nonce {sent.nonce} after {timeout:.0f}s")
-            if now - last_action > self.rebroadcast_after:
-                last_action = now
-                await self.heal_gaps()
-                if now - first_sent > self.bump_after:
-                    await self._bump(sent)
-                elif not await self._known_to_node(sent):
-                    try:
-                        await self._broadcast(sent)
-                    except TransactionReverted as exc:
-                        raise TransactionDropped(f"{self.chain.name}: nonce {sent.nonce} was taken: {exc}") from exc
+            try:
+                receipt = await self._find_receipt(sent)
+                if receipt is not None:
+                    return self._done(sent, receipt)
+                if now - last_check > self.rebroadcast_after or self.chain.reconnects != reconnects:
+                    last_check, reconnects = now, self.chain.reconnects
+                    await self._keep_alive(sent)
+            except RpcUnavailable:
+                pass  # the node is down: its mempool may be gone when it returns; _keep_alive runs then
             self._block_seen.clear()
             try:
                 await asyncio.wait_for(self._block_seen.wait(), poll)
             except asyncio.TimeoutError:
                 pass
+
+    def _done(self, sent: SentTx, receipt: TxReceipt) -> TxReceipt:
+        self.in_flight.pop(sent.nonce, None)
+        self.gas_used_total += int(receipt["gasUsed"])
+        if receipt["status"] != 1:
+            raise TransactionReverted(
+                f"{self.chain.name}: transaction {receipt['transactionHash'].hex()} reverted",
+                tx_hash=receipt["transactionHash"].hex(),
+            )
+        return receipt
+
+    async def _keep_alive(self, sent: SentTx) -> None:
+        """One periodic check of an unmined transaction (see wait)."""
+        mined_count = await self._mined_count()
+        if mined_count > sent.nonce:
+            if await self._find_receipt(sent) is None:  # not a race with its own mining
+                self.in_flight.pop(sent.nonce, None)
+                raise TransactionDropped(f"{self.chain.name}: nonce {sent.nonce} was used by another transaction")
+            return
+        await self.heal_gaps(mined_count)
+        if time.monotonic() - sent.sent_at > self.bump_after:
+            await self._bump(sent)
+        elif not await self._known_to_node(sent):
+            await self._broadcast(sent)
+
+    async def _mined_count(self) -> int:
+        return await self.chain.call(lambda w3: w3.eth.get_transaction_count(self.address, "latest"))
 
     async def transact(
         self, to: str | None, data: bytes | str, *, gas: int | None = None, timeout: float = 120.0
@@ -394,7 +426,7 @@ class TxSender:
         """send() then wait()."""
         return await self.wait(await self.send(to, data, gas=gas), timeout=timeout)
 
-    async def heal_gaps(self) -> int:
+    async def heal_gaps(self, mined_count: int | None = None) -> int:
         """Fill nonce gaps below our next nonce: a transaction mined and then reorged out is not put back in
         the mempool, and every later one of this account would wait behind it forever. Re-broadcast the
         original (same intent, same hash) when we still have it, else a zero-value self-transfer.
@@ -402,7 +434,7 @@ class TxSender:
         """
         if self._next_nonce is None:
             return 0
-        latest = await self.chain.call(lambda w3: w3.eth.get_transaction_count(self.address, "latest"))
+        latest = mined_count if mined_count is not None else await self._mined_count()
         async with self._lock:
             if self._next_nonce is None:
                 return 0

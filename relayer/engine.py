@@ -27,6 +27,7 @@ from relayer.errors import ConcurrentUpdate, ConfigError, InvalidInstruction, No
 from redis.exceptions import RedisError
 
 from relayer import metrics
+from relayer.leases import ACTOR, WORKER_TOKEN, holder_is_dead
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.rules import (
@@ -44,8 +45,6 @@ from relayer.protocol.states import TERMINAL, TradeState, can_transition
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
-ACTOR = f"relayer@{os.uname().nodename}:{os.getpid()}"
-WORKER_TOKEN = f"{ACTOR}:{os.urandom(4).hex()}"
 
 
 class ChainIndex:
@@ -136,6 +135,7 @@ class ChainSide:
     head: int = -1
     head_timestamp: int = 0
     head_seen_at: float = 0.0  # wall time when the current head was first seen
+    reconnects_seen: int = 0  # EvmChain.reconnects when last looked at
 
     def now(self) -> int:
         """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
@@ -278,6 +278,7 @@ class Engine:
             asyncio.create_task(HeadWatcher(name, url, wake).run(stop))
             for name, url in (("st", self.settings.st_ws_url), ("sc", self.settings.sc_ws_url)) if url
         ]
+        watchers.append(asyncio.create_task(self._keep_leases(stop)))
         waiter = asyncio.create_task(stop.wait())
         while not stop.is_set():
             wake.clear()
@@ -328,23 +329,64 @@ class Engine:
             side.head, side.head_timestamp, side.head_seen_at = res.head, res.head_timestamp, time.time()
         if res.head != before:
             side.ledger.notify_new_block()
+        if side.ledger.chain.reconnects != side.reconnects_seen:
+            side.reconnects_seen = side.ledger.chain.reconnects
+            self._in_background(self._heal(side))
+
+    async def _heal(self, side: ChainSide) -> None:
+        """The node was unreachable and answers again: it may have restarted with an empty mempool, so
+        re-broadcast every unmined transaction of ours at once (same signed bytes, no nonce gaps)."""
+        for sender in list(side.ledger.senders.values()):
+            try:
+                filled = await sender.heal_gaps()
+            except LedgerError as exc:
+                self.log.warning("heal_failed", chain=side.name, account=sender.address, error=str(exc))
+                continue
+            if filled:
+                self.log.warning("rebroadcast_after_reconnect", chain=side.name, account=sender.address,
+                                 transactions=filled)
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _hold_accounts(self) -> None:
         """Several workers may share one Redis and the same keys: an account lease makes exactly one of them
-        the signer of each account (no nonce races); the others stand by and take over when it lapses."""
+        the signer of each account (no nonce races); the others stand by and take over when it lapses, or at
+        once when its holder is a process on this host that has died."""
         accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
         if not accounts:
             return
+        names = [f"account:{a}" for a in accounts]
         ttl_ms = int(self.settings.lease_ttl * 1000)
         asked = time.monotonic()
-        held = await self.store.hold_leases([f"account:{a}" for a in accounts], WORKER_TOKEN, ttl_ms)
-        mine = {a for a in accounts if held[f"account:{a}"]}
+        holders = await self.store.hold_leases(names, WORKER_TOKEN, ttl_ms)
+        dead = {n: h for n, h in holders.items() if h != WORKER_TOKEN and holder_is_dead(h)}
+        if dead:
+            holders |= await self.store.hold_leases(list(dead), WORKER_TOKEN, ttl_ms, dead=dead)
+            self.log.info("account_leases_taken_from_dead_worker", leases=sorted(dead))
+        mine = {a for a in accounts if holders[f"account:{a}"] == WORKER_TOKEN}
         self._lease_valid_until = asked + 0.8 * self.settings.lease_ttl
         if mine != self._accounts_held:
             self.log.info("account_leases", held=sorted(mine), lost=sorted(self._accounts_held - mine))
         self._accounts_held = mine
         await self.st.ledger.set_active(mine)
         await self.sc.ledger.set_active(mine)
+
+    async def _keep_leases(self, stop: asyncio.Event) -> None:
+        """Renew the account leases on their own timer, so a slow round (a node timing out) cannot let them
+        lapse while this worker is alive."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.lease_ttl / 4)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self._hold_accounts()
+            except (RedisError, LedgerError, OSError) as exc:
+                self.log.warning("lease_renewal_failed", error=str(exc))
 
     async def release_accounts(self) -> None:
         accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
@@ -443,9 +485,7 @@ class Engine:
                     pass
                 await asyncio.sleep(1.0)
 
-        task = asyncio.create_task(later())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(later())
 
     def _forget(self, rec: TradeRecord, locks: list[LockedEvent]) -> None:
         """Drop a finished trade's in-memory traces so a long-running worker's memory stays flat."""
@@ -614,7 +654,7 @@ class Engine:
                                        chain=ledger.kind, reaction_ms=round(reaction * 1000, 1), **batch)
             self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=ledger.kind,
                           **batch)
-        receipt = await via.wait(tx)
+        receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
         gas = int(receipt["gasUsed"])
         metrics.GAS.labels(ledger.kind, action.value).inc(gas)
         mined = receipt["transactionHash"].to_0x_hex()
@@ -625,6 +665,18 @@ class Engine:
             self.log.info("tx_mined", trade_id=p.due.rec.trade_id, action=action.value, tx=mined,
                           block=receipt["blockNumber"], gas=gas // len(prepared),
                           seconds=round(time.monotonic() - sent_at, 3))
+
+    def _wait_budget(self, prepared: list[Prepared]) -> float:
+        """How long to keep one transaction alive before re-planning: until the earliest timelock it races
+        (after it a claim cannot succeed and decide() should pick the refund), at most 120 s, and never less
+        than a few blocks."""
+        kind = prepared[0].due.action.value.split("_")[0]
+        if kind == "refund":
+            return 120.0
+        side = self.st if prepared[0].ledger is self.st.ledger else self.sc
+        timelock = min(int(p.entry[-1]) for p in prepared)  # lock and claim entries end with the timelock
+        floor = 4 * self.settings.block_time + self.settings.inclusion_delay
+        return min(120.0, max(floor, float(timelock - side.now())))
 
     def _swap_of(self, d: Due) -> tuple[HtlcLedger, bytes]:
         """The ledger and swap id an action touches."""

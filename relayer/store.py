@@ -91,18 +91,18 @@ return 1
 """
 
 
-# KEYS: lease. ARGV: token, ttl ms. Take a free lease or renew our own; 1 if held by us afterwards.
+# KEYS: lease. ARGV: token, ttl ms, token of a holder known to be dead (or ""). Take a free lease, renew our
+# own, or take over from the dead holder; returns our token when held by us afterwards, else the holder's.
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
-if holder == false then
+if holder == false or (ARGV[3] ~= '' and holder == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return ARGV[1]
 end
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
 end
-return 0
+return holder
 """
 
 # KEYS: lease. ARGV: token. Release only our own lease.
@@ -275,13 +275,16 @@ class Store:
     async def list_trades(self, offset: int = 0, limit: int = 100) -> list[str]:
         return list(await self.r.zrevrange(ALL, offset, offset + limit - 1))
 
-    async def hold_leases(self, names: list[str], token: str, ttl_ms: int) -> dict[str, bool]:
-        """Take or renew each lease for `token` in one round trip; name -> held by us now."""
+    async def hold_leases(self, names: list[str], token: str, ttl_ms: int,
+                          dead: dict[str, str] | None = None) -> dict[str, str]:
+        """Take or renew each lease for `token` in one round trip; name -> its holder now (ours when held).
+        `dead` maps a lease to a holder token known to be dead: that holder's lease is taken over at once."""
+        dead = dead or {}
         async with self.r.pipeline(transaction=False) as pipe:
             for name in names:
-                await self._lease(keys=[lease_key(name)], args=[token, ttl_ms], client=pipe)
+                await self._lease(keys=[lease_key(name)], args=[token, ttl_ms, dead.get(name, "")], client=pipe)
             results = await pipe.execute()
-        return {name: bool(int(r)) for name, r in zip(names, results)}
+        return dict(zip(names, results))
 
     async def release_leases(self, names: list[str], token: str) -> None:
         for name in names:

@@ -1,0 +1,117 @@
+"""TxSender.wait on a real anvil under the faults the long chaos run found: a node restarted with an empty
+mempool, a node down during the wait, and a nonce taken by another transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adapters.errors import TransactionDropped
+from adapters.evm import EvmChain, TxSender
+from deploy.processes import AnvilProcess, free_port
+from relayer.leases import WORKER_TOKEN, holder_is_dead
+from relayer.store import Store
+from tests.chain_kit import dev_accounts
+
+
+async def _hold_mining(chain: EvmChain) -> None:
+    """Stop block production so a sent transaction stays in the mempool."""
+    await chain.rpc("evm_setIntervalMining", [0])
+    await chain.rpc("evm_setAutomine", [False])
+
+
+async def _known(chain: EvmChain, tx_hash) -> bool:
+    return await chain.rpc("eth_getTransactionByHash", [tx_hash.to_0x_hex()]) is not None
+
+
+async def test_wait_rebroadcasts_at_once_when_a_restarted_node_lost_the_transaction(tmp_path):
+    node = AnvilProcess(31338, free_port(), block_time=1, state_file=tmp_path / "st.state").start()
+    chain = EvmChain("restart", [node.url], request_timeout=1.0)
+    try:
+        await chain.connect()
+        me, other = dev_accounts(2)
+        # rebroadcast_after is long: only the reconnect can explain a prompt rebroadcast
+        sender = TxSender(chain, me, rebroadcast_after=60.0, bump_after=120.0)
+        await _hold_mining(chain)
+        sent = await sender.send(other.address, b"", gas=21_000, value=1)
+        assert await _known(chain, sent.tx_hash)
+        waiting = asyncio.create_task(sender.wait(sent, timeout=40))
+        await asyncio.sleep(0.5)
+        node.stop()
+        await asyncio.sleep(1.5)  # the waiter sees the node down
+        node.start()  # interval mining again (command line), mempool empty
+        started = time.monotonic()
+        receipt = await asyncio.wait_for(waiting, 30)
+        assert receipt["status"] == 1
+        assert receipt["transactionHash"] == sent.tx_hash  # the same signed bytes, not a new transaction
+        assert chain.reconnects >= 1
+        assert time.monotonic() - started < 10  # well before the 60 s periodic rebroadcast
+    finally:
+        await chain.close()
+        node.stop()
+
+
+async def test_wait_raises_dropped_when_another_transaction_takes_the_nonce(tmp_path):
+    node = AnvilProcess(31339, free_port()).start()
+    chain = EvmChain("nonce", [node.url])
+    try:
+        await chain.connect()
+        me, other = dev_accounts(2)
+        await _hold_mining(chain)
+        first = TxSender(chain, me, rebroadcast_after=0.3)
+        sent = await first.send(other.address, b"", gas=21_000, value=1)
+        await chain.rpc("anvil_dropTransaction", [sent.tx_hash.to_0x_hex()])
+        rogue = TxSender(chain, me)  # e.g. an operator's wallet using the same key
+        taken = await rogue.send(other.address, b"", gas=21_000, value=2)
+        assert taken.nonce == sent.nonce
+        await chain.rpc("evm_mine", [])
+        with pytest.raises(TransactionDropped, match=f"nonce {sent.nonce}"):
+            await first.wait(sent, timeout=20)
+        assert sent.nonce not in first.in_flight
+    finally:
+        await chain.close()
+        node.stop()
+
+
+def test_holder_is_dead_only_for_an_exited_process_of_this_host():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    name, _pid, ns, nonce = WORKER_TOKEN.rsplit(":", 3)
+    dead_token = f"{name.rsplit(':', 1)[0]}:{child.pid}:{ns}:{nonce}"
+    assert holder_is_dead(dead_token)
+    assert not holder_is_dead(WORKER_TOKEN)  # ourselves
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not holder_is_dead(f"{name.rsplit(':', 1)[0]}:{live.pid}:{ns}:{nonce}")
+    finally:
+        live.kill()
+        live.wait()
+    assert not holder_is_dead(dead_token.replace(ns, "4026531836x"))  # another PID namespace
+    assert not holder_is_dead(f"relayer@another-host:{child.pid}:{ns}:{nonce}")
+    assert not holder_is_dead("garbage")
+
+
+async def test_a_lease_held_by_a_dead_process_is_taken_over_before_its_ttl(redis_server):
+    store = Store.from_url(redis_server.url)
+    try:
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        name, _pid, ns, nonce = WORKER_TOKEN.rsplit(":", 3)
+        dead_token = f"{name.rsplit(':', 1)[0]}:{child.pid}:{ns}:{nonce}"
+        await store.r.set("dvp:lease:account:0xtest", dead_token, px=60_000)
+        held = await store.hold_leases(["account:0xtest"], WORKER_TOKEN, 5_000)
+        assert held == {"account:0xtest": dead_token}  # not without proof of death
+        held = await store.hold_leases(["account:0xtest"], WORKER_TOKEN, 5_000, dead={"account:0xtest": dead_token})
+        assert held == {"account:0xtest": WORKER_TOKEN}
+        assert 0 < await store.r.pttl("dvp:lease:account:0xtest") <= 5_000
+        # a stale "dead" claim cannot steal a lease that has since passed to someone else
+        await store.r.set("dvp:lease:account:0xtest", "relayer@other:1:1:1", px=60_000)
+        held = await store.hold_leases(["account:0xtest"], WORKER_TOKEN, 5_000, dead={"account:0xtest": dead_token})
+        assert held == {"account:0xtest": "relayer@other:1:1:1"}
+    finally:
+        await store.r.delete("dvp:lease:account:0xtest")
+        await store.close()
