@@ -165,6 +165,7 @@ class RedisProcess:
     def start(self, timeout: float = 10.0) -> RedisProcess:
         if port_open(self.port):
             raise ProcessStartError(f"port {self.port} is already in use")
+        self.data_dir = self.data_dir.resolve()  # redis chdirs to --dir before opening --logfile
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             redis_server_binary(),
