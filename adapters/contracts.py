@@ -55,6 +55,26 @@ def lock_typed_data(escrow: str, chain_id: int, terms: tuple[Any, ...], nonce: i
     }
 
 
+DVP_FIELDS = ("tradeId", "seller", "buyer", "stToken", "stAmount", "scToken", "scAmount", "deadline")
+_DVP_TYPES = [
+    {"name": "tradeId", "type": "bytes32"}, {"name": "seller", "type": "address"},
+    {"name": "buyer", "type": "address"}, {"name": "stToken", "type": "address"},
+    {"name": "stAmount", "type": "uint256"}, {"name": "scToken", "type": "address"},
+    {"name": "scAmount", "type": "uint256"}, {"name": "deadline", "type": "uint64"},
+]
+
+
+def dvp_typed_data(contract: str, chain_id: int, terms: tuple[Any, ...]) -> dict[str, Any]:
+    """The EIP-712 message each party signs to authorise `AtomicDvP.settle(terms, ...)`; its hash is also the
+    settlement's key on chain. terms = (tradeId, seller, buyer, stToken, stAmount, scToken, scAmount, deadline)."""
+    return {
+        "types": {"EIP712Domain": _DOMAIN_FIELDS, "DvP": _DVP_TYPES},
+        "primaryType": "DvP",
+        "domain": {"name": "DvpAtomicSettlement", "version": "1", "chainId": chain_id, "verifyingContract": contract},
+        "message": dict(zip(DVP_FIELDS, terms)),
+    }
+
+
 def encode_call(name: str, fn: str, *args: Any) -> str:
     """Calldata for `fn(*args)` of contract `name`."""
     return _offline(name).encode_abi(fn, args=list(args))

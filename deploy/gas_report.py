@@ -16,7 +16,7 @@ from typing import Any
 
 from eth_account import Account
 
-from adapters.contracts import encode_call, lock_typed_data, swap_id
+from adapters.contracts import dvp_typed_data, encode_call, lock_typed_data, swap_id
 from adapters.evm import EvmChain, TxSender
 from deploy.compile import CONTRACTS_DIR
 from deploy.deployer import MAX_UINT256, deploy
@@ -112,6 +112,39 @@ async def _measure_token(chain: EvmChain, accts: list[Any], token_kind: str) -> 
     return fig
 
 
+async def _measure_dvp(chain: EvmChain, accts: list[Any]) -> dict[str, Any]:
+    """Same-ledger AtomicDvP: one transaction per trade (or per batch), both legs PlainToken, steady state."""
+    deployer, seller, buyer, relayer = accts[:4]
+    tx = {a.address: TxSender(chain, a) for a in accts[:4]}
+    dvp = await deploy(tx[deployer.address], "AtomicDvP")
+    st = await deploy(tx[deployer.address], "PlainToken")
+    sc = await deploy(tx[deployer.address], "PlainToken")
+    for token, holder in ((st, seller), (sc, buyer)):
+        await tx[deployer.address].transact(token, encode_call("PlainToken", "mint", holder.address, 10**30))
+        other = buyer if holder is seller else seller
+        await tx[deployer.address].transact(token, encode_call("PlainToken", "mint", other.address, 1))
+        await tx[holder.address].transact(token, encode_call("PlainToken", "approve", dvp, MAX_UINT256))
+
+    async def entries(n: int) -> list[tuple]:
+        deadline = await chain.now() + 3600
+        out = []
+        for _ in range(n):
+            t = (os.urandom(32), seller.address, buyer.address, st, 10, sc, 1000, deadline)
+            msg = dvp_typed_data(dvp, chain.chain_id, t)
+            out.append((t, Account.sign_typed_data(seller.key, full_message=msg).signature,
+                        Account.sign_typed_data(buyer.key, full_message=msg).signature))
+        return out
+
+    r_tx = tx[relayer.address]
+    fig: dict[str, Any] = {}
+    for e in await entries(2):  # the first warms the parties' balances of the other token
+        fig["settle"] = int((await r_tx.transact(dvp, encode_call("AtomicDvP", "settle", *e)))["gasUsed"])
+    for n in BATCH_SIZES:
+        rc = await r_tx.transact(dvp, encode_call("AtomicDvP", "settleBatch", await entries(n)))
+        fig[f"settle_batch_{n}_per_trade"] = int(rc["gasUsed"]) // n
+    return fig
+
+
 async def measure() -> dict[str, Any]:
     """Run every measurement on a throw-away automining anvil and return the report."""
     node = AnvilProcess(chain_id=31337, port=free_port()).start()
@@ -127,6 +160,7 @@ async def measure() -> dict[str, Any]:
         }
         for kind in ("PlainToken", "SecurityToken"):
             report["tokens"][kind] = await _measure_token(chain, accts, kind)
+        report["same_ledger_dvp"] = await _measure_dvp(chain, accts)
         return report
     finally:
         await chain.close()

@@ -18,8 +18,9 @@ def test_committed_artifacts_match_a_fresh_compile():
 
 
 async def test_gas_does_not_rise_above_the_committed_report():
-    committed = json.loads(REPORT_FILE.read_text())["tokens"]
-    fresh = (await measure())["tokens"]
+    report, fresh_report = json.loads(REPORT_FILE.read_text()), await measure()
+    committed = report["tokens"] | {"same_ledger_dvp": report["same_ledger_dvp"]}
+    fresh = fresh_report["tokens"] | {"same_ledger_dvp": fresh_report["same_ledger_dvp"]}
     assert fresh.keys() == committed.keys()
     regressions = {
         f"{tok}.{op}": (committed[tok][op], fresh[tok][op])
@@ -35,6 +36,9 @@ def test_committed_report_meets_the_issue_targets():
     assert plain["lock"] + plain["claim"] <= 109_417  # best public ERC-20 HTLC, same conditions
     assert plain["lock_batch_50_same_receiver_per_swap"] <= 30_000
     assert plain["claim_batch_50_same_receiver_per_swap"] <= 10_000
+    # the same-ledger path must beat the HTLC path it replaces: two locks + two claims
+    dvp = json.loads(REPORT_FILE.read_text())["same_ledger_dvp"]
+    assert dvp["settle"] < 2 * (plain["lock"] + plain["claim"]) / 2
 
 
 @pytest.fixture(autouse=True)
