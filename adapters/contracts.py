@@ -75,6 +75,14 @@ def dvp_typed_data(contract: str, chain_id: int, terms: tuple[Any, ...]) -> dict
     }
 
 
+def typed_data_digest(message: dict[str, Any]) -> bytes:
+    """The EIP-712 hash a signature over `message` commits to (what ecrecover sees on chain)."""
+    from eth_account.messages import encode_typed_data
+
+    m = encode_typed_data(full_message=message)
+    return bytes(keccak(b"\x19" + m.version + m.header + m.body))
+
+
 def encode_call(name: str, fn: str, *args: Any) -> str:
     """Calldata for `fn(*args)` of contract `name`."""
     return _offline(name).encode_abi(fn, args=list(args))

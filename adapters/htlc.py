@@ -18,10 +18,11 @@ from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
-from adapters.contracts import abi, encode_call, swap_id
+from adapters.contracts import abi, dvp_typed_data, encode_call, swap_id, typed_data_digest
 from adapters.evm import EvmChain, TxSender
 
 ESCROW = "HashedTimelockEscrow"
+ATOMIC_DVP = "AtomicDvP"
 ERC20 = "SecurityToken"  # any compiled ERC-20 ABI serves for allowance/approve
 MAX_UINT256 = 2**256 - 1
 
@@ -58,7 +59,17 @@ class RefundedEvent:
     tx_hash: str
 
 
-EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent
+@dataclass(frozen=True)
+class SettledEvent:
+    """AtomicDvP settled the terms with this EIP-712 digest (same-ledger path)."""
+
+    trade_id: bytes
+    digest: bytes
+    block: int
+    tx_hash: str
+
+
+EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent | SettledEvent
 
 
 @dataclass
@@ -70,7 +81,9 @@ class FollowResult:
 
 
 class EscrowFollower:
-    """Follows one escrow's events k blocks deep, detecting reorgs by block hash."""
+    """Follows one escrow's events (and the AtomicDvP's, when given) k blocks deep, detecting reorgs by block
+    hash. `confirmed_timestamp` is the timestamp of the last processed block: every event up to that moment
+    of the chain's clock has been delivered."""
 
     def __init__(
         self,
@@ -82,9 +95,11 @@ class EscrowFollower:
         start_hash: str | None = None,
         max_range: int = 2000,
         hash_window: int = 256,
+        dvp: str | None = None,
     ) -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
+        self.addresses = [self.escrow] + ([to_checksum_address(dvp)] if dvp else [])
         self.confirmations = confirmations
         self.height = start_height  # last processed block
         self.max_range = max_range
@@ -97,6 +112,9 @@ class EscrowFollower:
             "0x" + HexBytes(self._contract.events[name]().topic).hex().removeprefix("0x"): name
             for name in ("Locked", "Claimed", "Refunded")
         }
+        self._dvp_contract = AsyncWeb3().eth.contract(abi=abi(ATOMIC_DVP))
+        self._topics["0x" + HexBytes(self._dvp_contract.events.Settled().topic).hex().removeprefix("0x")] = "Settled"
+        self.confirmed_timestamp = 0
         self.last_head = 0
         self.last_head_timestamp = 0
 
@@ -105,13 +123,17 @@ class EscrowFollower:
         return self.height, self._hashes.get(self.height)
 
     async def _block_hash(self, number: int) -> str | None:
+        return (await self._block(number))[0]
+
+    async def _block(self, number: int) -> tuple[str | None, int]:
+        """(hash, timestamp) of a block; (None, 0) when the chain no longer has it."""
         try:
             block = await self.chain.get_block(number)
         except Exception as exc:  # noqa: BLE001 - BlockNotFound after a rollback
             if "not found" in str(exc).lower():
-                return None
+                return None, 0
             raise
-        return "0x" + bytes(block["hash"]).hex()
+        return "0x" + bytes(block["hash"]).hex(), int(block["timestamp"])
 
     async def _check_reorg(self) -> int | None:
         """If the last processed block is gone, rewind to the newest remembered block still on chain."""
@@ -149,11 +171,12 @@ class EscrowFollower:
         end = min(target, self.height + self.max_range)
         start = self.height + 1
         logs = await self.chain.call(
-            lambda w3: w3.eth.get_logs({"address": self.escrow, "fromBlock": start, "toBlock": end})
+            lambda w3: w3.eth.get_logs({"address": self.addresses, "fromBlock": start, "toBlock": end})
         )
         # Logs and hashes must come from one fork: re-read the hash of every block that holds a log.
         wanted = {int(lg["blockNumber"]) for lg in logs} | {end}
-        hashes = {n: await self._block_hash(n) for n in sorted(wanted)}
+        hashes = {n: await self._block_hash(n) for n in sorted(wanted - {end})}
+        hashes[end], end_timestamp = await self._block(end)
         for lg in logs:
             if hashes[int(lg["blockNumber"])] != "0x" + bytes(lg["blockHash"]).hex():
                 return result  # a reorg happened while reading: try again next poll
@@ -162,6 +185,7 @@ class EscrowFollower:
             if ev is not None:
                 result.events.append(ev)
         self.height = end
+        self.confirmed_timestamp = end_timestamp
         self._hashes[end] = hashes[end] or ""
         while len(self._hashes) > self._hash_window:
             self._hashes.popitem(last=False)
@@ -172,8 +196,15 @@ class EscrowFollower:
         name = self._topics.get(topic0)
         if name is None:
             return None
-        args = self._contract.events[name]().process_log(lg)["args"]
         block, tx = int(lg["blockNumber"]), "0x" + bytes(lg["transactionHash"]).hex()
+        if name == "Settled":
+            if to_checksum_address(lg["address"]) not in self.addresses[1:]:
+                return None
+            args = self._dvp_contract.events.Settled().process_log(lg)["args"]
+            return SettledEvent(trade_id=bytes(args["tradeId"]), digest=bytes(args["digest"]), block=block, tx_hash=tx)
+        if to_checksum_address(lg["address"]) != self.escrow:
+            return None
+        args = self._contract.events[name]().process_log(lg)["args"]
         if name == "Locked":
             return LockedEvent(
                 trade_id=bytes(args["tradeId"]), sender=args["sender"], receiver=args["receiver"],
@@ -191,12 +222,14 @@ class HtlcLedger:
 
     kind = "evm"
 
-    def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount]) -> None:
+    def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount], dvp: str = "") -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
+        self.dvp = to_checksum_address(dvp) if dvp else None  # AtomicDvP on this chain (same-ledger path)
+        self._keys = dict(accounts)
         self.all_senders = {addr: TxSender(chain, acct) for addr, acct in accounts.items()}
         self.senders = dict(self.all_senders)  # the accounts this process may sign for right now
-        self._unlimited: set[tuple[str, str]] = set()
+        self._unlimited: set[tuple[str, str, str]] = set()
         self._view = AsyncWeb3().eth.contract(abi=abi(ESCROW))
 
     async def set_active(self, addresses: set[str]) -> None:
@@ -208,6 +241,10 @@ class HtlcLedger:
                 self.senders[addr] = sender
             elif addr not in addresses:
                 self.senders.pop(addr, None)
+
+    def share_senders(self, other: HtlcLedger) -> None:
+        """Both legs on one chain: use the other ledger's senders, so each account has ONE nonce ledger."""
+        self.all_senders, self.senders = other.all_senders, other.senders
 
     def signs_for(self, address: str) -> bool:
         return address in self.senders
@@ -226,28 +263,43 @@ class HtlcLedger:
         """The stored terms hash of a swap at the latest block (zero when none is live)."""
         return (await self.swap_slots([sid]))[0]
 
-    async def swap_slots(self, sids: list[bytes]) -> list[bytes]:
+    async def swap_slots(self, sids: list[bytes], contract: str | None = None) -> list[bytes]:
         """Several swaps' stored terms hashes in one round trip. The escrow keeps a swap's terms hash at the
-        storage slot equal to its id, so eth_getStorageAt reads it without running the EVM."""
+        storage slot equal to its id (AtomicDvP keeps "settled" at the slot equal to the terms digest), so
+        eth_getStorageAt reads it without running the EVM."""
         results = await self.chain.rpc_batch(
-            [("eth_getStorageAt", [self.escrow, "0x" + sid.hex(), "latest"]) for sid in sids])
+            [("eth_getStorageAt", [contract or self.escrow, "0x" + sid.hex(), "latest"]) for sid in sids])
         return [bytes.fromhex(r[2:].rjust(64, "0")) for r in results]
 
-    async def ensure_allowance(self, owner: str, token: str, amount: int) -> None:
-        """Approve the escrow (unlimited) when the owner's allowance is short; we hold the owner's key.
-        An unlimited allowance is remembered (OpenZeppelin never decrements it), saving a call per lock."""
-        if (owner, token) in self._unlimited:
+    def dvp_message(self, terms: tuple[Any, ...]) -> dict[str, Any]:
+        assert self.dvp is not None and self.chain.chain_id is not None
+        return dvp_typed_data(self.dvp, self.chain.chain_id, terms)
+
+    def dvp_digest(self, terms: tuple[Any, ...]) -> bytes:
+        """The settlement's key on chain (the EIP-712 hash of the terms)."""
+        return typed_data_digest(self.dvp_message(terms))
+
+    def authorise_dvp(self, party: str, terms: tuple[Any, ...]) -> bytes:
+        """`party`'s EIP-712 signature over the DvP terms; only for accounts whose key we hold."""
+        return bytes(self._keys[party].sign_typed_data(full_message=self.dvp_message(terms)).signature)
+
+    async def ensure_allowance(self, owner: str, token: str, amount: int, spender: str | None = None) -> None:
+        """Approve the escrow (or `spender`) without limit when the owner's allowance is short; we hold the
+        owner's key. An unlimited allowance is remembered (OpenZeppelin never decrements it), saving a call."""
+        spender = spender or self.escrow
+        if (owner, token, spender) in self._unlimited:
             return
-        data = encode_call(ERC20, "allowance", owner, self.escrow)
+        data = encode_call(ERC20, "allowance", owner, spender)
         raw = await self.chain.call(lambda w3: w3.eth.call({"to": token, "data": data}))
         allowance = int.from_bytes(bytes(raw)[-32:], "big")
         if allowance < amount:
-            await self.senders[owner].transact(token, encode_call(ERC20, "approve", self.escrow, MAX_UINT256))
+            await self.senders[owner].transact(token, encode_call(ERC20, "approve", spender, MAX_UINT256))
             allowance = MAX_UINT256
         if allowance == MAX_UINT256:
-            self._unlimited.add((owner, token))
+            self._unlimited.add((owner, token, spender))
 
-    def follower(self, *, confirmations: int, start_height: int, start_hash: str | None) -> EscrowFollower:
+    def follower(self, *, confirmations: int, start_height: int, start_hash: str | None,
+                 dvp: str | None = None) -> EscrowFollower:
         return EscrowFollower(self.chain, self.escrow, confirmations=confirmations, start_height=start_height,
-                              start_hash=start_hash)
+                              start_hash=start_hash, dvp=dvp)
 

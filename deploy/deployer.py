@@ -24,6 +24,7 @@ class ChainDeployment:
     escrow: str
     tokens: dict[str, str] = field(default_factory=dict)  # symbol -> address
     deploy_block: int = 0
+    dvp: str = ""  # AtomicDvP (ST chain only): the same-ledger path when the SC is on this chain too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +69,7 @@ async def deploy_chain(
         raise ValueError(f"unknown ledger kind {kind!r}: expected 'st' or 'sc'")
     token_contract = "SecurityToken" if kind == "st" else "Stablecoin"
     await sender.transact(token, encode_call(token_contract, "setAllowed", [escrow], True))
+    dvp = await deploy(sender, "AtomicDvP") if kind == "st" else ""
     return ChainDeployment(
         name=chain.name,
         chain_id=chain_id,
@@ -75,6 +77,7 @@ async def deploy_chain(
         escrow=escrow,
         tokens={token_symbol: token},
         deploy_block=start_block,
+        dvp=dvp,
     )
 
 

@@ -64,12 +64,17 @@ def is_up(opts: DevnetOptions) -> bool:
 async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str) -> dict[str, Any]:
     issuer, seller, buyer, pts = (dev_account(ROLES[r]) for r in ("issuer", "seller", "buyer", "pts"))
     st_chain, sc_chain = EvmChain("st", [st_url]), EvmChain("sc", [sc_url])
+    same_ledger = st_url == sc_url  # both tokens on one chain: deploy one after the other (one issuer nonce)
+
+    async def both(a: Any, b: Any) -> tuple[Any, Any]:
+        return (await a, await b) if same_ledger else tuple(await asyncio.gather(a, b))  # type: ignore[return-value]
+
     try:
-        st_dep, sc_dep = await asyncio.gather(
+        st_dep, sc_dep = await both(
             deploy_chain(st_chain, issuer, kind="st", token_name="Demo Green Bond 2030", token_symbol="DGB30"),
             deploy_chain(sc_chain, issuer, kind="sc", token_name="Progmat Demo JPY", token_symbol="DJPY"),
         )
-        await asyncio.gather(
+        await both(
             onboard_holder(st_chain, issuer, seller, st_dep, kind="st", issue_amount=ST_ISSUE),
             onboard_holder(sc_chain, issuer, buyer, sc_dep, kind="sc", issue_amount=SC_ISSUE),
         )
@@ -101,6 +106,7 @@ def env_lines(doc: dict[str, Any], block_time: float | None) -> list[str]:
         f"DVP_ST_ESCROW={st['escrow']}",
         f"DVP_ST_TOKENS={','.join(st['tokens'].values())}",
         f"DVP_ST_START_BLOCK={st['deploy_block']}",
+        f"DVP_DVP_CONTRACT={st.get('dvp', '')}",
         f"DVP_SC_RPC_URL={sc['rpc_url']}",
         f"DVP_SC_WS_URL={sc['rpc_url'].replace('http://', 'ws://')}",
         f"DVP_SC_CHAIN_ID={sc['chain_id']}",

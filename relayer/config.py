@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     sc_tokens: str = ""
     sc_start_block: int = 0
 
+    dvp_contract: str = Field("", description="AtomicDvP address on the ST chain: when the SC is on that same chain "
+                              "too, trades settle through it in one transaction (no HTLC)")
+
     trusted_pts_signers: str = Field("", description="comma-separated addresses of PTS keys we accept")
     party_keys: SecretStr = Field(SecretStr(""), description="comma-separated private keys of accounts we act for")
     secret_key: SecretStr = Field(SecretStr(""), description="AES-256 key (url-safe base64) for secrets at rest")

@@ -21,7 +21,17 @@ from typing import Any
 from adapters.contracts import encode_call, swap_id
 from adapters.errors import LedgerError, LeaseLost, TransactionReverted
 from adapters.evm import HeadWatcher, TxSender
-from adapters.htlc import ESCROW, ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent
+from adapters.htlc import (
+    ATOMIC_DVP,
+    ESCROW,
+    ClaimedEvent,
+    EscrowEvent,
+    EscrowFollower,
+    HtlcLedger,
+    LockedEvent,
+    RefundedEvent,
+    SettledEvent,
+)
 from relayer.config import Settings
 from relayer.errors import ConcurrentUpdate, ConfigError, InvalidInstruction, NotReady
 from redis.exceptions import RedisError
@@ -32,6 +42,7 @@ from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.rules import (
     Action,
+    AtomicView,
     Decision,
     LegView,
     ObservedLock,
@@ -39,12 +50,20 @@ from relayer.protocol.rules import (
     TimingPolicy,
     TradeView,
     decide,
+    decide_atomic,
     sc_timelock_for,
 )
 from relayer.protocol.states import TERMINAL, TradeState, can_transition
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
+
+
+def dvp_terms(ins: SignedInstruction | Any) -> tuple[Any, ...]:
+    """AtomicDvP terms of a same-ledger trade: (tradeId, seller, buyer, stToken, stAmount, scToken, scAmount,
+    deadline); `ins` is a TradeInstruction."""
+    return (ins.trade_id_bytes, ins.sellerStAccount, ins.buyerScAccount, ins.stToken, ins.stAmount, ins.scToken,
+            ins.scAmount, ins.deadline)
 
 
 class ChainIndex:
@@ -54,6 +73,7 @@ class ChainIndex:
         self.locks: dict[bytes, list[LockedEvent]] = defaultdict(list)
         self.claims: dict[bytes, ClaimedEvent] = {}
         self.refunds: dict[bytes, RefundedEvent] = {}
+        self.settlements: dict[bytes, list[SettledEvent]] = defaultdict(list)
 
     def apply(self, events: list[EscrowEvent]) -> None:
         for ev in events:
@@ -61,6 +81,8 @@ class ChainIndex:
                 self.locks[ev.trade_id].append(ev)
             elif isinstance(ev, ClaimedEvent):
                 self.claims[ev.swap_id] = ev
+            elif isinstance(ev, SettledEvent):
+                self.settlements[ev.trade_id].append(ev)
             else:
                 self.refunds[ev.swap_id] = ev
 
@@ -70,9 +92,12 @@ class ChainIndex:
             self.locks[tid] = [e for e in self.locks[tid] if e.block <= height]
         self.claims = {k: v for k, v in self.claims.items() if v.block <= height}
         self.refunds = {k: v for k, v in self.refunds.items() if v.block <= height}
+        for tid in list(self.settlements):
+            self.settlements[tid] = [e for e in self.settlements[tid] if e.block <= height]
 
     def forget(self, trade_id: bytes, swap_ids: list[bytes]) -> None:
         self.locks.pop(trade_id, None)
+        self.settlements.pop(trade_id, None)
         for sid in swap_ids:
             self.claims.pop(sid, None)
             self.refunds.pop(sid, None)
@@ -118,12 +143,19 @@ class Prepared:
     single: str  # calldata of the single-swap call
     entry: tuple[Any, ...]  # the swap's entry in the batch call
     sort_key: tuple[str, ...] = ()
+    expires: int | None = None  # the chain time after which the call cannot succeed (a timelock, a deadline)
+    to: str = ""  # contract called (the escrow unless set)
+
+    @property
+    def target(self) -> str:
+        return self.to or self.ledger.escrow
 
 
-_BATCH_FN = {"lock": "lockBatch", "claim": "claimBatch", "refund": "refundBatch"}
+_BATCH_FN = {"lock": (ESCROW, "lockBatch"), "claim": (ESCROW, "claimBatch"), "refund": (ESCROW, "refundBatch"),
+             "settle": (ATOMIC_DVP, "settleBatch")}
 # Gas limits for single-swap calls (worst case measured: fresh storage on both balances, allowlisted token,
 # ~95k for a lock), with headroom; only gasUsed is paid. Batches are estimated (see _act).
-_SINGLE_GAS = {"lock": 180_000, "claim": 130_000, "refund": 130_000}
+_SINGLE_GAS = {"lock": 180_000, "claim": 130_000, "refund": 130_000, "settle": 250_000}
 
 
 @dataclass
@@ -246,7 +278,8 @@ class Engine:
             if oldest is not None and oldest - 1 < height:
                 height, bhash = oldest - 1, None
             side.follower = side.ledger.follower(
-                confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash
+                confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash,
+                dvp=side.ledger.dvp,
             )
         self.started = True
         self.log.info("engine_started", st_chain=self.st.ledger.chain.chain_id, sc_chain=self.sc.ledger.chain.chain_id)
@@ -431,16 +464,16 @@ class Engine:
         )
 
     async def _advance(self, rec: TradeRecord, now_st: int, now_sc: int) -> None:
+        if self.is_atomic(rec):
+            await self._advance_atomic(rec, now_st)
+            return
         ins = rec.signed.instruction
         log = self.log.bind(trade_id=ins.tradeId)
         tid = ins.trade_id_bytes
         roles = self.roles_for(rec)
         st_leg, st_ev, st_foreign = self.st.index.leg(tid, ins.sellerStAccount)
         sc_leg, sc_ev, sc_foreign = self.sc.index.leg(tid, ins.buyerScAccount)
-        if rec.get_int("st_from_block") is None:
-            await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),  # type: ignore
-                                          "sc_from_block": max(0, self.sc.follower.last_head - 64)},  # type: ignore
-                                    actor=ACTOR, event=None)
+        await self._note_from_blocks(rec)
         if roles.seller and rec.get("hashlock") is None and st_leg.lock is None:
             await self._prepare_secret(rec, now_st, log)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
@@ -457,6 +490,36 @@ class Engine:
             observed["st_timelock"] = st_leg.lock.timelock
         if sc_leg.lock and rec.get("sc_timelock") is None:
             observed["sc_timelock"] = sc_leg.lock.timelock
+        await self._apply(rec, d, observed, [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign,
+                          log)
+        for action in d.actions:
+            self._due.append(Due(rec, action, view, st_ev, sc_ev, self._observed_at))
+
+    async def _advance_atomic(self, rec: TradeRecord, now_st: int) -> None:
+        """A same-ledger trade: settled when a confirmed Settled event carries our terms' digest."""
+        ins = rec.signed.instruction
+        log = self.log.bind(trade_id=ins.tradeId)
+        await self._note_from_blocks(rec)
+        digest = self.st.ledger.dvp_digest(dvp_terms(ins))
+        settlements = self.st.index.settlements.get(ins.trade_id_bytes, [])
+        view = AtomicView(ins, settled=any(e.digest == digest for e in settlements), now=now_st,
+                          confirmed_time=self.st.follower.confirmed_timestamp if self.st.follower else 0)
+        d = decide_atomic(view, self.roles_for(rec), self.policy)
+        await self._report_anomalies(rec, d, [], log)
+        await self._apply(rec, d, {}, [], log)
+        for action in d.actions:
+            self._due.append(Due(rec, action, None, None, None, self._observed_at))  # type: ignore[arg-type]
+
+    async def _note_from_blocks(self, rec: TradeRecord) -> None:
+        """Remember, once, from which blocks this trade's events must be read after a restart."""
+        if rec.get_int("st_from_block") is None:
+            await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),  # type: ignore
+                                          "sc_from_block": max(0, self.sc.follower.last_head - 64)},  # type: ignore
+                                    actor=ACTOR, event=None)
+
+    async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], locks: list[LockedEvent],
+                     log: Any) -> None:
+        """Persist the decided state (compare-and-set, audited); forget and archive a finished trade."""
         if d.state != rec.state and can_transition(rec.state, d.state):
             old = rec.state
             await self.store.update(rec, {"state": d.state.value, **observed}, actor=ACTOR, event="state",
@@ -466,12 +529,10 @@ class Engine:
             if d.state is TradeState.SETTLED:
                 metrics.SETTLE_SECONDS.observe(time.time() - float(rec.fields["created_at"]))
             if d.state in TERMINAL:
-                self._forget(rec, [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign)
+                self._forget(rec, locks)
                 self._archive_later(rec.trade_id)
         elif observed:
             await self.store.update(rec, observed, actor=ACTOR, event=None)
-        for action in d.actions:
-            self._due.append(Due(rec, action, view, st_ev, sc_ev, self._observed_at))
 
     def _archive_later(self, trade_id: str) -> None:
         """Compact a finished trade once the audit entries of its last transactions are written."""
@@ -574,9 +635,18 @@ class Engine:
             return (leg, kind, ins.sellerStAccount)
         if d.action is Action.LOCK_SC:
             return (leg, kind, ins.buyerScAccount)
+        if d.action is Action.SETTLE_DVP:
+            via = self.st.ledger.any_sender([ins.sellerStAccount, ins.buyerScAccount])
+            return ("dvp", kind, via.address if via else "")
         ledger = self.st.ledger if leg == "st" else self.sc.ledger
         via = ledger.any_sender(self._prefer(d))
         return (leg, kind, via.address if via else "")
+
+    def is_atomic(self, rec: TradeRecord) -> bool:
+        """Same-ledger fast path: both legs on one chain that has an AtomicDvP, one account per party."""
+        ins = rec.signed.instruction
+        return (self.st.ledger.dvp is not None and ins.stChainId == ins.scChainId
+                and ins.sellerStAccount == ins.sellerScAccount and ins.buyerStAccount == ins.buyerScAccount)
 
     def _prefer(self, d: Due) -> list[str]:
         ins = d.rec.signed.instruction
@@ -599,9 +669,9 @@ class Engine:
                 return
             prepared.sort(key=lambda p: p.sort_key)  # consecutive same token+counterparty: one transfer
             kind = action.value.split("_")[0]
-            data = encode_call(ESCROW, _BATCH_FN[kind], [p.entry for p in prepared])
+            data = encode_call(*_BATCH_FN[kind], [p.entry for p in prepared])
             try:
-                await prepared[0].via.estimate_gas(prepared[0].ledger.escrow, data)
+                await prepared[0].via.estimate_gas(prepared[0].target, data)
             except TransactionReverted as exc:
                 # one entry would fail the whole batch (all-or-nothing): send them one by one instead
                 self.log.warning("batch_fallback", action=action.value, size=len(prepared), reason=exc.reason)
@@ -642,7 +712,7 @@ class Engine:
         action = prepared[0].due.action
         if time.monotonic() > self._lease_valid_until:
             raise LeaseLost(f"account lease of {via.address} may have lapsed: not sending")
-        tx = await via.send(ledger.escrow, data, gas=gas)
+        tx = await via.send(prepared[0].target, data, gas=gas)
         tx_hash = tx.tx_hash.to_0x_hex()
         sent_at = time.monotonic()
         batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
@@ -670,11 +740,11 @@ class Engine:
         """How long to keep one transaction alive before re-planning: until the earliest timelock it races
         (after it a claim cannot succeed and decide() should pick the refund), at most 120 s, and never less
         than a few blocks."""
-        kind = prepared[0].due.action.value.split("_")[0]
-        if kind == "refund":
+        expiries = [p.expires for p in prepared if p.expires is not None]
+        if not expiries:
             return 120.0
         side = self.st if prepared[0].ledger is self.st.ledger else self.sc
-        timelock = min(int(p.entry[-1]) for p in prepared)  # lock and claim entries end with the timelock
+        timelock = min(expiries)
         floor = 4 * self.settings.block_time + self.settings.inclusion_delay
         return min(120.0, max(floor, float(timelock - side.now())))
 
@@ -682,6 +752,8 @@ class Engine:
         """The ledger and swap id an action touches."""
         ins = d.rec.signed.instruction
         tid = ins.trade_id_bytes
+        if d.action is Action.SETTLE_DVP:
+            return self.st.ledger, self.st.ledger.dvp_digest(dvp_terms(ins))
         if d.action is Action.LOCK_ST:
             return self.st.ledger, swap_id(ins.sellerStAccount, tid)
         if d.action is Action.LOCK_SC:
@@ -693,7 +765,8 @@ class Engine:
     async def _slots(self, items: list[Due]) -> list[bytes]:
         """The current storage slot of every item's swap (all on one chain), in one round trip."""
         ledger = self._swap_of(items[0])[0]
-        return await ledger.swap_slots([self._swap_of(d)[1] for d in items])
+        contract = ledger.dvp if items[0].action is Action.SETTLE_DVP else None
+        return await ledger.swap_slots([self._swap_of(d)[1] for d in items], contract)
 
     async def _prepare(self, d: Due, slot: bytes) -> Prepared | None:
         """Given the swap's current slot, None when the chain shows the action is no longer needed."""
@@ -701,6 +774,8 @@ class Engine:
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
         st, sc = self.st.ledger, self.sc.ledger
+        if action is Action.SETTLE_DVP:
+            return await self._prepare_settle(d, slot)
         if action is Action.LOCK_ST:
             if slot != bytes(32):
                 return None  # already locked (maybe by our previous incarnation): wait for confirmations
@@ -708,7 +783,7 @@ class Engine:
             terms = (tid, ins.stToken, ins.stAmount, ins.buyerStAccount, bytes.fromhex(rec.fields["hashlock"]),
                      int(rec.fields["t_st"]))
             return Prepared(d, st, st.senders[ins.sellerStAccount], encode_call(ESCROW, "lock", *terms), terms,
-                            (ins.stToken,))
+                            (ins.stToken,), expires=terms[-1])
         if action is Action.LOCK_SC:
             assert d.st_ev is not None
             t_sc = sc_timelock_for(d.st_ev.timelock, self.policy.delta())
@@ -719,7 +794,7 @@ class Engine:
             await sc.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount)
             terms = (tid, ins.scToken, ins.scAmount, ins.sellerScAccount, d.st_ev.hashlock, t_sc)
             return Prepared(d, sc, sc.senders[ins.buyerScAccount], encode_call(ESCROW, "lock", *terms), terms,
-                            (ins.scToken,))
+                            (ins.scToken,), expires=t_sc)
         ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
         assert ev is not None
         sid = ev.swap_id
@@ -735,7 +810,24 @@ class Engine:
         if preimage is None:
             return None
         claim = (preimage, sid, ev.token, ev.amount, ev.receiver, ev.timelock)
-        return Prepared(d, ledger, via, encode_call(ESCROW, "claim", *claim), claim, (ev.token, ev.receiver))
+        return Prepared(d, ledger, via, encode_call(ESCROW, "claim", *claim), claim, (ev.token, ev.receiver),
+                        expires=ev.timelock)
+
+    async def _prepare_settle(self, d: Due, slot: bytes) -> Prepared | None:
+        """Same-ledger path: both parties' authorisations over the exact terms, one AtomicDvP call."""
+        ins = d.rec.signed.instruction
+        ledger = self.st.ledger
+        if slot != bytes(32):
+            return None  # settled already (maybe by our previous incarnation): wait for confirmations
+        via = ledger.any_sender([ins.sellerStAccount, ins.buyerScAccount])
+        if via is None or ledger.dvp is None:
+            return None
+        await ledger.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount, spender=ledger.dvp)
+        await ledger.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount, spender=ledger.dvp)
+        terms = dvp_terms(ins)
+        entry = (terms, ledger.authorise_dvp(ins.sellerStAccount, terms), ledger.authorise_dvp(ins.buyerScAccount, terms))
+        return Prepared(d, ledger, via, encode_call(ATOMIC_DVP, "settle", *entry), entry, expires=ins.deadline,
+                        to=ledger.dvp)
 
     def _preimage(self, rec: TradeRecord, view: TradeView) -> bytes | None:
         public = view.sc.preimage or view.st.preimage

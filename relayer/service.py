@@ -26,17 +26,17 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         raise ConfigError("DVP_SECRET_KEY must be set (generate one with `dvp-relayer keygen`)")
     accounts = settings.accounts()
     st_chain = EvmChain("st", settings.st_urls(), request_timeout=settings.rpc_timeout)
-    sc_chain = EvmChain("sc", settings.sc_urls(), request_timeout=settings.rpc_timeout)
-    return Engine(
-        settings,
-        store or store_for(settings),
-        StChainLedger(st_chain, settings.st_escrow, accounts),
-        ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts),
-        SecretBox(settings.secret_key.get_secret_value()),
-    )
+    same_ledger = settings.sc_urls() == settings.st_urls()
+    sc_chain = st_chain if same_ledger else EvmChain("sc", settings.sc_urls(), request_timeout=settings.rpc_timeout)
+    st = StChainLedger(st_chain, settings.st_escrow, accounts, dvp=settings.dvp_contract)
+    sc = ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts)
+    if same_ledger:
+        sc.share_senders(st)  # one nonce ledger per account per chain, whichever leg sends
+    return Engine(settings, store or store_for(settings), st, sc, SecretBox(settings.secret_key.get_secret_value()))
 
 
 async def close_engine(engine: Engine) -> None:
     await engine.st.ledger.chain.close()
-    await engine.sc.ledger.chain.close()
+    if engine.sc.ledger.chain is not engine.st.ledger.chain:
+        await engine.sc.ledger.chain.close()
     await engine.store.close()

@@ -54,3 +54,19 @@ async def net(redis_server, tmp_path_factory):
     await sc_chain.close()
     st.stop()
     sc.stop()
+
+
+@pytest.fixture(scope="session")
+async def one_chain(redis_server):
+    """ONE anvil holding both the security token and the stablecoin (the same-ledger path), and a Redis."""
+    from deploy.devnet import DevnetOptions, _deploy
+    from relayer.secrets import generate_key
+    from tests.relayer_kit import Net
+
+    node = AnvilProcess(chain_id=17003, port=free_port(), block_time=0.5).start()
+    doc = await _deploy(DevnetOptions(), node.url, node.url, redis_server.url)
+    chain = EvmChain("st", [node.url])
+    await chain.connect()
+    yield Net(doc, redis_server.port, chain, chain, generate_key())
+    await chain.close()
+    node.stop()

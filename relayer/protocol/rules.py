@@ -80,6 +80,7 @@ class Action(StrEnum):
     CLAIM_ST = "claim_st"
     REFUND_ST = "refund_st"
     REFUND_SC = "refund_sc"
+    SETTLE_DVP = "settle_dvp"  # same-ledger path: both legs in one AtomicDvP transaction
 
 
 @dataclass(frozen=True)
@@ -252,4 +253,33 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
             d.notes.append(f"too late to lock SC: T_sc {t_sc} leaves less than Δ={delta}s")
     if st_problems and roles.buyer:
         d.notes.append("ST lock has wrong terms: not acting on it")
+    return d
+
+
+@dataclass(frozen=True)
+class AtomicView:
+    """A same-ledger trade as the chain shows it: whether AtomicDvP settled exactly our terms."""
+
+    instruction: TradeInstruction
+    settled: bool  # a k-confirmed Settled event with our terms' digest
+    now: int  # projected chain clock: used to start the settlement
+    confirmed_time: int  # timestamp of the last block whose events were all read
+
+
+def decide_atomic(view: AtomicView, roles: Roles, policy: TimingPolicy) -> Decision:
+    """Same-ledger trades: one transaction moves both legs or none, so there is no one-sided state to guard.
+
+    ABORTED is final only once every block up to one stamped at or after the deadline has been read: the
+    contract refuses terms at or after their deadline and block times never go back, so nothing can settle.
+    """
+    ins = view.instruction
+    if view.settled:
+        return Decision(TradeState.SETTLED)
+    if view.confirmed_time >= ins.deadline:
+        return Decision(TradeState.ABORTED)
+    d = Decision(TradeState.MATCHED)
+    if not (roles.seller and roles.buyer):
+        d.notes.append("same-ledger DvP needs both parties' signatures; this relayer holds only one: waiting")
+    elif view.now + policy.inclusion_delay < ins.deadline:
+        d.actions.append(Action.SETTLE_DVP)
     return d
