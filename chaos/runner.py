@@ -418,7 +418,15 @@ class Chaos:
 
     async def run(self) -> int:
         t0 = time.monotonic()
-        await self.setup()
+        try:
+            await self.setup()
+        except BaseException:
+            # nothing may outlive a failed set-up: an orphan anvil would keep dumping its (older) state into
+            # the same state file, and the next run's restarted chain would load it
+            for proc in ("st_node", "sc_node", "redis"):
+                if hasattr(self, proc):
+                    getattr(self, proc).stop()
+            raise
         self.echo(f"chaos: {self.cfg.trades} trades, seed {self.cfg.seed}, Δ={self.delta}s, "
                   f"k={self.cfg.confirmations}, workdir {self.cfg.workdir}")
         injector = asyncio.create_task(self.faults())
