@@ -30,3 +30,7 @@ class ReceiptTimeout(LedgerError):
 
 class LeaseLost(LedgerError):
     """Raised when this process may no longer hold the lease to sign for an account; another worker may."""
+
+    def __init__(self, message: str, account: str | None = None) -> None:
+        super().__init__(message)
+        self.account = account

@@ -250,6 +250,7 @@ class TxSender:
         self.history: dict[int, SentTx] = {}  # recent sends by nonce, to re-broadcast one a reorg dropped
         self._history_size = 512
         self.gaps_healed = 0
+        self.active = True  # False while another process holds this account's lease
         self._block_seen = asyncio.Event()
         self._fee_cache: tuple[float, int, int] | None = None
         self._fee_stale = True
@@ -432,7 +433,7 @@ class TxSender:
         original (same intent, same hash) when we still have it, else a zero-value self-transfer.
         Returns how many nonces were filled.
         """
-        if self._next_nonce is None:
+        if self._next_nonce is None or not self.active:
             return 0
         latest = mined_count if mined_count is not None else await self._mined_count()
         async with self._lock:

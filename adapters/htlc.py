@@ -19,6 +19,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
 from adapters.contracts import abi, dvp_typed_data, encode_call, swap_id, typed_data_digest
+from adapters.errors import LeaseLost
 from adapters.evm import EvmChain, TxSender
 
 ESCROW = "HashedTimelockEscrow"
@@ -239,8 +240,10 @@ class HtlcLedger:
             if addr in addresses and addr not in self.senders:
                 await sender.resync_nonce()
                 self.senders[addr] = sender
+                sender.active = True
             elif addr not in addresses:
                 self.senders.pop(addr, None)
+                sender.active = False  # another worker signs now: never fill "gaps" it may be using
 
     def share_senders(self, other: HtlcLedger) -> None:
         """Both legs on one chain: use the other ledger's senders, so each account has ONE nonce ledger."""
@@ -293,6 +296,8 @@ class HtlcLedger:
         raw = await self.chain.call(lambda w3: w3.eth.call({"to": token, "data": data}))
         allowance = int.from_bytes(bytes(raw)[-32:], "big")
         if allowance < amount:
+            if owner not in self.senders:
+                raise LeaseLost(f"{self.chain.name}: approving {spender} needs {owner}'s lease", account=owner)
             await self.senders[owner].transact(token, encode_call(ERC20, "approve", spender, MAX_UINT256))
             allowance = MAX_UINT256
         if allowance == MAX_UINT256:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import time
 from collections import defaultdict
@@ -33,7 +34,7 @@ from adapters.htlc import (
     SettledEvent,
 )
 from relayer.config import Settings
-from relayer.errors import ConcurrentUpdate, ConfigError, InvalidInstruction, NotReady
+from relayer.errors import ConcurrentUpdate, ConfigError, FencedOut, InvalidInstruction, NotReady
 from redis.exceptions import RedisError
 
 from relayer import metrics
@@ -95,6 +96,14 @@ class ChainIndex:
         for tid in list(self.settlements):
             self.settlements[tid] = [e for e in self.settlements[tid] if e.block <= height]
 
+    def retain(self, trade_ids: set[bytes]) -> None:
+        """Keep only what belongs to these trades (a worker sees every trade's events, drives only some)."""
+        self.locks = defaultdict(list, {t: v for t, v in self.locks.items() if t in trade_ids})
+        self.settlements = defaultdict(list, {t: v for t, v in self.settlements.items() if t in trade_ids})
+        live = {e.swap_id for evs in self.locks.values() for e in evs}
+        self.claims = {k: v for k, v in self.claims.items() if k in live}
+        self.refunds = {k: v for k, v in self.refunds.items() if k in live}
+
     def forget(self, trade_id: bytes, swap_ids: list[bytes]) -> None:
         self.locks.pop(trade_id, None)
         self.settlements.pop(trade_id, None)
@@ -115,6 +124,14 @@ class ChainIndex:
                             ev.block)
         return LegView(lock=lock, claimed=claim is not None, preimage=claim.preimage if claim else None,
                        refunded=sid in self.refunds), ev, others
+
+
+class NeedsAccount(Exception):
+    """An action needs the signature of an account whose lease another worker holds: route it there."""
+
+    def __init__(self, account: str) -> None:
+        super().__init__(account)
+        self.account = account
 
 
 @dataclass
@@ -195,6 +212,9 @@ class Engine:
         self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
         self._due: list[Due] = []
         self._accounts_held: set[str] = set()
+        self._owned: dict[str, str] = {}  # trade id -> our lease value "token#fence" (the trades we drive)
+        self._next_scan = 0.0  # monotonic time of the next look for trades nobody drives
+        self.live_workers = 1
         self._lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
         self._background: set[asyncio.Task[None]] = set()
         self._observed_at = 0.0
@@ -236,6 +256,7 @@ class Engine:
         await self.validate(signed)
         created = await self.store.create(signed, TradeState.MATCHED, ACTOR)
         if created:
+            await self.store.enqueue_intake(signed.instruction.tradeId)
             self.log.info("trade_accepted", trade_id=signed.instruction.tradeId)
         return created
 
@@ -317,7 +338,7 @@ class Engine:
             wake.clear()
             try:
                 await self.step()
-            except LedgerError as exc:
+            except (LedgerError, RedisError, OSError) as exc:  # a chain or Redis is down: the next round retries
                 self.log.warning("round_failed", error=str(exc), error_type=type(exc).__name__)
             except Exception as exc:  # noqa: BLE001 - keep the worker alive; the next round re-derives all
                 self.log.exception("round_crashed", error=str(exc))
@@ -386,26 +407,73 @@ class Engine:
 
     async def _hold_accounts(self) -> None:
         """Several workers may share one Redis and the same keys: an account lease makes exactly one of them
-        the signer of each account (no nonce races); the others stand by and take over when it lapses, or at
-        once when its holder is a process on this host that has died."""
+        the signer of each account (no nonce races). Live workers split the accounts evenly; a lease passes
+        on when it lapses, or at once when its holder is a process on this host that has died."""
         accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
         if not accounts:
             return
-        names = [f"account:{a}" for a in accounts]
         ttl_ms = int(self.settings.lease_ttl * 1000)
         asked = time.monotonic()
-        holders = await self.store.hold_leases(names, WORKER_TOKEN, ttl_ms)
-        dead = {n: h for n, h in holders.items() if h != WORKER_TOKEN and holder_is_dead(h)}
+        self.live_workers = await self.store.heartbeat(WORKER_TOKEN, self.settings.lease_ttl)
+        share = math.ceil(len(accounts) / self.live_workers)
+        names = [f"account:{a}" for a in accounts]
+        current = await self.store.account_lease_holders(names)
+        keep = [n for n in names if current[n] == WORKER_TOKEN]
+        extra = keep[share:] if len(keep) > share else []
+        extra = [n for n in extra if not self._busy(n.split(":", 1)[1])]  # never hand over mid-transaction
+        if extra:
+            await self.store.release_leases(extra, WORKER_TOKEN)
+        keep = [n for n in keep if n not in extra]
+        free = [n for n in names if current[n] is None or holder_is_dead(current[n])]
+        wanted = keep + free[:max(0, share - len(keep))]
+        dead = {n: current[n] for n in wanted if current[n] and current[n] != WORKER_TOKEN}
+        holders = await self.store.hold_leases(wanted, WORKER_TOKEN, ttl_ms, dead=dead) if wanted else {}
         if dead:
-            holders |= await self.store.hold_leases(list(dead), WORKER_TOKEN, ttl_ms, dead=dead)
             self.log.info("account_leases_taken_from_dead_worker", leases=sorted(dead))
-        mine = {a for a in accounts if holders[f"account:{a}"] == WORKER_TOKEN}
+        mine = {a for a in accounts if holders.get(f"account:{a}") == WORKER_TOKEN}
         self._lease_valid_until = asked + 0.8 * self.settings.lease_ttl
         if mine != self._accounts_held:
-            self.log.info("account_leases", held=sorted(mine), lost=sorted(self._accounts_held - mine))
+            self.log.info("account_leases", held=sorted(mine), lost=sorted(self._accounts_held - mine),
+                          live_workers=self.live_workers)
         self._accounts_held = mine
         await self.st.ledger.set_active(mine)
         await self.sc.ledger.set_active(mine)
+
+    def _busy(self, account: str) -> bool:
+        return any(s.in_flight for led in (self.st.ledger, self.sc.ledger)
+                   if (s := led.all_senders.get(account)) is not None)
+
+    async def _own_trades(self) -> dict[str, str]:
+        """The trades this worker drives: new ones from the intake stream (consumer group), ones whose driver
+        died (lease lapsed, or its process on this host is gone), up to an even share of the open trades.
+        Each lease carries a fencing number; state writes check it (see Store.update)."""
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        entries = await self.store.read_intake(WORKER_TOKEN, count=16, min_idle_ms=ttl_ms)
+        candidates = set(self._owned) | {tid for _, tid in entries}
+        dead: dict[str, str] = {}
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + min(1.0, self.settings.lease_ttl / 4)
+            open_ids = await self.store.open_trades(settled_for=1.0)
+            others = [t for t in open_ids if t not in candidates]
+            share = math.ceil(await self.store.count_open() / self.live_workers)
+            room = max(0, share - len(candidates))
+            for tid, holder in (await self.store.trade_lease_holders(others)).items():
+                if room <= 0:
+                    break
+                if holder is None or holder_is_dead(holder.split("#", 1)[0]):
+                    candidates.add(tid)
+                    room -= 1
+                    if holder is not None:
+                        dead[tid] = holder
+        values = await self.store.hold_trade_leases(sorted(candidates), WORKER_TOKEN, ttl_ms, dead=dead)
+        owned = {t: v for t, v in values.items() if v.startswith(WORKER_TOKEN + "#")}
+        for tid in set(self._owned) - set(owned):
+            self.log.info("trade_lease_lost", trade_id=tid)
+        self._owned = owned
+        metrics.OWNED_TRADES.set(len(owned))
+        await self.store.ack_intake([eid for eid, _ in entries])
+        return owned
 
     async def _keep_leases(self, stop: asyncio.Event) -> None:
         """Renew the account leases on their own timer, so a slow round (a node timing out) cannot let them
@@ -418,12 +486,20 @@ class Engine:
                 pass
             try:
                 await self._hold_accounts()
+                if self._owned:
+                    values = await self.store.hold_trade_leases(list(self._owned), WORKER_TOKEN,
+                                                                int(self.settings.lease_ttl * 1000))
+                    self._owned = {t: v for t, v in values.items() if v == self._owned.get(t)}
             except (RedisError, LedgerError, OSError) as exc:
                 self.log.warning("lease_renewal_failed", error=str(exc))
 
     async def release_accounts(self) -> None:
+        """On shutdown: hand accounts and trades to the other workers at once instead of after the TTL."""
         accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
         await self.store.release_leases([f"account:{a}" for a in accounts], WORKER_TOKEN)
+        await self.store.release_trade_leases(self._owned)
+        self._owned = {}
+        await self.store.leave(WORKER_TOKEN)
 
     async def step(self) -> None:
         await self._hold_accounts()
@@ -436,14 +512,24 @@ class Engine:
         self._round_states: dict[str, int] = defaultdict(int)
         self._min_left = {"st": float("inf"), "sc": float("inf")}
         self._due: list[Due] = []
-        for rec in await self.store.get_many(await self.store.open_trades()):
+        owned = await self._own_trades()
+        routed = await self.store.take_routed(sorted(self._accounts_held), 200) if self._accounts_held else []
+        ids = list(owned) + [t for t in dict.fromkeys(routed) if t not in owned]
+        for rec in await self.store.get_many(ids):
             if rec.state in TERMINAL:
+                if rec.trade_id in owned:
+                    await self.store.release_trade_leases({rec.trade_id: owned[rec.trade_id]})
+                    self._owned.pop(rec.trade_id, None)
                 continue
             try:
-                await self._advance(rec, now_st, now_sc)
+                await self._advance(rec, now_st, now_sc, fence=owned.get(rec.trade_id))
+            except FencedOut:
+                self._owned.pop(rec.trade_id, None)  # another worker took it over: stop acting on it
             except ConcurrentUpdate:
                 pass  # another worker moved it: next round re-reads
             self._round_states[rec.state.value] += 1
+        if self.rounds % 200 == 0:
+            await self._prune_index()
         for state in TradeState:
             if state not in TERMINAL:
                 metrics.TRADES.labels(state.value).set(self._round_states.get(state.value, 0))
@@ -456,16 +542,21 @@ class Engine:
 
     def roles_for(self, rec: TradeRecord) -> Roles:
         ins = rec.signed.instruction
+        # Roles are the keys this firm's workers hold; which worker signs is the account lease's business
+        # (an action needing an account leased elsewhere is routed to that worker's outbox).
         return Roles(
-            seller=self.st.ledger.signs_for(ins.sellerStAccount),
-            buyer=self.sc.ledger.signs_for(ins.buyerScAccount),
-            st_gas=bool(self.st.ledger.senders),
-            sc_gas=bool(self.sc.ledger.senders),  # only accounts this worker holds the lease of
+            seller=ins.sellerStAccount in self.st.ledger.all_senders,
+            buyer=ins.buyerScAccount in self.sc.ledger.all_senders,
+            st_gas=bool(self.st.ledger.all_senders),
+            sc_gas=bool(self.sc.ledger.all_senders),
         )
 
-    async def _advance(self, rec: TradeRecord, now_st: int, now_sc: int) -> None:
+    async def _advance(self, rec: TradeRecord, now_st: int, now_sc: int, fence: str | None = None) -> None:
+        """Decide one trade. With `fence` (our trade lease) this worker drives it: it writes state, creates the
+        secret and reports. Without, it only helps: the trade was routed here because a due action needs an
+        account this worker signs for; it acts, and leaves every record write to the driver."""
         if self.is_atomic(rec):
-            await self._advance_atomic(rec, now_st)
+            await self._advance_atomic(rec, now_st, fence)
             return
         ins = rec.signed.instruction
         log = self.log.bind(trade_id=ins.tradeId)
@@ -473,9 +564,10 @@ class Engine:
         roles = self.roles_for(rec)
         st_leg, st_ev, st_foreign = self.st.index.leg(tid, ins.sellerStAccount)
         sc_leg, sc_ev, sc_foreign = self.sc.index.leg(tid, ins.buyerScAccount)
-        await self._note_from_blocks(rec)
-        if roles.seller and rec.get("hashlock") is None and st_leg.lock is None:
-            await self._prepare_secret(rec, now_st, log)
+        if fence is not None:
+            await self._note_from_blocks(rec, fence)
+            if roles.seller and rec.get("hashlock") is None and st_leg.lock is None:
+                await self._prepare_secret(rec, now_st, log, fence)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc, clock_offset=self.clock_offset,
@@ -483,47 +575,49 @@ class Engine:
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
         )
         d = decide(view, roles, self.policy)
-        await self._report_anomalies(rec, d, st_foreign + sc_foreign, log)
-        self._watch_timelocks(rec, st_leg, sc_leg, now_st, now_sc, log)
-        observed = {}
-        if st_leg.lock and rec.get("st_timelock") is None:
-            observed["st_timelock"] = st_leg.lock.timelock
-        if sc_leg.lock and rec.get("sc_timelock") is None:
-            observed["sc_timelock"] = sc_leg.lock.timelock
-        await self._apply(rec, d, observed, [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign,
-                          log)
+        if fence is not None:
+            await self._report_anomalies(rec, d, st_foreign + sc_foreign, log)
+            self._watch_timelocks(rec, st_leg, sc_leg, now_st, now_sc, log)
+            observed = {}
+            if st_leg.lock and rec.get("st_timelock") is None:
+                observed["st_timelock"] = st_leg.lock.timelock
+            if sc_leg.lock and rec.get("sc_timelock") is None:
+                observed["sc_timelock"] = sc_leg.lock.timelock
+            await self._apply(rec, d, observed,
+                              [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign, log, fence)
         for action in d.actions:
             self._due.append(Due(rec, action, view, st_ev, sc_ev, self._observed_at))
 
-    async def _advance_atomic(self, rec: TradeRecord, now_st: int) -> None:
+    async def _advance_atomic(self, rec: TradeRecord, now_st: int, fence: str | None) -> None:
         """A same-ledger trade: settled when a confirmed Settled event carries our terms' digest."""
         ins = rec.signed.instruction
         log = self.log.bind(trade_id=ins.tradeId)
-        await self._note_from_blocks(rec)
         digest = self.st.ledger.dvp_digest(dvp_terms(ins))
         settlements = self.st.index.settlements.get(ins.trade_id_bytes, [])
         view = AtomicView(ins, settled=any(e.digest == digest for e in settlements), now=now_st,
                           confirmed_time=self.st.follower.confirmed_timestamp if self.st.follower else 0)
         d = decide_atomic(view, self.roles_for(rec), self.policy)
-        await self._report_anomalies(rec, d, [], log)
-        await self._apply(rec, d, {}, [], log)
+        if fence is not None:
+            await self._note_from_blocks(rec, fence)
+            await self._report_anomalies(rec, d, [], log)
+            await self._apply(rec, d, {}, [], log, fence)
         for action in d.actions:
             self._due.append(Due(rec, action, None, None, None, self._observed_at))  # type: ignore[arg-type]
 
-    async def _note_from_blocks(self, rec: TradeRecord) -> None:
+    async def _note_from_blocks(self, rec: TradeRecord, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""
         if rec.get_int("st_from_block") is None:
             await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),  # type: ignore
                                           "sc_from_block": max(0, self.sc.follower.last_head - 64)},  # type: ignore
-                                    actor=ACTOR, event=None)
+                                    actor=ACTOR, event=None, fence=fence)
 
     async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], locks: list[LockedEvent],
-                     log: Any) -> None:
-        """Persist the decided state (compare-and-set, audited); forget and archive a finished trade."""
+                     log: Any, fence: str) -> None:
+        """Persist the decided state (compare-and-set, fenced, audited); forget and archive a finished trade."""
         if d.state != rec.state and can_transition(rec.state, d.state):
             old = rec.state
             await self.store.update(rec, {"state": d.state.value, **observed}, actor=ACTOR, event="state",
-                                    **{"from": old.value, "to": d.state.value})
+                                    fence=fence, **{"from": old.value, "to": d.state.value})
             log.info("trade_state", from_state=old.value, to_state=d.state.value)
             metrics.TRANSITIONS.labels(d.state.value).inc()
             if d.state is TradeState.SETTLED:
@@ -532,7 +626,13 @@ class Engine:
                 self._forget(rec, locks)
                 self._archive_later(rec.trade_id)
         elif observed:
-            await self.store.update(rec, observed, actor=ACTOR, event=None)
+            await self.store.update(rec, observed, actor=ACTOR, event=None, fence=fence)
+
+    async def _prune_index(self) -> None:
+        """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
+        open_ids = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
+        for side in (self.st, self.sc):
+            side.index.retain(open_ids)
 
     def _archive_later(self, trade_id: str) -> None:
         """Compact a finished trade once the audit entries of its last transactions are written."""
@@ -574,7 +674,7 @@ class Engine:
                     self._reported.add(key)
                     log.warning("timelock_near", leg=leg, seconds_left=left, state=rec.state.value)
 
-    async def _prepare_secret(self, rec: TradeRecord, now_st: int, log: Any) -> None:
+    async def _prepare_secret(self, rec: TradeRecord, now_st: int, log: Any, fence: str) -> None:
         """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent)."""
         ins = rec.signed.instruction
         t_st = min(ins.deadline, now_st + self.policy.st_lock_duration)
@@ -585,7 +685,7 @@ class Engine:
             rec,
             {"hashlock": hashlib.sha256(secret).hexdigest(), "secret": self.box.seal(secret, ins.tradeId),
              "t_st": t_st},
-            actor=ACTOR, event="secret_created", t_st=t_st,
+            actor=ACTOR, event="secret_created", fence=fence, t_st=t_st,
         )
         log.info("secret_created", t_st=t_st)
 
@@ -660,7 +760,8 @@ class Engine:
         cooldown = (self.settings.confirmations + 1) * self.settings.block_time
         try:
             slots = await self._slots(items)
-            prepared = [p for p in await asyncio.gather(*(self._prepare(d, slot) for d, slot in zip(items, slots)))
+            prepared = [p for p in await asyncio.gather(*(self._prepare_or_route(d, slot)
+                                                          for d, slot in zip(items, slots)))
                         if p is not None]
             if not prepared:
                 return
@@ -768,6 +869,36 @@ class Engine:
         contract = ledger.dvp if items[0].action is Action.SETTLE_DVP else None
         return await ledger.swap_slots([self._swap_of(d)[1] for d in items], contract)
 
+    async def _prepare_or_route(self, d: Due, slot: bytes) -> Prepared | None:
+        """_prepare(); when the action needs an account another worker signs for, hand the trade to it."""
+        try:
+            return await self._prepare(d, slot)
+        except (NeedsAccount, LeaseLost) as exc:
+            account = exc.account
+            if account is None:
+                raise
+        if await self.store.route(account, d.rec.trade_id, ttl_ms=2000):
+            metrics.ROUTED.inc()
+            self.log.info("action_routed", trade_id=d.rec.trade_id, action=d.action.value, account=account)
+        return None
+
+    def _sender(self, ledger: HtlcLedger, account: str) -> TxSender:
+        """The sender of `account` if this worker holds its lease; else NeedsAccount (route the action)."""
+        via = ledger.senders.get(account)
+        if via is None:
+            raise NeedsAccount(account)
+        return via
+
+    def _gas_sender(self, ledger: HtlcLedger, prefer: list[str]) -> TxSender:
+        """Any account this worker signs for on `ledger` (claims and refunds need no particular one)."""
+        via = ledger.any_sender(prefer)
+        if via is None:
+            known = [a for a in prefer if a in ledger.all_senders] or list(ledger.all_senders)
+            if not known:
+                raise LeaseLost(f"{ledger.chain.name}: no key to pay gas with")
+            raise NeedsAccount(known[0])
+        return via
+
     async def _prepare(self, d: Due, slot: bytes) -> Prepared | None:
         """Given the swap's current slot, None when the chain shows the action is no longer needed."""
         rec, action = d.rec, d.action
@@ -779,30 +910,30 @@ class Engine:
         if action is Action.LOCK_ST:
             if slot != bytes(32):
                 return None  # already locked (maybe by our previous incarnation): wait for confirmations
+            via = self._sender(st, ins.sellerStAccount)
             await st.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount)
             terms = (tid, ins.stToken, ins.stAmount, ins.buyerStAccount, bytes.fromhex(rec.fields["hashlock"]),
                      int(rec.fields["t_st"]))
-            return Prepared(d, st, st.senders[ins.sellerStAccount], encode_call(ESCROW, "lock", *terms), terms,
+            return Prepared(d, st, via, encode_call(ESCROW, "lock", *terms), terms,
                             (ins.stToken,), expires=terms[-1])
         if action is Action.LOCK_SC:
             assert d.st_ev is not None
             t_sc = sc_timelock_for(d.st_ev.timelock, self.policy.delta())
             if slot != bytes(32):
                 return None
+            via = self._sender(sc, ins.buyerScAccount)
             if rec.get("t_sc") is None:
                 await self.store.update(rec, {"t_sc": t_sc}, actor=ACTOR, event="sc_lock_planned", t_sc=t_sc)
             await sc.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount)
             terms = (tid, ins.scToken, ins.scAmount, ins.sellerScAccount, d.st_ev.hashlock, t_sc)
-            return Prepared(d, sc, sc.senders[ins.buyerScAccount], encode_call(ESCROW, "lock", *terms), terms,
+            return Prepared(d, sc, via, encode_call(ESCROW, "lock", *terms), terms,
                             (ins.scToken,), expires=t_sc)
         ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
         assert ev is not None
         sid = ev.swap_id
         if slot == bytes(32):
             return None  # already claimed or refunded
-        via = ledger.any_sender(self._prefer(d))
-        if via is None:
-            return None
+        via = self._gas_sender(ledger, self._prefer(d))
         if action in (Action.REFUND_ST, Action.REFUND_SC):
             swap = (ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock, ev.timelock)
             return Prepared(d, ledger, via, encode_call(ESCROW, "refund", swap), swap, (ev.token, ev.sender))
@@ -819,9 +950,9 @@ class Engine:
         ledger = self.st.ledger
         if slot != bytes(32):
             return None  # settled already (maybe by our previous incarnation): wait for confirmations
-        via = ledger.any_sender([ins.sellerStAccount, ins.buyerScAccount])
-        if via is None or ledger.dvp is None:
+        if ledger.dvp is None:
             return None
+        via = self._gas_sender(ledger, [ins.sellerStAccount, ins.buyerScAccount])
         await ledger.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount, spender=ledger.dvp)
         await ledger.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount, spender=ledger.dvp)
         terms = dvp_terms(ins)

@@ -42,3 +42,10 @@ class NotReady(RelayerError):
     """Raised when a worker cannot take a trade yet (its chains or Redis are not connected); retry later."""
 
     code = "not_ready"
+
+
+class FencedOut(ConcurrentUpdate):
+    """Raised when a state write carries a trade lease value this worker no longer holds: another worker took
+    the trade over (fencing), so this one must stop acting on it."""
+
+    code = "fenced_out"

@@ -30,3 +30,6 @@ CLOCK_OFFSET = Gauge("dvp_chain_clock_offset_seconds", "ST chain clock minus coi
                      registry=REGISTRY)
 REACTION_SECONDS = Histogram("dvp_reaction_seconds", "Chain event observed -> resulting transaction broadcast",
                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=REGISTRY)
+ROUTED = Counter("dvp_actions_routed_total", "Actions handed to the worker that signs for the needed account",
+                 registry=REGISTRY)
+OWNED_TRADES = Gauge("dvp_trades_driven", "Open trades this worker holds the lease of", registry=REGISTRY)

@@ -10,6 +10,13 @@ Keys (prefix `dvp:`):
   dvp:lease:{name}    string: the token of the worker holding the lease (SET NX PX; renewed with a Lua
                       compare-token script). Account leases make one worker the only signer of an account.
   dvp:cursor:{chain}  hash: height and hash of the last block the follower processed
+  dvp:intake          stream: one entry per accepted trade id; consumer group `dvp:workers` hands each entry
+                      to one worker, which takes the trade's lease and acks (XAUTOCLAIM recovers a dead
+                      reader's entries)
+  dvp:lease:trade:{id} string "token#fence": the worker driving the trade; `fence` grows by one at every
+                      handover (kept in the trade hash) and state writes check it (fencing)
+  dvp:workers         sorted set: worker token -> last heartbeat (live workers share the work)
+  dvp:outbox:{account} list of trade ids whose next action needs `account`'s signature, held by another worker
 State changes are compare-and-set on `version` (Lua), and the audit entry is written in the same script.
 Delivery: at-least-once; every action the engine takes is idempotent and checked against the chain.
 """
@@ -24,7 +31,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from relayer.errors import ConcurrentUpdate, ConflictingInstruction
+from relayer.errors import ConcurrentUpdate, ConflictingInstruction, FencedOut
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
 
@@ -32,6 +39,9 @@ PREFIX = "dvp:"
 OPEN = PREFIX + "open"
 ALL = PREFIX + "all"
 COUNTS = PREFIX + "counts"
+INTAKE = PREFIX + "intake"
+INTAKE_GROUP = PREFIX + "workers"
+WORKERS = PREFIX + "workers"
 
 
 def trade_key(trade_id: str) -> str:
@@ -40,6 +50,10 @@ def trade_key(trade_id: str) -> str:
 
 def audit_key(trade_id: str) -> str:
     return f"{PREFIX}audit:{trade_id}"
+
+
+def outbox_key(account: str) -> str:
+    return f"{PREFIX}outbox:{account}"
 
 
 def cursor_key(chain: str) -> str:
@@ -62,10 +76,12 @@ redis.call('ZADD', KEYS[4], ARGV[4], fields['trade_id'])
 return 1
 """
 
-# KEYS: trade, audit, open, counts. ARGV: expected version, fields JSON, audit JSON (or ''), terminal flag, trade id
+# KEYS: trade, audit, open, counts, trade lease. ARGV: expected version, fields JSON, audit JSON (or ''),
+# terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools)
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if v ~= ARGV[1] then return -1 end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then return -2 end
 local fields = cjson.decode(ARGV[2])
 for k, val in pairs(fields) do redis.call('HSET', KEYS[1], k, val) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -100,6 +116,23 @@ if holder == false or (ARGV[3] ~= '' and holder == ARGV[3]) then
   return ARGV[1]
 end
 if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return holder
+"""
+
+# KEYS: trade lease, trade. ARGV: token, ttl ms, value of a holder known to be dead (or "").
+# Take a free lease (or a dead holder's) with the next fencing number, or renew ours; returns the value held.
+_TRADE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or (ARGV[3] ~= '' and holder == ARGV[3]) then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return '' end
+  local fence = redis.call('HINCRBY', KEYS[2], 'fence', 1)
+  local value = ARGV[1] .. '#' .. fence
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  return value
+end
+if string.sub(holder, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '#' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return holder
@@ -144,6 +177,7 @@ class Store:
         self._archive = client.register_script(_ARCHIVE)
         self._lease = client.register_script(_LEASE)
         self._release = client.register_script(_RELEASE)
+        self._trade_lease = client.register_script(_TRADE_LEASE)
         self._parsed: dict[str, SignedInstruction] = {}
 
     @classmethod
@@ -226,19 +260,23 @@ class Store:
         *,
         actor: str,
         event: str | None,
+        fence: str = "",
         **audit: Any,
     ) -> TradeRecord:
-        """Compare-and-set: write `fields` (and an audit entry) only if nobody changed the record since `rec`."""
+        """Compare-and-set: write `fields` (and an audit entry) only if nobody changed the record since `rec`
+        and, when `fence` is given, only while the trade's lease still holds that exact value."""
         str_fields = {k: str(v) for k, v in fields.items()}
         new_state = TradeState(str_fields.get("state", rec.state.value))
         entry = _audit_entry(actor, event, **audit) if event else ""
         res = await self._update(
-            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS],
+            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS, lease_key(f"trade:{rec.trade_id}")],
             args=[str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
-                  rec.trade_id],
+                  rec.trade_id, fence],
         )
         if int(res) == -1:
             raise ConcurrentUpdate(f"trade {rec.trade_id} changed concurrently (had version {rec.version})")
+        if int(res) == -2:
+            raise FencedOut(f"trade {rec.trade_id}: this worker no longer holds its lease ({fence}); not writing")
         rec.fields.update(str_fields)
         rec.version, rec.state = int(res), new_state
         return rec
@@ -269,7 +307,10 @@ class Store:
         """An audit entry that changes no state (e.g. a counterparty lock with wrong terms was seen)."""
         await self.r.rpush(audit_key(trade_id), _audit_entry(actor, event, **data))
 
-    async def open_trades(self) -> list[str]:
+    async def open_trades(self, settled_for: float = 0.0) -> list[str]:
+        """Ids of the non-terminal trades; with `settled_for`, only those accepted at least that long ago."""
+        if settled_for:
+            return list(await self.r.zrangebyscore(OPEN, "-inf", time.time() - settled_for))
         return list(await self.r.zrange(OPEN, 0, -1))
 
     async def list_trades(self, offset: int = 0, limit: int = 100) -> list[str]:
@@ -286,9 +327,110 @@ class Store:
             results = await pipe.execute()
         return dict(zip(names, results))
 
+    async def hold_trade_leases(self, trade_ids: list[str], token: str, ttl_ms: int,
+                                dead: dict[str, str] | None = None) -> dict[str, str]:
+        """Take or renew trade leases in one round trip; trade id -> lease value now ("token#fence"; ours when
+        it starts with our token; "" when the trade no longer exists)."""
+        dead = dead or {}
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in trade_ids:
+                await self._trade_lease(keys=[lease_key(f"trade:{tid}"), trade_key(tid)],
+                                        args=[token, ttl_ms, dead.get(tid, "")], client=pipe)
+            results = await pipe.execute()
+        return dict(zip(trade_ids, results))
+
+    async def trade_lease_holders(self, trade_ids: list[str]) -> dict[str, str | None]:
+        if not trade_ids:
+            return {}
+        values = await self.r.mget([lease_key(f"trade:{t}") for t in trade_ids])
+        return dict(zip(trade_ids, values))
+
+    async def release_trade_leases(self, values: dict[str, str]) -> None:
+        """Give up trades (value = the exact lease value we hold), e.g. when shutting down."""
+        for tid, value in values.items():
+            await self._release(keys=[lease_key(f"trade:{tid}")], args=[value])
+
+    # -- intake stream
+
+    async def ensure_intake_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self.r.xgroup_create(INTAKE, INTAKE_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue_intake(self, trade_id: str) -> None:
+        await self.r.xadd(INTAKE, {"trade_id": trade_id}, maxlen=100_000, approximate=True)
+
+    async def read_intake(self, consumer: str, count: int, min_idle_ms: int) -> list[tuple[str, str]]:
+        """New entries for this consumer, plus entries a dead consumer read and never acked (older than
+        `min_idle_ms`): [(entry id, trade id)]."""
+        from redis.exceptions import ResponseError
+
+        try:
+            return await self._read_intake(consumer, count, min_idle_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_intake_group()  # a fresh (or flushed) Redis
+            return await self._read_intake(consumer, count, min_idle_ms)
+
+    async def _read_intake(self, consumer: str, count: int, min_idle_ms: int) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        claimed = await self.r.xautoclaim(INTAKE, INTAKE_GROUP, consumer, min_idle_ms, "0-0", count=count)
+        for entry_id, data in claimed[1]:
+            if data:
+                out.append((entry_id, data["trade_id"]))
+        fresh = await self.r.xreadgroup(INTAKE_GROUP, consumer, {INTAKE: ">"}, count=count)
+        for _stream, entries in fresh or []:
+            out += [(entry_id, data["trade_id"]) for entry_id, data in entries]
+        return out
+
+    async def ack_intake(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            await self.r.xack(INTAKE, INTAKE_GROUP, *entry_ids)
+            await self.r.xdel(INTAKE, *entry_ids)
+
+    # -- live workers
+
+    async def heartbeat(self, token: str, ttl: float) -> int:
+        """Record that `token` is alive; returns the number of live workers (heartbeat within `ttl`)."""
+        now = time.time()
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.zadd(WORKERS, {token: now})
+            pipe.zremrangebyscore(WORKERS, "-inf", now - 10 * ttl)
+            pipe.zcount(WORKERS, now - ttl, "+inf")
+            res = await pipe.execute()
+        return max(1, int(res[2]))
+
+    async def leave(self, token: str) -> None:
+        await self.r.zrem(WORKERS, token)
+
+    # -- outboxes: actions routed to the worker that signs for an account
+
+    async def route(self, account: str, trade_id: str, ttl_ms: int) -> bool:
+        """Ask the signer of `account` to act on `trade_id` (deduplicated for ttl_ms). True if queued now."""
+        if not await self.r.set(f"{outbox_key(account)}:{trade_id}", "1", nx=True, px=ttl_ms):
+            return False
+        await self.r.rpush(outbox_key(account), trade_id)
+        return True
+
+    async def take_routed(self, accounts: list[str], count: int) -> list[str]:
+        """Trade ids routed to these accounts (removed from their outboxes)."""
+        out: list[str] = []
+        for account in accounts:
+            out += await self.r.lpop(outbox_key(account), count) or []
+        return out
+
     async def release_leases(self, names: list[str], token: str) -> None:
         for name in names:
             await self._release(keys=[lease_key(name)], args=[token])
+
+    async def account_lease_holders(self, names: list[str]) -> dict[str, str | None]:
+        values = await self.r.mget([lease_key(n) for n in names]) if names else []
+        return dict(zip(names, values))
 
     async def lease_holder(self, name: str) -> str | None:
         return await self.r.get(lease_key(name))
