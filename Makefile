@@ -5,7 +5,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup system-deps demo test chaos-long bench gas-report compile devnet-up devnet-down clean
+.PHONY: setup system-deps demo test chaos-long bench bench-scale gas-report compile devnet-up devnet-down clean
 
 setup: $(VENV_STAMP) $(NPM_STAMP) system-deps
 
@@ -41,6 +41,9 @@ chaos-long: setup
 # Benchmark (not part of `make test`): raw ceiling, latency, batching off/on, side by side in one run.
 bench: setup
 	.venv/bin/dvp-relayer bench
+
+bench-scale: setup
+	.venv/bin/dvp-relayer bench --workers 1,2,4 --pairs 4 --trades 400
 
 gas-report: setup
 	$(PY) -m deploy.gas_report

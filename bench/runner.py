@@ -306,6 +306,83 @@ async def soak(cfg: BenchConfig, total: int, echo: Any = print, wave: int = 200)
     return {"soak": samples, "rss_spread_from_1k": round(spread, 3), "flat_within_10pct": spread <= 0.10}
 
 
+async def scale_out(cfg: BenchConfig, workers: list[int], pairs: int, echo: Any = print) -> dict[str, Any]:
+    """Throughput with 1, 2, 4 ... worker processes on one Redis, side by side on one devnet.
+
+    `pairs` seller/buyer account pairs share the trades (accounts are split between live workers; one
+    account has one signer), all trades are posted at once to the first worker's API and handed out through
+    the intake stream and per-trade leases.
+    """
+    from eth_account import Account
+
+    b = Bench(cfg, echo)
+    await b.setup()
+    parties = [Account.create() for _ in range(2 * pairs)]
+    sellers, buyers = parties[:pairs], parties[pairs:]
+    issuer = dev_account(ROLES["issuer"])
+    for chain, side, kind in ((b.st, "st", "SecurityToken"), (b.sc, "sc", "Stablecoin")):
+        token = next(iter(b.doc[side]["tokens"].values()))
+        tx = TxSender(chain, issuer)
+        for p in parties:
+            await chain.rpc("anvil_setBalance", [p.address, hex(10**21)])
+        await tx.transact(token, encode_call(kind, "setAllowed", [p.address for p in parties], True))
+        for p in sellers if side == "st" else buyers:
+            args = (p.address, 10**9) if side == "st" else (p.address, 10**15, b"\0" * 32)
+            await tx.transact(token, encode_call(kind, "issue", *args))
+    st, sc = b.doc["st"], b.doc["sc"]
+    results: dict[str, Any] = {"pairs": pairs, "trades": cfg.trades, "runs": []}
+    try:
+        for db, n in enumerate(workers, start=6):
+            env = b._env(db, 50, 0) | {"DVP_PARTY_KEYS": ",".join(p.key.hex() for p in parties)}
+            procs = []
+            for i in range(n):
+                port = free_port()
+                log = open(cfg.workdir / f"worker-scale{n}-{i}.log", "wb")
+                exe = Path(sys.executable).with_name("dvp-relayer")
+                procs.append((subprocess.Popen([str(exe), "run"], env=env | {"DVP_API_PORT": str(port)},
+                                               stdout=log, stderr=log), log, port))
+            for _, _, port in procs:
+                while not port_open(port):
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(2.0)  # every worker has joined and taken its share of the accounts
+            store = Store.from_url(f"redis://127.0.0.1:{b.redis.port}/{db}")
+            bodies = []
+            deadline = await b.st.now() + 3600
+            for i in range(cfg.trades):
+                seller, buyer = sellers[i % pairs].address, buyers[i % pairs].address
+                ins = TradeInstruction(
+                    tradeId="0x" + os.urandom(32).hex(), stChainId=st["chain_id"],
+                    stToken=next(iter(st["tokens"].values())), stAmount=1, scChainId=sc["chain_id"],
+                    scToken=next(iter(sc["tokens"].values())), scAmount=1000 + i, sellerStAccount=seller,
+                    sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer, deadline=deadline)
+                bodies.append(sign_instruction(ins, dev_account(ROLES["pts"]).key).model_dump_json())
+            cpu0 = [_proc_usage(p.pid)[0] for p, _, _ in procs]
+            t0 = time.monotonic()
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{procs[0][2]}") as http:
+                ids = list(await asyncio.gather(*(_post_trade(http, x) for x in bodies)))
+            try:
+                await b._wait_settled(store, ids)
+                elapsed = time.monotonic() - t0
+                drivers = set()
+                for tid in ids:
+                    drivers |= {e["actor"] for e in await store.audit(tid) if e["event"] == "state"}
+                cpu = [round(_proc_usage(p.pid)[0] - c, 1) for (p, _, _), c in zip(procs, cpu0)]
+                run = {"workers": n, "seconds": round(elapsed, 2), "dvp_per_s": round(len(ids) / elapsed, 2),
+                       "worker_cpu_s": cpu, "workers_that_drove_trades": len(drivers)}
+            finally:
+                for p, log, _ in procs:
+                    b.stop_worker(p, log)
+                await store.close()
+            results["runs"].append(run)
+            echo(f"  {json.dumps(run)}")
+    finally:
+        await b.teardown()
+    base = results["runs"][0]["dvp_per_s"]
+    for run in results["runs"]:
+        run["speedup_vs_first"] = round(run["dvp_per_s"] / base, 2)
+    return results
+
+
 def _proc_usage(pid: int) -> tuple[float, int]:
     """CPU seconds (user+sys) and peak RSS (kB) of a live process, from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

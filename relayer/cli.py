@@ -184,8 +184,10 @@ def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workd
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
 @click.option("--soak", type=int, default=0, help="instead: settle this many trades, sampling worker RSS per 1,000")
+@click.option("--workers", default="", help="instead: throughput with these worker counts on one Redis, e.g. 1,2,4")
+@click.option("--pairs", type=int, default=4, show_default=True, help="seller/buyer account pairs for --workers")
 def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: float, as_json: bool,
-          workdir: Path, soak: int) -> None:
+          workdir: Path, soak: int, workers: str, pairs: int) -> None:
     """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on."""
     from bench.runner import BenchConfig, run_bench
     from bench.runner import soak as run_soak
@@ -195,6 +197,12 @@ def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: floa
     echo = (lambda _: None) if as_json else click.echo
     if soak:
         click.echo(json.dumps(asyncio.run(run_soak(cfg, soak, echo=echo))))
+        return
+    if workers:
+        from bench.runner import scale_out
+
+        counts = [int(w) for w in workers.split(",") if w.strip()]
+        click.echo(json.dumps(asyncio.run(scale_out(cfg, counts, pairs, echo=echo)), indent=2))
         return
     out = run_bench(cfg, echo=echo)
     click.echo(json.dumps(out, indent=None if as_json else 2))
