@@ -30,6 +30,7 @@ system-deps:
 
 demo: setup
 	.venv/bin/dvp-relayer demo
+	.venv/bin/dvp-relayer demo --same-ledger
 
 test: setup
 	bash scripts/run-tests.sh

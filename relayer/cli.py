@@ -151,11 +151,13 @@ def status(trade_id: str) -> None:
 
 
 @main.command()
-def demo() -> None:
+@click.option("--same-ledger", is_flag=True, help="both tokens on one chain: the one-transaction AtomicDvP path")
+def demo(same_ledger: bool) -> None:
     """Devnet up if needed, settle one trade, print every step and both parties' balances."""
     from relayer.demo import demo as run_demo
+    from relayer.demo import same_ledger_demo
 
-    state = run_demo(echo=click.echo)
+    state = (same_ledger_demo if same_ledger else run_demo)(echo=click.echo)
     sys.exit(0 if state == "SETTLED" else 1)
 
 

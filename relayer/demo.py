@@ -30,8 +30,11 @@ async def _balance(chain: Any, token: str, who: str) -> int:
     return int.from_bytes(bytes(raw)[-32:], "big")
 
 
-async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500) -> str:
-    settings, env = devnet_settings()
+async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500,
+                   settings: Settings | None = None, pts_key: str | None = None) -> str:
+    if settings is None:
+        settings, env = devnet_settings()
+        pts_key = env["DVP_DEMO_PTS_KEY"]
     configure("WARNING")
     engine = build_engine(settings)
     await engine.start()
@@ -46,7 +49,7 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500)
         sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer,
         deadline=now + 600,
     )
-    signed = sign_instruction(ins, env["DVP_DEMO_PTS_KEY"])
+    signed = sign_instruction(ins, pts_key)
 
     async def balances() -> dict[str, int]:
         return {
@@ -63,6 +66,7 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500)
     runner = asyncio.create_task(engine.run(stop))
     shown = 0
     state = "MATCHED"
+    finished = float("nan")
     try:
         while time.monotonic() - t0 < 300:
             for entry in (await engine.store.audit(ins.tradeId))[shown:]:
@@ -75,13 +79,14 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500)
             assert rec is not None
             state = rec.state.value
             if rec.state in TERMINAL:
+                finished = time.monotonic() - t0
                 break
             await asyncio.sleep(0.1)
     finally:
         stop.set()
         await runner
     after = await balances()
-    echo(f"final state: {state} after {time.monotonic() - t0:.2f}s")
+    echo(f"final state: {state} after {finished:.2f}s")
     for k in before:
         echo(f"  {k:<10} {before[k]:>16} -> {after[k]:>16}  ({after[k] - before[k]:+})")
     await close_engine(engine)
@@ -91,3 +96,32 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500)
 def demo(echo: Any = print) -> str:
     up(DevnetOptions(), echo=echo)
     return asyncio.run(run_demo(echo))
+
+
+async def _same_ledger(echo: Any) -> str:
+    from deploy.devnet import ROLES, _deploy, dev_account, env_lines
+    from deploy.processes import AnvilProcess, free_port
+
+    settings, _ = devnet_settings()
+    node = AnvilProcess(17003, free_port(), 1.0).start()
+    try:
+        doc = await _deploy(DevnetOptions(), node.url, node.url, settings.redis_url.rsplit("/", 1)[0] + "/1")
+        env = dict(line.split("=", 1) for line in env_lines(doc, 1.0) if "=" in line and not line.startswith("#"))
+        fields = {k.removeprefix("DVP_").lower(): v for k, v in env.items() if k.startswith("DVP_")}
+        fields.pop("demo_pts_key", None)
+        same = Settings(_env_file=None, **(fields | {"st_ws_url": "", "sc_ws_url": ""}))  # type: ignore[arg-type]
+        from relayer.store import Store
+
+        scratch = Store.from_url(same.redis_url)  # db 1: this throw-away chain's cursors and trades only
+        await scratch.r.flushdb()
+        await scratch.close()
+        echo(f"same-ledger demo: ST and SC on one anvil ({node.url}), AtomicDvP {doc['st']['dvp']}")
+        return await run_demo(echo, settings=same, pts_key=dev_account(ROLES["pts"]).key.hex())
+    finally:
+        node.stop()
+
+
+def same_ledger_demo(echo: Any = print) -> str:
+    """Both tokens on one throw-away chain: the relayer picks the one-transaction AtomicDvP path by itself."""
+    up(DevnetOptions(), echo=echo)
+    return asyncio.run(_same_ledger(echo))

@@ -953,8 +953,9 @@ class Engine:
         if ledger.dvp is None:
             return None
         via = self._gas_sender(ledger, [ins.sellerStAccount, ins.buyerScAccount])
-        await ledger.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount, spender=ledger.dvp)
-        await ledger.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount, spender=ledger.dvp)
+        await asyncio.gather(  # first trade of a pair only: both approvals in the same block
+            ledger.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount, spender=ledger.dvp),
+            ledger.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount, spender=ledger.dvp))
         terms = dvp_terms(ins)
         entry = (terms, ledger.authorise_dvp(ins.sellerStAccount, terms), ledger.authorise_dvp(ins.buyerScAccount, terms))
         return Prepared(d, ledger, via, encode_call(ATOMIC_DVP, "settle", *entry), entry, expires=ins.deadline,
