@@ -414,7 +414,10 @@ class Engine:
             return
         ttl_ms = int(self.settings.lease_ttl * 1000)
         asked = time.monotonic()
-        self.live_workers = await self.store.heartbeat(WORKER_TOKEN, self.settings.lease_ttl)
+        live = await self.store.heartbeat(WORKER_TOKEN, self.settings.lease_ttl)
+        dead_workers = [t for t in live if holder_is_dead(t)]  # killed on this host: do not wait for its TTL
+        await self.store.leave(*dead_workers)
+        self.live_workers = max(1, len(live) - len(dead_workers))
         share = math.ceil(len(accounts) / self.live_workers)
         names = [f"account:{a}" for a in accounts]
         current = await self.store.account_lease_holders(names)

@@ -395,18 +395,19 @@ class Store:
 
     # -- live workers
 
-    async def heartbeat(self, token: str, ttl: float) -> int:
-        """Record that `token` is alive; returns the number of live workers (heartbeat within `ttl`)."""
+    async def heartbeat(self, token: str, ttl: float) -> list[str]:
+        """Record that `token` is alive; returns the tokens of the live workers (heartbeat within `ttl`)."""
         now = time.time()
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.zadd(WORKERS, {token: now})
             pipe.zremrangebyscore(WORKERS, "-inf", now - 10 * ttl)
-            pipe.zcount(WORKERS, now - ttl, "+inf")
+            pipe.zrangebyscore(WORKERS, now - ttl, "+inf")
             res = await pipe.execute()
-        return max(1, int(res[2]))
+        return list(res[2])
 
-    async def leave(self, token: str) -> None:
-        await self.r.zrem(WORKERS, token)
+    async def leave(self, *tokens: str) -> None:
+        if tokens:
+            await self.r.zrem(WORKERS, *tokens)
 
     # -- outboxes: actions routed to the worker that signs for an account
 
