@@ -207,3 +207,24 @@ def test_locks_still_use_the_conservative_projected_clock():
     d = decide(view(st=LegView(lock=st_lock()), now=T_ST - POLICY.delta(), head_st=NOW, head_sc=NOW), BUYER_ONLY,
                POLICY)
     assert Action.LOCK_SC not in d.actions
+
+
+# -- same-ledger path
+
+
+def test_atomic_trade_settles_only_on_our_terms_and_aborts_only_after_a_confirmed_block_passes_the_deadline():
+    from relayer.protocol.rules import AtomicView, decide_atomic
+
+    ins = instruction(scChainId=1)
+    both = Roles(seller=True, buyer=True, st_gas=True, sc_gas=True)
+    d = decide_atomic(AtomicView(ins, settled=False, now=NOW, confirmed_time=NOW - 2), both, POLICY)
+    assert d.state == TradeState.MATCHED and d.actions == [Action.SETTLE_DVP]
+    assert decide_atomic(AtomicView(ins, True, NOW, NOW - 2), both, POLICY).state == TradeState.SETTLED
+    # the projected clock is past the deadline but no confirmed block is: a settle may still be mined
+    late = decide_atomic(AtomicView(ins, False, ins.deadline + 5, ins.deadline - 1), both, POLICY)
+    assert late.state == TradeState.MATCHED and late.actions == []  # too late to start, too early to abort
+    assert decide_atomic(AtomicView(ins, False, ins.deadline + 5, ins.deadline), both, POLICY).state \
+        == TradeState.ABORTED
+    # one party's key only: never sends, says why
+    one = decide_atomic(AtomicView(ins, False, NOW, NOW - 2), Roles(seller=True, st_gas=True), POLICY)
+    assert one.actions == [] and "both parties" in one.notes[0]
