@@ -214,6 +214,7 @@ class Engine:
         self._accounts_held: set[str] = set()
         self._owned: dict[str, str] = {}  # trade id -> our lease value "token#fence" (the trades we drive)
         self._next_scan = 0.0  # monotonic time of the next look for trades nobody drives
+        self._next_renew = 0.0  # monotonic time the trade leases are renewed next
         self.live_workers = 1
         self._lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
         self._background: set[asyncio.Task[None]] = set()
@@ -442,6 +443,17 @@ class Engine:
         await self.st.ledger.set_active(mine)
         await self.sc.ledger.set_active(mine)
 
+    async def _renew_trades(self) -> None:
+        """Renew the leases of the trades we drive; forget any that passed to another worker."""
+        if not self._owned:
+            return
+        held = dict(self._owned)
+        values = await self.store.hold_trade_leases(list(held), WORKER_TOKEN, int(self.settings.lease_ttl * 1000))
+        for tid, value in values.items():
+            if value != held[tid]:
+                self._owned.pop(tid, None)
+                self.log.info("trade_lease_lost", trade_id=tid)
+
     def _busy(self, account: str) -> bool:
         return any(s.in_flight for led in (self.st.ledger, self.sc.ledger)
                    if (s := led.all_senders.get(account)) is not None)
@@ -451,16 +463,19 @@ class Engine:
         died (lease lapsed, or its process on this host is gone), up to an even share of the open trades.
         Each lease carries a fencing number; state writes check it (see Store.update)."""
         ttl_ms = int(self.settings.lease_ttl * 1000)
+        if time.monotonic() >= self._next_renew:
+            self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
+            await self._renew_trades()
         entries = await self.store.read_intake(WORKER_TOKEN, count=16, min_idle_ms=ttl_ms)
-        candidates = set(self._owned) | {tid for _, tid in entries}
+        candidates = {tid for _, tid in entries}
         dead: dict[str, str] = {}
         now = time.monotonic()
         if now >= self._next_scan:
             self._next_scan = now + min(1.0, self.settings.lease_ttl / 4)
             open_ids = await self.store.open_trades(settled_for=1.0)
-            others = [t for t in open_ids if t not in candidates]
+            others = [t for t in open_ids if t not in candidates and t not in self._owned]
             share = math.ceil(await self.store.count_open() / self.live_workers)
-            room = max(0, share - len(candidates))
+            room = max(0, share - len(candidates) - len(self._owned))
             for tid, holder in (await self.store.trade_lease_holders(others)).items():
                 if room <= 0:
                     break
@@ -469,10 +484,9 @@ class Engine:
                     room -= 1
                     if holder is not None:
                         dead[tid] = holder
-        values = await self.store.hold_trade_leases(sorted(candidates), WORKER_TOKEN, ttl_ms, dead=dead)
-        owned = {t: v for t, v in values.items() if v.startswith(WORKER_TOKEN + "#")}
-        for tid in set(self._owned) - set(owned):
-            self.log.info("trade_lease_lost", trade_id=tid)
+        new = sorted(candidates - set(self._owned))  # ours are renewed every TTL/4, not every round
+        values = await self.store.hold_trade_leases(new, WORKER_TOKEN, ttl_ms, dead=dead) if new else {}
+        owned = dict(self._owned) | {t: v for t, v in values.items() if v.startswith(WORKER_TOKEN + "#")}
         self._owned = owned
         metrics.OWNED_TRADES.set(len(owned))
         await self.store.ack_intake([eid for eid, _ in entries])
@@ -489,10 +503,8 @@ class Engine:
                 pass
             try:
                 await self._hold_accounts()
-                if self._owned:
-                    values = await self.store.hold_trade_leases(list(self._owned), WORKER_TOKEN,
-                                                                int(self.settings.lease_ttl * 1000))
-                    self._owned = {t: v for t, v in values.items() if v == self._owned.get(t)}
+                self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
+                await self._renew_trades()
             except (RedisError, LedgerError, OSError) as exc:
                 self.log.warning("lease_renewal_failed", error=str(exc))
 
