@@ -64,6 +64,7 @@ class ChaosConfig:
     block_time: float = 0.5
     confirmations: int = 2
     st_lock_duration: int = 40
+    max_skew: int = 4  # the relayer's DVP_MAX_CLOCK_SKEW: injected skew stays within the bound Δ is built on
     workdir: Path = Path(".chaos")
     max_seconds: float = 3600
 
@@ -91,6 +92,8 @@ class Chaos:
         self.kind_of: dict[str, str] = {}
         self.outages: list[tuple[str, float, float]] = []  # (what, wall start, wall end) of outages > Δ
         self.reveal_window: dict[str, tuple[float, float]] = {}  # trade -> wall time [secret public, T_st]
+        self.time_offset = {"st": 0, "sc": 0}  # evm_increaseTime applied so far (anvil forgets it on restart)
+        self.lost_blocks: list[tuple[str, int]] = []  # (chain, depth) when a restart did not keep the head
         self._kind_deck: list[str] = []
 
     def _draw(self, deck: list[str], make: Any) -> str:
@@ -154,7 +157,7 @@ class Chaos:
             "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
             "DVP_SECRET_KEY": generate_key(),
             "DVP_CONFIRMATIONS": str(self.cfg.confirmations), "DVP_BLOCK_TIME": str(self.cfg.block_time),
-            "DVP_INCLUSION_DELAY": "1", "DVP_MAX_CLOCK_SKEW": "4", "DVP_MARGIN": "1",
+            "DVP_INCLUSION_DELAY": "1", "DVP_MAX_CLOCK_SKEW": str(self.cfg.max_skew), "DVP_MARGIN": "1",
             "DVP_ST_LOCK_DURATION": str(self.cfg.st_lock_duration), "DVP_POLL_INTERVAL": "0.1",
             "DVP_RPC_TIMEOUT": "2", "DVP_API_PORT": str(self.api_port), "DVP_API_TOKENS": self.api_token,
             "DVP_LOG_LEVEL": "WARNING",
@@ -162,7 +165,7 @@ class Chaos:
         # Δ as the relayer computes it: k × block time + inclusion + skew + margin
         import math
 
-        self.delta = math.ceil(self.cfg.confirmations * self.cfg.block_time + 1 + 4 + 1)
+        self.delta = math.ceil(self.cfg.confirmations * self.cfg.block_time + 1 + self.cfg.max_skew + 1)
         self.start_worker()
 
     def start_worker(self) -> None:
@@ -263,11 +266,25 @@ class Chaos:
             try:
                 st_slot = await self._slot(self.st, self.doc["st"]["escrow"], st_id)
                 sc_slot = await self._slot(self.sc, self.doc["sc"]["escrow"], sc_id)
+                if sc_slot == bytes(32) and st_slot != bytes(32) and ins.tradeId not in self.reveal_window:
+                    await self._note_reveal(ins, sc_id)
                 if st_slot == bytes(32) and sc_slot == bytes(32) and await self._touched(ins):
                     return
             except Exception:  # noqa: BLE001 - chains stop, reorg and restart under us: poll again
                 pass
             await asyncio.sleep(1.0)
+
+    async def _note_reveal(self, ins: TradeInstruction, sc_id: bytes) -> None:
+        """The SC leg was claimed (the secret is public) while the ST leg is still locked: remember the wall-time
+        window [now, T_st] in which the buyer's ST claim must land, whoever revealed (relayer or bot)."""
+        claimed = await self.sc.call(lambda w3: w3.eth.get_logs({
+            "address": self.doc["sc"]["escrow"], "fromBlock": self.doc["sc"]["deploy_block"],
+            "topics": [None, "0x" + sc_id.hex()]}))
+        lock = await self._wait_lock(self.st, self.doc["st"]["escrow"], ins, ins.sellerStAccount, 0.1)
+        if not claimed or lock is None:
+            return  # refunded, not claimed (or not readable now)
+        seen = time.time()
+        self.reveal_window.setdefault(ins.tradeId, (seen - 1.0, seen + lock["timelock"] - await self.st.now()))
 
     async def _touched(self, ins: TradeInstruction) -> bool:
         """True once the trade is over: an ST lock existed and is gone, or nothing can be locked any more."""
@@ -321,12 +338,11 @@ class Chaos:
                 return
             while await self._chain_now(self.sc) < sc_lock["timelock"] - 3:
                 await asyncio.sleep(0.5)
-            receipt = await self.bot_tx[("sc", "seller")].transact(sc_escrow, encode_call(
+            await self.bot_tx[("sc", "seller")].transact(sc_escrow, encode_call(
                 E, "claim", secret, swap_id(ins.buyerScAccount, ins.trade_id_bytes), ins.scToken, ins.scAmount,
                 ins.sellerScAccount, sc_lock["timelock"]), timeout=30)
-            block = await self.sc.get_block(receipt["blockNumber"])
             revealed = time.time()
-            self.reveal_window[ins.tradeId] = (revealed, revealed + t_st - int(block["timestamp"]))
+            self.reveal_window[ins.tradeId] = (revealed, revealed + t_st - await self._chain_now(self.st))
             return
         if kind == "bot_never_locks":
             return
@@ -381,14 +397,26 @@ class Chaos:
                     node = self.st_node if name == "st" else self.sc_node
                     down = (self.rng.uniform(0.5, self.delta * 0.6) if fault == "chain_stop_short"
                             else self.rng.uniform(self.delta * 1.2, self.delta * 2))
+                    chain = self.st if name == "st" else self.sc
+                    before = await chain.get_block("latest")
                     self.chain_down[name] = True
                     started = time.time()
-                    node.stop()
+                    node.stop(timeout=30)
                     await asyncio.sleep(down)
                     while port_open(node.port):
                         await asyncio.sleep(0.1)
                     node.start()
+                    # anvil keeps blocks and state across a restart but not its evm_increaseTime offset: put the
+                    # clock back where it was, or the chain's time would jump back (no real chain does that)
+                    if self.time_offset[name]:
+                        await chain.rpc("evm_increaseTime", [self.time_offset[name]])
                     self.chain_down[name] = False
+                    try:
+                        kept = await chain.get_block(int(before["number"]))
+                    except Exception:  # noqa: BLE001 - BlockNotFound: the restarted chain is shorter
+                        kept = None
+                    if kept is None or kept["hash"] != before["hash"]:
+                        self.lost_blocks.append((name, int(before["number"])))
                     if time.time() - started > self.delta:
                         self.outages.append((f"{name} chain", started, time.time()))
                 elif fault == "reorg":
@@ -403,12 +431,15 @@ class Chaos:
                 elif fault == "clock_skew":
                     shift = self.rng.randint(1, 3)
                     name = "st" if (skew <= 0) == (self.rng.random() < 0.5) else "sc"
-                    if abs(skew + (shift if name == "st" else -shift)) > 6:
+                    if abs(skew + (shift if name == "st" else -shift)) > self.cfg.max_skew:
                         name = "sc" if name == "st" else "st"
+                    if abs(skew + (shift if name == "st" else -shift)) > self.cfg.max_skew:
+                        shift = 1
                     chain = self.st if name == "st" else self.sc
                     if self.chain_down[name]:
                         continue
                     await chain.rpc("evm_increaseTime", [shift])
+                    self.time_offset[name] += shift
                     skew += shift if name == "st" else -shift
                 self.stats.faults[fault] += 1
             except Exception as exc:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
@@ -510,6 +541,8 @@ class Chaos:
         if self.stats.api_errors:
             self.echo("transient errors seen by the runner: " + ", ".join(
                 f"{k}={v}" for k, v in sorted(self.stats.api_errors.items())))
+        self.echo(f"chain restarts that lost blocks (would be a finality violation): {len(self.lost_blocks)}"
+                  + (f" {self.lost_blocks}" if self.lost_blocks else ""))
         for msg in self.stats.checks_failed:
             self.echo(f"CHECK FAILED: {msg}")
         self.echo(f"{len(self.instructions)} trades in {seconds:.0f}s")

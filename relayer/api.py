@@ -14,6 +14,9 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from adapters.errors import LedgerError
 
 from relayer.engine import Engine
 from relayer.errors import ConflictingInstruction, RelayerError
@@ -65,6 +68,11 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         raise
     except RelayerError as exc:
         return error(exc.code, str(exc))
+    except (LedgerError, RedisError, OSError) as exc:  # a chain or Redis is down right now: retry later
+        request.app[ENGINE].log.warning("api_dependency_unavailable", path=request.path, error_type=type(exc).__name__)
+        resp = error("dependency_unavailable", "a chain or Redis is not answering; retry shortly", 503)
+        resp.headers["Retry-After"] = "1"
+        return resp
     except Exception:  # noqa: BLE001
         request.app[ENGINE].log.exception("api_error", path=request.path)
         return error("internal", "internal error", 500)

@@ -588,6 +588,7 @@ class Engine:
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc, clock_offset=self.clock_offset,
             head_st=self.st.head_timestamp, head_sc=self.sc.head_timestamp,
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
+            sc_confirmed_time=self.sc.follower.confirmed_timestamp if self.sc.follower else None,
         )
         d = decide(view, roles, self.policy)
         if fence is not None:

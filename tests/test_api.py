@@ -185,3 +185,28 @@ async def test_fuzz_against_the_openapi_document_never_5xx(api):
 
     calls = await asyncio.to_thread(run)
     assert calls >= 100
+
+
+async def test_intake_while_redis_is_down_answers_503_with_retry_after(net: Net):
+    """Found by the long chaos run: a Redis restart during intake answered 500; it is a 503 to retry."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from relayer.api import make_app
+    from relayer.service import build_engine, close_engine
+
+    settings = net.settings([net.seller, net.buyer], redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nobody
+    engine = build_engine(settings)
+    await engine.st.ledger.chain.connect()
+    await engine.sc.ledger.chain.connect()
+    engine.started = True  # connected to the chains; Redis is what is missing
+    client = TestClient(TestServer(make_app(engine, api_tokens=[TOKEN])))
+    await client.start_server()
+    try:
+        signed = (await net.instruction()).model_dump()
+        resp = await client.post("/v1/trades", data=json.dumps(signed).encode(),
+                                 headers={**AUTH, "Content-Type": "application/json"})
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        assert (await resp.json())["error"] == "dependency_unavailable"
+    finally:
+        await client.close()
+        await close_engine(engine)

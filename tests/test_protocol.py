@@ -228,3 +228,16 @@ def test_atomic_trade_settles_only_on_our_terms_and_aborts_only_after_a_confirme
     # one party's key only: never sends, says why
     one = decide_atomic(AtomicView(ins, False, NOW, NOW - 2), Roles(seller=True, st_gas=True), POLICY)
     assert one.actions == [] and "both parties" in one.notes[0]
+
+
+def test_a_refunded_trade_is_not_aborted_while_a_late_sc_lock_could_still_be_unread():
+    """Found by the long chaos run: ABORTED was final before a late counterparty SC lock (made before T_st) was
+    read, so nobody refunded it. Over only once every coin-ledger block up to T_st has been read."""
+    refunded = LegView(lock=st_lock(), refunded=True)
+    d = decide(view(st=refunded, now=T_ST + 1, sc_confirmed_time=T_ST - 5), BOTH, POLICY)
+    assert d.state != TradeState.ABORTED
+    d = decide(view(st=refunded, now=T_ST + 1, sc_confirmed_time=T_ST), BOTH, POLICY)
+    assert d.state == TradeState.ABORTED
+    late = LegView(lock=sc_lock(timelock=T_ST - 2))  # seen in time: refunded by us as a watcher, then ABORTED
+    d = decide(view(st=refunded, sc=late, now=T_ST + 1, sc_confirmed_time=T_ST), BOTH, POLICY)
+    assert d.state == TradeState.REFUNDING and Action.REFUND_SC in d.actions

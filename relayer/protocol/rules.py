@@ -108,6 +108,9 @@ class TradeView:
     our_hashlock: bytes | None = None  # set once the seller side persisted its secret
     planned_t_st: int | None = None  # set with the secret
     sc_lock_rejected: bool = False  # a counterparty SC lock with wrong terms was seen (never acted on)
+    # timestamp of the last coin-ledger block whose events were all read (None: use head_sc). A trade with no SC
+    # lock seen is over only once this passes T_st: a late lock made before then is still seen and refunded.
+    sc_confirmed_time: int | None = None
 
 
 @dataclass
@@ -200,7 +203,9 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
         d.state = TradeState.ST_LOCKED
     else:
         no_more_st = st.refunded or (st.lock is None and head_st >= (view.planned_t_st or ins.deadline))
-        no_more_sc = sc.refunded or sc.lock is None or not sc.active
+        sc_seen_until = view.sc_confirmed_time if view.sc_confirmed_time is not None else head_sc
+        no_more_sc = sc.refunded or (sc.lock is not None and not sc.active) or (
+            sc.lock is None and (t_st is None or sc_seen_until >= t_st))
         if not st.active and not sc.active and no_more_st and no_more_sc:
             d.state = TradeState.ABORTED
             return d
