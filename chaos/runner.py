@@ -450,14 +450,19 @@ class Chaos:
     async def run(self) -> int:
         t0 = time.monotonic()
         try:
-            await self.setup()
+            return await self._run(t0)
         except BaseException:
-            # nothing may outlive a failed set-up: an orphan anvil would keep dumping its (older) state into
-            # the same state file, and the next run's restarted chain would load it
+            # nothing may outlive an interrupted run: an orphan anvil or Redis would keep writing its (older)
+            # state into the workdir, and the next run's restarted chain or Redis would load it
+            if self.worker is not None and self.worker.poll() is None:
+                self.worker.kill()
             for proc in ("st_node", "sc_node", "redis"):
                 if hasattr(self, proc):
                     getattr(self, proc).stop()
             raise
+
+    async def _run(self, t0: float) -> int:
+        await self.setup()
         self.echo(f"chaos: {self.cfg.trades} trades, seed {self.cfg.seed}, Δ={self.delta}s, "
                   f"k={self.cfg.confirmations}, workdir {self.cfg.workdir}")
         injector = asyncio.create_task(self.faults())
@@ -549,4 +554,8 @@ class Chaos:
 
 
 def run_chaos(cfg: ChaosConfig, echo: Any = print) -> int:
+    def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM: unwind through run()'s clean-up like Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupted)
     return asyncio.run(Chaos(cfg, echo).run())
