@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.contracts import encode_call, swap_id
-from adapters.errors import LedgerError, LeaseLost, TransactionReverted
+from adapters.errors import LedgerError, LeaseLost, RpcUnavailable, TransactionReverted
 from adapters.evm import HeadWatcher, TxSender
 from adapters.htlc import (
     ATOMIC_DVP,
@@ -185,6 +185,7 @@ class ChainSide:
     head_timestamp: int = 0
     head_seen_at: float = 0.0  # wall time when the current head was first seen
     reconnects_seen: int = 0  # EvmChain.reconnects when last looked at
+    fresh: bool = False  # followed successfully this round
 
     def now(self) -> int:
         """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
@@ -288,23 +289,38 @@ class Engine:
                 delay = min(delay * 2, 10.0)
 
     async def _start_once(self) -> None:
-        expected = {"st": self.settings.st_chain_id, "sc": self.settings.sc_chain_id}
-        for side, start in ((self.st, self.settings.st_start_block), (self.sc, self.settings.sc_start_block)):
-            chain_id = await side.ledger.chain.connect()
-            if expected[side.name] is not None and chain_id != expected[side.name]:
-                raise ConfigError(f"{side.name} RPC {side.ledger.chain.active_url} serves chain {chain_id}, "
-                                  f"not the configured DVP_{side.name.upper()}_CHAIN_ID={expected[side.name]}")
-            cursor = await self.store.get_cursor(side.name)
-            height, bhash = (cursor if cursor else (start - 1, None))
-            oldest = await self._oldest_open_block(side.name)
-            if oldest is not None and oldest - 1 < height:
-                height, bhash = oldest - 1, None
-            side.follower = side.ledger.follower(
-                confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash,
-                dvp=side.ledger.dvp,
-            )
+        """Redis and at least one chain must answer; a chain that is down is started later, by a round, so a
+        worker restarted during an outage of one chain still protects the trades' legs on the other."""
+        await self.store.ping()
+        errors = []
+        for side in (self.st, self.sc):
+            try:
+                await self._start_side(side)
+            except (LedgerError, OSError) as exc:
+                errors.append(exc)
+                self.log.warning("chain_not_started", chain=side.name, error=str(exc))
+        if len(errors) == 2:
+            raise errors[0]
         self.started = True
         self.log.info("engine_started", st_chain=self.st.ledger.chain.chain_id, sc_chain=self.sc.ledger.chain.chain_id)
+
+    async def _start_side(self, side: ChainSide) -> None:
+        """Connect to one chain and place its follower where no open trade's events can be missed."""
+        expected = {"st": self.settings.st_chain_id, "sc": self.settings.sc_chain_id}[side.name]
+        start = {"st": self.settings.st_start_block, "sc": self.settings.sc_start_block}[side.name]
+        chain_id = await side.ledger.chain.connect()
+        if expected is not None and chain_id != expected:
+            raise ConfigError(f"{side.name} RPC {side.ledger.chain.active_url} serves chain {chain_id}, "
+                              f"not the configured DVP_{side.name.upper()}_CHAIN_ID={expected}")
+        cursor = await self.store.get_cursor(side.name)
+        height, bhash = (cursor if cursor else (start - 1, None))
+        oldest = await self._oldest_open_block(side.name)
+        if oldest is not None and oldest - 1 < height:
+            height, bhash = oldest - 1, None
+        side.follower = side.ledger.follower(
+            confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash,
+            dvp=side.ledger.dvp,
+        )
 
     async def _oldest_open_block(self, chain: str) -> int | None:
         oldest = None
@@ -365,6 +381,20 @@ class Engine:
             await asyncio.wait(tasks, timeout=timeout)
 
     # ------------------------------------------------------------------ one round
+
+    async def _follow_or_mark(self, side: ChainSide) -> bool:
+        """Follow one chain; a chain that does not answer is marked stale for this round (decide() then does
+        nothing that needs it) instead of stopping the work on the other chain."""
+        try:
+            if side.follower is None:
+                await self._start_side(side)
+            await self._follow(side)
+            side.fresh = True
+        except (LedgerError, OSError) as exc:
+            if side.fresh:
+                self.log.warning("chain_stale", chain=side.name, error=str(exc), error_type=type(exc).__name__)
+            side.fresh = False
+        return side.fresh
 
     async def _follow(self, side: ChainSide) -> None:
         assert side.follower is not None
@@ -518,9 +548,10 @@ class Engine:
 
     async def step(self) -> None:
         await self._hold_accounts()
-        await asyncio.gather(self._follow(self.st), self._follow(self.sc))
+        fresh = await asyncio.gather(self._follow_or_mark(self.st), self._follow_or_mark(self.sc))
+        if not any(fresh):
+            raise RpcUnavailable("neither chain answers: nothing can be decided this round")
         self._observed_at = time.monotonic()
-        assert self.st.follower and self.sc.follower
         now_st, now_sc = self.st.now(), self.sc.now()
         self.clock_offset = now_st - now_sc
         metrics.CLOCK_OFFSET.set(self.clock_offset)
@@ -581,14 +612,15 @@ class Engine:
         sc_leg, sc_ev, sc_foreign = self.sc.index.leg(tid, ins.buyerScAccount)
         if fence is not None:
             await self._note_from_blocks(rec, fence)
-            if roles.seller and rec.get("hashlock") is None and st_leg.lock is None:
+            if roles.seller and rec.get("hashlock") is None and st_leg.lock is None and self.st.fresh:
                 await self._prepare_secret(rec, now_st, log, fence)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc, clock_offset=self.clock_offset,
             head_st=self.st.head_timestamp, head_sc=self.sc.head_timestamp,
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
-            sc_confirmed_time=self.sc.follower.confirmed_timestamp if self.sc.follower else None,
+            sc_confirmed_time=self.sc.follower.confirmed_timestamp if self.sc.follower else 0,
+            st_fresh=self.st.fresh, sc_fresh=self.sc.fresh, revealed=rec.state is TradeState.SC_CLAIMED,
         )
         d = decide(view, roles, self.policy)
         if fence is not None:
@@ -613,6 +645,8 @@ class Engine:
         view = AtomicView(ins, settled=any(e.digest == digest for e in settlements), now=now_st,
                           confirmed_time=self.st.follower.confirmed_timestamp if self.st.follower else 0)
         d = decide_atomic(view, self.roles_for(rec), self.policy)
+        if not self.st.fresh:
+            d.actions = []
         if fence is not None:
             await self._note_from_blocks(rec, fence)
             await self._report_anomalies(rec, d, [], log)
@@ -622,9 +656,10 @@ class Engine:
 
     async def _note_from_blocks(self, rec: TradeRecord, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""
-        if rec.get_int("st_from_block") is None:
-            await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),  # type: ignore
-                                          "sc_from_block": max(0, self.sc.follower.last_head - 64)},  # type: ignore
+        if rec.get_int("st_from_block") is None and self.st.follower and self.sc.follower \
+                and self.st.fresh and self.sc.fresh:
+            await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),
+                                          "sc_from_block": max(0, self.sc.follower.last_head - 64)},
                                     actor=ACTOR, event=None, fence=fence)
 
     async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], locks: list[LockedEvent],

@@ -241,3 +241,16 @@ def test_a_refunded_trade_is_not_aborted_while_a_late_sc_lock_could_still_be_unr
     late = LegView(lock=sc_lock(timelock=T_ST - 2))  # seen in time: refunded by us as a watcher, then ABORTED
     d = decide(view(st=refunded, sc=late, now=T_ST + 1, sc_confirmed_time=T_ST), BOTH, POLICY)
     assert d.state == TradeState.REFUNDING and Action.REFUND_SC in d.actions
+
+
+def test_a_stale_chain_blocks_what_needs_it_and_nothing_else():
+    """Found by the long chaos run: a worker restarted while one chain was down did nothing at all, so an ST claim
+    whose secret was already public waited for the coin ledger. Now each chain is followed on its own."""
+    good = view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock()))
+    stale_st = TradeView(**{**good.__dict__, "st_fresh": False})
+    assert decide(stale_st, BOTH, POLICY).actions == []  # above all: no reveal while the ST claim could not follow
+    revealed_sc_down = view(st=LegView(lock=st_lock()), sc=LegView(), revealed=True, sc_fresh=False)
+    assert decide(revealed_sc_down, BOTH, POLICY).actions == [Action.CLAIM_ST]
+    expired_sc_down = view(st=LegView(lock=st_lock()), now=T_ST, sc_fresh=False)
+    assert decide(expired_sc_down, SELLER_ONLY, POLICY).actions == [Action.REFUND_ST]
+    assert decide(view(sc_fresh=False), BOTH, POLICY).actions == []  # no new lock

@@ -111,6 +111,11 @@ class TradeView:
     # timestamp of the last coin-ledger block whose events were all read (None: use head_sc). A trade with no SC
     # lock seen is over only once this passes T_st: a late lock made before then is still seen and refunded.
     sc_confirmed_time: int | None = None
+    # whether each chain answered this round: nothing that needs a chain is started while it is stale; above
+    # all the seller never reveals the secret (claims the SC) while the buyer could not claim the ST
+    st_fresh: bool = True
+    sc_fresh: bool = True
+    revealed: bool = False  # an earlier round saw the SC claimed (persisted state SC_CLAIMED): the secret is public
 
 
 @dataclass
@@ -178,7 +183,7 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     d.notes += [f"ST lock: {p}" for p in st_problems] + [f"SC lock: {p}" for p in sc_problems]
 
     # -- state, from the chains
-    preimage_public = sc.preimage or st.preimage
+    preimage_public = sc.preimage or st.preimage or view.revealed
     if st.claimed and sc.claimed:
         d.state = TradeState.SETTLED
         return d
@@ -258,6 +263,10 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
             d.notes.append(f"too late to lock SC: T_sc {t_sc} leaves less than Δ={delta}s")
     if st_problems and roles.buyer:
         d.notes.append("ST lock has wrong terms: not acting on it")
+    needs = {Action.LOCK_ST: (True, True), Action.LOCK_SC: (True, True), Action.CLAIM_SC: (True, True),
+             Action.CLAIM_ST: (True, False), Action.REFUND_ST: (True, False), Action.REFUND_SC: (False, True)}
+    d.actions = [a for a in d.actions
+                 if (view.st_fresh or not needs[a][0]) and (view.sc_fresh or not needs[a][1])]
     return d
 
 
