@@ -238,10 +238,13 @@ class Engine:
         signer = signed.signer()
         if signer not in self.trusted:
             raise InvalidInstruction(f"signer {signer} is not a trusted PTS key", code="untrusted_signer")
-        if ins.stChainId != self.st.ledger.chain.chain_id:
-            raise InvalidInstruction(f"unknown ST chain id {ins.stChainId}", code="unknown_chain")
-        if ins.scChainId != self.sc.ledger.chain.chain_id:
-            raise InvalidInstruction(f"unknown SC chain id {ins.scChainId}", code="unknown_chain")
+        for side, chain_id, configured in ((self.st, ins.stChainId, self.settings.st_chain_id),
+                                           (self.sc, ins.scChainId, self.settings.sc_chain_id)):
+            ours = side.ledger.chain.chain_id or configured
+            if ours is None:  # not connected yet (the chain is down): we cannot judge, so do not refuse
+                raise NotReady(f"the {side.name} chain has not answered yet; retry shortly")
+            if chain_id != ours:
+                raise InvalidInstruction(f"unknown {side.name.upper()} chain id {chain_id}", code="unknown_chain")
         if ins.stToken not in self.st_tokens:
             raise InvalidInstruction(f"unknown ST token {ins.stToken}", code="unknown_token")
         if ins.scToken not in self.sc_tokens:

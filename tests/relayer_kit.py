@@ -165,3 +165,36 @@ class Worker:
         rc = self.proc.wait(30)
         self._log.close()
         return rc
+
+
+async def submit_trades(net: Net, settings: Settings, n: int, sc_base: int) -> list[str]:
+    """Accept n one-unit trades through a throw-away in-process intake (as the API would); their ids."""
+    intake = build_engine(settings, Store.from_url(settings.redis_url))
+    await intake.start()
+    ids = []
+    for i in range(n):
+        signed = await net.instruction(stAmount=1, scAmount=sc_base + i)
+        await intake.intake(signed)
+        ids.append(signed.instruction.tradeId)
+    await close_engine(intake)
+    return ids
+
+
+async def wait_all_settled(store: Store, ids: list[str], timeout: float) -> None:
+    """Poll the records until every trade is SETTLED; fail with their states otherwise."""
+    deadline = time.monotonic() + timeout
+    states: dict[str, TradeState] = {}
+    while time.monotonic() < deadline:
+        states = {tid: (await store.get(tid)).state for tid in ids}  # type: ignore[union-attr]
+        if all(s == TradeState.SETTLED for s in states.values()):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not all settled within {timeout}s: {states}")
+
+
+async def worker_pool(net: Net, log_dir: Any, n: int) -> tuple[Settings, Store, list[Worker]]:
+    """n `dvp-relayer run` processes on one empty Redis database, holding both parties' keys (lease TTL 2 s)."""
+    settings = net.settings([net.seller, net.buyer], lease_ttl=2.0)
+    store = Store.from_url(settings.redis_url)
+    await store.r.flushdb()
+    return settings, store, [Worker(settings, log_dir / f"w{i}.log").start() for i in range(n)]

@@ -11,7 +11,7 @@ import pytest
 from relayer.errors import FencedOut
 from relayer.protocol.states import TradeState
 from relayer.store import INTAKE, Store, lease_key
-from tests.relayer_kit import Net, Worker
+from tests.relayer_kit import Net, submit_trades, wait_all_settled, worker_pool
 
 
 @pytest.fixture
@@ -59,10 +59,7 @@ async def test_intake_entries_read_by_a_dead_consumer_are_claimed_by_another(sto
 
 
 async def test_three_workers_split_the_trades_and_route_locks_to_the_account_signer(net: Net, tmp_path):
-    settings = net.settings([net.seller, net.buyer], lease_ttl=2.0)
-    store = Store.from_url(settings.redis_url)
-    await store.r.flushdb()
-    workers = [Worker(settings, tmp_path / f"w{i}.log").start() for i in range(3)]
+    settings, store, workers = await worker_pool(net, tmp_path, 3)
     try:
         deadline = time.monotonic() + 30
         while True:  # two accounts, three workers: each account has one signer, on different workers
@@ -72,24 +69,8 @@ async def test_three_workers_split_the_trades_and_route_locks_to_the_account_sig
                 break
             assert time.monotonic() < deadline, (s, b)
             await asyncio.sleep(0.2)
-        from relayer.service import build_engine, close_engine
-
-        intake = build_engine(settings, Store.from_url(settings.redis_url))
-        await intake.start()
-        ids = []
-        for i in range(24):
-            signed = await net.instruction(stAmount=1, scAmount=500 + i)
-            await intake.intake(signed)
-            ids.append(signed.instruction.tradeId)
-        await close_engine(intake)
-        deadline = time.monotonic() + 120
-        states = {}
-        while time.monotonic() < deadline:
-            states = {tid: (await store.get(tid)).state for tid in ids}
-            if all(s == TradeState.SETTLED for s in states.values()):
-                break
-            await asyncio.sleep(0.3)
-        assert all(s == TradeState.SETTLED for s in states.values()), states
+        ids = await submit_trades(net, settings, 24, 500)
+        await wait_all_settled(store, ids, 120)
         drivers = set()
         for tid in ids:
             audit = await store.audit(tid)

@@ -109,3 +109,21 @@ async def test_untrusted_signer_is_refused(net: Net):
         assert err.value.code == "untrusted_signer"
     finally:
         await close_engine(engine)
+
+
+async def test_a_trade_for_a_chain_that_has_not_answered_yet_is_not_refused(net: Net):
+    """Found by the long chaos run: a worker started during an ST outage answered 422 unknown_chain to every trade
+    (it had no chain id to compare with); it must say 'not ready' (503) so the PTS retries."""
+    from deploy.processes import free_port
+    from relayer.errors import NotReady
+    from relayer.service import build_engine
+
+    settings = net.settings([net.seller, net.buyer], st_rpc_url=f"http://127.0.0.1:{free_port()}")
+    engine = build_engine(settings)
+    try:
+        await engine.start()  # the coin ledger answers: the worker runs
+        assert engine.started and engine.sc.follower is not None and engine.st.follower is None
+        with pytest.raises(NotReady):
+            await engine.validate(await net.instruction())
+    finally:
+        await close_engine(engine)

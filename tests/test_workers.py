@@ -9,7 +9,7 @@ import time
 
 from relayer.protocol.states import TradeState
 from relayer.store import Store
-from tests.relayer_kit import Net, Worker
+from tests.relayer_kit import Net, Worker, submit_trades, wait_all_settled, worker_pool
 
 
 async def _holder_pid(store: Store, account: str) -> int | None:
@@ -18,25 +18,13 @@ async def _holder_pid(store: Store, account: str) -> int | None:
 
 
 async def test_three_workers_two_killed_every_trade_settles(net: Net, tmp_path):
-    settings = net.settings([net.seller, net.buyer], lease_ttl=2.0)
-    store = Store.from_url(settings.redis_url)
-    await store.r.flushdb()
-    workers = [Worker(settings, tmp_path / f"w{i}.log").start() for i in range(3)]
+    settings, store, workers = await worker_pool(net, tmp_path, 3)
     try:
         deadline = time.monotonic() + 20
         while await _holder_pid(store, net.seller.address) is None:
             assert time.monotonic() < deadline, "no worker took the account lease"
             await asyncio.sleep(0.1)
-        from relayer.service import build_engine, close_engine
-
-        intake = build_engine(settings, Store.from_url(settings.redis_url))
-        await intake.start()
-        ids = []
-        for i in range(12):
-            signed = await net.instruction(stAmount=1, scAmount=100 + i)
-            await intake.intake(signed)
-            ids.append(signed.instruction.tradeId)
-        await close_engine(intake)
+        ids = await submit_trades(net, settings, 12, 100)
         killed = []
         for n in range(2):  # kill whoever signs for the seller, twice, while trades are in flight
             await asyncio.sleep(0.3)
@@ -49,14 +37,7 @@ async def test_three_workers_two_killed_every_trade_settles(net: Net, tmp_path):
                 await asyncio.sleep(0.1)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        deadline = time.monotonic() + 90
-        states = {}
-        while time.monotonic() < deadline:
-            states = {tid: (await store.get(tid)).state for tid in ids}
-            if all(s == TradeState.SETTLED for s in states.values()):
-                break
-            await asyncio.sleep(0.2)
-        assert all(s == TradeState.SETTLED for s in states.values()), states
+        await wait_all_settled(store, ids, 90)
         limit = time.monotonic() + 15  # the last killed holder's lease lapses, the survivor takes it
         while (survivor := await _holder_pid(store, net.seller.address)) in killed or survivor is None:
             assert time.monotonic() < limit, "the surviving worker never took the account"
