@@ -175,9 +175,10 @@ class EscrowFollower:
             lambda w3: w3.eth.get_logs({"address": self.addresses, "fromBlock": start, "toBlock": end})
         )
         # Logs and hashes must come from one fork: re-read the hash of every block that holds a log.
-        wanted = {int(lg["blockNumber"]) for lg in logs} | {end}
-        hashes = {n: await self._block_hash(n) for n in sorted(wanted - {end})}
-        hashes[end], end_timestamp = await self._block(end)
+        wanted = sorted({int(lg["blockNumber"]) for lg in logs} | {end})
+        blocks = await self.chain.rpc_batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])  # 1 trip
+        hashes = {n: (b["hash"] if b else None) for n, b in zip(wanted, blocks)}
+        end_timestamp = int(blocks[-1]["timestamp"], 16) if blocks[-1] else 0
         for lg in logs:
             if hashes[int(lg["blockNumber"])] != "0x" + bytes(lg["blockHash"]).hex():
                 return result  # a reorg happened while reading: try again next poll
