@@ -503,6 +503,11 @@ class Chaos:
         result = await self.settle_out()
         await self.teardown()
         self.report(result, time.monotonic() - t0)
+        (self.cfg.workdir / "outcomes.json").write_text(json.dumps({
+            "trades": {t: {"outcome": o, "kind": self.kind_of.get(t), "reveal_window": self.reveal_window.get(t)}
+                       for t, o in self.outcomes.items()},
+            "outages_longer_than_delta": self.outages, "lost_blocks": self.lost_blocks,
+            "faults": dict(self.stats.faults)}, indent=1))
         bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"]
         return 1 if bad else 0
 
