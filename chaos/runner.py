@@ -92,7 +92,8 @@ class Chaos:
         self.kind_of: dict[str, str] = {}
         self.outages: list[tuple[str, float, float]] = []  # (what, wall start, wall end) of outages > Δ
         self.reveal_window: dict[str, tuple[float, float]] = {}  # trade -> wall time [secret public, T_st]
-        self.time_offset = {"st": 0, "sc": 0}  # evm_increaseTime applied so far (anvil forgets it on restart)
+        self.time_offset = {"st": 0, "sc": 0}  # injected clock offsets (anvil forgets them on restart)
+        self.max_skew_seen = 0  # largest |ST - SC| latest-block time difference sampled
         self.lost_blocks: list[tuple[str, int]] = []  # (chain, depth) when a restart did not keep the head
         self._kind_deck: list[str] = []
 
@@ -373,6 +374,19 @@ class Chaos:
 
     # ------------------------------------------------------------------ faults
 
+    async def _set_clock(self, name: str) -> None:
+        """Chain time = wall time + this chain's injected offset, set absolutely (evm_setTime): anvil forgets a
+        relative evm_increaseTime on restart, and absolute setting cannot drift."""
+        chain = self.st if name == "st" else self.sc
+        await chain.rpc("evm_setTime", [int(time.time()) + self.time_offset[name]])
+
+    async def _sample_skew(self) -> None:
+        try:
+            st, sc = await self.st.get_block("latest"), await self.sc.get_block("latest")
+        except Exception:  # noqa: BLE001 - a chain is down: no sample
+            return
+        self.max_skew_seen = max(self.max_skew_seen, abs(int(st["timestamp"]) - int(sc["timestamp"])))
+
     async def faults(self) -> None:
         weights = {"worker_kill": 3, "chain_stop_short": 2, "chain_stop_long": 2, "reorg": 3, "redis_restart": 2,
                    "clock_skew": 2}
@@ -382,6 +396,7 @@ class Chaos:
             await asyncio.sleep(self.rng.expovariate(1 / self.cfg.fault_interval))
             if self.stop.is_set():
                 return
+            await self._sample_skew()
             fault = self._draw(deck, lambda: [k for k, n in weights.items() for _ in range(n)])
             try:
                 if fault == "worker_kill":
@@ -408,8 +423,7 @@ class Chaos:
                     node.start()
                     # anvil keeps blocks and state across a restart but not its evm_increaseTime offset: put the
                     # clock back where it was, or the chain's time would jump back (no real chain does that)
-                    if self.time_offset[name]:
-                        await chain.rpc("evm_increaseTime", [self.time_offset[name]])
+                    await self._set_clock(name)
                     self.chain_down[name] = False
                     try:
                         kept = await chain.get_block(int(before["number"]))
@@ -438,8 +452,8 @@ class Chaos:
                     chain = self.st if name == "st" else self.sc
                     if self.chain_down[name]:
                         continue
-                    await chain.rpc("evm_increaseTime", [shift])
                     self.time_offset[name] += shift
+                    await self._set_clock(name)
                     skew += shift if name == "st" else -shift
                 self.stats.faults[fault] += 1
             except Exception as exc:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
@@ -551,6 +565,8 @@ class Chaos:
         if self.stats.api_errors:
             self.echo("transient errors seen by the runner: " + ", ".join(
                 f"{k}={v}" for k, v in sorted(self.stats.api_errors.items())))
+        self.echo(f"largest chain clock difference sampled: {self.max_skew_seen}s (latest blocks; bound "
+                  f"{self.cfg.max_skew}s + block time)")
         self.echo(f"chain restarts that lost blocks (would be a finality violation): {len(self.lost_blocks)}"
                   + (f" {self.lost_blocks}" if self.lost_blocks else ""))
         for msg in self.stats.checks_failed:

@@ -216,6 +216,7 @@ class Engine:
         self._owned: dict[str, str] = {}  # trade id -> our lease value "token#fence" (the trades we drive)
         self._next_scan = 0.0  # monotonic time of the next look for trades nobody drives
         self._next_renew = 0.0  # monotonic time the trade leases are renewed next
+        self._next_sweep = 0.0  # monotonic time of the next look for late locks of finished trades
         self.live_workers = 1
         self._lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
         self._background: set[asyncio.Task[None]] = set()
@@ -577,6 +578,9 @@ class Engine:
             except ConcurrentUpdate:
                 pass  # another worker moved it: next round re-reads
             self._round_states[rec.state.value] += 1
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + 2.0
+            await self._sweep_late_locks()
         if self.rounds % 200 == 0:
             await self._prune_index()
         for state in TradeState:
@@ -682,11 +686,42 @@ class Engine:
         elif observed:
             await self.store.update(rec, observed, actor=ACTOR, event=None, fence=fence)
 
+    async def _sweep_late_locks(self) -> None:
+        """Refund, as a watcher, an expired lock of one of our trades that is already finished: a counterparty
+        that locked late (after we refunded and closed the trade) would otherwise leave its funds stuck.
+        Refunds are permissionless and pay the sender back, so this is always safe. One worker sweeps: the
+        holder of the first account."""
+        accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
+        if not accounts or accounts[0] not in self._accounts_held:
+            return
+        found: list[tuple[ChainSide, LockedEvent]] = []
+        for side in (self.st, self.sc):
+            if not side.fresh:
+                continue
+            for evs in side.index.locks.values():
+                found += [(side, ev) for ev in evs if ev.swap_id not in side.index.claims
+                          and ev.swap_id not in side.index.refunds and side.head_timestamp >= ev.timelock]
+        if not found:
+            return
+        still_open = set(await self.store.open_trades())
+        wanted = sorted({"0x" + ev.trade_id.hex() for _, ev in found} - still_open)
+        recs = {rec.trade_id: rec for rec in await self.store.get_many(wanted) if rec.state in TERMINAL}
+        for side, ev in found:
+            rec = recs.get("0x" + ev.trade_id.hex())
+            if rec is None:
+                continue  # open (its driver refunds it) or not one of our trades
+            action = Action.REFUND_ST if side is self.st else Action.REFUND_SC
+            self._due.append(Due(rec, action, None, ev if side is self.st else None,  # type: ignore[arg-type]
+                                 ev if side is self.sc else None, self._observed_at))
+            self.log.info("late_lock_refund_due", trade_id=rec.trade_id, chain=side.name, sender=ev.sender)
+
     async def _prune_index(self) -> None:
         """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
         open_ids = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
         for side in (self.st, self.sc):
-            side.index.retain(open_ids)
+            live = {tid for tid, evs in side.index.locks.items()  # a live lock may still need a refund (sweep)
+                    if any(e.swap_id not in side.index.claims and e.swap_id not in side.index.refunds for e in evs)}
+            side.index.retain(open_ids | live)
 
     def _archive_later(self, trade_id: str) -> None:
         """Compact a finished trade once the audit entries of its last transactions are written."""

@@ -283,9 +283,10 @@ class Store:
 
     async def audit(self, trade_id: str) -> list[dict[str, Any]]:
         archived = await self.r.hget(trade_key(trade_id), "archive")
+        later = [json.loads(x) for x in await self.r.lrange(audit_key(trade_id), 0, -1)]
         if archived:
-            return list(_unpack(archived)["audit"])
-        return [json.loads(x) for x in await self.r.lrange(audit_key(trade_id), 0, -1)]
+            return list(_unpack(archived)["audit"]) + later  # e.g. a late lock refunded after archival
+        return later
 
     async def archive(self, trade_id: str) -> bool:
         """Compact a finished trade: its fields and audit trail become one compressed value, the sealed secret

@@ -100,3 +100,33 @@ def dev_issuer():
     from deploy.devnet import ROLES, dev_account
 
     return dev_account(ROLES["issuer"])
+
+
+async def test_a_counterparty_lock_made_after_the_trade_was_aborted_is_refunded_not_left_stuck(net: Net):
+    """Found by the long chaos run: a buyer whose SC lock was mined only after the trade had been ABORTED left its
+    coins locked for good (the checker's STUCK). The relayer refunds such a late lock as a watcher."""
+    engine = await net.engine([net.seller])
+    try:
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        await engine.intake(signed)
+        assert (await drive(engine, [tid], until={TradeState.ST_LOCKED}))[tid] == TradeState.ST_LOCKED
+        await net.warp(engine.settings.st_lock_duration + 5)
+        assert (await drive(engine, [tid]))[tid] == TradeState.ABORTED
+        before = await net.balance(net.sc, net.sc_token, net.buyer.address)
+        now = await net.sc.now()
+        await _bot_lock(net, net.sc, net.buyer, net.doc["sc"]["escrow"], signed.instruction.trade_id_bytes,
+                        net.sc_token, 777, net.seller.address, os.urandom(32), now + 5)
+        assert await net.balance(net.sc, net.sc_token, net.buyer.address) == before - 777
+        await net.warp(10)
+        sid = swap_id(net.buyer.address, signed.instruction.trade_id_bytes)
+        for _ in range(200):
+            await engine.step()
+            await engine.drain(timeout=2)
+            if await engine.sc.ledger.swap_slot(sid) == bytes(32):
+                break
+        assert await engine.sc.ledger.swap_slot(sid) == bytes(32)
+        assert await net.balance(net.sc, net.sc_token, net.buyer.address) == before  # the buyer got it back
+        assert "refund_sc_mined" in [e["event"] for e in await engine.store.audit(tid)]
+    finally:
+        await close_engine(engine)
