@@ -438,6 +438,7 @@ class Chaos:
                     if self.chain_down[chain.name]:
                         continue
                     await chain.rpc("anvil_reorg", [self.rng.randint(1, self.cfg.confirmations - 1) or 1, []])
+                    await self._set_clock(chain.name)  # anvil_reorg sets the chain's clock back ~0.5-1 s each time
                 elif fault == "redis_restart":
                     self.redis.stop(kill=True)
                     await asyncio.sleep(self.rng.uniform(0.2, 2.0))
