@@ -63,8 +63,11 @@ class ChaosConfig:
     honest_share: float = 0.5
     block_time: float = 0.5
     confirmations: int = 2
-    st_lock_duration: int = 40
+    st_lock_duration: int = 60
     max_skew: int = 4  # the relayer's DVP_MAX_CLOCK_SKEW: injected skew stays within the bound Δ is built on
+    # DVP_MARGIN: Δ must cover the relayer outages the run injects (a SIGKILLed worker is down for the 0.2-3 s
+    # the runner waits plus ~2.5 s of start-up), as docs/failure-modes.md tells operators to size it
+    margin: int = 6
     workdir: Path = Path(".chaos")
     max_seconds: float = 3600
 
@@ -158,7 +161,8 @@ class Chaos:
             "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
             "DVP_SECRET_KEY": generate_key(),
             "DVP_CONFIRMATIONS": str(self.cfg.confirmations), "DVP_BLOCK_TIME": str(self.cfg.block_time),
-            "DVP_INCLUSION_DELAY": "1", "DVP_MAX_CLOCK_SKEW": str(self.cfg.max_skew), "DVP_MARGIN": "1",
+            "DVP_INCLUSION_DELAY": "1", "DVP_MAX_CLOCK_SKEW": str(self.cfg.max_skew),
+            "DVP_MARGIN": str(self.cfg.margin),
             "DVP_ST_LOCK_DURATION": str(self.cfg.st_lock_duration), "DVP_POLL_INTERVAL": "0.1",
             "DVP_RPC_TIMEOUT": "2", "DVP_API_PORT": str(self.api_port), "DVP_API_TOKENS": self.api_token,
             "DVP_LOG_LEVEL": "WARNING",
@@ -166,7 +170,7 @@ class Chaos:
         # Δ as the relayer computes it: k × block time + inclusion + skew + margin
         import math
 
-        self.delta = math.ceil(self.cfg.confirmations * self.cfg.block_time + 1 + self.cfg.max_skew + 1)
+        self.delta = math.ceil(self.cfg.confirmations * self.cfg.block_time + 1 + self.cfg.max_skew + self.cfg.margin)
         self.start_worker()
 
     def start_worker(self) -> None:
