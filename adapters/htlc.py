@@ -250,9 +250,6 @@ class HtlcLedger:
         """Both legs on one chain: use the other ledger's senders, so each account has ONE nonce ledger."""
         self.all_senders, self.senders = other.all_senders, other.senders
 
-    def signs_for(self, address: str) -> bool:
-        return address in self.senders
-
     def any_sender(self, prefer: list[str] | None = None) -> TxSender | None:
         for addr in prefer or []:
             if addr in self.senders:
