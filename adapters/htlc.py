@@ -77,6 +77,9 @@ EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent | SettledEvent
 class FollowResult:
     events: list[EscrowEvent] = field(default_factory=list)
     rewound_to: int | None = None  # set when a reorg removed processed blocks above this height
+    # preimages revealed in blocks not yet `confirmations` deep: a secret is a secret whatever happens to the
+    # block, so the party still to claim may use it at once (it changes no state; events above do)
+    preimages: list[bytes] = field(default_factory=list)
     head: int = 0
     head_timestamp: int = 0
 
@@ -113,11 +116,13 @@ class EscrowFollower:
             "0x" + HexBytes(self._contract.events[name]().topic).hex().removeprefix("0x"): name
             for name in ("Locked", "Claimed", "Refunded")
         }
+        self._claimed_topic = next(t for t, n in self._topics.items() if n == "Claimed")
         self._dvp_contract = AsyncWeb3().eth.contract(abi=abi(ATOMIC_DVP))
         self._topics["0x" + HexBytes(self._dvp_contract.events.Settled().topic).hex().removeprefix("0x")] = "Settled"
         self.confirmed_timestamp = 0
         self.last_head = 0
         self.last_head_timestamp = 0
+        self._preimages_read_to = 0  # unconfirmed blocks already searched for preimages
 
     @property
     def cursor(self) -> tuple[int, str | None]:
@@ -155,20 +160,33 @@ class EscrowFollower:
         return number
 
     async def poll(self) -> FollowResult:
-        """Process every newly confirmed block (bounded range per call)."""
+        """Process every newly confirmed block (bounded range per call), then read the preimages of claims in
+        the blocks above them."""
         head_block = await self.chain.get_block("latest")
         head = int(head_block["number"])
         self.last_head, self.last_head_timestamp = head, int(head_block["timestamp"])
         result = FollowResult(head=head, head_timestamp=self.last_head_timestamp)
+        await self._confirmed(result, head)
+        if result.rewound_to is None and head > max(self.height, self._preimages_read_to):
+            start = max(self.height, self._preimages_read_to) + 1
+            logs = await self.chain.call(lambda w3: w3.eth.get_logs({
+                "address": self.escrow, "fromBlock": start, "toBlock": head, "topics": [self._claimed_topic]}))
+            result.preimages = [ev.preimage for ev in map(self._decode, logs) if isinstance(ev, ClaimedEvent)]
+            self._preimages_read_to = head
+        elif result.rewound_to is not None:
+            self._preimages_read_to = 0
+        return result
+
+    async def _confirmed(self, result: FollowResult, head: int) -> None:
         rewound = await self._check_reorg()
         if rewound is not None:
             result.rewound_to = rewound
-            return result
+            return
         target = head - (self.confirmations - 1)
         if target <= self.height:
             if target < self.height:  # the chain got shorter (rollback) without a hash mismatch yet
                 result.rewound_to = self.height = max(target, 0)
-            return result
+            return
         end = min(target, self.height + self.max_range)
         start = self.height + 1
         logs = await self.chain.call(
@@ -181,7 +199,7 @@ class EscrowFollower:
         end_timestamp = int(blocks[-1]["timestamp"], 16) if blocks[-1] else 0
         for lg in logs:
             if hashes[int(lg["blockNumber"])] != "0x" + bytes(lg["blockHash"]).hex():
-                return result  # a reorg happened while reading: try again next poll
+                return  # a reorg happened while reading: try again next poll
         for lg in logs:
             ev = self._decode(lg)
             if ev is not None:
@@ -191,7 +209,6 @@ class EscrowFollower:
         self._hashes[end] = hashes[end] or ""
         while len(self._hashes) > self._hash_window:
             self._hashes.popitem(last=False)
-        return result
 
     def _decode(self, lg: Any) -> EscrowEvent | None:
         topic0 = "0x" + bytes(lg["topics"][0]).hex()

@@ -10,7 +10,6 @@ BAD-TERMS-CLAIMED  a lock whose terms differ from the instruction was claimed an
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,21 +30,31 @@ class Leg:
     locked: dict[str, Any] | None = None  # the Locked event args of the expected sender's swap
     claimed: bool = False
     refunded: bool = False
+    claimed_block: int | None = None
 
 
 @dataclass
 class ChainLogs:
     locks: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)  # (tradeId, sender) -> args
-    claimed: set[bytes] = field(default_factory=set)
+    claimed: dict[bytes, int] = field(default_factory=dict)  # swapId -> block of the Claimed event
     refunded: set[bytes] = field(default_factory=set)
     now: int = 0
+    rpc_url: str = ""
+
+    async def block_time(self, number: int) -> int:
+        """Timestamp of one block (used to date the claims of ONE-SIDED trades)."""
+        w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(self.rpc_url))
+        try:
+            return int((await w3.eth.get_block(number))["timestamp"])
+        finally:
+            await w3.provider.disconnect()
 
 
 async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 5000) -> ChainLogs:
     """Every escrow event from `from_block` to the head, read straight from the node."""
     w3 = AsyncWeb3(AsyncWeb3.AsyncHTTPProvider(rpc_url))
     c = w3.eth.contract(address=escrow, abi=abi("HashedTimelockEscrow"))
-    out = ChainLogs()
+    out = ChainLogs(rpc_url=rpc_url)
     try:
         head = await w3.eth.get_block("latest")
         out.now = int(head["timestamp"])
@@ -58,7 +67,7 @@ async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 50
                     if name == "Locked":
                         out.locks[(bytes(a["tradeId"]), a["sender"])] = dict(a)
                     elif name == "Claimed":
-                        out.claimed.add(bytes(a["swapId"]))
+                        out.claimed[bytes(a["swapId"])] = int(ev["blockNumber"])
                     else:
                         out.refunded.add(bytes(a["swapId"]))
             start = end + 1
@@ -69,13 +78,12 @@ async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 50
 
 def _leg(logs: ChainLogs, trade_id: bytes, sender: str) -> Leg:
     sid = _swap_id(sender, trade_id)
-    return Leg(locked=logs.locks.get((trade_id, sender)), claimed=sid in logs.claimed, refunded=sid in logs.refunded)
+    return Leg(locked=logs.locks.get((trade_id, sender)), claimed=sid in logs.claimed, refunded=sid in logs.refunded,
+               claimed_block=logs.claimed.get(sid))
 
 
 def classify(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs, delta: int) -> str:
-    tid = bytes.fromhex(ins["tradeId"][2:])
-    st_leg = _leg(st, tid, ins["sellerStAccount"])
-    sc_leg = _leg(sc, tid, ins["buyerScAccount"])
+    st_leg, sc_leg = legs(ins, st, sc)
     if sc_leg.claimed and sc_leg.locked:
         a, s = sc_leg.locked, st_leg.locked
         if (a["amount"] != ins["scAmount"] or a["receiver"] != ins["sellerScAccount"] or a["token"] != ins["scToken"]
@@ -94,13 +102,18 @@ def classify(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs, delta: int) -> s
     return "ABORTED"
 
 
-async def check(instructions: list[dict[str, Any]], deployment: dict[str, Any], delta: int) -> Counter[str]:
+async def read_both(deployment: dict[str, Any]) -> tuple[ChainLogs, ChainLogs]:
+    """The escrow events of the ST and the SC chain, each read straight from its node."""
     st = await read_chain(deployment["st"]["rpc_url"], deployment["st"]["escrow"], deployment["st"]["deploy_block"])
     sc = await read_chain(deployment["sc"]["rpc_url"], deployment["sc"]["escrow"], deployment["sc"]["deploy_block"])
-    return Counter(classify(ins, st, sc, delta) for ins in instructions)
+    return st, sc
 
 
-async def classify_all(instructions: list[dict[str, Any]], deployment: dict[str, Any], delta: int) -> dict[str, str]:
-    st = await read_chain(deployment["st"]["rpc_url"], deployment["st"]["escrow"], deployment["st"]["deploy_block"])
-    sc = await read_chain(deployment["sc"]["rpc_url"], deployment["sc"]["escrow"], deployment["sc"]["deploy_block"])
+def classify_all(instructions: list[dict[str, Any]], st: ChainLogs, sc: ChainLogs, delta: int) -> dict[str, str]:
     return {ins["tradeId"]: classify(ins, st, sc, delta) for ins in instructions}
+
+
+def legs(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs) -> tuple[Leg, Leg]:
+    """The trade's ST leg (the seller's swap) and SC leg (the buyer's swap) as the chains show them."""
+    tid = bytes.fromhex(ins["tradeId"][2:])
+    return _leg(st, tid, ins["sellerStAccount"]), _leg(sc, tid, ins["buyerScAccount"])

@@ -40,7 +40,8 @@ import aiohttp
 
 from adapters.contracts import encode_call, swap_id
 from adapters.evm import EvmChain, TxSender
-from chaos.checker import VIOLATIONS, classify_all
+from chaos.checker import VIOLATIONS, classify_all, legs, read_both
+from chaos.timeline import BEYOND_GUARANTEE, ClockLog, Outage, claim_window
 from deploy.deployer import MAX_UINT256
 from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
 from deploy.processes import AnvilProcess, RedisProcess, free_port, port_open
@@ -93,9 +94,11 @@ class Chaos:
         self.outcomes: dict[str, str] = {}
         self.chain_down: dict[str, bool] = {"st": False, "sc": False}
         self.kind_of: dict[str, str] = {}
-        self.outages: list[tuple[str, float, float]] = []  # (what, wall start, wall end) of outages > Δ
-        self.reveal_window: dict[str, tuple[float, float]] = {}  # trade -> wall time [secret public, T_st]
+        self.outages: list[Outage] = []  # every injected outage (worker, redis, a chain), wall clock
+        self.clocks = ClockLog()  # every chain clock offset the runner set, to date chain times in wall time
+        self.windows: dict[str, dict[str, Any]] = {}  # ONE-SIDED trade -> its claim window (chaos.timeline)
         self.time_offset = {"st": 0, "sc": 0}  # injected clock offsets (anvil forgets them on restart)
+        self._background: set[asyncio.Task[None]] = set()
         self.max_skew_seen = 0  # largest |ST - SC| latest-block time difference sampled
         self.lost_blocks: list[tuple[str, int]] = []  # (chain, depth) when a restart did not keep the head
         self._kind_deck: list[str] = []
@@ -271,25 +274,11 @@ class Chaos:
             try:
                 st_slot = await self._slot(self.st, self.doc["st"]["escrow"], st_id)
                 sc_slot = await self._slot(self.sc, self.doc["sc"]["escrow"], sc_id)
-                if sc_slot == bytes(32) and st_slot != bytes(32) and ins.tradeId not in self.reveal_window:
-                    await self._note_reveal(ins, sc_id)
                 if st_slot == bytes(32) and sc_slot == bytes(32) and await self._touched(ins):
                     return
             except Exception:  # noqa: BLE001 - chains stop, reorg and restart under us: poll again
                 pass
             await asyncio.sleep(1.0)
-
-    async def _note_reveal(self, ins: TradeInstruction, sc_id: bytes) -> None:
-        """The SC leg was claimed (the secret is public) while the ST leg is still locked: remember the wall-time
-        window [now, T_st] in which the buyer's ST claim must land, whoever revealed (relayer or bot)."""
-        claimed = await self.sc.call(lambda w3: w3.eth.get_logs({
-            "address": self.doc["sc"]["escrow"], "fromBlock": self.doc["sc"]["deploy_block"],
-            "topics": [None, "0x" + sc_id.hex()]}))
-        lock = await self._wait_lock(self.st, self.doc["st"]["escrow"], ins, ins.sellerStAccount, 0.1)
-        if not claimed or lock is None:
-            return  # refunded, not claimed (or not readable now)
-        seen = time.time()
-        self.reveal_window.setdefault(ins.tradeId, (seen - 1.0, seen + lock["timelock"] - await self.st.now()))
 
     async def _touched(self, ins: TradeInstruction) -> bool:
         """True once the trade is over: an ST lock existed and is gone, or nothing can be locked any more."""
@@ -346,8 +335,6 @@ class Chaos:
             await self.bot_tx[("sc", "seller")].transact(sc_escrow, encode_call(
                 E, "claim", secret, swap_id(ins.buyerScAccount, ins.trade_id_bytes), ins.scToken, ins.scAmount,
                 ins.sellerScAccount, sc_lock["timelock"]), timeout=30)
-            revealed = time.time()
-            self.reveal_window[ins.tradeId] = (revealed, revealed + t_st - await self._chain_now(self.st))
             return
         if kind == "bot_never_locks":
             return
@@ -383,6 +370,21 @@ class Chaos:
         relative evm_increaseTime on restart, and absolute setting cannot drift."""
         chain = self.st if name == "st" else self.sc
         await chain.rpc("evm_setTime", [int(time.time()) + self.time_offset[name]])
+        self.clocks.set(name, time.time(), self.time_offset[name])
+
+    async def _worker_back(self, killed_at: float) -> None:
+        """Record the worker's outage: from the kill until its API answers again (at most 30 s later)."""
+        limit = time.monotonic() + 30
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+            while time.monotonic() < limit:
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.api_port}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                await asyncio.sleep(0.1)
+        self.outages.append(Outage("worker", killed_at, time.time()))
 
     async def _sample_skew(self) -> None:
         try:
@@ -404,10 +406,14 @@ class Chaos:
             try:
                 if fault == "worker_kill":
                     assert self.worker is not None
+                    killed_at = time.time()
                     self.worker.kill()
                     self.worker.wait()
                     await asyncio.sleep(self.rng.uniform(0.2, 3.0))
                     self.start_worker()
+                    task = asyncio.create_task(self._worker_back(killed_at))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
                 elif fault in ("chain_stop_short", "chain_stop_long"):
                     name = self.rng.choice(["st", "sc"])
                     if self.chain_down[name]:
@@ -424,6 +430,7 @@ class Chaos:
                     while port_open(node.port):
                         await asyncio.sleep(0.1)
                     node.start()
+                    self.outages.append(Outage(f"{name} chain", started, time.time()))
                     # anvil keeps blocks and state across a restart but not its evm_increaseTime offset: put the
                     # clock back where it was, or the chain's time would jump back (no real chain does that)
                     await self._set_clock(name)
@@ -434,8 +441,6 @@ class Chaos:
                         kept = None
                     if kept is None or kept["hash"] != before["hash"]:
                         self.lost_blocks.append((name, int(before["number"])))
-                    if time.time() - started > self.delta:
-                        self.outages.append((f"{name} chain", started, time.time()))
                 elif fault == "reorg":
                     chain = self.rng.choice([self.st, self.sc])
                     if self.chain_down[chain.name]:
@@ -443,9 +448,11 @@ class Chaos:
                     await chain.rpc("anvil_reorg", [self.rng.randint(1, self.cfg.confirmations - 1) or 1, []])
                     await self._set_clock(chain.name)  # anvil_reorg sets the chain's clock back ~0.5-1 s each time
                 elif fault == "redis_restart":
+                    started = time.time()
                     self.redis.stop(kill=True)
                     await asyncio.sleep(self.rng.uniform(0.2, 2.0))
                     self.redis.start()
+                    self.outages.append(Outage("redis", started, time.time()))
                 elif fault == "clock_skew":
                     # each chain's clock runs 0..max_skew s ahead of wall time, so the two never differ by more
                     # than the bound Δ is built on, and a restart's first block (anvil stamps it before the
@@ -505,6 +512,8 @@ class Chaos:
                 self.echo("chaos: time bound reached; finishing")
         self.stop.set()
         await injector
+        if self._background:
+            await asyncio.gather(*self._background)
         for node in (self.st_node, self.sc_node):
             if not port_open(node.port):
                 node.start()
@@ -520,9 +529,10 @@ class Chaos:
         await self.teardown()
         self.report(result, time.monotonic() - t0)
         (self.cfg.workdir / "outcomes.json").write_text(json.dumps({
-            "trades": {t: {"outcome": o, "kind": self.kind_of.get(t), "reveal_window": self.reveal_window.get(t)}
+            "trades": {t: {"outcome": o, "kind": self.kind_of.get(t), "claim_window": self.windows.get(t)}
                        for t, o in self.outcomes.items()},
-            "outages_longer_than_delta": self.outages, "lost_blocks": self.lost_blocks,
+            "outages": [[o.what, o.start, o.end] for o in self.outages], "clock_offsets": self.clocks.changes,
+            "budget_seconds": self.delta - self.cfg.margin, "lost_blocks": self.lost_blocks,
             "faults": dict(self.stats.faults)}, indent=1))
         bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"]
         return 1 if bad else 0
@@ -530,32 +540,47 @@ class Chaos:
     async def settle_out(self, timeout: float = 120.0) -> Counter[str]:
         limit = time.monotonic() + timeout
         while True:
-            self.outcomes = self._explain(await classify_all(self.instructions, self.doc, self.delta))
+            st, sc = await read_both(self.doc)
+            self.outcomes = classify_all(self.instructions, st, sc, self.delta)
             result = Counter(self.outcomes.values())
             if (not result["STUCK"] and not result["PENDING"]) or time.monotonic() > limit:
-                return result
+                break
             await asyncio.sleep(2)
+        await self._explain(st, sc)
+        return Counter(self.outcomes.values())
 
-    def _explain(self, outcomes: dict[str, str]) -> dict[str, str]:
-        """A ONE-SIDED trade whose secret-public window [reveal, T_st] was overlapped by an injected outage longer
-        than Δ is the one case HTLCs cannot save (docs/failure-modes.md); it is reported apart. Any other
-        ONE-SIDED trade stays a violation."""
-        out = dict(outcomes)
-        for tid, outcome in outcomes.items():
-            window = self.reveal_window.get(tid)
-            if outcome != "ONE-SIDED" or window is None:
+    async def _explain(self, st: Any, sc: Any) -> None:
+        """Date every ONE-SIDED trade's claim window and set apart those whose injected outages left less than
+        Δ − margin seconds to claim in: the HTLC limit (chaos.timeline). All others stay violations."""
+        budget = float(self.delta - self.cfg.margin)
+        for ins in self.instructions:
+            tid = ins["tradeId"]
+            if self.outcomes.get(tid) != "ONE-SIDED":
                 continue
-            if any(start < window[1] and end > window[0] for _, start, end in self.outages):
-                out[tid] = "ONE-SIDED (outage > Δ while secret public)"
-        return out
+            st_leg, sc_leg = legs(ins, st, sc)
+            done, done_logs, missing, name = ((sc_leg, sc, st_leg, "st") if sc_leg.claimed
+                                              else (st_leg, st, sc_leg, "sc"))
+            if done.claimed_block is None or missing.locked is None:
+                continue
+            revealed = await done_logs.block_time(done.claimed_block)
+            window = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
+                                  self.clocks, self.outages, budget, observe=self.cfg.block_time)
+            self.windows[tid] = window.as_dict()
+            if window.beyond_guarantee:
+                self.outcomes[tid] = BEYOND_GUARANTEE
 
     def report(self, result: Counter[str], seconds: float) -> None:
         self.echo("")
         self.echo(f"{'outcome (checker, chain reads only)':<40}{'trades':>8}")
         for k in ("SETTLED", "ABORTED", "ONE-SIDED", "STUCK", "BAD-TERMS-CLAIMED", "PENDING"):
             self.echo(f"  {k:<38}{result.get(k, 0):>8}")
-        self.echo(f"  {'ONE-SIDED, outage > Δ while the':<38}{result.get('ONE-SIDED (outage > Δ while secret public)', 0):>8}")
-        self.echo("    secret was public (HTLC limit, not counted as a violation; see docs/failure-modes.md)")
+        budget = self.delta - self.cfg.margin
+        self.echo(f"  {'ONE-SIDED, outages left < Δ-margin':<38}{result.get(BEYOND_GUARANTEE, 0):>8}")
+        self.echo(f"    (< {budget}s of service between the reveal and the other leg's timelock: the HTLC limit, not "
+                  "counted as a violation; see docs/failure-modes.md)")
+        for tid, w in self.windows.items():
+            self.echo(f"    {self.outcomes[tid]:<10} {self.kind_of.get(tid)}: {w['unclaimed']} claim missing, window "
+                      f"{w['end'] - w['start']:.1f}s, down {w['down']:.1f}s, up {w['up']:.1f}s")
         self.echo(f"{'trade kind':<24}{'count':>7}{'SETTLED':>9}{'ABORTED':>9}{'other':>7}")
         for k, v in sorted(self.stats.kinds.items()):
             outs = Counter(o for t, o in self.outcomes.items() if self.kind_of.get(t) == k)

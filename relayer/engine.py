@@ -75,6 +75,11 @@ class ChainIndex:
         self.claims: dict[bytes, ClaimedEvent] = {}
         self.refunds: dict[bytes, RefundedEvent] = {}
         self.settlements: dict[bytes, list[SettledEvent]] = defaultdict(list)
+        self.preimages: dict[bytes, bytes] = {}  # sha256 -> preimage, from claims not yet k blocks deep
+
+    def learn_preimages(self, preimages: list[bytes]) -> None:
+        for p in preimages:
+            self.preimages[hashlib.sha256(p).digest()] = p
 
     def apply(self, events: list[EscrowEvent]) -> None:
         for ev in events:
@@ -103,8 +108,12 @@ class ChainIndex:
         live = {e.swap_id for evs in self.locks.values() for e in evs}
         self.claims = {k: v for k, v in self.claims.items() if k in live}
         self.refunds = {k: v for k, v in self.refunds.items() if k in live}
+        hashlocks = {e.hashlock for evs in self.locks.values() for e in evs}
+        self.preimages = {h: p for h, p in self.preimages.items() if h in hashlocks}
 
     def forget(self, trade_id: bytes, swap_ids: list[bytes]) -> None:
+        for ev in self.locks.get(trade_id, []):
+            self.preimages.pop(ev.hashlock, None)
         self.locks.pop(trade_id, None)
         self.settlements.pop(trade_id, None)
         for sid in swap_ids:
@@ -408,6 +417,7 @@ class Engine:
             side.index.rewind(res.rewound_to)
             self.log.warning("reorg_rewind", chain=side.name, to_height=res.rewound_to)
         side.index.apply(res.events)
+        side.index.learn_preimages(res.preimages)
         height, bhash = side.follower.cursor
         metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
         metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
@@ -628,6 +638,7 @@ class Engine:
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
             sc_confirmed_time=self.sc.follower.confirmed_timestamp if self.sc.follower else 0,
             st_fresh=self.st.fresh, sc_fresh=self.sc.fresh, revealed=rec.state is TradeState.SC_CLAIMED,
+            seen_preimage=self._seen_preimage(st_leg),
         )
         d = decide(view, roles, self.policy)
         if fence is not None:
@@ -792,7 +803,8 @@ class Engine:
                 await self.store.add_audit(rec.trade_id, ACTOR, "foreign_lock_ignored", sender=ev.sender,
                                            tx=ev.tx_hash, block=ev.block)
                 log.warning("foreign_lock_ignored", sender=ev.sender, tx=ev.tx_hash)
-        if d.one_sided:
+        if d.one_sided and (rec.trade_id, "one-sided") not in self._reported:
+            self._reported.add((rec.trade_id, "one-sided"))
             log.error("atomicity_violation", notes=d.notes)
 
     # ------------------------------------------------------------------ actions
@@ -1050,8 +1062,15 @@ class Engine:
         return Prepared(d, ledger, via, encode_call(ATOMIC_DVP, "settle", *entry), entry, expires=ins.deadline,
                         to=ledger.dvp)
 
+    def _seen_preimage(self, st_leg: LegView) -> bytes | None:
+        """The ST lock's secret if a claim not yet k blocks deep revealed it (on either chain)."""
+        if st_leg.lock is None or not st_leg.active:
+            return None
+        h = st_leg.lock.hashlock
+        return self.sc.index.preimages.get(h) or self.st.index.preimages.get(h)
+
     def _preimage(self, rec: TradeRecord, view: TradeView) -> bytes | None:
-        public = view.sc.preimage or view.st.preimage
+        public = view.sc.preimage or view.st.preimage or view.seen_preimage
         if public is not None:
             return public
         sealed = rec.get("secret")

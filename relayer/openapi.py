@@ -85,7 +85,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [
                     {"name": "state", "in": "query", "required": False,
                      "schema": {"type": "string", "enum": ["MATCHED", "ST_LOCKED", "SC_LOCKED", "SC_CLAIMED",
-                                                           "SETTLED", "REFUNDING", "ABORTED", "REJECTED"]}},
+                                                           "SETTLED", "REFUNDING", "ABORTED", "REJECTED", "ONE_SIDED"]}},
                     {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 500}},

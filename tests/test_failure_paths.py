@@ -130,3 +130,28 @@ async def test_a_counterparty_lock_made_after_the_trade_was_aborted_is_refunded_
         assert "refund_sc_mined" in [e["event"] for e in await engine.store.audit(tid)]
     finally:
         await close_engine(engine)
+
+
+async def test_the_buyer_claims_the_st_with_a_secret_seen_before_its_reveal_is_k_blocks_deep(net: Net):
+    """A counterparty that reveals at the last moment leaves the buyer Δ; waiting k blocks to read the secret
+    spends part of it. The secret is valid whatever happens to the block, so the ST claim goes out at once."""
+    engine = await net.engine([net.buyer], confirmations=6)  # 3 s of blocks before a claim counts as confirmed
+    try:
+        signed = await net.instruction()
+        ins = signed.instruction
+        secret = os.urandom(32)
+        await engine.intake(signed)
+        await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,
+                        ins.stAmount, ins.buyerStAccount, hashlib.sha256(secret).digest(), await net.st.now() + 120)
+        assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
+        t_sc = (await engine.store.get(ins.tradeId)).get_int("sc_timelock")
+        await net.sender(net.sc, net.seller).transact(net.doc["sc"]["escrow"], encode_call(
+            E, "claim", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
+            ins.sellerScAccount, t_sc))
+        assert (await drive(engine, [ins.tradeId]))[ins.tradeId] == TradeState.SETTLED
+        events = [e["event"] if e["event"] != "state" else f"state:{e['to']}" for e in await engine.store.audit(ins.tradeId)]
+        sent = events.index("claim_st_sent")
+        later_states = [e for e in events if e in ("state:SC_CLAIMED", "state:SETTLED")]
+        assert later_states and all(events.index(e) > sent for e in later_states), events
+    finally:
+        await close_engine(engine)

@@ -134,6 +134,8 @@ def test_happy_path_decisions():
     d = decide(view(st=LegView(lock=st_lock())), BOTH, POLICY)
     assert (d.state, d.actions) == (TradeState.ST_LOCKED, [Action.LOCK_SC])
     d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock())), BOTH, POLICY)
+    assert d.state == TradeState.SC_LOCKED and d.actions == [Action.CLAIM_SC]  # the ST claim waits for the reveal
+    d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock()), seen_preimage=b"s"), BOTH, POLICY)
     assert d.state == TradeState.SC_LOCKED and set(d.actions) == {Action.CLAIM_SC, Action.CLAIM_ST}
     d = decide(view(st=LegView(lock=st_lock()), sc=LegView(lock=sc_lock(), claimed=True, preimage=b"s")), BUYER_ONLY,
                POLICY)
@@ -185,10 +187,14 @@ def test_clock_skew_beyond_the_bound_stops_new_locks():
     assert Action.LOCK_SC not in d.actions
 
 
-def test_one_sided_outcome_is_flagged():
+def test_one_sided_outcome_is_flagged_and_final_in_both_directions():
     d = decide(view(st=LegView(lock=st_lock(), refunded=True), sc=LegView(lock=sc_lock(), claimed=True, preimage=b"s"),
                     now=T_ST), BOTH, POLICY)
-    assert d.one_sided
+    assert d.one_sided and d.state is TradeState.ONE_SIDED and d.actions == []
+    d = decide(view(st=LegView(lock=st_lock(), claimed=True, preimage=b"s"), sc=LegView(lock=sc_lock(), refunded=True),
+                    now=T_ST), BOTH, POLICY)
+    assert d.one_sided and d.state is TradeState.ONE_SIDED and d.actions == []
+    assert TradeState.ONE_SIDED in TERMINAL and can_transition(TradeState.SC_CLAIMED, TradeState.ONE_SIDED)
 
 
 def test_a_claim_is_kept_trying_while_the_chain_itself_is_before_the_timelock():

@@ -116,6 +116,9 @@ class TradeView:
     st_fresh: bool = True
     sc_fresh: bool = True
     revealed: bool = False  # an earlier round saw the SC claimed (persisted state SC_CLAIMED): the secret is public
+    # the ST lock's secret, read from a claim not yet k blocks deep: enough for the ST claim (a secret stays valid
+    # whatever happens to the block that revealed it), never for a state change
+    seen_preimage: bytes | None = None
 
 
 @dataclass
@@ -183,13 +186,13 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     d.notes += [f"ST lock: {p}" for p in st_problems] + [f"SC lock: {p}" for p in sc_problems]
 
     # -- state, from the chains
-    preimage_public = sc.preimage or st.preimage or view.revealed
+    preimage_public = sc.preimage or st.preimage or view.revealed or view.seen_preimage is not None
     if st.claimed and sc.claimed:
         d.state = TradeState.SETTLED
         return d
-    if sc.claimed and st.refunded:
-        d.state, d.one_sided = TradeState.SC_CLAIMED, True
-        d.notes.append("ONE-SIDED: SC claimed but ST refunded")
+    if (sc.claimed and st.refunded) or (st.claimed and sc.refunded):
+        d.state, d.one_sided = TradeState.ONE_SIDED, True
+        d.notes.append("ONE-SIDED: SC claimed but ST refunded" if sc.claimed else "ONE-SIDED: ST claimed but SC refunded")
         return d
     # "Expired" means the chain itself is past the timelock: its latest block is at or after T, so no later
     # block can accept a claim and a refund will succeed. A projected clock may run ahead of a chain that
@@ -235,9 +238,9 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
         and st_claimable
         and view.now_sc + policy.inclusion_delay < sc.lock.timelock  # type: ignore[union-attr]
     ):
+        # The ST claim waits for this one to be mined (the secret is then public, read at depth 0): sent together,
+        # an ST claim could land while an SC claim held up by an outage misses T_sc, leaving the seller one-sided.
         d.actions.append(Action.CLAIM_SC)
-        if Action.CLAIM_ST not in d.actions:
-            d.actions.append(Action.CLAIM_ST)  # same moment: the seller holds s; steps 3 and 4 overlap
     if roles.seller and st.claimed and sc.active and not sc_expired and not sc_problems:
         d.actions.append(Action.CLAIM_SC)  # the ST claim landed first: collect the payment too
 

@@ -14,9 +14,12 @@ class TradeState(StrEnum):
     REFUNDING = "REFUNDING"  # a timelock passed with a leg still locked: refunds are due
     ABORTED = "ABORTED"  # every lock that existed was refunded (or none was ever made)
     REJECTED = "REJECTED"  # invalid input: never acted on
+    # one leg claimed, the other refunded: atomicity was lost (only possible beyond the HTLC guarantee, e.g. an
+    # outage longer than the margin while the secret was public). Final; the operator settles it off-ledger.
+    ONE_SIDED = "ONE_SIDED"
 
 
-TERMINAL = frozenset({TradeState.SETTLED, TradeState.ABORTED, TradeState.REJECTED})
+TERMINAL = frozenset({TradeState.SETTLED, TradeState.ABORTED, TradeState.REJECTED, TradeState.ONE_SIDED})
 
 _FORWARD = [TradeState.MATCHED, TradeState.ST_LOCKED, TradeState.SC_LOCKED, TradeState.SC_CLAIMED,
             TradeState.SETTLED]
@@ -24,16 +27,18 @@ _FORWARD = [TradeState.MATCHED, TradeState.ST_LOCKED, TradeState.SC_LOCKED, Trad
 ALLOWED: dict[TradeState, frozenset[TradeState]] = {
     TradeState.MATCHED: frozenset({TradeState.ST_LOCKED, TradeState.SC_LOCKED, TradeState.SC_CLAIMED,
                                    TradeState.SETTLED, TradeState.REFUNDING, TradeState.ABORTED,
-                                   TradeState.REJECTED}),
+                                   TradeState.REJECTED, TradeState.ONE_SIDED}),
     TradeState.ST_LOCKED: frozenset({TradeState.SC_LOCKED, TradeState.SC_CLAIMED, TradeState.SETTLED,
-                                     TradeState.REFUNDING, TradeState.ABORTED}),
+                                     TradeState.REFUNDING, TradeState.ABORTED, TradeState.ONE_SIDED}),
     TradeState.SC_LOCKED: frozenset({TradeState.SC_CLAIMED, TradeState.SETTLED, TradeState.REFUNDING,
-                                     TradeState.ABORTED}),
-    TradeState.SC_CLAIMED: frozenset({TradeState.SETTLED}),
-    TradeState.REFUNDING: frozenset({TradeState.ABORTED, TradeState.SC_CLAIMED, TradeState.SETTLED}),
+                                     TradeState.ABORTED, TradeState.ONE_SIDED}),
+    TradeState.SC_CLAIMED: frozenset({TradeState.SETTLED, TradeState.ONE_SIDED}),
+    TradeState.REFUNDING: frozenset({TradeState.ABORTED, TradeState.SC_CLAIMED, TradeState.SETTLED,
+                                     TradeState.ONE_SIDED}),
     TradeState.SETTLED: frozenset(),
     TradeState.ABORTED: frozenset(),
     TradeState.REJECTED: frozenset(),
+    TradeState.ONE_SIDED: frozenset(),
 }
 
 
