@@ -186,7 +186,11 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     d.notes += [f"ST lock: {p}" for p in st_problems] + [f"SC lock: {p}" for p in sc_problems]
 
     # -- state, from the chains
-    preimage_public = sc.preimage or st.preimage or view.revealed or view.seen_preimage is not None
+    # A secret read at depth 0 serves a buyer-side relayer at once. A relayer that is also the seller waits for its
+    # own SC claim to be k deep: if that block were lost (a reorg, a node restarted without it) after the ST claim
+    # went out, the seller would have delivered unpaid should the SC claim not land again before T_sc.
+    preimage_public = (sc.preimage or st.preimage or view.revealed
+                       or (view.seen_preimage is not None and not roles.seller))
     if st.claimed and sc.claimed:
         d.state = TradeState.SETTLED
         return d
@@ -238,8 +242,8 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
         and st_claimable
         and view.now_sc + policy.inclusion_delay < sc.lock.timelock  # type: ignore[union-attr]
     ):
-        # The ST claim waits for this one to be mined (the secret is then public, read at depth 0): sent together,
-        # an ST claim could land while an SC claim held up by an outage misses T_sc, leaving the seller one-sided.
+        # The ST claim waits for this one to be k deep (above): sent together, an ST claim could land while an SC
+        # claim held up by an outage misses T_sc, leaving the seller one-sided.
         d.actions.append(Action.CLAIM_SC)
     if roles.seller and st.claimed and sc.active and not sc_expired and not sc_problems:
         d.actions.append(Action.CLAIM_SC)  # the ST claim landed first: collect the payment too
