@@ -645,6 +645,11 @@ class Engine:
             await self._report_anomalies(rec, d, st_foreign + sc_foreign, log)
             self._watch_timelocks(rec, st_leg, sc_leg, now_st, now_sc, log)
             observed = {}
+            learned = sc_leg.preimage or view.seen_preimage
+            if learned and st_leg.active and rec.get("secret") is None:
+                # the counterparty's secret, kept (sealed) before the claim it allows: a worker restarted while the
+                # revealing chain is down or still being replayed claims from Redis instead of waiting for it
+                observed["secret"] = self.box.seal(learned, ins.tradeId)
             if st_leg.lock and rec.get("st_timelock") is None:
                 observed["st_timelock"] = st_leg.lock.timelock
             if sc_leg.lock and rec.get("sc_timelock") is None:
@@ -683,6 +688,9 @@ class Engine:
     async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], locks: list[LockedEvent],
                      log: Any, fence: str) -> None:
         """Persist the decided state (compare-and-set, fenced, audited); forget and archive a finished trade."""
+        if "secret" in observed:
+            await self.store.update(rec, {"secret": observed.pop("secret")}, actor=ACTOR, event="secret_learned",
+                                    fence=fence)
         if d.state != rec.state and can_transition(rec.state, d.state):
             old = rec.state
             await self.store.update(rec, {"state": d.state.value, **observed}, actor=ACTOR, event="state",

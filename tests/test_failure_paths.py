@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
@@ -155,3 +156,71 @@ async def test_the_buyer_claims_the_st_with_a_secret_seen_before_its_reveal_is_k
         assert later_states and all(events.index(e) > sent for e in later_states), events
     finally:
         await close_engine(engine)
+
+
+
+async def _bot_reveals_after_sc_lock(net: Net, engine) -> tuple[object, bytes]:
+    """A bot seller locks the ST; `engine` (buyer side) locks the SC; the bot claims the SC (the reveal)."""
+    signed = await net.instruction()
+    ins = signed.instruction
+    secret = os.urandom(32)
+    await engine.intake(signed)
+    await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,
+                    ins.stAmount, ins.buyerStAccount, hashlib.sha256(secret).digest(), await net.st.now() + 120)
+    assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
+    t_sc = (await engine.store.get(ins.tradeId)).get_int("sc_timelock")
+    await net.sender(net.sc, net.seller).transact(net.doc["sc"]["escrow"], encode_call(
+        E, "claim", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
+        ins.sellerScAccount, t_sc))
+    return ins, secret
+
+
+async def test_the_counterparty_secret_is_kept_sealed_as_soon_as_it_is_seen(net: Net):
+    engine = await net.engine([net.buyer])
+    try:
+        ins, secret = await _bot_reveals_after_sc_lock(net, engine)
+        for _ in range(200):
+            await engine.step()
+            rec = await engine.store.get(ins.tradeId)
+            if rec.get("secret"):
+                break
+            await asyncio.sleep(0.05)
+        assert engine.box.open(rec.fields["secret"], ins.tradeId) == secret
+        assert secret.hex() not in str(rec.fields)
+        assert (await drive(engine, [ins.tradeId]))[ins.tradeId] == TradeState.SETTLED
+        events = [e["event"] for e in await engine.store.audit(ins.tradeId)]
+        assert events.index("secret_learned") < events.index("claim_st_sent"), events  # kept before it is used
+    finally:
+        await close_engine(engine)
+
+
+async def test_a_worker_restarted_while_the_coin_ledger_is_down_claims_the_st_from_the_kept_secret(net: Net):
+    """A worker that restarts while the revealing chain is down (or still being replayed) cannot read the secret
+    from it; it claims the ST from the sealed copy the previous worker kept, within Δ, instead of waiting."""
+    from deploy.processes import free_port
+
+    engine = await net.engine([net.buyer])
+    try:
+        ins, secret = await _bot_reveals_after_sc_lock(net, engine)
+        # what the first worker writes on seeing the reveal, just before it dies (its claim never sent)
+        rec = await engine.store.get(ins.tradeId)
+        await engine.store.update(rec, {"state": TradeState.SC_CLAIMED.value,
+                                        "secret": engine.box.seal(secret, ins.tradeId)}, actor="test", event=None)
+        redis_url = engine.settings.redis_url
+    finally:
+        await close_engine(engine)
+    st_swap = swap_id(net.seller.address, ins.trade_id_bytes)
+    before = await net.balance(net.st, net.st_token, net.buyer.address)
+    restarted = await net.engine([net.buyer], redis_url=redis_url, sc_rpc_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        assert await restarted.st.ledger.swap_slot(st_swap) != bytes(32)  # still locked: the claim is due
+        for _ in range(200):
+            await restarted.step()
+            await asyncio.sleep(0.05)
+            if await restarted.st.ledger.swap_slot(st_swap) == bytes(32):
+                break
+        await restarted.drain()
+        assert not restarted.sc.fresh  # it never read the coin ledger
+        assert await net.balance(net.st, net.st_token, net.buyer.address) == before + ins.stAmount
+    finally:
+        await close_engine(restarted)
