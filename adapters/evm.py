@@ -344,12 +344,16 @@ class TxSender:
         return None
 
     async def _known_to_node(self, sent: SentTx) -> bool:
-        async def lookup(w3: AsyncWeb3) -> bool:
+        return await self._node_view(sent) != "unknown"
+
+    async def _node_view(self, sent: SentTx) -> str:
+        """What the node says of the latest signed version: "pending" (in its pool), "in_block", or "unknown"."""
+        async def lookup(w3: AsyncWeb3) -> str:
             try:
-                await w3.eth.get_transaction(sent.tx_hash)
-                return True
+                tx = await w3.eth.get_transaction(sent.tx_hash)
             except TransactionNotFound:
-                return False
+                return "unknown"
+            return "pending" if tx.get("blockNumber") is None else "in_block"
 
         return await self.chain.call(lookup)
 
@@ -445,9 +449,18 @@ class TxSender:
             filled = 0
             for nonce in range(latest, self._next_nonce):
                 sent = self.history.get(nonce)
-                if sent is not None and await self._known_to_node(sent):
+                view = await self._node_view(sent) if sent is not None else "unknown"
+                if view == "pending":
                     continue
-                if sent is not None:
+                if view == "in_block" and await self._mined_count() > nonce:
+                    continue  # mined since we read the count
+                if sent is not None and view == "in_block":
+                    # the node lists it in a block, yet the account's nonce says it never ran: a node restored
+                    # from an older state than its block index (seen with anvil --state). The same bytes would
+                    # be refused as known; the same intent with a new fee (a new hash) goes through.
+                    await self._bump(sent)
+                    self.in_flight[nonce] = sent
+                elif sent is not None:
                     await self._broadcast(sent)
                     self.in_flight[nonce] = sent
                 else:

@@ -372,6 +372,13 @@ class Chaos:
         await chain.rpc("evm_setTime", [int(time.time()) + self.time_offset[name]])
         self.clocks.set(name, time.time(), self.time_offset[name])
 
+    async def _nonces(self, chain: EvmChain) -> dict[str, int]:
+        """The mined transaction count of every account that sends on the devnet (relayer parties and bots)."""
+        accounts = [dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address,
+                    self.bot_seller.address, self.bot_buyer.address]
+        counts = await chain.rpc_batch([("eth_getTransactionCount", [a, "latest"]) for a in accounts])
+        return {a: int(c, 16) for a, c in zip(accounts, counts)}
+
     async def _worker_back(self, killed_at: float) -> None:
         """Record the worker's outage: from the kill until its API answers again (at most 30 s later)."""
         limit = time.monotonic() + 30
@@ -429,6 +436,7 @@ class Chaos:
                             else self.rng.uniform(self.delta * 1.2, self.delta * 2))
                     chain = self.st if name == "st" else self.sc
                     before = await chain.get_block("latest")
+                    nonces = await self._nonces(chain)
                     self.chain_down[name] = True
                     started = time.time()
                     node.stop(timeout=30)
@@ -445,7 +453,10 @@ class Chaos:
                         kept = await chain.get_block(int(before["number"]))
                     except Exception:  # noqa: BLE001 - BlockNotFound: the restarted chain is shorter
                         kept = None
-                    if kept is None or kept["hash"] != before["hash"]:
+                    # a restart must keep the blocks AND the state they led to (anvil once restored an older state
+                    # under a newer block index: mined transactions un-ran, their nonces free again)
+                    rolled_back = any(n < nonces[a] for a, n in (await self._nonces(chain)).items())
+                    if kept is None or kept["hash"] != before["hash"] or rolled_back:
                         self.lost_blocks.append((name, int(before["number"])))
                 elif fault == "reorg":
                     chain = self.rng.choice([self.st, self.sc])
@@ -601,7 +612,7 @@ class Chaos:
         self.echo(f"largest chain clock difference sampled: {self.max_skew_seen}s (latest blocks, not within 3 s of "
                   f"a chain restart; bound "
                   f"{self.cfg.max_skew}s + block time)")
-        self.echo(f"chain restarts that lost blocks (would be a finality violation): {len(self.lost_blocks)}"
+        self.echo(f"chain restarts that lost blocks or state (a finality violation): {len(self.lost_blocks)}"
                   + (f" {self.lost_blocks}" if self.lost_blocks else ""))
         for msg in self.stats.checks_failed:
             self.echo(f"CHECK FAILED: {msg}")

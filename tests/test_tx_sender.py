@@ -77,6 +77,39 @@ async def test_wait_raises_dropped_when_another_transaction_takes_the_nonce(tmp_
         node.stop()
 
 
+async def test_a_gap_the_node_lists_in_a_block_it_never_applied_is_resent_with_a_new_hash(tmp_path):
+    """Found by a chaos run: an anvil restored by --state showed a mined transaction in its block index while the
+    account's nonce said it never ran. Every later transaction of the account waited behind that nonce, and the
+    gap healer skipped it as "known to the node". Such a nonce is now re-sent as the same intent with a new fee."""
+    node = AnvilProcess(31341, free_port()).start()
+    chain = EvmChain("restored", [node.url])
+    try:
+        await chain.connect()
+        me, other = dev_accounts(2)
+        await _hold_mining(chain)
+        sender = TxSender(chain, me)
+        lost = await sender.send(other.address, b"", gas=21_000, value=1)
+        await chain.rpc("anvil_dropTransaction", [lost.tx_hash.to_0x_hex()])  # it never ran on this state
+        later = await sender.send(other.address, b"", gas=21_000, value=2)  # stuck behind the gap
+        answers = iter(["in_block"])  # what the restored node answered for the lost one's hash
+
+        async def restored_view(sent):
+            return next(answers, "unknown") if sent is lost else await real_view(sent)
+
+        real_view, sender._node_view = sender._node_view, restored_view
+        assert await sender.heal_gaps() == 1
+        await chain.rpc("evm_mine", [])
+        receipt = await sender.wait(later, timeout=10)
+        assert receipt["status"] == 1
+        mined = await chain.call(lambda w3: w3.eth.get_transaction_count(me.address, "latest"))
+        assert mined == later.nonce + 1
+        assert len(lost.hashes) == 2  # re-signed (a new fee, a new hash), not the same bytes again
+        assert await chain.rpc("eth_getTransactionByHash", [lost.hashes[-1].to_0x_hex()]) is not None
+    finally:
+        await chain.close()
+        node.stop()
+
+
 def test_holder_is_dead_only_for_an_exited_process_of_this_host():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
