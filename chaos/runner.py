@@ -612,7 +612,8 @@ class Chaos:
         self.echo(f"largest chain clock difference sampled: {self.max_skew_seen}s (latest blocks, not within 3 s of "
                   f"a chain restart; bound "
                   f"{self.cfg.max_skew}s + block time)")
-        self.echo(f"chain restarts that lost blocks or state (a finality violation): {len(self.lost_blocks)}"
+        self.echo(f"chain restarts that lost their last blocks or state (like a reorg; the relayer must recover): "
+                  f"{len(self.lost_blocks)}"
                   + (f" {self.lost_blocks}" if self.lost_blocks else ""))
         for msg in self.stats.checks_failed:
             self.echo(f"CHECK FAILED: {msg}")
