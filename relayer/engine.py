@@ -629,8 +629,11 @@ class Engine:
         sc_leg, sc_ev, sc_foreign = self.sc.index.leg(tid, ins.buyerScAccount)
         if fence is not None:
             await self._note_from_blocks(rec, fence)
-            if roles.seller and rec.get("hashlock") is None and st_leg.lock is None and self.st.fresh:
-                await self._prepare_secret(rec, now_st, log, fence)
+            if roles.seller and st_leg.lock is None and not st_leg.refunded and self.st.fresh:
+                if rec.get("hashlock") is None:
+                    await self._prepare_secret(rec, now_st, log, fence)
+                else:
+                    await self._replan_lock(rec, now_st, log, fence)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc, clock_offset=self.clock_offset,
@@ -796,6 +799,23 @@ class Engine:
             actor=ACTOR, event="secret_created", fence=fence, t_st=t_st,
         )
         log.info("secret_created", t_st=t_st)
+
+    async def _replan_lock(self, rec: TradeRecord, now_st: int, log: Any, fence: str) -> None:
+        """The ST lock never went out in its window (the ST chain or this worker was down for long): give it a
+        new T_st while the deadline leaves room, instead of letting the trade abort. The secret stays the same,
+        so a lock from the old plan that lands after all still works with it; nothing is public before a lock."""
+        t_st = rec.get_int("t_st")
+        if t_st is None or t_st - now_st >= self.policy.min_st_window():
+            return
+        inflight = self._inflight.get((rec.trade_id, Action.LOCK_ST))
+        if inflight is not None and not inflight.done():
+            return
+        new_t_st = min(rec.signed.instruction.deadline, now_st + self.policy.st_lock_duration)
+        if new_t_st - now_st < self.policy.min_st_window():
+            return  # no room before the deadline: decide() aborts the trade, nothing was locked
+        await self.store.update(rec, {"t_st": new_t_st}, actor=ACTOR, event="lock_replanned", fence=fence,
+                                t_st=new_t_st, was=t_st)
+        log.info("lock_replanned", t_st=new_t_st, was=t_st)
 
     async def _report_anomalies(self, rec: TradeRecord, d: Decision, foreign: list[LockedEvent], log: Any) -> None:
         for note in d.notes:

@@ -224,3 +224,25 @@ async def test_a_worker_restarted_while_the_coin_ledger_is_down_claims_the_st_fr
         assert await net.balance(net.st, net.st_token, net.buyer.address) == before + ins.stAmount
     finally:
         await close_engine(restarted)
+
+
+async def test_a_seller_lock_held_up_past_its_window_is_replanned_not_aborted(net: Net):
+    """A seller-side plan (secret, T_st) whose ST lock never went out while T_st left room (the ST chain or the
+    worker was down for long) gets a new T_st before the deadline, and the trade still settles."""
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = await net.instruction()
+        ins = signed.instruction
+        await engine.intake(signed)
+        secret = os.urandom(32)
+        stale_t_st = await net.st.now() + 10  # what an earlier incarnation planned before the outage
+        rec = await engine.store.get(ins.tradeId)
+        await engine.store.update(rec, {"hashlock": hashlib.sha256(secret).hexdigest(), "t_st": stale_t_st,
+                                        "secret": engine.box.seal(secret, ins.tradeId)}, actor="test", event=None)
+        assert (await drive(engine, [ins.tradeId]))[ins.tradeId] == TradeState.SETTLED
+        events = await engine.store.audit(ins.tradeId)
+        replanned = [e for e in events if e["event"] == "lock_replanned"]
+        assert len(replanned) == 1 and replanned[0]["was"] == stale_t_st
+        assert replanned[0]["t_st"] - stale_t_st >= engine.policy.min_st_window() - 10
+    finally:
+        await close_engine(engine)
