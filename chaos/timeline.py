@@ -84,7 +84,7 @@ def observable_from(revealed: float, chain: str, outages: list[Outage], observe:
     block (a node stopped right after mining it shows it to nobody until it is back)."""
     t = revealed
     while True:
-        cut = [o.end for o in outages if o.what == f"{chain} chain" and t <= o.start < t + observe and o.end > t]
+        cut = [o.end for o in outages if o.what == f"{chain} chain" and o.start < t + observe and o.end > t]
         if not cut:
             return t
         t = max(cut)
