@@ -248,6 +248,8 @@ class TxSender:
         self._next_nonce: int | None = None
         self.in_flight: dict[int, SentTx] = {}
         self.history: dict[int, SentTx] = {}  # recent sends by nonce, to re-broadcast one a reorg dropped
+        self.shallow: dict[int, SentTx] = {}  # mined but not yet deep, by nonce (see revive_reorged)
+        self.revived = 0
         self._history_size = 512
         self.gaps_healed = 0
         self.active = True  # False while another process holds this account's lease
@@ -400,6 +402,9 @@ class TxSender:
 
     def _done(self, sent: SentTx, receipt: TxReceipt) -> TxReceipt:
         self.in_flight.pop(sent.nonce, None)
+        self.shallow[sent.nonce] = sent
+        if len(self.shallow) > self._history_size:  # nobody calls revive_reorged (a one-off tool): stay bounded
+            del self.shallow[min(self.shallow)]
         self.gas_used_total += int(receipt["gasUsed"])
         if receipt["status"] != 1:
             raise TransactionReverted(
@@ -472,6 +477,29 @@ class TxSender:
                 filled += 1
             self.gaps_healed += filled
             return filled
+
+    async def revive_reorged(self, depth: int) -> int:
+        """Re-broadcast our transactions that were mined and then reorged out before they were `depth` blocks
+        deep. A reorg within the confirmation depth is invisible to the event follower, but it can take our own
+        claim with it: anvil (and some nodes) do not put a reorged-out transaction back in the pool, so nobody
+        would mine it again. Same signed bytes: same intent, no new nonce. Returns how many were re-sent."""
+        if not self.shallow or not self.active:
+            return 0
+        head = await self.chain.block_number()
+        revived = 0
+        for nonce, sent in sorted(self.shallow.items()):
+            receipt = await self._find_receipt(sent)
+            if receipt is not None:
+                if head - int(receipt["blockNumber"]) >= depth:
+                    del self.shallow[nonce]  # deep enough: final as far as the relayer is concerned
+                continue
+            if await self._mined_count() > nonce:
+                del self.shallow[nonce]  # the nonce was used by another transaction of this account
+                continue
+            await self._broadcast(sent)
+            revived += 1
+        self.revived += revived
+        return revived
 
     async def resync_nonce(self) -> None:
         """Forget the local nonce (e.g. after a chain rollback); the next send reads it from the chain."""

@@ -195,6 +195,7 @@ class ChainSide:
     head_seen_at: float = 0.0  # wall time when the current head was first seen
     reconnects_seen: int = 0  # EvmChain.reconnects when last looked at
     fresh: bool = False  # followed successfully this round
+    reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
 
     def now(self) -> int:
         """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
@@ -428,9 +429,22 @@ class Engine:
             side.head, side.head_timestamp, side.head_seen_at = res.head, res.head_timestamp, time.time()
         if res.head != before:
             side.ledger.notify_new_block()
+            if side.reviving is None or side.reviving.done():
+                side.reviving = self._in_background(self._revive(side))
         if side.ledger.chain.reconnects != side.reconnects_seen:
             side.reconnects_seen = side.ledger.chain.reconnects
             self._in_background(self._heal(side))
+
+    async def _revive(self, side: ChainSide) -> None:
+        """After each new block: re-send any transaction of ours that a reorg within k took out of the chain."""
+        for sender in list(side.ledger.senders.values()):
+            try:
+                revived = await sender.revive_reorged(self.settings.confirmations + 1)
+            except LedgerError:
+                return  # the chain went away: the next block retries
+            if revived:
+                self.log.warning("rebroadcast_after_reorg", chain=side.name, account=sender.address,
+                                 transactions=revived)
 
     async def _heal(self, side: ChainSide) -> None:
         """The node was unreachable and answers again: it may have restarted with an empty mempool, so
@@ -445,10 +459,11 @@ class Engine:
                 self.log.warning("rebroadcast_after_reconnect", chain=side.name, account=sender.address,
                                  transactions=filled)
 
-    def _in_background(self, coro: Any) -> None:
+    def _in_background(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _hold_accounts(self) -> None:
         """Several workers may share one Redis and the same keys: an account lease makes exactly one of them

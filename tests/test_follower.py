@@ -123,3 +123,24 @@ async def test_a_reorged_out_transaction_leaves_no_nonce_gap(chain_env):
         raw = await chain.call(lambda w3, t=trade: w3.eth.call(
             {"to": escrow, "data": encode_call(E, "swaps", swap_id(s_tx.address, t))}))
         assert bytes(raw) != bytes(32)
+
+
+async def test_our_transaction_reorged_out_within_k_is_sent_again(chain_env):
+    """Found by the long chaos run: an ST claim mined, then taken out by a reorg shallower than k (anvil does
+    not re-queue it), was never mined again and T_st passed. Mined transactions are watched until k deep and a
+    reorged-out one is re-broadcast as it was."""
+    chain, escrow, token, s_tx, buyer = chain_env
+    trade = os.urandom(32)
+    data = encode_call(E, "lock", trade, token, 5, buyer.address, hashlib.sha256(os.urandom(32)).digest(),
+                       await chain.now() + 600)
+    receipt = await s_tx.transact(escrow, data)
+    assert await s_tx.revive_reorged(depth=3) == 0  # mined and still there: nothing to do
+    await chain.rpc("anvil_reorg", [1, []])  # its block is replaced and the transaction dropped
+    assert await chain.receipt(receipt["transactionHash"]) is None
+    assert await s_tx.revive_reorged(depth=3) == 1
+    await chain.rpc("evm_mine", [])
+    again = await chain.receipt(receipt["transactionHash"])  # the same signed bytes, mined again
+    assert again is not None and again["status"] == 1
+    for _ in range(3):
+        await chain.rpc("evm_mine", [])
+    assert await s_tx.revive_reorged(depth=3) == 0 and not s_tx.shallow  # deep enough now: forgotten
