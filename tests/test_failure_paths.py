@@ -9,6 +9,8 @@ import os
 import pytest
 
 from adapters.contracts import encode_call, swap_id
+from relayer.engine import Engine
+from relayer.protocol.instruction import TradeInstruction
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive
 
@@ -19,6 +21,22 @@ async def _bot_lock(net: Net, chain, acct, escrow: str, trade_id: bytes, token: 
                     hashlock: bytes, timelock: int) -> None:
     await net.sender(chain, acct).transact(escrow, encode_call(E, "lock", trade_id, token, amount, receiver, hashlock,
                                                                timelock))
+
+
+async def _bot_reveals_after_sc_lock(net: Net, engine: Engine) -> tuple[TradeInstruction, bytes]:
+    """A bot seller locks the ST; `engine` (buyer side) locks the SC; the bot claims the SC (the reveal)."""
+    signed = await net.instruction()
+    ins = signed.instruction
+    secret = os.urandom(32)
+    await engine.intake(signed)
+    await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,
+                    ins.stAmount, ins.buyerStAccount, hashlib.sha256(secret).digest(), await net.st.now() + 120)
+    assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
+    t_sc = (await engine.store.get(ins.tradeId)).get_int("sc_timelock")
+    await net.sender(net.sc, net.seller).transact(net.doc["sc"]["escrow"], encode_call(
+        E, "claim", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
+        ins.sellerScAccount, t_sc))
+    return ins, secret
 
 
 async def test_buyer_never_locks_st_is_refunded_and_trade_aborted(net: Net):
@@ -138,17 +156,7 @@ async def test_the_buyer_claims_the_st_with_a_secret_seen_before_its_reveal_is_k
     spends part of it. The secret is valid whatever happens to the block, so the ST claim goes out at once."""
     engine = await net.engine([net.buyer], confirmations=6)  # 3 s of blocks before a claim counts as confirmed
     try:
-        signed = await net.instruction()
-        ins = signed.instruction
-        secret = os.urandom(32)
-        await engine.intake(signed)
-        await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,
-                        ins.stAmount, ins.buyerStAccount, hashlib.sha256(secret).digest(), await net.st.now() + 120)
-        assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
-        t_sc = (await engine.store.get(ins.tradeId)).get_int("sc_timelock")
-        await net.sender(net.sc, net.seller).transact(net.doc["sc"]["escrow"], encode_call(
-            E, "claim", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
-            ins.sellerScAccount, t_sc))
+        ins, _ = await _bot_reveals_after_sc_lock(net, engine)
         assert (await drive(engine, [ins.tradeId]))[ins.tradeId] == TradeState.SETTLED
         events = [e["event"] if e["event"] != "state" else f"state:{e['to']}" for e in await engine.store.audit(ins.tradeId)]
         sent = events.index("claim_st_sent")
@@ -156,23 +164,6 @@ async def test_the_buyer_claims_the_st_with_a_secret_seen_before_its_reveal_is_k
         assert later_states and all(events.index(e) > sent for e in later_states), events
     finally:
         await close_engine(engine)
-
-
-
-async def _bot_reveals_after_sc_lock(net: Net, engine) -> tuple[object, bytes]:
-    """A bot seller locks the ST; `engine` (buyer side) locks the SC; the bot claims the SC (the reveal)."""
-    signed = await net.instruction()
-    ins = signed.instruction
-    secret = os.urandom(32)
-    await engine.intake(signed)
-    await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,
-                    ins.stAmount, ins.buyerStAccount, hashlib.sha256(secret).digest(), await net.st.now() + 120)
-    assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
-    t_sc = (await engine.store.get(ins.tradeId)).get_int("sc_timelock")
-    await net.sender(net.sc, net.seller).transact(net.doc["sc"]["escrow"], encode_call(
-        E, "claim", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
-        ins.sellerScAccount, t_sc))
-    return ins, secret
 
 
 async def test_the_counterparty_secret_is_kept_sealed_as_soon_as_it_is_seen(net: Net):
