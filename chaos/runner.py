@@ -1,14 +1,14 @@
 """`dvp-relayer chaos --trades N --seed S`: settle N randomized trades on a private devnet while injecting faults.
 
-Faults (chosen by a seeded RNG, at random moments):
+Faults (chosen by a seeded RNG, at random moments; chain stops and process faults by two injectors in parallel):
   worker_kill       SIGKILL the relayer worker, restart it after 0.2-3 s
-  chain_stop_short  stop an anvil (state kept with --state) for less than Δ, restart it
-  chain_stop_long   the same for longer than Δ
+  chain_stop_short  stop an anvil (state kept with --state) for less than Δ (0.5 s to 0.6 Δ), restart it
+  chain_stop_long   the same for longer than Δ (1.1 Δ to 1.5 Δ)
   reorg             anvil_reorg of depth < confirmations on a random chain
   redis_restart     SIGKILL redis-server (AOF appendfsync always) and restart it
   duplicate         re-post an accepted instruction (must answer 202, created=false)
   replay_conflict   post the same trade id with other terms (must answer 409)
-  clock_skew        move one chain's clock by 1-3 s (evm_increaseTime)
+  clock_skew        set one chain's clock 0..max_skew s ahead of wall time (evm_setTime)
 Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
   bot_wrong_terms   the bot buyer locks SC with a wrong amount, receiver, hashlock or timelock
   bot_late_lock     the bot buyer locks SC when less than Δ is left on T_st
@@ -60,7 +60,11 @@ class ChaosConfig:
     trades: int = 20
     seed: int = 1
     concurrency: int = 20
-    fault_interval: float = 1.5  # mean seconds between injected faults
+    # Two injectors run side by side, so outages overlap as they do in life: chain stops (mean pause
+    # `fault_interval` before the next one), and process faults — worker kill, Redis restart, reorg, clock skew
+    # (mean pause `process_fault_ratio` times longer, or the worker would be down most of the run)
+    fault_interval: float = 1.5
+    process_fault_ratio: float = 6.0
     honest_share: float = 0.5
     block_time: float = 0.5
     confirmations: int = 2
@@ -405,17 +409,21 @@ class Chaos:
         self.max_skew_seen = max(self.max_skew_seen, abs(int(st["timestamp"]) - int(sc["timestamp"])))
 
     async def faults(self) -> None:
-        # clock_skew is instant and the rarest otherwise: weighted up so that a 1,000-trade run injects each
-        # kind at least 50 times
-        weights = {"worker_kill": 3, "chain_stop_short": 2, "chain_stop_long": 2, "reorg": 3, "redis_restart": 2,
-                   "clock_skew": 3}
+        await asyncio.gather(
+            self._inject(["chain_stop_short", "chain_stop_long"], self.cfg.fault_interval),
+            self._inject(["worker_kill", "redis_restart", "reorg", "clock_skew"],
+                         self.cfg.fault_interval * self.cfg.process_fault_ratio))
+
+    async def _inject(self, kinds: list[str], mean_pause: float) -> None:
+        """One injector: faults of these kinds in shuffled rounds (each kind as often), one at a time."""
         deck: list[str] = []
         while not self.stop.is_set():
-            await asyncio.sleep(self.rng.expovariate(1 / self.cfg.fault_interval))
+            await asyncio.sleep(self.rng.expovariate(1 / mean_pause))
             if self.stop.is_set():
                 return
-            await self._sample_skew()
-            fault = self._draw(deck, lambda: [k for k, n in weights.items() for _ in range(n)])
+            if "clock_skew" in kinds:
+                await self._sample_skew()
+            fault = self._draw(deck, lambda: list(kinds))
             try:
                 if fault == "worker_kill":
                     assert self.worker is not None
@@ -433,7 +441,7 @@ class Chaos:
                         continue
                     node = self.st_node if name == "st" else self.sc_node
                     down = (self.rng.uniform(0.5, self.delta * 0.6) if fault == "chain_stop_short"
-                            else self.rng.uniform(self.delta * 1.2, self.delta * 2))
+                            else self.rng.uniform(self.delta * 1.1, self.delta * 1.5))
                     chain = self.st if name == "st" else self.sc
                     before = await chain.get_block("latest")
                     nonces = await self._nonces(chain)
@@ -581,7 +589,8 @@ class Chaos:
                 continue
             revealed = await done_logs.block_time(done.claimed_block)
             window = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
-                                  self.clocks, self.outages, budget, observe=self.cfg.block_time)
+                                  self.clocks, self.outages, budget,
+                                  observe=self.cfg.confirmations * self.cfg.block_time)
             self.windows[tid] = window.as_dict()
             if window.beyond_guarantee:
                 self.outcomes[tid] = BEYOND_GUARANTEE

@@ -5,8 +5,8 @@ once the secret is public, the party that still has to claim gets at least Δ, s
 seconds still leaves it `Δ − margin` seconds to see the secret and get its claim mined. A ONE-SIDED trade is
 therefore *beyond the HTLC guarantee* only when the injected outages inside its claim window left less than
 `Δ − margin` seconds in which the relayer, Redis and the chain of the unclaimed leg were all up. The window opens
-when the secret could be read: at the reveal block, or, when the revealing chain was stopped within one block
-time of mining it, when that chain came back. Every other
+when the relayer could read the secret: at the reveal block, or — when the revealing chain, the worker or Redis
+was down within k block times of it — once all were up together for that long. Every other
 ONE-SIDED trade is a violation. The outages are the injected intervals themselves (ground truth, wall clock),
 not what the relayer reported, so a relayer that is slow to recover after an outage is not excused by it.
 """
@@ -80,11 +80,13 @@ class ClaimWindow:
 
 
 def observable_from(revealed: float, chain: str, outages: list[Outage], observe: float) -> float:
-    """When the secret could first be read: the revealing chain must stay up `observe` seconds after the reveal
-    block (a node stopped right after mining it shows it to nobody until it is back)."""
+    """When the relayer could first read the secret: the revealing chain, the worker and Redis all up for
+    `observe` seconds (Δ's k × block time term) from then on. A node stopped right after mining the reveal, or a
+    relayer down until the node stops, shows it to nobody until both are back."""
     t = revealed
+    watch = {f"{chain} chain", "worker", "redis"}
     while True:
-        cut = [o.end for o in outages if o.what == f"{chain} chain" and o.start < t + observe and o.end > t]
+        cut = [o.end for o in outages if o.what in watch and o.start < t + observe and o.end > t]
         if not cut:
             return t
         t = max(cut)

@@ -39,3 +39,10 @@ def test_a_secret_hidden_by_a_chain_stopped_right_after_the_reveal_counts_from_i
     assert w.start == 110 and w.beyond_guarantee
     w = claim_window("st", 100, "sc", 112, ClockLog(), [Outage("sc chain", 101, 110)], budget=6, observe=0.5)
     assert w.start == 100 and not w.beyond_guarantee  # the secret was readable for a second: no excuse
+
+
+def test_a_reveal_made_while_the_relayer_was_down_counts_from_when_it_could_read_it():
+    # the worker was down at the reveal and the coin ledger stopped before it was back: nobody could read it
+    outages = [Outage("worker", 99, 101.5), Outage("sc chain", 100.8, 115)]
+    w = claim_window("st", 100, "sc", 114, ClockLog(), outages, budget=6, observe=1.0)
+    assert w.start == 115 and w.beyond_guarantee
