@@ -166,7 +166,7 @@ def demo(same_ledger: bool) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--concurrency", type=int, default=20, show_default=True)
 @click.option("--fault-interval", type=float, default=1.5, show_default=True,
-              help="mean pause between chain stops (worker, Redis, reorg and clock faults: 6x longer, in parallel)")
+              help="mean pause before the next fault (one at a time)")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".chaos"), show_default=True)
 @click.option("--max-seconds", type=float, default=3600, show_default=True)
 def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workdir: Path, max_seconds: float) -> None:
