@@ -67,6 +67,15 @@ def dvp_terms(ins: SignedInstruction | Any) -> tuple[Any, ...]:
             ins.scAmount, ins.deadline)
 
 
+FOLLOW_BUDGET = 1.5  # seconds a round waits for a chain's follow before deciding without it
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    """A follow that outlived its round may fail later: its error was logged by it or is retried next round."""
+    if not task.cancelled():
+        task.exception()
+
+
 class ChainIndex:
     """The escrow events of one chain seen so far (k-confirmed), by trade id and by swap id."""
 
@@ -196,6 +205,7 @@ class ChainSide:
     reconnects_seen: int = 0  # EvmChain.reconnects when last looked at
     fresh: bool = False  # followed successfully this round
     reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
+    following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round: _follow_sides)
 
     def now(self) -> int:
         """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
@@ -382,6 +392,10 @@ class Engine:
         waiter.cancel()
         for w in watchers:
             w.cancel()
+        for side in (self.st, self.sc):
+            if side.following is not None:
+                side.following.cancel()
+                watchers.append(side.following)
         await asyncio.gather(*watchers, return_exceptions=True)
         await self.drain()
         try:
@@ -391,10 +405,32 @@ class Engine:
 
     async def drain(self, timeout: float = 30.0) -> None:
         tasks = [t for t in self._inflight.values() if not t.done()] + list(self._background)
+        tasks += [s.following for s in (self.st, self.sc) if s.following is not None and not s.following.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
     # ------------------------------------------------------------------ one round
+
+    async def _follow_sides(self) -> list[bool]:
+        """Follow both chains at once, but never let a node that hangs (no answer until the request timeout,
+        e.g. while it writes its state on shutdown) hold up the decisions for the other chain: after
+        FOLLOW_BUDGET the round goes on with that chain stale, and its follow finishes in the background (it is
+        not cancelled, so the follower's cursor and the index stay consistent)."""
+        tasks = []
+        for side in (self.st, self.sc):
+            if side.following is None or side.following.done():
+                side.following = asyncio.create_task(self._follow_or_mark(side))
+                side.following.add_done_callback(_consume_exception)
+            tasks.append(side.following)
+        done, pending = await asyncio.wait(tasks, timeout=FOLLOW_BUDGET)
+        for task in done:
+            task.result()  # a Redis error while saving a cursor fails the round, as before
+        for side in (self.st, self.sc):
+            if side.following in pending:
+                if side.fresh:
+                    self.log.warning("chain_slow", chain=side.name, budget_s=FOLLOW_BUDGET)
+                side.fresh = False
+        return [side.fresh for side in (self.st, self.sc)]
 
     async def _follow_or_mark(self, side: ChainSide) -> bool:
         """Follow one chain; a chain that does not answer is marked stale for this round (decide() then does
@@ -577,7 +613,7 @@ class Engine:
 
     async def step(self) -> None:
         await self._hold_accounts()
-        fresh = await asyncio.gather(self._follow_or_mark(self.st), self._follow_or_mark(self.sc))
+        fresh = await self._follow_sides()
         if not any(fresh):
             raise RpcUnavailable("neither chain answers: nothing can be decided this round")
         self._observed_at = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -185,11 +186,20 @@ async def test_the_counterparty_secret_is_kept_sealed_as_soon_as_it_is_seen(net:
         await close_engine(engine)
 
 
-async def test_a_worker_restarted_while_the_coin_ledger_is_down_claims_the_st_from_the_kept_secret(net: Net):
+@pytest.mark.parametrize("coin_ledger", ["refusing", "hanging"])
+async def test_a_worker_restarted_while_the_coin_ledger_is_down_claims_the_st_from_the_kept_secret(net: Net,
+                                                                                                  coin_ledger: str):
     """A worker that restarts while the revealing chain is down (or still being replayed) cannot read the secret
-    from it; it claims the ST from the sealed copy the previous worker kept, within Δ, instead of waiting."""
+    from it; it claims the ST from the sealed copy the previous worker kept, within Δ, instead of waiting. A node
+    that hangs (no answer until the request timeout, as an anvil writing its state on shutdown) must not hold up
+    the ST side either: a round decides without a chain that has not answered within FOLLOW_BUDGET."""
     from deploy.processes import free_port
 
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3600)
+
+    hung = await asyncio.start_server(never_answer, "127.0.0.1", 0) if coin_ledger == "hanging" else None
+    port = hung.sockets[0].getsockname()[1] if hung else free_port()
     engine = await net.engine([net.buyer])
     try:
         ins, secret = await _bot_reveals_after_sc_lock(net, engine)
@@ -202,19 +212,28 @@ async def test_a_worker_restarted_while_the_coin_ledger_is_down_claims_the_st_fr
         await close_engine(engine)
     st_swap = swap_id(net.seller.address, ins.trade_id_bytes)
     before = await net.balance(net.st, net.st_token, net.buyer.address)
-    restarted = await net.engine([net.buyer], redis_url=redis_url, sc_rpc_url=f"http://127.0.0.1:{free_port()}")
+    restarted = await net.engine([net.buyer], redis_url=redis_url, sc_rpc_url=f"http://127.0.0.1:{port}",
+                                 rpc_timeout=5.0)
     try:
         assert await restarted.st.ledger.swap_slot(st_swap) != bytes(32)  # still locked: the claim is due
-        for _ in range(200):
+        started = time.monotonic()
+        while time.monotonic() - started < 30:
             await restarted.step()
             await asyncio.sleep(0.05)
             if await restarted.st.ledger.swap_slot(st_swap) == bytes(32):
                 break
-        await restarted.drain()
+        claimed_after = time.monotonic() - started
         assert not restarted.sc.fresh  # it never read the coin ledger
         assert await net.balance(net.st, net.st_token, net.buyer.address) == before + ins.stAmount
+        # a hanging node costs one follow budget, not 3 attempts x 5 s of request timeout per call
+        assert claimed_after < 8, claimed_after
     finally:
+        for side in (restarted.st, restarted.sc):
+            if side.following is not None:
+                side.following.cancel()
         await close_engine(restarted)
+        if hung:
+            hung.close()
 
 
 async def test_a_seller_lock_held_up_past_its_window_is_replanned_not_aborted(net: Net):
