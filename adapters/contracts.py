@@ -24,9 +24,21 @@ def _offline(name: str) -> AsyncContract:
     return AsyncWeb3().eth.contract(abi=abi(name))
 
 
+# The namespace word of every swap slot's preimage (HashedTimelockEscrow.SWAP_NAMESPACE): a 96-byte preimage can
+# never be a slot Solidity assigns to a declared variable or mapping entry (see the contract's storage note).
+SWAP_NAMESPACE = bytes(keccak(text="dvp.HashedTimelockEscrow.swap"))
+
+
 def swap_id(sender: str, trade_id: bytes) -> bytes:
-    """The escrow's id of the swap `sender` locked for `trade_id`: keccak256(abi.encode(sender, tradeId))."""
-    return bytes(keccak(bytes(12) + bytes.fromhex(sender[2:]) + trade_id))
+    """The escrow's id (and storage slot) of the swap `sender` locked for `trade_id`:
+    keccak256(abi.encode(SWAP_NAMESPACE, sender, tradeId))."""
+    return bytes(keccak(SWAP_NAMESPACE + bytes(12) + bytes.fromhex(sender[2:]) + trade_id))
+
+
+def terms_hash(token: str, amount: int, receiver: str, hashlock: bytes, timelock: int) -> bytes:
+    """What the escrow stores for a live swap with these terms (HashedTimelockEscrow.termsHash)."""
+    return bytes(keccak(bytes(12) + bytes.fromhex(token[2:]) + amount.to_bytes(32, "big") + bytes(12)
+                        + bytes.fromhex(receiver[2:]) + hashlock + timelock.to_bytes(32, "big")))
 
 
 _DOMAIN_FIELDS = [

@@ -491,10 +491,10 @@ class TxSender:
             receipt = await self._find_receipt(sent)
             if receipt is not None:
                 if head - int(receipt["blockNumber"]) >= depth:
-                    del self.shallow[nonce]  # deep enough: final as far as the relayer is concerned
+                    self.shallow.pop(nonce, None)  # deep enough: final as far as the relayer is concerned
                 continue
             if await self._mined_count() > nonce:
-                del self.shallow[nonce]  # the nonce was used by another transaction of this account
+                self.shallow.pop(nonce, None)  # the nonce was used by another transaction of this account
                 continue
             await self._broadcast(sent)
             revived += 1

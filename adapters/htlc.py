@@ -18,12 +18,16 @@ from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
-from adapters.contracts import abi, dvp_typed_data, encode_call, swap_id, typed_data_digest
+from adapters.contracts import abi, dvp_typed_data, encode_call, swap_id, terms_hash, typed_data_digest
 from adapters.errors import LeaseLost
 from adapters.evm import EvmChain, TxSender
 
 ESCROW = "HashedTimelockEscrow"
 ATOMIC_DVP = "AtomicDvP"
+# The escrow's entry points by action kind, single and batched (the single ones carry selector-ordered names, see
+# the contract's lockTokens note).
+ESCROW_FN = {"lock": "lockTokens", "claim": "claimTokens", "refund": "refund"}
+ESCROW_BATCH_FN = {"lock": "lockBatch", "claim": "claimBatch", "refund": "refundBatch"}
 ERC20 = "SecurityToken"  # any compiled ERC-20 ABI serves for allowance/approve
 MAX_UINT256 = 2**256 - 1
 
@@ -43,6 +47,11 @@ class LockedEvent:
     @property
     def swap_id(self) -> bytes:
         return swap_id(self.sender, self.trade_id)
+
+    @property
+    def terms_hash(self) -> bytes:
+        """The value the escrow's slot holds while this lock is live."""
+        return terms_hash(self.token, self.amount, self.receiver, self.hashlock, self.timelock)
 
 
 @dataclass(frozen=True)

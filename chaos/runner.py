@@ -323,7 +323,7 @@ class Chaos:
             secret = os.urandom(32)
             t_st = await self._chain_now(self.st) + self.cfg.st_lock_duration
             await self.bot_tx[("st", "seller")].transact(st_escrow, encode_call(
-                E, "lock", ins.trade_id_bytes, ins.stToken, ins.stAmount, ins.buyerStAccount,
+                E, "lockTokens", ins.trade_id_bytes, ins.stToken, ins.stAmount, ins.buyerStAccount,
                 hashlib.sha256(secret).digest(), t_st), timeout=60)
             if kind == "bot_never_claims":
                 return
@@ -333,7 +333,7 @@ class Chaos:
             while await self._chain_now(self.sc) < sc_lock["timelock"] - 3:
                 await asyncio.sleep(0.5)
             await self.bot_tx[("sc", "seller")].transact(sc_escrow, encode_call(
-                E, "claim", secret, swap_id(ins.buyerScAccount, ins.trade_id_bytes), ins.scToken, ins.scAmount,
+                E, "claimTokens", secret, swap_id(ins.buyerScAccount, ins.trade_id_bytes), ins.scToken, ins.scAmount,
                 ins.sellerScAccount, sc_lock["timelock"]), timeout=30)
             return
         if kind == "bot_never_locks":
@@ -361,7 +361,7 @@ class Chaos:
         if timelock <= now + 1:
             return
         await self.bot_tx[("sc", "buyer")].transact(sc_escrow, encode_call(
-            E, "lock", ins.trade_id_bytes, ins.scToken, amount, receiver, hashlock, timelock), timeout=30)
+            E, "lockTokens", ins.trade_id_bytes, ins.scToken, amount, receiver, hashlock, timelock), timeout=30)
 
     # ------------------------------------------------------------------ faults
 

@@ -65,7 +65,7 @@ async def _measure_token(chain: EvmChain, accts: list[Any], token_kind: str) -> 
 
     async def lock_one(receiver: str, ttl: int = 3600) -> tuple[tuple, bytes, int]:
         t, secret = terms(receiver, ttl, await chain.now())
-        rc = await s_tx.transact(escrow, encode_call(E, "lock", *t))
+        rc = await s_tx.transact(escrow, encode_call(E, "lockTokens", *t))
         return (t[0], seller.address, *t[1:]), secret, int(rc["gasUsed"])
 
     # ballast: keeps the escrow's balance non-zero, and warms the signer nonce
@@ -77,7 +77,7 @@ async def _measure_token(chain: EvmChain, accts: list[Any], token_kind: str) -> 
 
     fig: dict[str, Any] = {}
     swap, secret, fig["lock"] = await lock_one(buyer.address)
-    fig["claim"] = int((await r_tx.transact(escrow, encode_call(E, "claim", *claim_args(swap, secret))))["gasUsed"])
+    fig["claim"] = int((await r_tx.transact(escrow, encode_call(E, "claimTokens", *claim_args(swap, secret))))["gasUsed"])
     swap, _, _ = await lock_one(buyer.address, ttl=30)
     await chain.rpc("evm_increaseTime", [31])
     await chain.rpc("evm_mine", [])

@@ -25,6 +25,8 @@ from adapters.evm import HeadWatcher, TxSender
 from adapters.htlc import (
     ATOMIC_DVP,
     ESCROW,
+    ESCROW_BATCH_FN,
+    ESCROW_FN,
     ClaimedEvent,
     EscrowEvent,
     EscrowFollower,
@@ -186,8 +188,7 @@ class Prepared:
         return self.to or self.ledger.escrow
 
 
-_BATCH_FN = {"lock": (ESCROW, "lockBatch"), "claim": (ESCROW, "claimBatch"), "refund": (ESCROW, "refundBatch"),
-             "settle": (ATOMIC_DVP, "settleBatch")}
+_BATCH_FN = {kind: (ESCROW, fn) for kind, fn in ESCROW_BATCH_FN.items()} | {"settle": (ATOMIC_DVP, "settleBatch")}
 # Gas limits for single-swap calls (worst case measured: fresh storage on both balances, allowlisted token,
 # ~95k for a lock), with headroom; only gasUsed is paid. Batches are estimated (see _act).
 _SINGLE_GAS = {"lock": 180_000, "claim": 130_000, "refund": 130_000, "settle": 250_000}
@@ -1094,7 +1095,7 @@ class Engine:
             await st.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount)
             terms = (tid, ins.stToken, ins.stAmount, ins.buyerStAccount, bytes.fromhex(rec.fields["hashlock"]),
                      int(rec.fields["t_st"]))
-            return Prepared(d, st, via, encode_call(ESCROW, "lock", *terms), terms,
+            return Prepared(d, st, via, encode_call(ESCROW, ESCROW_FN["lock"], *terms), terms,
                             (ins.stToken,), expires=terms[-1])
         if action is Action.LOCK_SC:
             assert d.st_ev is not None
@@ -1106,7 +1107,7 @@ class Engine:
                 await self.store.update(rec, {"t_sc": t_sc}, actor=ACTOR, event="sc_lock_planned", t_sc=t_sc)
             await sc.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount)
             terms = (tid, ins.scToken, ins.scAmount, ins.sellerScAccount, d.st_ev.hashlock, t_sc)
-            return Prepared(d, sc, via, encode_call(ESCROW, "lock", *terms), terms,
+            return Prepared(d, sc, via, encode_call(ESCROW, ESCROW_FN["lock"], *terms), terms,
                             (ins.scToken,), expires=t_sc)
         ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
         assert ev is not None
@@ -1116,12 +1117,12 @@ class Engine:
         via = self._gas_sender(ledger, self._prefer(d))
         if action in (Action.REFUND_ST, Action.REFUND_SC):
             swap = (ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock, ev.timelock)
-            return Prepared(d, ledger, via, encode_call(ESCROW, "refund", swap), swap, (ev.token, ev.sender))
+            return Prepared(d, ledger, via, encode_call(ESCROW, ESCROW_FN["refund"], swap), swap, (ev.token, ev.sender))
         preimage = self._preimage(rec, d.view)
         if preimage is None:
             return None
         claim = (preimage, sid, ev.token, ev.amount, ev.receiver, ev.timelock)
-        return Prepared(d, ledger, via, encode_call(ESCROW, "claim", *claim), claim, (ev.token, ev.receiver),
+        return Prepared(d, ledger, via, encode_call(ESCROW, ESCROW_FN["claim"], *claim), claim, (ev.token, ev.receiver),
                         expires=ev.timelock)
 
     async def _prepare_settle(self, d: Due, slot: bytes) -> Prepared | None:

@@ -33,9 +33,11 @@ async def test_gas_does_not_rise_above_the_committed_report():
 
 def test_committed_report_meets_the_issue_targets():
     plain = json.loads(REPORT_FILE.read_text())["tokens"]["PlainToken"]
-    assert plain["lock"] + plain["claim"] <= 109_417  # best public ERC-20 HTLC, same conditions
-    assert plain["lock_batch_50_same_receiver_per_swap"] <= 30_000
-    assert plain["claim_batch_50_same_receiver_per_swap"] <= 10_000
+    # issue 13: the most gas-efficient public ERC-20 HTLC spends 108,523 per leg (66,991 + 41,532) measured side by
+    # side on anvil 1.7.1; ours must stay at or under 108,500 with the namespaced slots and every guard kept
+    assert plain["lock"] + plain["claim"] <= 108_500
+    assert plain["lock_batch_50_same_receiver_per_swap"] <= 28_800
+    assert plain["claim_batch_50_same_receiver_per_swap"] <= 8_400
     # the same-ledger path must beat the HTLC path it replaces: two locks + two claims
     dvp = json.loads(REPORT_FILE.read_text())["same_ledger_dvp"]
     assert dvp["settle"] < 2 * (plain["lock"] + plain["claim"]) / 2

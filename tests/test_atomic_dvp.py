@@ -114,3 +114,8 @@ async def test_batch_is_all_or_nothing(env):
     assert await balances(env) == before
     await kit.tx(env["relayer"], D, env["dvp"], "settleBatch", entries)
     assert await balances(env) == (before[0] - 3, before[1] + 3, before[2] + 21, before[3] - 21)
+
+
+async def test_an_empty_batch_is_refused_like_the_escrows(env):
+    err = await env["kit"].reverts(env["relayer"], D, env["dvp"], "settleBatch", [])
+    assert err.startswith("BadBatch")

@@ -47,7 +47,7 @@ async def lock(env, amount=100, ttl=3600, sender=None, receiver=None, token=None
     secret, h = new_secret()
     trade = tid()
     timelock = await kit.now() + ttl
-    await kit.tx(sender, E, env["escrow"], "lock", trade, token, amount, receiver, h, timelock)
+    await kit.tx(sender, E, env["escrow"], "lockTokens", trade, token, amount, receiver, h, timelock)
     swap = (trade, sender.address, token, amount, receiver, h, timelock)
     return swap, secret
 
@@ -63,7 +63,7 @@ async def test_lock_then_claim_pays_receiver_and_emits_every_term(env):
     assert await kit.view(E, env["escrow"], "isActive", swap) is True
     assert await bal(env, env["seller"].address) == before_seller - 250
     # anyone (here: the relayer) may claim; funds can only go to the receiver in the lock
-    receipt = await kit.tx(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
+    receipt = await kit.tx(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
     escrow = kit.chain.w3.eth.contract(address=env["escrow"], abi=abi(E))
     (claimed,) = escrow.events.Claimed().process_receipt(receipt, errors=DISCARD)
     assert claimed["args"]["preimage"] == secret and claimed["args"]["swapId"] == swap_id(swap[1], swap[0])
@@ -75,7 +75,7 @@ async def test_locked_event_carries_all_terms(env):
     kit: Kit = env["kit"]
     secret, h = new_secret()
     trade, timelock = tid(), await kit.now() + 600
-    receipt = await kit.tx(env["seller"], E, env["escrow"], "lock", trade, env["st"], 7, env["buyer"].address, h,
+    receipt = await kit.tx(env["seller"], E, env["escrow"], "lockTokens", trade, env["st"], 7, env["buyer"].address, h,
                            timelock)
     escrow = kit.chain.w3.eth.contract(address=env["escrow"], abi=abi(E))
     (ev,) = escrow.events.Locked().process_receipt(receipt, errors=DISCARD)
@@ -95,7 +95,7 @@ async def test_refund_after_timelock_returns_to_sender(env):
 
 async def test_wrong_preimage_is_rejected(env):
     swap, _ = await lock(env)
-    err = await env["kit"].reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, os.urandom(32)))
+    err = await env["kit"].reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, os.urandom(32)))
     assert err.startswith("WrongPreimageOrTerms")
 
 
@@ -103,7 +103,7 @@ async def test_claim_after_timelock_is_rejected(env):
     kit: Kit = env["kit"]
     swap, secret = await lock(env, ttl=50)
     await kit.warp(50)
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
     assert err.startswith("SwapExpired")
 
 
@@ -116,8 +116,8 @@ async def test_refund_before_timelock_is_rejected(env):
 async def test_double_claim_is_rejected(env):
     kit: Kit = env["kit"]
     swap, secret = await lock(env)
-    await kit.tx(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
+    await kit.tx(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
     assert err.startswith("SwapNotActive")
 
 
@@ -134,7 +134,7 @@ async def test_duplicate_lock_id_is_rejected(env):
     kit: Kit = env["kit"]
     swap, _ = await lock(env)
     trade, _, token, amount, receiver, h, timelock = swap
-    err = await kit.reverts(env["seller"], E, env["escrow"], "lock", trade, token, amount, receiver, h, timelock)
+    err = await kit.reverts(env["seller"], E, env["escrow"], "lockTokens", trade, token, amount, receiver, h, timelock)
     assert err.startswith("SwapAlreadyExists")
 
 
@@ -143,11 +143,11 @@ async def test_claim_with_altered_terms_is_rejected(env):
     swap, secret = await lock(env, amount=10)
     forged = list(swap)
     forged[3] = 1_000  # claim more than locked
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(tuple(forged), secret))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(tuple(forged), secret))
     assert err.startswith("WrongPreimageOrTerms")
     forged = list(swap)
     forged[4] = env["outsider"].address  # redirect the funds
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(tuple(forged), secret))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(tuple(forged), secret))
     assert err.startswith("WrongPreimageOrTerms")
     # a refund with altered terms is refused too
     await kit.warp(3601)
@@ -166,7 +166,7 @@ async def test_invalid_terms_are_rejected(env):
         (5, env["buyer"].address, b"\x00" * 32, now + 100),
         (5, env["buyer"].address, h, now - 1),
     ]:
-        err = await kit.reverts(env["seller"], E, env["escrow"], "lock", tid(), env["st"], amount, receiver,
+        err = await kit.reverts(env["seller"], E, env["escrow"], "lockTokens", tid(), env["st"], amount, receiver,
                                 hashlock, timelock)
         assert err.startswith("InvalidTerms")
 
@@ -271,15 +271,15 @@ async def test_reentrant_token_cannot_double_claim_or_skim(env):
     swap, secret = await lock(env, amount=100, token=tok)
     args = claim_args(swap, secret)
     # during the claim's transfer the token claims the same swap again
-    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], encode_call(E, "claim", *args))
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *args)
+    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], encode_call(E, "claimTokens", *args))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *args)
     assert err.startswith("SwapNotActive")
     # during a lock's pull the token claims another live swap: the escrow's balance check refuses the lock
     await kit.tx(seller, "ReentrantToken", tok, "arm", "0x" + "00" * 20, b"")
     swap2, secret2 = await lock(env, amount=100, token=tok)
-    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], encode_call(E, "claim", *claim_args(swap2, secret2)))
+    await kit.tx(seller, "ReentrantToken", tok, "arm", env["escrow"], encode_call(E, "claimTokens", *claim_args(swap2, secret2)))
     _, h = new_secret()
-    await kit.reverts(seller, E, env["escrow"], "lock", tid(), tok, 50, buyer.address, h, await kit.now() + 600)
+    await kit.reverts(seller, E, env["escrow"], "lockTokens", tid(), tok, 50, buyer.address, h, await kit.now() + 600)
     assert await kit.view(E, env["escrow"], "isActive", swap2)
     assert await kit.view("ReentrantToken", tok, "balanceOf", env["escrow"]) == 700  # 500 + 100 + 100
     assert await kit.view("ReentrantToken", tok, "balanceOf", buyer.address) == 0
@@ -292,7 +292,7 @@ async def test_fee_on_transfer_token_is_rejected(env):
     await kit.tx(seller, "FeeOnTransferToken", tok, "mint", seller.address, 10_000)
     await kit.tx(seller, "FeeOnTransferToken", tok, "approve", env["escrow"], MAX_UINT256)
     _, h = new_secret()
-    err = await kit.reverts(seller, E, env["escrow"], "lock", tid(), tok, 1000, env["buyer"].address, h,
+    err = await kit.reverts(seller, E, env["escrow"], "lockTokens", tid(), tok, 1000, env["buyer"].address, h,
                             await kit.now() + 600)
     assert err.startswith("UnsupportedToken")
 
@@ -304,7 +304,7 @@ async def test_token_without_return_value_works(env):
     await kit.tx(seller, "NoReturnToken", tok, "mint", seller.address, 1000)
     await kit.tx(seller, "NoReturnToken", tok, "approve", env["escrow"], MAX_UINT256)
     swap, secret = await lock(env, amount=300, token=tok)
-    await kit.tx(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
+    await kit.tx(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
     assert await kit.view("NoReturnToken", tok, "balanceOf", buyer.address) == 300
 
 
@@ -313,12 +313,12 @@ async def test_non_allowlisted_holder_cannot_lock_or_receive(env):
     outsider = env["outsider"]
     await kit.tx(outsider, ST, env["st"], "approve", env["escrow"], MAX_UINT256)
     _, h = new_secret()
-    err = await kit.reverts(outsider, E, env["escrow"], "lock", tid(), env["st"], 1, env["buyer"].address, h,
+    err = await kit.reverts(outsider, E, env["escrow"], "lockTokens", tid(), env["st"], 1, env["buyer"].address, h,
                             await kit.now() + 600)
     assert err.startswith("HolderNotAllowed")
     # a lock towards a receiver who is not allowlisted can never be claimed; it can only be refunded
     swap, secret = await lock(env, amount=3, receiver=outsider.address, ttl=60)
-    err = await kit.reverts(env["relayer"], E, env["escrow"], "claim", *claim_args(swap, secret))
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
     assert err.startswith("HolderNotAllowed")
 
 
@@ -327,7 +327,7 @@ async def test_paused_token_blocks_locks(env):
     await kit.tx(env["issuer"], ST, env["st"], "pause")
     try:
         _, h = new_secret()
-        err = await kit.reverts(env["seller"], E, env["escrow"], "lock", tid(), env["st"], 1, env["buyer"].address,
+        err = await kit.reverts(env["seller"], E, env["escrow"], "lockTokens", tid(), env["st"], 1, env["buyer"].address,
                                 h, await kit.now() + 600)
         assert err.startswith("EnforcedPause")
     finally:
@@ -344,3 +344,49 @@ async def test_stablecoin_issue_and_redeem(kit: Kit):
     assert await kit.view("Stablecoin", sc, "totalSupply") == 3800
     err = await kit.reverts(holder, "Stablecoin", sc, "issue", holder.address, 1, b"x" * 32)
     assert err.startswith("OwnableUnauthorizedAccount")
+
+
+async def test_a_token_call_that_returns_false_or_hits_no_code_is_a_named_error(env):
+    kit: Kit = env["kit"]
+    seller = env["seller"]
+    tok = await kit.deploy(seller, "FalseReturnToken")
+    await kit.tx(seller, "FalseReturnToken", tok, "mint", seller.address, 1000)
+    await kit.tx(seller, "FalseReturnToken", tok, "approve", env["escrow"], MAX_UINT256)
+    swap, secret = await lock(env, amount=10, token=tok)
+    await kit.tx(seller, "FalseReturnToken", tok, "setLying", True)
+    _, h = new_secret()
+    err = await kit.reverts(seller, E, env["escrow"], "lockTokens", tid(), tok, 5, env["buyer"].address, h,
+                            await kit.now() + 600)
+    assert err.lower() == f"tokencallfailed({tok.lower()})"
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))
+    assert err.lower() == f"tokencallfailed({tok.lower()})"
+    # an address without code is no token: the balance read fails with the same named error
+    nobody = "0x" + os.urandom(20).hex()
+    from eth_utils import to_checksum_address
+    err = await kit.reverts(seller, E, env["escrow"], "lockTokens", tid(), to_checksum_address(nobody), 5,
+                            env["buyer"].address, h, await kit.now() + 600)
+    assert err.lower().startswith("tokencallfailed")
+
+
+async def test_a_balance_that_shrinks_during_a_pull_is_a_named_error_not_a_panic(env):
+    kit: Kit = env["kit"]
+    seller = env["seller"]
+    tok = await kit.deploy(seller, "ShrinkingToken")
+    await kit.tx(seller, "ShrinkingToken", tok, "mint", seller.address, 1000)
+    await kit.tx(seller, "ShrinkingToken", tok, "approve", env["escrow"], MAX_UINT256)
+    await lock(env, amount=100, token=tok)  # the escrow holds some of it
+    await kit.tx(seller, "ShrinkingToken", tok, "arm", True)
+    _, h = new_secret()
+    err = await kit.reverts(seller, E, env["escrow"], "lockTokens", tid(), tok, 5, env["buyer"].address, h,
+                            await kit.now() + 600)
+    assert err.startswith("UnsupportedToken") and err.endswith(", 5, 0)"), err  # received 0: it shrank
+
+
+async def test_batch_amounts_that_overflow_are_a_named_error(env):
+    kit: Kit = env["kit"]
+    now = await kit.now()
+    big = [(tid(), env["st"], 2**255, env["buyer"].address, new_secret()[1], now + 600) for _ in range(2)]
+    err = await kit.reverts(env["seller"], E, env["escrow"], "lockBatch", big)
+    assert err.startswith("BatchAmountOverflow")
+    err = await kit.reverts(env["seller"], E, env["escrow"], "lockBatch", [])
+    assert err.startswith("BadBatch")

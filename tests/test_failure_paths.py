@@ -20,7 +20,7 @@ E = "HashedTimelockEscrow"
 
 async def _bot_lock(net: Net, chain, acct, escrow: str, trade_id: bytes, token: str, amount: int, receiver: str,
                     hashlock: bytes, timelock: int) -> None:
-    await net.sender(chain, acct).transact(escrow, encode_call(E, "lock", trade_id, token, amount, receiver, hashlock,
+    await net.sender(chain, acct).transact(escrow, encode_call(E, "lockTokens", trade_id, token, amount, receiver, hashlock,
                                                                timelock))
 
 
@@ -35,7 +35,7 @@ async def _bot_reveals_after_sc_lock(net: Net, engine: Engine) -> tuple[TradeIns
     assert (await drive(engine, [ins.tradeId], until={TradeState.SC_LOCKED}))[ins.tradeId] == TradeState.SC_LOCKED
     t_sc = (await engine.store.get(ins.tradeId)).get_int("sc_timelock")
     await net.sender(net.sc, net.seller).transact(net.doc["sc"]["escrow"], encode_call(
-        E, "claim", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
+        E, "claimTokens", secret, swap_id(net.buyer.address, ins.trade_id_bytes), ins.scToken, ins.scAmount,
         ins.sellerScAccount, t_sc))
     return ins, secret
 

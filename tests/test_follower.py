@@ -36,7 +36,7 @@ async def chain_env():
 
 async def _lock(chain, escrow, token, s_tx, buyer) -> bytes:
     trade = os.urandom(32)
-    data = encode_call(E, "lock", trade, token, 5, buyer.address, hashlib.sha256(os.urandom(32)).digest(),
+    data = encode_call(E, "lockTokens", trade, token, 5, buyer.address, hashlib.sha256(os.urandom(32)).digest(),
                        await chain.now() + 600)
     await s_tx.transact(escrow, data)
     return trade
@@ -108,12 +108,12 @@ async def test_a_reorged_out_transaction_leaves_no_nonce_gap(chain_env):
     first = os.urandom(32)
     h = hashlib.sha256(os.urandom(32)).digest()
     timelock = await chain.now() + 600
-    await s_tx.transact(escrow, encode_call(E, "lock", first, token, 5, buyer.address, h, timelock))
+    await s_tx.transact(escrow, encode_call(E, "lockTokens", first, token, 5, buyer.address, h, timelock))
     await chain.rpc("anvil_reorg", [1, []])  # the lock's block is replaced; anvil does not re-queue the tx
     latest = await chain.call(lambda w3: w3.eth.get_transaction_count(s_tx.address, "latest"))
     assert latest == max(s_tx.history)  # the chain forgot our last nonce: a gap
     second = os.urandom(32)
-    receipt = await s_tx.transact(escrow, encode_call(E, "lock", second, token, 5, buyer.address, h, timelock),
+    receipt = await s_tx.transact(escrow, encode_call(E, "lockTokens", second, token, 5, buyer.address, h, timelock),
                                   timeout=20)
     assert receipt["status"] == 1 and s_tx.gaps_healed == 1
     # the dropped lock was re-broadcast as it was (same intent), so both swaps are live
@@ -131,7 +131,7 @@ async def test_our_transaction_reorged_out_within_k_is_sent_again(chain_env):
     reorged-out one is re-broadcast as it was."""
     chain, escrow, token, s_tx, buyer = chain_env
     trade = os.urandom(32)
-    data = encode_call(E, "lock", trade, token, 5, buyer.address, hashlib.sha256(os.urandom(32)).digest(),
+    data = encode_call(E, "lockTokens", trade, token, 5, buyer.address, hashlib.sha256(os.urandom(32)).digest(),
                        await chain.now() + 600)
     receipt = await s_tx.transact(escrow, data)
     assert await s_tx.revive_reorged(depth=3) == 0  # mined and still there: nothing to do

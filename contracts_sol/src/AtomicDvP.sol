@@ -14,6 +14,12 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 ///         Replay: a settlement is keyed by its terms digest (a keccak), stored at the storage slot equal to
 ///         the digest itself, so the same signed terms settle at most once, and nobody can block a trade by
 ///         settling other terms under its trade id (that would need both parties' signatures).
+/// @dev    Storage: the only declared state is EIP712's two fallback strings (slots 0 and 1; a long value's
+///         bytes at keccak256 of the slot, a 32-byte preimage). A "settled" flag lives at the slot equal to the
+///         EIP-712 digest keccak256(0x1901 || domainSeparator || structHash): a keccak of 66 bytes, a preimage
+///         length no Solidity-assigned slot uses (those are small integers or keccaks of 32 or 64 bytes), so no
+///         declared, inherited or future variable can share a slot with a settlement short of a keccak collision.
+///         tests/test_storage_layout.py fails when a state variable is added without saying why it cannot collide.
 contract AtomicDvP is EIP712 {
     using SafeERC20 for IERC20;
 
@@ -37,38 +43,58 @@ contract AtomicDvP is EIP712 {
         bytes buyerSig;
     }
 
+    /// @notice EIP-712 type of the terms both parties sign.
     bytes32 public constant TERMS_TYPEHASH = keccak256(
         "DvP(bytes32 tradeId,address seller,address buyer,address stToken,uint256 stAmount,address scToken,uint256 scAmount,uint64 deadline)"
     );
 
+    /// @notice Both legs of the trade moved; `digest` names the exact terms that settled.
     /// @dev tradeId indexed so watchers filter by trade; the digest says which terms settled.
     event Settled(bytes32 indexed tradeId, bytes32 digest);
 
+    /// @notice The block timestamp is at or after the terms' deadline.
     error Expired(bytes32 tradeId, uint64 deadline);
+    /// @notice These exact terms have settled already (replay).
     error AlreadySettled(bytes32 digest);
+    /// @notice `party` neither signed these terms nor is the caller.
     error NotAuthorised(bytes32 tradeId, address party);
+    /// @notice Seller and buyer are the same account.
     error SameParty(bytes32 tradeId);
+    /// @notice settleBatch got no entries (as the escrow's batches, an empty batch is refused, not a no-op).
+    error BadBatch();
 
     constructor() EIP712("DvpAtomicSettlement", "1") {}
 
     /// @notice Settle one trade: both legs move in this transaction, or nothing does.
+    /// @param t The terms both parties authorised.
+    /// @param sellerSig The seller's EIP-712 signature over digest(t), or empty when the seller is the caller.
+    /// @param buyerSig The buyer's EIP-712 signature over digest(t), or empty when the buyer is the caller.
     function settle(Terms calldata t, bytes calldata sellerSig, bytes calldata buyerSig) external {
         _settle(t, sellerSig, buyerSig);
     }
 
     /// @notice Settle several trades in one transaction, all or nothing.
+    /// @dev Each trade's "settled" flag is set before its two token transfers, so a token re-entering with the
+    ///      same terms finds them settled (AlreadySettled) and the whole batch reverts.
+    /// @param items The trades, each with its terms and both authorisations.
     function settleBatch(Settlement[] calldata items) external {
-        for (uint256 i; i < items.length; ++i) {
+        uint256 n = items.length;
+        if (n == 0) revert BadBatch();
+        for (uint256 i; i < n; ++i) {
             _settle(items[i].terms, items[i].sellerSig, items[i].buyerSig);
         }
     }
 
     /// @notice The EIP-712 digest both parties sign for `t`; also the settlement's key.
+    /// @param t The terms.
+    /// @return The digest (and the storage slot of the terms' "settled" flag).
     function digest(Terms calldata t) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(TERMS_TYPEHASH, t)));
     }
 
-    /// @notice True once the terms with this digest have settled.
+    /// @notice Whether the terms with this digest have settled.
+    /// @param termsDigest digest(terms).
+    /// @return done True once they settled.
     function settled(bytes32 termsDigest) external view returns (bool done) {
         assembly ("memory-safe") {
             done := sload(termsDigest)

@@ -85,3 +85,59 @@ contract ReentrantToken is ERC20 {
         }
     }
 }
+
+/// @notice Its transfer functions succeed (no revert) but return false: the escrow must treat that as failure.
+/// Test-only.
+contract FalseReturnToken is ERC20 {
+    bool public lying;
+
+    constructor() ERC20("False", "FLS") {}
+
+    function mint(address to, uint256 amount) external {
+        _mint(to, amount);
+    }
+
+    function setLying(bool on) external {
+        lying = on;
+    }
+
+    function transfer(address to, uint256 amount) public override returns (bool) {
+        super.transfer(to, amount);
+        return !lying;
+    }
+
+    function transferFrom(address from, address to, uint256 amount) public override returns (bool) {
+        super.transferFrom(from, to, amount);
+        return !lying;
+    }
+}
+
+/// @notice While armed, a transferFrom takes one unit away from the receiver instead of paying it: the escrow's
+/// balance shrinks during a pull (its arithmetic must answer with a named error, not a panic). Test-only.
+contract ShrinkingToken is ERC20 {
+    bool public armed;
+
+    constructor() ERC20("Shrink", "SHR") {}
+
+    function mint(address to, uint256 amount) external {
+        _mint(to, amount);
+    }
+
+    function arm(bool on) external {
+        armed = on;
+    }
+
+    function transferFrom(address from, address to, uint256 amount) public override returns (bool) {
+        if (!armed) return super.transferFrom(from, to, amount);
+        _update(to, address(0xdead), 1);
+        return true;
+    }
+}
+
+/// @notice Burns all the gas it is given: a block filler for congestion tests. Test-only.
+contract GasBurner {
+    /// @notice Loop until fewer than 3,000 gas remain.
+    function burn() external view {
+        while (gasleft() > 3000) {}
+    }
+}
