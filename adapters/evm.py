@@ -209,6 +209,7 @@ class SentTx:
     raw: bytes
     hashes: list[HexBytes] = field(default_factory=list)
     sent_at: float = field(default_factory=time.monotonic)
+    urgent: bool = False  # priced to win inclusion now, and bumped sooner (a reveal racing its timelock)
 
     @property
     def tx_hash(self) -> HexBytes:
@@ -235,6 +236,8 @@ class TxSender:
         bump_after: float = 12.0,
         fee_bump_percent: int = 15,
         gas_margin_percent: int = 20,
+        max_priority_fee_wei: int = 200_000_000_000,
+        urgent_bump_after: float = 2.0,
     ) -> None:
         self.chain = chain
         self.account = account
@@ -244,6 +247,8 @@ class TxSender:
         self.bump_after = bump_after
         self.fee_bump_percent = fee_bump_percent
         self.gas_margin_percent = gas_margin_percent
+        self.max_priority_fee_wei = max_priority_fee_wei  # the most an urgent transaction tips (config)
+        self.urgent_bump_after = urgent_bump_after
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
         self.in_flight: dict[int, SentTx] = {}
@@ -277,6 +282,16 @@ class TxSender:
         self._fee_stale = False
         return self._fee_cache[1], self._fee_cache[2]
 
+    async def _urgent_fees(self) -> tuple[int, int]:
+        """Fees for a transaction that must be included now (the seller's reveal): a tip above what the top payers
+        of the last blocks gave (eth_feeHistory, 90th percentile, + 25%), never below the normal tip nor above
+        max_priority_fee_wei; the fee cap leaves room for the base fee to double."""
+        hist = await self.chain.rpc("eth_feeHistory", [hex(5), "latest", [90]])
+        rewards = [int(r[0], 16) for r in (hist.get("reward") or []) if r]
+        base = int((hist.get("baseFeePerGas") or ["0x0"])[-1], 16)  # the next block's
+        tip = min(max(self.priority_fee_wei, max(rewards, default=0) * 5 // 4 + 1), self.max_priority_fee_wei)
+        return 2 * base + tip, tip
+
     async def estimate_gas(self, to: str | None, data: bytes | str, value: int = 0) -> int:
         """Gas estimate with margin; raises TransactionReverted with the revert reason if it would fail."""
         tx = {"from": self.address, "data": HexBytes(data), "value": value}
@@ -289,11 +304,13 @@ class TxSender:
             raise TransactionReverted(f"{self.chain.name}: would revert: {reason}", reason=reason) from exc
         return est * (100 + self.gas_margin_percent) // 100
 
-    async def send(self, to: str | None, data: bytes | str, *, gas: int | None = None, value: int = 0) -> SentTx:
-        """Sign and broadcast; returns once the node accepted it (or already had it)."""
+    async def send(self, to: str | None, data: bytes | str, *, gas: int | None = None, value: int = 0,
+                   urgent: bool = False) -> SentTx:
+        """Sign and broadcast; returns once the node accepted it (or already had it). `urgent` prices it to be
+        included in the next block even against a congested mempool (see _urgent_fees)."""
         if gas is None:
             gas = await self.estimate_gas(to, data, value)
-        max_fee, tip = await self._fees()
+        max_fee, tip = await (self._urgent_fees() if urgent else self._fees())
         async with self._lock:
             if self._next_nonce is None:  # once per process: this account is ours alone
                 self._next_nonce = await self.chain.call(
@@ -312,6 +329,7 @@ class TxSender:
             if to is not None:
                 params["to"] = to
             sent = self._sign(params)
+            sent.urgent = urgent
             await self._broadcast(sent)
             self._next_nonce += 1
             self.in_flight[sent.nonce] = sent
@@ -360,7 +378,7 @@ class TxSender:
         return await self.chain.call(lookup)
 
     async def _bump(self, sent: SentTx) -> None:
-        max_fee, tip = await self._fees()
+        max_fee, tip = await (self._urgent_fees() if sent.urgent else self._fees())
         params = dict(sent.params)
         factor = 100 + self.fee_bump_percent
         params["maxPriorityFeePerGas"] = max(tip, params["maxPriorityFeePerGas"] * factor // 100 + 1)
@@ -422,7 +440,7 @@ class TxSender:
                 raise TransactionDropped(f"{self.chain.name}: nonce {sent.nonce} was used by another transaction")
             return
         await self.heal_gaps(mined_count)
-        if time.monotonic() - sent.sent_at > self.bump_after:
+        if time.monotonic() - sent.sent_at > (self.urgent_bump_after if sent.urgent else self.bump_after):
             await self._bump(sent)
         elif not await self._known_to_node(sent):
             await self._broadcast(sent)

@@ -43,6 +43,7 @@ class LockedEvent:
     timelock: int
     block: int
     tx_hash: str
+    log_index: int = 0  # position in its block: orders a swap id's locks and ends (a swap id can be re-locked)
 
     @property
     def swap_id(self) -> bytes:
@@ -53,6 +54,18 @@ class LockedEvent:
         """The value the escrow's slot holds while this lock is live."""
         return terms_hash(self.token, self.amount, self.receiver, self.hashlock, self.timelock)
 
+    def terms(self) -> dict[str, Any]:
+        """Every term, JSON-ready: what it takes to refund this lock (Store.add_strays keeps it)."""
+        return {"trade_id": "0x" + self.trade_id.hex(), "sender": self.sender, "receiver": self.receiver,
+                "token": self.token, "amount": self.amount, "hashlock": "0x" + self.hashlock.hex(),
+                "timelock": self.timelock}
+
+    @classmethod
+    def from_terms(cls, t: dict[str, Any]) -> LockedEvent:
+        return cls(trade_id=bytes.fromhex(t["trade_id"][2:]), sender=t["sender"], receiver=t["receiver"],
+                   token=t["token"], amount=int(t["amount"]), hashlock=bytes.fromhex(t["hashlock"][2:]),
+                   timelock=int(t["timelock"]), block=0, tx_hash="")
+
 
 @dataclass(frozen=True)
 class ClaimedEvent:
@@ -60,6 +73,7 @@ class ClaimedEvent:
     preimage: bytes
     block: int
     tx_hash: str
+    log_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class RefundedEvent:
     swap_id: bytes
     block: int
     tx_hash: str
+    log_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,7 @@ class SettledEvent:
     digest: bytes
     block: int
     tx_hash: str
+    log_index: int = 0
 
 
 EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent | SettledEvent
@@ -225,11 +241,13 @@ class EscrowFollower:
         if name is None:
             return None
         block, tx = int(lg["blockNumber"]), "0x" + bytes(lg["transactionHash"]).hex()
+        index = int(lg["logIndex"])
         if name == "Settled":
             if to_checksum_address(lg["address"]) not in self.addresses[1:]:
                 return None
             args = self._dvp_contract.events.Settled().process_log(lg)["args"]
-            return SettledEvent(trade_id=bytes(args["tradeId"]), digest=bytes(args["digest"]), block=block, tx_hash=tx)
+            return SettledEvent(trade_id=bytes(args["tradeId"]), digest=bytes(args["digest"]), block=block, tx_hash=tx,
+                                log_index=index)
         if to_checksum_address(lg["address"]) != self.escrow:
             return None
         args = self._contract.events[name]().process_log(lg)["args"]
@@ -237,12 +255,12 @@ class EscrowFollower:
             return LockedEvent(
                 trade_id=bytes(args["tradeId"]), sender=args["sender"], receiver=args["receiver"],
                 token=args["token"], amount=int(args["amount"]), hashlock=bytes(args["hashlock"]),
-                timelock=int(args["timelock"]), block=block, tx_hash=tx,
+                timelock=int(args["timelock"]), block=block, tx_hash=tx, log_index=index,
             )
         if name == "Claimed":
             return ClaimedEvent(swap_id=bytes(args["swapId"]), preimage=bytes(args["preimage"]), block=block,
-                                tx_hash=tx)
-        return RefundedEvent(swap_id=bytes(args["swapId"]), block=block, tx_hash=tx)
+                                tx_hash=tx, log_index=index)
+        return RefundedEvent(swap_id=bytes(args["swapId"]), block=block, tx_hash=tx, log_index=index)
 
 
 class HtlcLedger:
@@ -250,12 +268,14 @@ class HtlcLedger:
 
     kind = "evm"
 
-    def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount], dvp: str = "") -> None:
+    def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount], dvp: str = "",
+                 max_priority_fee_wei: int = 200_000_000_000) -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
         self.dvp = to_checksum_address(dvp) if dvp else None  # AtomicDvP on this chain (same-ledger path)
         self._keys = dict(accounts)
-        self.all_senders = {addr: TxSender(chain, acct) for addr, acct in accounts.items()}
+        self.all_senders = {addr: TxSender(chain, acct, max_priority_fee_wei=max_priority_fee_wei)
+                            for addr, acct in accounts.items()}
         self.senders = dict(self.all_senders)  # the accounts this process may sign for right now
         self._unlimited: set[tuple[str, str, str]] = set()
         self._view = AsyncWeb3().eth.contract(abi=abi(ESCROW))

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(5.0, gt=0, description="account lease TTL (s): a standby worker takes over after it")
     batch_max: int = Field(50, ge=1, description="most swaps per batch transaction (1 = batching off)")
     rpc_timeout: float = 5.0
+    max_priority_fee_gwei: float = Field(200.0, gt=0, description="the most the seller's reveal (SC claim) tips to "
+                                         "win inclusion over a congested mempool")
     log_level: str = "INFO"
 
     api_host: str = "127.0.0.1"

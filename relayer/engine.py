@@ -27,15 +27,12 @@ from adapters.htlc import (
     ESCROW,
     ESCROW_BATCH_FN,
     ESCROW_FN,
-    ClaimedEvent,
-    EscrowEvent,
     EscrowFollower,
     HtlcLedger,
     LockedEvent,
-    RefundedEvent,
-    SettledEvent,
 )
 from relayer.config import Settings
+from relayer.follow import ChainIndex, LockInstance
 from relayer.errors import ConcurrentUpdate, ConfigError, FencedOut, InvalidInstruction, NotReady
 from redis.exceptions import RedisError
 
@@ -48,10 +45,12 @@ from relayer.protocol.rules import (
     AtomicView,
     Decision,
     LegView,
-    ObservedLock,
     Roles,
     TimingPolicy,
     TradeView,
+    check_sc_lock,
+    check_st_lock,
+    choose_lock,
     decide,
     decide_atomic,
     sc_timelock_for,
@@ -78,74 +77,6 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-class ChainIndex:
-    """The escrow events of one chain seen so far (k-confirmed), by trade id and by swap id."""
-
-    def __init__(self) -> None:
-        self.locks: dict[bytes, list[LockedEvent]] = defaultdict(list)
-        self.claims: dict[bytes, ClaimedEvent] = {}
-        self.refunds: dict[bytes, RefundedEvent] = {}
-        self.settlements: dict[bytes, list[SettledEvent]] = defaultdict(list)
-        self.preimages: dict[bytes, bytes] = {}  # sha256 -> preimage, from claims not yet k blocks deep
-
-    def learn_preimages(self, preimages: list[bytes]) -> None:
-        for p in preimages:
-            self.preimages[hashlib.sha256(p).digest()] = p
-
-    def apply(self, events: list[EscrowEvent]) -> None:
-        for ev in events:
-            if isinstance(ev, LockedEvent):
-                self.locks[ev.trade_id].append(ev)
-            elif isinstance(ev, ClaimedEvent):
-                self.claims[ev.swap_id] = ev
-            elif isinstance(ev, SettledEvent):
-                self.settlements[ev.trade_id].append(ev)
-            else:
-                self.refunds[ev.swap_id] = ev
-
-    def rewind(self, height: int) -> None:
-        """Forget everything derived from blocks above `height` (they were reorged out)."""
-        for tid in list(self.locks):
-            self.locks[tid] = [e for e in self.locks[tid] if e.block <= height]
-        self.claims = {k: v for k, v in self.claims.items() if v.block <= height}
-        self.refunds = {k: v for k, v in self.refunds.items() if v.block <= height}
-        for tid in list(self.settlements):
-            self.settlements[tid] = [e for e in self.settlements[tid] if e.block <= height]
-
-    def retain(self, trade_ids: set[bytes]) -> None:
-        """Keep only what belongs to these trades (a worker sees every trade's events, drives only some)."""
-        self.locks = defaultdict(list, {t: v for t, v in self.locks.items() if t in trade_ids})
-        self.settlements = defaultdict(list, {t: v for t, v in self.settlements.items() if t in trade_ids})
-        live = {e.swap_id for evs in self.locks.values() for e in evs}
-        self.claims = {k: v for k, v in self.claims.items() if k in live}
-        self.refunds = {k: v for k, v in self.refunds.items() if k in live}
-        hashlocks = {e.hashlock for evs in self.locks.values() for e in evs}
-        self.preimages = {h: p for h, p in self.preimages.items() if h in hashlocks}
-
-    def forget(self, trade_id: bytes, swap_ids: list[bytes]) -> None:
-        for ev in self.locks.get(trade_id, []):
-            self.preimages.pop(ev.hashlock, None)
-        self.locks.pop(trade_id, None)
-        self.settlements.pop(trade_id, None)
-        for sid in swap_ids:
-            self.claims.pop(sid, None)
-            self.refunds.pop(sid, None)
-
-    def leg(self, trade_id: bytes, sender: str) -> tuple[LegView, LockedEvent | None, list[LockedEvent]]:
-        """The expected sender's swap for this trade, plus locks by anyone else (recorded, never acted on)."""
-        mine = [e for e in self.locks.get(trade_id, []) if e.sender == sender]
-        others = [e for e in self.locks.get(trade_id, []) if e.sender != sender]
-        if not mine:
-            return LegView(), None, others
-        ev = mine[-1]
-        sid = ev.swap_id
-        claim = self.claims.get(sid)
-        lock = ObservedLock(ev.sender, ev.receiver, ev.token, ev.amount, ev.hashlock, ev.timelock, ev.tx_hash,
-                            ev.block)
-        return LegView(lock=lock, claimed=claim is not None, preimage=claim.preimage if claim else None,
-                       refunded=sid in self.refunds), ev, others
-
-
 class NeedsAccount(Exception):
     """An action needs the signature of an account whose lease another worker holds: route it there."""
 
@@ -166,8 +97,19 @@ class Due:
     observed_at: float = 0.0  # monotonic time the round finished reading both chains
 
     @property
-    def key(self) -> tuple[str, Action]:
-        return (self.rec.trade_id, self.action)
+    def lock(self) -> LockedEvent | None:
+        """The lock a claim or refund acts on (None for locks and settlements)."""
+        if self.action in (Action.CLAIM_SC, Action.REFUND_SC):
+            return self.sc_ev
+        if self.action in (Action.CLAIM_ST, Action.REFUND_ST):
+            return self.st_ev
+        return None
+
+    @property
+    def key(self) -> tuple[str, Action, bytes]:
+        """One in-flight action per trade, kind and lock: a trade's stray locks are refunded beside its own legs."""
+        lock = self.lock
+        return (self.rec.trade_id, self.action, lock.terms_hash if lock is not None else b"")
 
 
 @dataclass
@@ -244,6 +186,7 @@ class Engine:
         self._observed_at = 0.0
         self._not_before: dict[tuple[str, Action], float] = {}
         self._reported: set[tuple[str, str]] = set()
+        self._strays_kept: set[tuple[str, str, int]] = set()  # (chain, tx, log index) already in Redis
         self.clock_offset = 0.0
         self._round_states: dict[str, int] = defaultdict(int)
         self._min_left: dict[str, float] = {"st": float("inf"), "sc": float("inf")}
@@ -642,7 +585,7 @@ class Engine:
             self._round_states[rec.state.value] += 1
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + 2.0
-            await self._sweep_late_locks()
+            await self._sweep_strays()
         if self.rounds % 200 == 0:
             await self._prune_index()
         for state in TradeState:
@@ -675,10 +618,8 @@ class Engine:
             return
         ins = rec.signed.instruction
         log = self.log.bind(trade_id=ins.tradeId)
-        tid = ins.trade_id_bytes
         roles = self.roles_for(rec)
-        st_leg, st_ev, st_foreign = self.st.index.leg(tid, ins.sellerStAccount)
-        sc_leg, sc_ev, sc_foreign = self.sc.index.leg(tid, ins.buyerScAccount)
+        st_leg, st_ev, sc_leg, sc_ev, strays = self._legs(rec)
         if fence is not None:
             await self._note_from_blocks(rec, fence)
             if roles.seller and st_leg.lock is None and not st_leg.refunded and self.st.fresh:
@@ -697,7 +638,8 @@ class Engine:
         )
         d = decide(view, roles, self.policy)
         if fence is not None:
-            await self._report_anomalies(rec, d, st_foreign + sc_foreign, log)
+            await self._keep_strays(rec, strays, log)
+            await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
             self._watch_timelocks(rec, st_leg, sc_leg, now_st, now_sc, log)
             observed = {}
             learned = sc_leg.preimage or view.seen_preimage
@@ -709,10 +651,43 @@ class Engine:
                 observed["st_timelock"] = st_leg.lock.timelock
             if sc_leg.lock and rec.get("sc_timelock") is None:
                 observed["sc_timelock"] = sc_leg.lock.timelock
-            await self._apply(rec, d, observed,
-                              [e for e in (st_ev, sc_ev) if e is not None] + st_foreign + sc_foreign, log, fence)
+            await self._apply(rec, d, observed, log, fence)
         for action in d.actions:
             self._due.append(Due(rec, action, view, st_ev, sc_ev, self._observed_at))
+
+    def _legs(self, rec: TradeRecord) -> tuple[LegView, LockedEvent | None, LegView, LockedEvent | None,
+                                                 list[tuple[ChainSide, LockInstance]]]:
+        """The lock each leg follows (the expected sender's first with acceptable terms, see choose_lock) and every
+        other lock under the trade id: re-locks, locks by anyone else. Those are strays: never acted on but to
+        refund them at their timelock."""
+        ins = rec.signed.instruction
+        tid = ins.trade_id_bytes
+        st_all, sc_all = self.st.index.instances(tid), self.sc.index.instances(tid)
+        st_mine = [i for i in st_all if i.lock.sender == ins.sellerStAccount]
+        pick = choose_lock([i.view() for i in st_mine], lambda lock: check_st_lock(ins, lock))
+        st_inst = st_mine[pick] if pick is not None else None
+        st_leg = st_inst.view() if st_inst else LegView()
+        hashlock = st_leg.lock.hashlock if st_leg.lock else (
+            bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None)
+        t_st = st_leg.lock.timelock if st_leg.lock else rec.get_int("t_st")
+        sc_mine = [i for i in sc_all if i.lock.sender == ins.buyerScAccount]
+        pick = choose_lock([i.view() for i in sc_mine],
+                           lambda lock: check_sc_lock(ins, lock, hashlock, t_st, self.policy.delta()))
+        sc_inst = sc_mine[pick] if pick is not None else None
+        strays = [(self.st, i) for i in st_all if i is not st_inst] + [(self.sc, i) for i in sc_all if i is not sc_inst]
+        return (st_leg, st_inst.lock if st_inst else None, sc_inst.view() if sc_inst else LegView(),
+                sc_inst.lock if sc_inst else None, strays)
+
+    async def _keep_strays(self, rec: TradeRecord, strays: list[tuple[ChainSide, LockInstance]], log: Any) -> None:
+        """Persist the live strays (once each): the watcher refunds them at their timelock, after a restart too."""
+        for side in (self.st, self.sc):
+            new = [i.lock for s, i in strays if s is side and i.live
+                   and (side.name, i.lock.tx_hash, i.lock.log_index) not in self._strays_kept]
+            if not new:
+                continue
+            if await self.store.add_strays(side.name, [ev.terms() for ev in new]):
+                log.info("stray_locks_kept", chain=side.name, locks=len(new))
+            self._strays_kept |= {(side.name, ev.tx_hash, ev.log_index) for ev in new}
 
     async def _advance_atomic(self, rec: TradeRecord, now_st: int, fence: str | None) -> None:
         """A same-ledger trade: settled when a confirmed Settled event carries our terms' digest."""
@@ -728,7 +703,7 @@ class Engine:
         if fence is not None:
             await self._note_from_blocks(rec, fence)
             await self._report_anomalies(rec, d, [], log)
-            await self._apply(rec, d, {}, [], log, fence)
+            await self._apply(rec, d, {}, log, fence)
         for action in d.actions:
             self._due.append(Due(rec, action, None, None, None, self._observed_at))  # type: ignore[arg-type]
 
@@ -740,8 +715,7 @@ class Engine:
                                           "sc_from_block": max(0, self.sc.follower.last_head - 64)},
                                     actor=ACTOR, event=None, fence=fence)
 
-    async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], locks: list[LockedEvent],
-                     log: Any, fence: str) -> None:
+    async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], log: Any, fence: str) -> None:
         """Persist the decided state (compare-and-set, fenced, audited); forget and archive a finished trade."""
         if "secret" in observed:
             await self.store.update(rec, {"secret": observed.pop("secret")}, actor=ACTOR, event="secret_learned",
@@ -755,47 +729,65 @@ class Engine:
             if d.state is TradeState.SETTLED:
                 metrics.SETTLE_SECONDS.observe(time.time() - float(rec.fields["created_at"]))
             if d.state in TERMINAL:
-                self._forget(rec, locks)
+                self._forget(rec)
                 self._archive_later(rec.trade_id)
         elif observed:
             await self.store.update(rec, observed, actor=ACTOR, event=None, fence=fence)
 
-    async def _sweep_late_locks(self) -> None:
-        """Refund, as a watcher, an expired lock of one of our trades that is already finished: a counterparty
-        that locked late (after we refunded and closed the trade) would otherwise leave its funds stuck.
-        Refunds are permissionless and pay the sender back, so this is always safe. One worker sweeps: the
-        holder of the first account."""
+    async def _sweep_strays(self) -> None:
+        """Every lock the relayer has seen under one of its trade ids ends claimed or refunded. Locks the protocol
+        does not follow (strays, see _legs) are kept in Redis; so are locks of a trade that had already finished
+        (a counterparty that locked late, or re-locked a settled trade id). Once a stray's timelock has passed it
+        is refunded as a watcher (permissionless, pays the sender back: always safe), and dropped once its slot
+        no longer holds it. One worker sweeps: the holder of the first account."""
         accounts = sorted(set(self.st.ledger.all_senders) | set(self.sc.ledger.all_senders))
         if not accounts or accounts[0] not in self._accounts_held:
             return
-        found: list[tuple[ChainSide, LockedEvent]] = []
+        still_open = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
+        late: list[tuple[ChainSide, LockInstance]] = []
         for side in (self.st, self.sc):
-            if not side.fresh:
-                continue
-            for evs in side.index.locks.values():
-                found += [(side, ev) for ev in evs if ev.swap_id not in side.index.claims
-                          and ev.swap_id not in side.index.refunds and side.head_timestamp >= ev.timelock]
-        if not found:
+            late += [(side, i) for tid in side.index.locks if tid not in still_open
+                     for i in side.index.instances(tid) if i.live]
+        if late:
+            finished = {rec.trade_id for rec in await self.store.get_many(
+                sorted({"0x" + i.lock.trade_id.hex() for _, i in late})) if rec.state in TERMINAL}
+            for side in (self.st, self.sc):  # not ours (another firm's trade on a shared escrow): left alone
+                kept = [i.lock for s, i in late if s is side and "0x" + i.lock.trade_id.hex() in finished
+                        and (side.name, i.lock.tx_hash, i.lock.log_index) not in self._strays_kept]
+                if kept and await self.store.add_strays(side.name, [ev.terms() for ev in kept]):
+                    self.log.info("late_locks_kept", chain=side.name, locks=len(kept))
+                self._strays_kept |= {(side.name, ev.tx_hash, ev.log_index) for ev in kept}
+        for side in (self.st, self.sc):
+            if side.fresh:
+                await self._refund_strays(side)
+
+    async def _refund_strays(self, side: ChainSide) -> None:
+        """Refunds due for one chain's strays whose timelock its latest block has passed."""
+        due = await self.store.due_strays(side.name, side.head_timestamp)
+        if not due:
             return
-        still_open = set(await self.store.open_trades())
-        wanted = sorted({"0x" + ev.trade_id.hex() for _, ev in found} - still_open)
-        recs = {rec.trade_id: rec for rec in await self.store.get_many(wanted) if rec.state in TERMINAL}
-        for side, ev in found:
+        locks = [LockedEvent.from_terms(t) for t in due]
+        slots = await side.ledger.swap_slots([ev.swap_id for ev in locks])
+        await self.store.drop_strays(side.name, [t for t, ev, slot in zip(due, locks, slots) if slot != ev.terms_hash])
+        live = [ev for ev, slot in zip(locks, slots) if slot == ev.terms_hash]
+        recs = {rec.trade_id: rec for rec in await self.store.get_many(sorted({"0x" + ev.trade_id.hex() for ev in live}))}
+        action = Action.REFUND_ST if side is self.st else Action.REFUND_SC
+        for ev in live:
             rec = recs.get("0x" + ev.trade_id.hex())
             if rec is None:
-                continue  # open (its driver refunds it) or not one of our trades
-            action = Action.REFUND_ST if side is self.st else Action.REFUND_SC
+                continue
             self._due.append(Due(rec, action, None, ev if side is self.st else None,  # type: ignore[arg-type]
                                  ev if side is self.sc else None, self._observed_at))
-            self.log.info("late_lock_refund_due", trade_id=rec.trade_id, chain=side.name, sender=ev.sender)
+            key = (rec.trade_id, f"stray-{ev.terms_hash.hex()}")
+            if key not in self._reported:
+                self._reported.add(key)
+                self.log.info("stray_lock_refund_due", trade_id=rec.trade_id, chain=side.name, sender=ev.sender)
 
     async def _prune_index(self) -> None:
         """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
         open_ids = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
         for side in (self.st, self.sc):
-            live = {tid for tid, evs in side.index.locks.items()  # a live lock may still need a refund (sweep)
-                    if any(e.swap_id not in side.index.claims and e.swap_id not in side.index.refunds for e in evs)}
-            side.index.retain(open_ids | live)
+            side.index.retain(open_ids | side.index.live_trade_ids())  # a live lock may still become a stray
 
     def _archive_later(self, trade_id: str) -> None:
         """Compact a finished trade once the audit entries of its last transactions are written."""
@@ -811,17 +803,19 @@ class Engine:
 
         self._in_background(later())
 
-    def _forget(self, rec: TradeRecord, locks: list[LockedEvent]) -> None:
-        """Drop a finished trade's in-memory traces so a long-running worker's memory stays flat."""
-        for action in Action:
-            self._not_before.pop((rec.trade_id, action), None)
-            task = self._inflight.get((rec.trade_id, action))
-            if task is None or task.done():
-                self._inflight.pop((rec.trade_id, action), None)
+    def _forget(self, rec: TradeRecord) -> None:
+        """Drop a finished trade's in-memory traces so a long-running worker's memory stays flat (its live strays
+        are in Redis; a lock made later is seen by the follower again and kept by the sweep)."""
+        for key in [k for k in self._not_before if k[0] == rec.trade_id]:
+            self._not_before.pop(key, None)
+        for key in [k for k, t in self._inflight.items() if k[0] == rec.trade_id and t.done()]:
+            self._inflight.pop(key, None)
         self._reported = {k for k in self._reported if k[0] != rec.trade_id}
         tid = rec.signed.instruction.trade_id_bytes
         for side in (self.st, self.sc):
-            side.index.forget(tid, [e.swap_id for e in locks])
+            for i in side.index.instances(tid):
+                self._strays_kept.discard((side.name, i.lock.tx_hash, i.lock.log_index))
+            side.index.forget(tid)
 
     def _watch_timelocks(self, rec: TradeRecord, st_leg: LegView, sc_leg: LegView, now_st: int, now_sc: int,
                          log: Any) -> None:
@@ -994,7 +988,8 @@ class Engine:
         action = prepared[0].due.action
         if time.monotonic() > self._lease_valid_until:
             raise LeaseLost(f"account lease of {via.address} may have lapsed: not sending")
-        tx = await via.send(prepared[0].target, data, gas=gas)
+        # the reveal races T_sc under whatever congestion the counterparty may cause: it pays to win inclusion
+        tx = await via.send(prepared[0].target, data, gas=gas, urgent=action is Action.CLAIM_SC)
         tx_hash = tx.tx_hash.to_0x_hex()
         sent_at = time.monotonic()
         batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
@@ -1112,8 +1107,8 @@ class Engine:
         ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
         assert ev is not None
         sid = ev.swap_id
-        if slot == bytes(32):
-            return None  # already claimed or refunded
+        if slot != ev.terms_hash:
+            return None  # claimed or refunded already (a later lock of the same swap id may hold the slot now)
         via = self._gas_sender(ledger, self._prefer(d))
         if action in (Action.REFUND_ST, Action.REFUND_SC):
             swap = (ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock, ev.timelock)

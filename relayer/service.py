@@ -28,8 +28,9 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
     st_chain = EvmChain("st", settings.st_urls(), request_timeout=settings.rpc_timeout)
     same_ledger = settings.sc_urls() == settings.st_urls()
     sc_chain = st_chain if same_ledger else EvmChain("sc", settings.sc_urls(), request_timeout=settings.rpc_timeout)
-    st = StChainLedger(st_chain, settings.st_escrow, accounts, dvp=settings.dvp_contract)
-    sc = ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts)
+    fee_cap = int(settings.max_priority_fee_gwei * 10**9)
+    st = StChainLedger(st_chain, settings.st_escrow, accounts, dvp=settings.dvp_contract, max_priority_fee_wei=fee_cap)
+    sc = ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts, max_priority_fee_wei=fee_cap)
     if same_ledger:
         sc.share_senders(st)  # one nonce ledger per account per chain, whichever leg sends
     return Engine(settings, store or store_for(settings), st, sc, SecretBox(settings.secret_key.get_secret_value()))

@@ -17,6 +17,10 @@ Keys (prefix `dvp:`):
                       handover (kept in the trade hash) and state writes check it (fencing)
   dvp:workers         sorted set: worker token -> last heartbeat (live workers share the work)
   dvp:outbox:{account} list of trade ids whose next action needs `account`'s signature, held by another worker
+  dvp:strays:{chain}  sorted set: locks under one of our trade ids that the protocol does not follow (a counterparty's
+                      re-lock, a lock by someone else, a lock made after the trade finished), as JSON of every term;
+                      score = timelock. The watcher refunds each once its timelock passes and drops it once its
+                      slot no longer holds it: every lock the relayer has seen ends claimed or refunded.
 State changes are compare-and-set on `version` (Lua), and the audit entry is written in the same script.
 Delivery: at-least-once; every action the engine takes is idempotent and checked against the chain.
 """
@@ -58,6 +62,10 @@ def outbox_key(account: str) -> str:
 
 def cursor_key(chain: str) -> str:
     return f"{PREFIX}cursor:{chain}"
+
+
+def strays_key(chain: str) -> str:
+    return f"{PREFIX}strays:{chain}"
 
 
 # KEYS: trade, audit, open, all, counts. ARGV: digest, record JSON, audit JSON, now
@@ -442,6 +450,27 @@ class Store:
 
     async def count_open(self) -> int:
         return int(await self.r.zcard(OPEN))
+
+    # -- strays: locks to refund as a watcher (see the key list above)
+
+    async def add_strays(self, chain: str, locks: list[dict[str, Any]]) -> int:
+        """Remember locks to refund at their timelock (idempotent); how many were new."""
+        if not locks:
+            return 0
+        members = {json.dumps(lock, sort_keys=True): int(lock["timelock"]) for lock in locks}
+        return int(await self.r.zadd(strays_key(chain), members, nx=True))
+
+    async def due_strays(self, chain: str, now: int, limit: int = 200) -> list[dict[str, Any]]:
+        """Strays whose timelock is at or before `now` (the chain's clock), oldest first."""
+        raw = await self.r.zrangebyscore(strays_key(chain), "-inf", now, start=0, num=limit)
+        return [json.loads(m) for m in raw]
+
+    async def drop_strays(self, chain: str, locks: list[dict[str, Any]]) -> None:
+        if locks:
+            await self.r.zrem(strays_key(chain), *(json.dumps(lock, sort_keys=True) for lock in locks))
+
+    async def count_strays(self, chain: str) -> int:
+        return int(await self.r.zcard(strays_key(chain)))
 
     async def get_cursor(self, chain: str) -> tuple[int, str] | None:
         data = await self.r.hgetall(cursor_key(chain))

@@ -8,6 +8,7 @@ due now. It does no I/O, so every rule is unit-tested in microseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -38,11 +39,22 @@ class TimingPolicy:
                          + self.margin)
 
     def min_st_window(self) -> int:
-        """Least time left on T_st for which locking the ST (seller) or the SC (buyer) is still safe.
+        """Least time left on T_st for which locking the ST (seller) or the SC (buyer) is still safe: 3Δ.
 
-        Buyer sees the ST lock (Δ), locks the SC with T_sc = T_st - Δ and the seller needs Δ to see and claim it.
+        T_sc = T_st - Δ; the buyer's SC lock needs Δ to be confirmed and seen, and the seller's reveal needs Δ
+        before T_sc (reveal_window). So nobody locks with less than 3Δ left on T_st.
         """
         return 3 * self.delta()
+
+    def reveal_window(self) -> int:
+        """Least time left before T_sc for which the seller may reveal the secret (claim the SC): Δ.
+
+        A claim waiting in a mempool has already published the secret; if it misses T_sc, the buyer takes the ST
+        with it and refunds its SC. Δ covers the confirmations, an inclusion delay under congestion (with a fee
+        set to win it), the clocks' difference and a margin. The buyer, not the seller, chooses when to lock, so
+        a lock made later than this is never claimed: it is treated as wrong terms and refunded.
+        """
+        return self.delta()
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,17 @@ def sc_timelock_for(t_st: int, delta: int) -> int:
     return t_st - delta
 
 
+def choose_lock(candidates: list[LegView], problems: Callable[[ObservedLock], list[str]]) -> int | None:
+    """Which of the expected sender's locks under one trade id the protocol follows (index into `candidates`,
+    in chain order): the first with acceptable terms, else the latest. A swap id can be locked again once its
+    swap ended, so there may be several; every lock not chosen is never claimed and is refunded at its timelock.
+    The choice depends on terms only, never on time, so it cannot change from one round to the next."""
+    for i, leg in enumerate(candidates):
+        if leg.lock is not None and not problems(leg.lock):
+            return i
+    return len(candidates) - 1 if candidates else None
+
+
 def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     """The trade's state and the actions due now, from chain facts alone (plus our own secret's existence)."""
     ins = view.instruction
@@ -234,17 +257,24 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     st_claimable = st.active and not st_expired and not st_problems
     if preimage_public and st_claimable and (roles.st_gas or roles.seller or roles.buyer):
         d.actions.append(Action.CLAIM_ST)
-    if (
-        roles.seller
-        and view.our_hashlock is not None
-        and sc.active
-        and not sc_problems
-        and st_claimable
-        and view.now_sc + policy.inclusion_delay < sc.lock.timelock  # type: ignore[union-attr]
-    ):
-        # The ST claim waits for this one to be k deep (above): sent together, an ST claim could land while an SC
-        # claim held up by an outage misses T_sc, leaving the seller one-sided.
-        d.actions.append(Action.CLAIM_SC)
+    if roles.seller and view.our_hashlock is not None and sc.active and not sc_problems and st_claimable:
+        # The reveal: only with at least Δ left before T_sc (the buyer chose when to lock; a later lock is never
+        # claimed), with both chains answering and their clocks within the bound Δ was built on, so that the ST
+        # claim can follow (T_sc <= T_st - Δ was checked with the terms). The ST claim waits for this one to be k
+        # deep (above): sent together, an ST claim could land while an SC claim held up by an outage misses T_sc.
+        # Once the secret is out (our claim seen on chain, maybe since reorged away), the SC is collected while
+        # the chain still accepts it: withholding the claim then would protect nothing.
+        left = sc.lock.timelock - view.now_sc  # type: ignore[union-attr]
+        if preimage_public or view.seen_preimage is not None:
+            if not sc_expired:
+                d.actions.append(Action.CLAIM_SC)
+        elif left < policy.reveal_window():
+            d.notes.append(f"SC lock leaves less than Δ={policy.reveal_window()}s before T_sc: too late to reveal "
+                           "the secret; treated as wrong terms, refunds follow")
+        elif not skew_ok:
+            d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not revealing")
+        else:
+            d.actions.append(Action.CLAIM_SC)
     if roles.seller and st.claimed and sc.active and not sc_expired and not sc_problems:
         d.actions.append(Action.CLAIM_SC)  # the ST claim landed first: collect the payment too
 
@@ -262,17 +292,18 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
             d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
     if roles.buyer and st.active and not st_problems and sc.lock is None and not sc.refunded:
         t_sc = sc_timelock_for(st.lock.timelock, delta)  # type: ignore[union-attr]
-        if t_sc - view.now_sc >= delta and skew_ok:
+        # 3Δ left on T_st = 2Δ left on T_sc: Δ for this lock to be confirmed and seen, Δ for the seller's reveal
+        if t_sc - view.now_sc >= policy.min_st_window() - delta and skew_ok:
             d.actions.append(Action.LOCK_SC)
         elif not skew_ok:
             d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
         else:
-            d.notes.append(f"too late to lock SC: T_sc {t_sc} leaves less than Δ={delta}s")
+            d.notes.append(f"too late to lock SC: T_st {st.lock.timelock} leaves less than 3Δ={3 * delta}s")  # type: ignore[union-attr]
     if st_problems and roles.buyer:
         d.notes.append("ST lock has wrong terms: not acting on it")
     needs = {Action.LOCK_ST: (True, True), Action.LOCK_SC: (True, True), Action.CLAIM_SC: (True, True),
              Action.CLAIM_ST: (True, False), Action.REFUND_ST: (True, False), Action.REFUND_SC: (False, True)}
-    d.actions = [a for a in d.actions
+    d.actions = [a for a in dict.fromkeys(d.actions)
                  if (view.st_fresh or not needs[a][0]) and (view.sc_fresh or not needs[a][1])]
     return d
 
