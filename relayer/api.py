@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from importlib import resources
 from typing import Any
@@ -31,6 +32,8 @@ API_TOKENS = web.AppKey("api_tokens", list)
 READ_AUTH = web.AppKey("read_auth", bool)
 ACCEPTING = web.AppKey("accepting", dict)
 MAX_BODY = 64 * 1024
+MAX_JSON_DEPTH = 32  # a trade instruction nests 2 deep; bounded before parsing (see json_nesting_depth)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 MAX_LAG_BLOCKS = web.AppKey("max_lag_blocks", int)
 
 _STATUS_FOR_CODE = {
@@ -39,6 +42,18 @@ _STATUS_FOR_CODE = {
     "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
     "shutting_down": 503, "not_ready": 503,
 }
+
+
+def json_nesting_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in `body` (brackets inside strings do not count), without parsing it: the
+    parser recurses once per level, so a hostile body must be refused before it reaches the parser."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return body.count(b"[") + body.count(b"{")
+    depth = deepest = 0
+    for c in _JSON_STRING.sub(b"", body).translate(None, delete=bytes(set(range(256)) - set(b"[]{}"))):
+        depth += 1 if c in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def error(code: str, message: str, status: int | None = None) -> web.Response:
@@ -86,6 +101,8 @@ async def post_trade(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         return error("invalid_json", "Content-Type must be application/json", 415)
     body = await request.read()
+    if json_nesting_depth(body) > MAX_JSON_DEPTH:
+        return error("invalid_json", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -210,3 +210,36 @@ async def test_intake_while_redis_is_down_answers_503_with_retry_after(net: Net)
     finally:
         await client.close()
         await close_engine(engine)
+
+
+@pytest.mark.parametrize("opener", ["[", "{\"a\":"])
+async def test_deeply_nested_json_is_refused_and_the_worker_keeps_settling(api, net: Net, opener):
+    """Issue 13: a 65,536-byte body of '[' crashed the worker with SIGSEGV (eth_account's py_ecc raises Python's
+    recursion limit to 100,000, so the C JSON parser recursed until the stack overflowed): every trade stopped."""
+    http, store, _, worker = api
+    body = (opener * (65_536 // len(opener)))[:65_536].encode()
+    async with http.post("/v1/trades", data=body, headers={**AUTH, "Content-Type": "application/json"}) as r:
+        assert r.status == 400 and (await r.json())["error"] == "invalid_json"
+    assert worker.proc.poll() is None, "the worker died"
+    signed = (await net.instruction(stAmount=1, scAmount=1_111)).model_dump()
+    status, body = await _post(http, signed)
+    assert status == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rec = await store.get(body["trade_id"])
+        if rec is not None and rec.state.value == "SETTLED":
+            break
+        await asyncio.sleep(0.2)
+    assert rec is not None and rec.state.value == "SETTLED"
+
+
+def test_importing_the_relayer_leaves_a_sane_recursion_limit():
+    import subprocess
+    import sys
+
+    code = "import relayer.api, eth_account, json, sys; print(sys.getrecursionlimit())\n" \
+           "try:\n    json.loads('[' * 65536)\nexcept RecursionError:\n    print('refused')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stderr[-500:])  # -11 / 139: the parser overflowed the stack
+    limit, verdict = out.stdout.split()
+    assert int(limit) <= 10_000 and verdict == "refused"
