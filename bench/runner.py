@@ -32,6 +32,9 @@ from relayer.secrets import generate_key
 from relayer.store import Store
 
 
+# this run's trade-instruction domain (DVP_PTS_DOMAIN_SALT): the workers verify what the run signs with it
+DOMAIN_SALT = os.urandom(32)
+
 @dataclass
 class BenchConfig:
     trades: int = 200
@@ -128,6 +131,7 @@ class Bench:
             "DVP_SC_ESCROW": sc["escrow"], "DVP_SC_TOKENS": ",".join(sc["tokens"].values()),
             "DVP_SC_START_BLOCK": str(sc["deploy_block"]),
             "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
+            "DVP_PTS_DOMAIN_SALT": "0x" + DOMAIN_SALT.hex(),
             "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
             "DVP_SECRET_KEY": generate_key(), "DVP_CONFIRMATIONS": str(self.cfg.confirmations),
             "DVP_BLOCK_TIME": str(self.cfg.block_time), "DVP_POLL_INTERVAL": "0.5",
@@ -143,7 +147,7 @@ class Bench:
             stAmount=1 + i % 7, scChainId=sc["chain_id"], scToken=next(iter(sc["tokens"].values())),
             scAmount=1000 + i, sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer,
             buyerStAccount=buyer, deadline=await self.st.now() + 3600)
-        return sign_instruction(ins, dev_account(ROLES["pts"]).key).model_dump_json()
+        return sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT).model_dump_json()
 
     async def start_worker(self, label: str, db: int, batch_max: int) -> tuple[subprocess.Popen, Any, int]:
         """A `dvp-relayer run` process with its API on a free port, ready to take trades."""
@@ -355,7 +359,7 @@ async def scale_out(cfg: BenchConfig, workers: list[int], pairs: int, echo: Any 
                     stToken=next(iter(st["tokens"].values())), stAmount=1, scChainId=sc["chain_id"],
                     scToken=next(iter(sc["tokens"].values())), scAmount=1000 + i, sellerStAccount=seller,
                     sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer, deadline=deadline)
-                bodies.append(sign_instruction(ins, dev_account(ROLES["pts"]).key).model_dump_json())
+                bodies.append(sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT).model_dump_json())
             cpu0 = [_proc_usage(p.pid)[0] for p, _, _ in procs]
             t0 = time.monotonic()
             async with aiohttp.ClientSession(f"http://127.0.0.1:{procs[0][2]}") as http:

@@ -13,16 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_utils import keccak
 from web3 import AsyncWeb3
 
-from adapters.contracts import abi
+from adapters.contracts import abi, swap_id
 
 VIOLATIONS = ("ONE-SIDED", "STUCK", "BAD-TERMS-CLAIMED")
-
-
-def _swap_id(sender: str, trade_id: bytes) -> bytes:
-    return keccak(bytes(12) + bytes.fromhex(sender[2:]) + trade_id)
 
 
 @dataclass
@@ -77,7 +72,7 @@ async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 50
 
 
 def _leg(logs: ChainLogs, trade_id: bytes, sender: str) -> Leg:
-    sid = _swap_id(sender, trade_id)
+    sid = swap_id(sender, trade_id)
     return Leg(locked=logs.locks.get((trade_id, sender)), claimed=sid in logs.claimed, refunded=sid in logs.refunded,
                claimed_block=logs.claimed.get(sid))
 

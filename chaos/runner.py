@@ -48,6 +48,9 @@ from deploy.processes import AnvilProcess, RedisProcess, free_port, port_open
 from relayer.protocol.instruction import TradeInstruction, sign_instruction
 from relayer.secrets import generate_key
 
+# this run's trade-instruction domain (DVP_PTS_DOMAIN_SALT): the workers verify what the run signs with it
+DOMAIN_SALT = os.urandom(32)
+
 E = "HashedTimelockEscrow"
 FAULTS = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "duplicate",
           "replay_conflict", "clock_skew")
@@ -161,6 +164,7 @@ class Chaos:
             "DVP_SC_RPC_URL": self.sc_node.url, "DVP_SC_ESCROW": self.doc["sc"]["escrow"],
             "DVP_SC_TOKENS": self.sc_token, "DVP_SC_START_BLOCK": str(self.doc["sc"]["deploy_block"]),
             "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
+            "DVP_PTS_DOMAIN_SALT": "0x" + DOMAIN_SALT.hex(),
             "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
             "DVP_SECRET_KEY": generate_key(),
             "DVP_CONFIRMATIONS": str(self.cfg.confirmations), "DVP_BLOCK_TIME": str(self.cfg.block_time),
@@ -239,7 +243,7 @@ class Chaos:
             scAmount=rng.randint(1, 10**6), sellerStAccount=seller, sellerScAccount=seller,
             buyerScAccount=buyer, buyerStAccount=buyer, deadline=now + 3 * self.cfg.st_lock_duration,
         )
-        signed = sign_instruction(ins, dev_account(ROLES["pts"]).key)
+        signed = sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT)
         body = signed.model_dump_json()
         self.instructions.append(ins.model_dump())
         self.kind_of[ins.tradeId] = kind
@@ -255,7 +259,7 @@ class Chaos:
         if rng.random() < 0.15:
             self.stats.faults["replay_conflict"] += 1
             other = sign_instruction(ins.model_copy(update={"scAmount": ins.scAmount + 1}),
-                                     dev_account(ROLES["pts"]).key)
+                                     dev_account(ROLES["pts"]).key, DOMAIN_SALT)
             if await self.submit(http, other.model_dump_json(), deadline) != 409:
                 self.stats.checks_failed.append(f"trade {i}: conflicting replay not answered 409")
         if kind != "honest":

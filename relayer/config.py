@@ -55,6 +55,8 @@ class Settings(BaseSettings):
                               "too, trades settle through it in one transaction (no HTLC)")
 
     trusted_pts_signers: str = Field("", description="comma-separated addresses of PTS keys we accept")
+    pts_domain_salt: str = Field("", description="0x + 32 bytes: the `salt` of this deployment's trade-instruction "
+                                 "EIP-712 domain; the PTS signs with the same value (docs/trade-instruction.md)")
     party_keys: SecretStr = Field(SecretStr(""), description="comma-separated private keys of accounts we act for")
     secret_key: SecretStr = Field(SecretStr(""), description="AES-256 key (url-safe base64) for secrets at rest")
 
@@ -86,6 +88,22 @@ class Settings(BaseSettings):
 
     def sc_urls(self) -> list[str]:
         return [self.sc_rpc_url, *_split(self.sc_rpc_standby_urls)]
+
+    def domain_salt(self) -> bytes:
+        """DVP_PTS_DOMAIN_SALT as 32 bytes; ConfigError when missing or malformed."""
+        from relayer.errors import ConfigError
+
+        raw = self.pts_domain_salt.strip()
+        if not raw:
+            raise ConfigError("DVP_PTS_DOMAIN_SALT must be set: the 32-byte venue id (0x + 64 hex) your PTS signs "
+                              "trade instructions with (docs/trade-instruction.md)")
+        try:
+            salt = bytes.fromhex(raw.removeprefix("0x"))
+        except ValueError:
+            salt = b""
+        if not raw.startswith("0x") or len(salt) != 32:
+            raise ConfigError("DVP_PTS_DOMAIN_SALT must be 0x followed by 64 hex digits (32 bytes)")
+        return salt
 
     def trusted_signers(self) -> set[str]:
         return {to_checksum_address(a) for a in _split(self.trusted_pts_signers)}

@@ -49,7 +49,7 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500,
         sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer,
         deadline=now + 600,
     )
-    signed = sign_instruction(ins, pts_key)
+    signed = sign_instruction(ins, pts_key, settings.domain_salt())
 
     async def balances() -> dict[str, int]:
         return {

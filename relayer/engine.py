@@ -170,6 +170,7 @@ class Engine:
         self.box = box
         self.policy: TimingPolicy = settings.timing()
         self.trusted = settings.trusted_signers()
+        self.domain_salt = settings.domain_salt()
         self.st_tokens = settings.st_token_set()
         self.sc_tokens = settings.sc_token_set()
         self.log = get_logger()
@@ -200,7 +201,7 @@ class Engine:
         ins = signed.instruction
         if not self.started:
             raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
-        signer = signed.signer()
+        signer = signed.signer(self.domain_salt)
         if signer not in self.trusted:
             raise InvalidInstruction(f"signer {signer} is not a trusted PTS key", code="untrusted_signer")
         for side, chain_id, configured in ((self.st, ins.stChainId, self.settings.st_chain_id),

@@ -24,6 +24,7 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         raise ConfigError("DVP_ST_ESCROW and DVP_SC_ESCROW must be set (see .env.example or `dvp-relayer devnet up`)")
     if not settings.secret_key.get_secret_value():
         raise ConfigError("DVP_SECRET_KEY must be set (generate one with `dvp-relayer keygen`)")
+    settings.domain_salt()  # refuse to start without this deployment's instruction domain
     accounts = settings.accounts()
     st_chain = EvmChain("st", settings.st_urls(), request_timeout=settings.rpc_timeout)
     same_ledger = settings.sc_urls() == settings.st_urls()

@@ -290,8 +290,11 @@ class Store:
         return rec
 
     async def audit(self, trade_id: str) -> list[dict[str, Any]]:
-        archived = await self.r.hget(trade_key(trade_id), "archive")
-        later = [json.loads(x) for x in await self.r.lrange(audit_key(trade_id), 0, -1)]
+        async with self.r.pipeline(transaction=True) as pipe:  # one snapshot: an archival may run in between
+            pipe.hget(trade_key(trade_id), "archive")
+            pipe.lrange(audit_key(trade_id), 0, -1)
+            archived, entries = await pipe.execute()
+        later = [json.loads(x) for x in entries]
         if archived:
             return list(_unpack(archived)["audit"]) + later  # e.g. a late lock refunded after archival
         return later

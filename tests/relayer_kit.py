@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.contracts import encode_call
@@ -30,6 +30,7 @@ class Net:
     st: EvmChain
     sc: EvmChain
     secret_key: str
+    domain_salt: bytes = field(default_factory=lambda: os.urandom(32))  # this devnet's instruction domain
 
     @property
     def seller(self) -> Any:
@@ -58,7 +59,7 @@ class Net:
             st_tokens=self.st_token, st_start_block=self.doc["st"]["deploy_block"],
             sc_rpc_url=self.doc["sc"]["rpc_url"], sc_escrow=self.doc["sc"]["escrow"],
             sc_tokens=self.sc_token, sc_start_block=self.doc["sc"]["deploy_block"],
-            trusted_pts_signers=self.pts.address,
+            trusted_pts_signers=self.pts.address, pts_domain_salt="0x" + self.domain_salt.hex(),
             party_keys=",".join(k.key.hex() for k in party_keys),
             secret_key=self.secret_key, confirmations=1, block_time=0.5, inclusion_delay=2.0, margin=3.0,
             st_lock_duration=120, poll_interval=0.05, api_port=0,
@@ -75,6 +76,7 @@ class Net:
 
     async def instruction(self, **over: Any) -> SignedInstruction:
         key = over.pop("pts_key", self.pts.key)
+        salt = over.pop("salt", self.domain_salt)
         now = await self.st.now()
         fields: dict[str, Any] = dict(
             tradeId="0x" + os.urandom(32).hex(), stChainId=self.doc["st"]["chain_id"], stToken=self.st_token,
@@ -83,7 +85,7 @@ class Net:
             buyerScAccount=self.buyer.address, buyerStAccount=self.buyer.address, deadline=now + 300,
         )
         fields.update(over)
-        return sign_instruction(TradeInstruction(**fields), key)
+        return sign_instruction(TradeInstruction(**fields), key, salt)
 
     async def warp(self, seconds: int) -> None:
         """Advance both chains' clocks and mine a block on each."""

@@ -95,6 +95,7 @@ async def test_bad_input_gets_a_4xx_code_and_nothing_is_written(api, net: Net):
     ins = good["instruction"]
     before = await store.list_trades(0, 10_000)
     untrusted = (await net.instruction(pts_key=net.buyer.key)).model_dump()
+    other_venue = (await net.instruction(salt=bytes(32))).model_dump()  # the trusted PTS key, another deployment
     expired = (await net.instruction(deadline=1)).model_dump()
     unknown_chain = (await net.instruction(scChainId=424242)).model_dump()
     from eth_utils import to_checksum_address
@@ -110,6 +111,7 @@ async def test_bad_input_gets_a_4xx_code_and_nothing_is_written(api, net: Net):
         (_mutate(good, scAmount=2**256), None, 400, "invalid_field"),
         (_mutate(good, sellerStAccount=bad_checksum), None, 400, "invalid_field"),
         (untrusted, None, 403, "untrusted_signer"),
+        (other_venue, None, 403, "untrusted_signer"),
         (expired, None, 422, "deadline_too_close"),
         (unknown_chain, None, 422, "unknown_chain"),
         (unknown_token, None, 422, "unknown_token"),

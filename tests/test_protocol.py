@@ -20,6 +20,7 @@ ST_TOKEN, SC_TOKEN = Account.create().address, Account.create().address
 POLICY = TimingPolicy(confirmations=1, block_time=1, inclusion_delay=2, max_clock_skew=2, margin=3,
                       st_lock_duration=300)
 NOW = 1_800_000_000
+SALT = bytes.fromhex("5e" * 32)  # this deployment's instruction domain
 
 
 def instruction(**over) -> TradeInstruction:
@@ -39,8 +40,8 @@ def _independent_digest(ins: TradeInstruction) -> bytes:
             return v
         return int(v).to_bytes(32, "big")
 
-    domain_type = keccak(text="EIP712Domain(string name,string version)")
-    domain = keccak(domain_type + keccak(text="DvP Trade Instruction") + keccak(text="1"))
+    domain_type = keccak(text="EIP712Domain(string name,string version,bytes32 salt)")
+    domain = keccak(domain_type + keccak(text="DvP Trade Instruction") + keccak(text="2") + SALT)
     type_hash = keccak(text="TradeInstruction(bytes32 tradeId,uint256 stChainId,address stToken,uint256 stAmount,"
                             "uint256 scChainId,address scToken,uint256 scAmount,address sellerStAccount,"
                             "address sellerScAccount,address buyerScAccount,address buyerStAccount,uint64 deadline)")
@@ -57,14 +58,30 @@ def test_signature_made_independently_is_accepted():
     v = sig.v + 27
     signed = SignedInstruction(instruction=ins, signature="0x" + (sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big")
                                                                   + bytes([v])).hex())
-    assert signed.signer() == PTS.address
-    assert sign_instruction(ins, PTS.key).signature == signed.signature  # our own signer agrees byte for byte
+    assert signed.signer(SALT) == PTS.address
+    assert sign_instruction(ins, PTS.key, SALT).signature == signed.signature  # our own signer agrees byte for byte
+    assert signed.signer(bytes(32)) != PTS.address  # another deployment's domain: another (untrusted) signer
+
+
+def test_an_instruction_signed_with_ethers_js_verifies_only_for_its_own_domain_salt():
+    """docs/trade-instruction.md's snippet, run by node with ethers v6 (no project code signs)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent / "js" / "sign_instruction.js"
+    doc = instruction().model_dump()
+    out = subprocess.run(["node", str(script), PTS.key.to_0x_hex(), "0x" + SALT.hex()], input=json.dumps(doc),
+                         capture_output=True, text=True, timeout=60, check=True)
+    signed = parse_signed(json.loads(out.stdout))
+    assert signed.signer(SALT) == PTS.address
+    assert signed.signer(bytes.fromhex("5f" * 32)) != PTS.address
 
 
 def test_tampered_instruction_recovers_another_signer():
-    signed = sign_instruction(instruction(), PTS.key)
+    signed = sign_instruction(instruction(), PTS.key, SALT)
     tampered = SignedInstruction(instruction=instruction(scAmount=1), signature=signed.signature)
-    assert tampered.signer() != PTS.address
+    assert tampered.signer(SALT) != PTS.address
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ def _instruction(n: int):
                            scToken=a[1].address, scAmount=2, sellerStAccount=a[2].address,
                            sellerScAccount=a[2].address, buyerScAccount=a[3].address, buyerStAccount=a[3].address,
                            deadline=2_000_000_000)
-    return sign_instruction(ins, a[0].key)
+    return sign_instruction(ins, a[0].key, bytes(32))
 
 
 async def test_store_follows_a_sentinel_failover(tmp_path):

@@ -1,7 +1,9 @@
 """The trade instruction a PTS signs (EIP-712) and the relayer verifies before accepting a trade.
 
 The EIP-712 domain and types are documented in docs/trade-instruction.md so any standard signer
-(ethers.js signTypedData, eth-account sign_typed_data) can produce one.
+(ethers.js signTypedData, eth-account sign_typed_data) can produce one. The domain carries a `salt` that each
+deployment configures (DVP_PTS_DOMAIN_SALT): an instruction signed for one venue or environment (a test PTS,
+another relayer deployment) does not verify at any other.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from relayer.errors import InvalidInstruction
 UINT256_MAX = 2**256 - 1
 UINT64_MAX = 2**64 - 1
 
-EIP712_DOMAIN = {"name": "DvP Trade Instruction", "version": "1"}
+EIP712_DOMAIN_NAME, EIP712_DOMAIN_VERSION = "DvP Trade Instruction", "2"
 EIP712_TYPES = {
-    "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}],
+    "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                     {"name": "salt", "type": "bytes32"}],
     "TradeInstruction": [
         {"name": "tradeId", "type": "bytes32"},
         {"name": "stChainId", "type": "uint256"},
@@ -81,11 +84,12 @@ class TradeInstruction(BaseModel):
     def trade_id_bytes(self) -> bytes:
         return bytes.fromhex(self.tradeId[2:])
 
-    def typed_data(self) -> dict[str, Any]:
-        """The full EIP-712 message, ready for eth-account / ethers signTypedData."""
+    def typed_data(self, salt: bytes) -> dict[str, Any]:
+        """The full EIP-712 message for the deployment whose domain salt is `salt`, ready for eth-account."""
         message = self.model_dump()
         message["tradeId"] = self.trade_id_bytes
-        return {"types": EIP712_TYPES, "primaryType": "TradeInstruction", "domain": EIP712_DOMAIN, "message": message}
+        return {"types": EIP712_TYPES, "primaryType": "TradeInstruction", "domain": eip712_domain(salt),
+                "message": message}
 
     def digest(self) -> str:
         """A stable hash of the terms, to tell a replay (same terms) from a conflict (same id, other terms)."""
@@ -100,18 +104,26 @@ class SignedInstruction(BaseModel):
     instruction: TradeInstruction
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
 
-    def signer(self) -> str:
-        """The address that signed, recovered from the signature."""
+    def signer(self, salt: bytes) -> str:
+        """The address that signed for the deployment whose domain salt is `salt` (another salt recovers another
+        address, which no relayer trusts)."""
         try:
-            signable = encode_typed_data(full_message=self.instruction.typed_data())
+            signable = encode_typed_data(full_message=self.instruction.typed_data(salt))
             return to_checksum_address(Account.recover_message(signable, signature=self.signature))
         except Exception as exc:  # noqa: BLE001 - any recovery failure is a bad signature
             raise InvalidInstruction(f"signature cannot be recovered: {exc}", code="bad_signature") from exc
 
 
-def sign_instruction(instruction: TradeInstruction, private_key: bytes | str) -> SignedInstruction:
+def eip712_domain(salt: bytes) -> dict[str, Any]:
+    """The instruction domain of one deployment."""
+    if len(salt) != 32:
+        raise ValueError("the EIP-712 domain salt is 32 bytes")
+    return {"name": EIP712_DOMAIN_NAME, "version": EIP712_DOMAIN_VERSION, "salt": salt}
+
+
+def sign_instruction(instruction: TradeInstruction, private_key: bytes | str, salt: bytes) -> SignedInstruction:
     """Sign as a PTS would (used by the demo and tests; a real PTS signs with its own tooling)."""
-    signed = Account.sign_typed_data(private_key, full_message=instruction.typed_data())
+    signed = Account.sign_typed_data(private_key, full_message=instruction.typed_data(salt))
     return SignedInstruction(instruction=instruction, signature="0x" + bytes(signed.signature).hex())
 
 
