@@ -390,3 +390,28 @@ async def test_batch_amounts_that_overflow_are_a_named_error(env):
     assert err.startswith("BatchAmountOverflow")
     err = await kit.reverts(env["seller"], E, env["escrow"], "lockBatch", [])
     assert err.startswith("BadBatch")
+
+
+async def test_a_short_false_return_is_a_failure_even_after_a_successful_transfer_in_the_same_batch(env):
+    """Found by review: refundBatch's second run read the first run's `true` left in scratch memory when a token
+    returned one zero byte, cleared the swap and paid nothing: the tokens stayed in escrow for good."""
+    kit: Kit = env["kit"]
+    seller = env["seller"]
+    tok = await kit.deploy(seller, "ShortReturnToken")
+    await kit.tx(seller, "ShortReturnToken", tok, "mint", seller.address, 1000)
+    await kit.tx(seller, "ShortReturnToken", tok, "approve", env["escrow"], MAX_UINT256)
+    plain, _ = await lock(env, amount=5, ttl=30)
+    short, _ = await lock(env, amount=10, ttl=30, token=tok)
+    await kit.warp(31)
+    await kit.tx(seller, "ShortReturnToken", tok, "arm", True)
+    err = await kit.reverts(env["relayer"], E, env["escrow"], "refundBatch", [plain, short])
+    assert err.lower().startswith("tokencallfailed")
+    assert await kit.view(E, env["escrow"], "isActive", short)
+
+
+async def test_a_lock_for_the_escrow_itself_is_refused(env):
+    """A claim to the escrow would clear the swap and leave the tokens in escrow with no swap to release them."""
+    _, h = new_secret()
+    err = await env["kit"].reverts(env["seller"], E, env["escrow"], "lockTokens", tid(), env["st"], 1, env["escrow"],
+                                   h, await env["kit"].now() + 600)
+    assert err.startswith("InvalidTerms")

@@ -104,10 +104,14 @@ contract HashedTimelockEscrow is EIP712, Nonces {
     error SwapExpired(bytes32 swapId, uint64 timelock);
     /// @notice The timelock has not passed yet: the swap can only be claimed.
     error SwapNotExpired(bytes32 swapId, uint64 timelock);
-    /// @notice Amount zero, receiver zero, zero hashlock or a timelock not in the future.
+    /// @notice Amount zero, receiver zero or the escrow itself, zero hashlock, or a timelock not in the future.
     error InvalidTerms(bytes32 tradeId);
     /// @notice The escrow's balance grew by `received` instead of `expected` during a pull (a fee-on-transfer
-    ///         or rebasing token; `received` is 0 when the balance shrank).
+    ///         token, or one whose balances move during the call; `received` is 0 when the balance shrank).
+    /// @dev Only what happens during the pull is checked. A token whose escrowed balance can shrink later (a
+    ///      negative rebase, a slash, a fee charged on the escrow's own transfers) would leave the last swaps of
+    ///      that token unpayable: such tokens are not supported, and the relayer settles only the tokens it is
+    ///      configured with (DVP_ST_TOKENS, DVP_SC_TOKENS).
     error UnsupportedToken(address token, uint256 expected, uint256 received);
     /// @notice A token call reverted silently, returned something other than true, or `token` has no code.
     error TokenCallFailed(address token);
@@ -362,9 +366,12 @@ contract HashedTimelockEscrow is EIP712, Nonces {
         bytes32 hashlock,
         uint64 timelock
     ) private {
-        if (amount == 0 || receiver == address(0) || hashlock == bytes32(0) || timelock <= block.timestamp) {
-            revert InvalidTerms(tradeId);
+        bool bad;
+        assembly ("memory-safe") { // one branch for all five conditions (Solidity's || branches on each)
+            bad := or(or(iszero(amount), iszero(hashlock)),
+                          or(or(iszero(receiver), eq(receiver, address())), iszero(gt(timelock, timestamp()))))
         }
+        if (bad) revert InvalidTerms(tradeId);
         bytes32 id = swapIdOf(sender, tradeId);
         bool taken;
         assembly ("memory-safe") {
@@ -397,6 +404,7 @@ contract HashedTimelockEscrow is EIP712, Nonces {
             mstore(add(p, 0x20), from)
             mstore(add(p, 0x40), address())
             mstore(add(p, 0x60), amount)
+            mstore(0x00, 0) // a short return must not be read together with what scratch held before
             let ok := call(gas(), token, 0, add(p, 0x1c), 0x64, 0x00, 0x20)
             // SafeERC20 semantics (inline: a Yul block cannot call another block's functions): bubble a revert;
             // no return data is success only if the token has code; return data must be true.
@@ -427,6 +435,7 @@ contract HashedTimelockEscrow is EIP712, Nonces {
             mstore(p, 0xa9059cbb) // transfer(address,uint256)
             mstore(add(p, 0x20), to)
             mstore(add(p, 0x40), amount)
+            mstore(0x00, 0) // as in _pull: a previous run's `true` must not count for this call
             let ok := call(gas(), token, 0, add(p, 0x1c), 0x44, 0x00, 0x20)
             // as in _pull
             if iszero(ok) {
@@ -483,7 +492,8 @@ contract HashedTimelockEscrow is EIP712, Nonces {
         bytes32 topic = Claimed.selector;
         assembly ("memory-safe") {
             sstore(id, 0)
-            log2(0x00, 0x20, topic, id) // the preimage is still in scratch word 0
+            mstore(0x00, preimage) // written again: watchers take the secret from this event
+            log2(0x00, 0x20, topic, id)
         }
     }
 

@@ -141,3 +141,29 @@ contract GasBurner {
         while (gasleft() > 3000) {}
     }
 }
+
+/// @notice While armed, transfer moves nothing and returns one zero byte (a short "false"): the escrow must not
+/// read it as success, whatever its scratch memory held before. Test-only.
+contract ShortReturnToken is ERC20 {
+    bool public armed;
+
+    constructor() ERC20("Short", "SHT") {}
+
+    function mint(address to, uint256 amount) external {
+        _mint(to, amount);
+    }
+
+    function arm(bool on) external {
+        armed = on;
+    }
+
+    function transfer(address to, uint256 amount) public override returns (bool) {
+        if (armed) {
+            assembly ("memory-safe") {
+                mstore(0x00, 0)
+                return(0x00, 1)
+            }
+        }
+        return super.transfer(to, amount);
+    }
+}
