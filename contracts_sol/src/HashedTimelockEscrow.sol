@@ -21,7 +21,7 @@ import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
 ///         their order on chain (each Claimed/Refunded ends the lock before it); the relayer follows only the
 ///         first lock with acceptable terms and refunds every other one at its timelock.
 ///         Token calls are SafeERC20-style (a token that returns nothing counts as success when it has
-///         code, one that returns anything but true fails), written inline to keep the hot paths cheap.
+///         code, one that returns anything but true fails), written in assembly to keep the hot paths cheap.
 contract HashedTimelockEscrow is EIP712, Nonces {
 
     /// @notice Terms chosen by the sender when locking.
@@ -398,28 +398,15 @@ contract HashedTimelockEscrow is EIP712, Nonces {
     ///      difference is taken unchecked and compared, so a balance that shrank is a named error, not a panic.
     function _pull(address token, address from, uint256 amount) private {
         uint256 before = _selfBalance(token);
+        uint256 p;
         assembly ("memory-safe") {
-            let p := mload(0x40)
+            p := mload(0x40)
             mstore(p, 0x23b872dd) // transferFrom(address,address,uint256)
             mstore(add(p, 0x20), from)
             mstore(add(p, 0x40), address())
             mstore(add(p, 0x60), amount)
-            mstore(0x00, 0) // a short return must not be read together with what scratch held before
-            let ok := call(gas(), token, 0, add(p, 0x1c), 0x64, 0x00, 0x20)
-            // SafeERC20 semantics (inline: a Yul block cannot call another block's functions): bubble a revert;
-            // no return data is success only if the token has code; return data must be true.
-            if iszero(ok) {
-                returndatacopy(p, 0, returndatasize())
-                revert(p, returndatasize())
-            }
-            let good := eq(mload(0x00), 1)
-            if iszero(returndatasize()) { good := gt(extcodesize(token), 0) }
-            if iszero(good) {
-                mstore(0x00, 0xfecb69b4) // TokenCallFailed(address)
-                mstore(0x20, token)
-                revert(0x1c, 0x24)
-            }
         }
+        _tokenCall(token, p, 0x64);
         uint256 afterBal = _selfBalance(token);
         unchecked {
             if (afterBal - before != amount) {
@@ -428,17 +415,25 @@ contract HashedTimelockEscrow is EIP712, Nonces {
         }
     }
 
-    /// @dev token.transfer(to, amount), SafeERC20-style.
+    /// @dev token.transfer(to, amount).
     function _pay(address token, address to, uint256 amount) private {
+        uint256 p;
         assembly ("memory-safe") {
-            let p := mload(0x40)
+            p := mload(0x40)
             mstore(p, 0xa9059cbb) // transfer(address,uint256)
             mstore(add(p, 0x20), to)
             mstore(add(p, 0x40), amount)
-            mstore(0x00, 0) // as in _pull: a previous run's `true` must not count for this call
-            let ok := call(gas(), token, 0, add(p, 0x1c), 0x44, 0x00, 0x20)
-            // as in _pull
-            if iszero(ok) {
+        }
+        _tokenCall(token, p, 0x44);
+    }
+
+    /// @dev Call `token` with the `size` bytes of calldata written at p + 28 (a selector in the low bytes of the
+    ///      word at p, then the arguments), with SafeERC20's semantics: a revert is bubbled up; no return data is
+    ///      success only if the token has code; return data must be true.
+    function _tokenCall(address token, uint256 p, uint256 size) private {
+        assembly ("memory-safe") {
+            mstore(0x00, 0) // a short return must not be read together with what scratch held before
+            if iszero(call(gas(), token, 0, add(p, 0x1c), size, 0x00, 0x20)) {
                 returndatacopy(p, 0, returndatasize())
                 revert(p, returndatasize())
             }
