@@ -1,8 +1,14 @@
-"""The compiled contracts as the adapters see them: ABIs, call encoding and custom-error decoding."""
+"""The compiled contracts as the adapters see them: ABIs, call encoding and custom-error decoding.
+
+The ABIs and bytecode ship inside this package (`adapters/artifacts.json`, read with importlib.resources), so an
+installed worker needs neither the repository nor a compiler; `deploy.compile` writes that file.
+"""
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from importlib import resources
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -10,12 +16,20 @@ from eth_utils import function_signature_to_4byte_selector, keccak
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
-from deploy.compile import load_artifacts
+
+
+ARTIFACTS = "artifacts.json"  # package data of `adapters`
+
+
+@cache
+def load_artifacts() -> dict[str, dict[str, Any]]:
+    """{contract name: {abi, bytecode, deployedBytecode, source}} of every compiled contract."""
+    return json.loads(resources.files("adapters").joinpath(ARTIFACTS).read_text())["contracts"]
 
 
 @cache
 def abi(name: str) -> list[dict[str, Any]]:
-    """The ABI of a compiled contract in contracts_sol/artifacts.json."""
+    """The ABI of a compiled contract."""
     return load_artifacts()[name]["abi"]
 
 

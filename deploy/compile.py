@@ -1,4 +1,5 @@
-"""Compile contracts_sol/src with the pinned solc through py-solc-x and keep ABI + bytecode in the repo.
+"""Compile contracts_sol/src with the pinned solc through py-solc-x and keep ABI + bytecode in the repo, as package
+data of the runtime package (`adapters/artifacts.json`: an installed worker reads it, and needs no compiler).
 
 Every source (ours and OpenZeppelin's) is inlined into the standard-JSON input, so a native solc and the
 npm solcjs shim see byte-identical input and produce byte-identical output. `check_artifacts()` recompiles
@@ -14,11 +15,11 @@ from typing import Any
 
 import solcx
 
-from deploy.toolchain import NODE_MODULES, REPO_ROOT, SOLC_VERSION, solc_binary
+from adapters.contracts import ARTIFACTS
+from deploy.toolchain import CONTRACTS_DIR, NODE_MODULES, REPO_ROOT, SOLC_VERSION, solc_binary
 
-CONTRACTS_DIR = REPO_ROOT / "contracts_sol"
 SRC_DIR = CONTRACTS_DIR / "src"
-ARTIFACTS_FILE = CONTRACTS_DIR / "artifacts.json"
+ARTIFACTS_FILE = REPO_ROOT / "adapters" / ARTIFACTS
 
 # The settings are part of the pinned build: changing them changes every bytecode.
 COMPILER_SETTINGS: dict[str, Any] = {
@@ -114,11 +115,6 @@ def check_artifacts(path: Path = ARTIFACTS_FILE) -> list[str]:
     if committed["compiler"] != fresh["compiler"]:
         differing.insert(0, "<compiler settings>")
     return differing
-
-
-def load_artifacts(path: Path = ARTIFACTS_FILE) -> dict[str, dict[str, Any]]:
-    """The committed artifacts, without compiling."""
-    return json.loads(path.read_text())["contracts"]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from adapters.evm import EvmChain, TxSender
-from deploy.compile import load_artifacts
+from adapters.contracts import load_artifacts
 
 MAX_UINT256 = 2**256 - 1
 

@@ -18,7 +18,7 @@ from eth_account import Account
 
 from adapters.contracts import dvp_typed_data, encode_call, lock_typed_data, swap_id
 from adapters.evm import EvmChain, TxSender
-from deploy.compile import CONTRACTS_DIR
+from deploy.toolchain import CONTRACTS_DIR
 from deploy.deployer import MAX_UINT256, deploy
 from deploy.processes import DEV_MNEMONIC, AnvilProcess, free_port
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = REPO_ROOT / "node_modules"
+CONTRACTS_DIR = REPO_ROOT / "contracts_sol"  # Solidity sources and the gas report
 SOLC_VERSION = "0.8.37"
 ANVIL_VERSION = "1.7.1"
 
