@@ -222,6 +222,7 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = await engine.store.ping()
     except Exception as exc:  # noqa: BLE001
         checks["redis"] = f"down: {type(exc).__name__}"
+    tokens = {"st": engine.st_tokens, "sc": engine.sc_tokens}
     for side in (engine.st, engine.sc):
         try:
             head = await side.ledger.chain.block_number()
@@ -229,6 +230,11 @@ async def readyz(request: web.Request) -> web.Response:
             lag = head - processed
             ok = side.follower is not None and lag <= request.app[MAX_LAG_BLOCKS]
             checks[side.name] = True if ok else f"follower lag {lag} blocks"
+            escrow = side.ledger.escrow
+            if not await side.ledger.chain.call(lambda w3, a=escrow: w3.eth.get_code(a)):
+                checks[side.name] = f"no contract at DVP_{side.name.upper()}_ESCROW {escrow}"
+            elif not tokens[side.name]:
+                checks[side.name] = f"DVP_{side.name.upper()}_TOKENS is empty: no trade can be accepted"
         except Exception as exc:  # noqa: BLE001
             checks[side.name] = f"down: {type(exc).__name__}"
     ready = all(v is True for v in checks.values()) and request.app[ACCEPTING]["on"]

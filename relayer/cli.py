@@ -10,10 +10,21 @@ from pathlib import Path
 
 import click
 
-from relayer.errors import RelayerError
+from relayer.errors import ConfigError, RelayerError
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command: a configuration error is one line on stderr (the variable and where it came from), exit 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"dvp-relayer: configuration error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Cross-chain atomic DvP relayer."""
 
@@ -79,9 +90,9 @@ def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals
 
 
 def _settings():  # noqa: ANN202
-    from relayer.config import Settings
+    from relayer.config import load_settings
 
-    return Settings()
+    return load_settings()
 
 
 @main.command()

@@ -1,27 +1,56 @@
-"""Configuration from the environment (prefix DVP_) and an optional .env file; documented in .env.example."""
+"""Configuration from the environment (prefix DVP_) and an optional .env file; documented in .env.example.
+
+`load_settings()` is how commands read it: a bad value is one ConfigError line naming the variable and where it
+came from (the environment or the env file), never a traceback, and never the value of a secret.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
-from pydantic import Field, SecretStr
+from eth_utils import is_checksum_address, to_checksum_address
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relayer.errors import ConfigError
 from relayer.protocol.rules import TimingPolicy
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _check_urls(value: str, schemes: tuple[str, ...]) -> str:
+    for i, url in enumerate(_split(value), 1):
+        if not url.startswith(tuple(f"{s}://" for s in schemes)) or len(url.split("://", 1)[1]) == 0:
+            which = f"entry {i}" if "," in value else "the URL"
+            raise ValueError(f"{which} must start with {' or '.join(s + '://' for s in schemes)} (got {url!r})")
+    return value
+
+
+def _check_addresses(value: str) -> str:
+    for i, item in enumerate(_split(value), 1):
+        if not _ADDRESS.match(item):
+            raise ValueError(f"entry {i} ({item!r}) is not a 0x-prefixed 20-byte hex address")
+        if item[2:] != item[2:].lower() and item[2:] != item[2:].upper() and not is_checksum_address(item):
+            raise ValueError(f"entry {i} ({item!r}) has a bad EIP-55 checksum")
+    return value
+
+
 class Settings(BaseSettings):
     """Every knob of a relayer worker. Secrets are SecretStr: they never print."""
 
+    # env_ignore_empty: `DVP_ST_CHAIN_ID=` (as .env.example has it) means "not set", not "an invalid integer"
     model_config = SettingsConfigDict(env_prefix="DVP_", env_file=os.environ.get("DVP_ENV_FILE", ".env"),
-                                      extra="ignore")
+                                      extra="ignore", env_ignore_empty=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_sentinels: str = Field("", description="comma-separated host:port of Redis Sentinels (overrides redis_url)")
@@ -80,6 +109,54 @@ class Settings(BaseSettings):
     api_read_auth: bool = Field(False, description="require a bearer token on the read endpoints too")
     api_max_lag_blocks: int = Field(20, description="readiness fails when a follower lags more blocks than this")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        return _check_urls(v, ("redis", "rediss", "unix"))
+
+    @field_validator("st_rpc_url", "sc_rpc_url", "st_rpc_standby_urls", "sc_rpc_standby_urls")
+    @classmethod
+    def _rpc_urls(cls, v: str) -> str:
+        return _check_urls(v, ("http", "https"))
+
+    @field_validator("st_ws_url", "sc_ws_url")
+    @classmethod
+    def _ws_urls(cls, v: str) -> str:
+        return _check_urls(v, ("ws", "wss"))
+
+    @field_validator("st_escrow", "sc_escrow", "dvp_contract", "st_tokens", "sc_tokens", "trusted_pts_signers")
+    @classmethod
+    def _addresses(cls, v: str) -> str:
+        return _check_addresses(v)
+
+    @field_validator("party_keys")
+    @classmethod
+    def _party_keys(cls, v: SecretStr) -> SecretStr:
+        for i, key in enumerate(_split(v.get_secret_value()), 1):
+            if not _KEY.match(key):  # never echo the value: it is (meant to be) a private key
+                raise ValueError(f"entry {i} is not a 32-byte private key (64 hex digits, 0x optional)")
+        return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if raw:
+            try:
+                key = base64.urlsafe_b64decode(raw)
+            except (binascii.Error, ValueError):
+                raise ValueError("is not url-safe base64 (generate one with `dvp-relayer keygen`)") from None
+            if len(key) != 32:
+                raise ValueError("must decode to 32 bytes (generate one with `dvp-relayer keygen`)")
+        return v
+
+    @field_validator("pts_domain_salt")
+    @classmethod
+    def _salt(cls, v: str) -> str:
+        if v and not re.match(r"^0x[0-9a-fA-F]{64}$", v.strip()):
+            raise ValueError("must be 0x followed by 64 hex digits (32 bytes)")
+        return v
+
     def api_token_list(self) -> list[str]:
         return _split(self.api_tokens.get_secret_value())
 
@@ -91,8 +168,6 @@ class Settings(BaseSettings):
 
     def domain_salt(self) -> bytes:
         """DVP_PTS_DOMAIN_SALT as 32 bytes; ConfigError when missing or malformed."""
-        from relayer.errors import ConfigError
-
         raw = self.pts_domain_salt.strip()
         if not raw:
             raise ConfigError("DVP_PTS_DOMAIN_SALT must be set: the 32-byte venue id (0x + 64 hex) your PTS signs "
@@ -128,3 +203,22 @@ class Settings(BaseSettings):
             max_clock_skew=self.max_clock_skew,
             st_lock_duration=self.st_lock_duration,
         )
+
+
+def env_file() -> str:
+    """The env file settings are read from besides the environment (DVP_ENV_FILE, default .env)."""
+    return os.environ.get("DVP_ENV_FILE", ".env")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and the env file; ConfigError naming each bad variable and its source."""
+    try:
+        return Settings(_env_file=env_file(), **overrides)  # type: ignore[call-arg, arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            var = f"DVP_{field.upper()}"
+            where = "environment" if var in os.environ else env_file()
+            problems.append(f"{var} (from {where}): {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("; ".join(problems)) from None

@@ -34,7 +34,7 @@ from adapters.htlc import (
 from relayer.config import Settings
 from relayer.follow import ChainIndex, LockInstance
 from relayer.errors import ConcurrentUpdate, ConfigError, FencedOut, InvalidInstruction, NotReady
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from relayer import metrics
 from relayer.leases import ACTOR, WORKER_TOKEN, holder_is_dead
@@ -243,6 +243,8 @@ class Engine:
             try:
                 await self._start_once()
                 return
+            except (AuthenticationError, AuthorizationError) as exc:  # not an outage: waiting would never help
+                raise ConfigError(f"DVP_REDIS_URL: Redis refused the credentials ({exc})") from None
             except (LedgerError, OSError, RedisError) as exc:
                 if stop is not None and stop.is_set():
                     raise

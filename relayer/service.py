@@ -20,11 +20,15 @@ def store_for(settings: Settings) -> Store:
 
 
 def build_engine(settings: Settings, store: Store | None = None) -> Engine:
-    if not settings.st_escrow or not settings.sc_escrow:
-        raise ConfigError("DVP_ST_ESCROW and DVP_SC_ESCROW must be set (see .env.example or `dvp-relayer devnet up`)")
-    if not settings.secret_key.get_secret_value():
-        raise ConfigError("DVP_SECRET_KEY must be set (generate one with `dvp-relayer keygen`)")
-    settings.domain_salt()  # refuse to start without this deployment's instruction domain
+    zero = "0x" + "0" * 40
+    missing = [var for var, value in (
+        ("DVP_ST_ESCROW", settings.st_escrow.replace(zero, "")), ("DVP_SC_ESCROW", settings.sc_escrow.replace(zero, "")),
+        ("DVP_SECRET_KEY", settings.secret_key.get_secret_value()), ("DVP_PTS_DOMAIN_SALT", settings.pts_domain_salt),
+    ) if not value]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set (see .env.example; `dvp-relayer keygen` makes a secret "
+                          "key; `dvp-relayer devnet up` writes a complete devnet.env)")
+    settings.domain_salt()
     accounts = settings.accounts()
     st_chain = EvmChain("st", settings.st_urls(), request_timeout=settings.rpc_timeout)
     same_ledger = settings.sc_urls() == settings.st_urls()

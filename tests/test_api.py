@@ -245,3 +245,24 @@ def test_importing_the_relayer_leaves_a_sane_recursion_limit():
     assert out.returncode == 0, (out.returncode, out.stderr[-500:])  # -11 / 139: the parser overflowed the stack
     limit, verdict = out.stdout.split()
     assert int(limit) <= 10_000 and verdict == "refused"
+
+
+@pytest.mark.parametrize("wrong", ["escrow_without_code", "no_tokens"])
+async def test_readiness_is_red_while_the_configuration_cannot_work(net: Net, tmp_path, wrong):
+    port = free_port()
+    over = {"escrow_without_code": dict(st_escrow=net.pts.address), "no_tokens": dict(sc_tokens="")}[wrong]
+    settings = net.settings([net.seller], api_port=port, **over)
+    worker = Worker(settings, tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            assert time.monotonic() < deadline, "API did not start"
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.get("/readyz") as r:
+                doc = await r.json()
+                assert r.status == 503 and not doc["ready"]
+        reason = doc["checks"]["st" if wrong == "escrow_without_code" else "sc"]
+        assert ("no contract at DVP_ST_ESCROW" if wrong == "escrow_without_code" else "DVP_SC_TOKENS is empty") in reason
+    finally:
+        assert worker.terminate() == 0

@@ -1,0 +1,94 @@
+"""The CLI as a new user meets it: a configuration mistake is one clear line naming the variable and where it came
+from (the environment or the env file), exit 2, never a traceback and never a secret."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.processes import free_port, port_open, redis_server_binary
+from tests.relayer_kit import Net, worker_env
+
+REPO = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).with_name("dvp-relayer"))
+
+
+def _run_with_file(lines: dict[str, str], cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`dvp-relayer ARGS` with every DVP_ variable in an env file (none in the environment)."""
+    env_file = cwd / "relayer.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    env = {k: v for k, v in worker_env_base().items() if not k.startswith("DVP_")} | {"DVP_ENV_FILE": str(env_file)}
+    return subprocess.run([EXE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def worker_env_base() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+@pytest.fixture
+def good(net: Net) -> dict[str, str]:
+    env = worker_env(net.settings([net.seller, net.buyer], api_port=0))
+    return {k: v for k, v in env.items() if k.startswith("DVP_") and k != "DVP_ENV_FILE"}
+
+
+def _one_line_error(out: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stdout[-500:], out.stderr[-1500:])
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("{")]  # JSON log lines aside
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-1500:]
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("var, value, fragment", [
+    ("DVP_CONFIRMATIONS", "two", "valid integer"),
+    ("DVP_PARTY_KEYS", "0xabcd", "32-byte private key"),
+    ("DVP_ST_RPC_URL", "127.0.0.1:8545", "http://"),
+    ("DVP_ST_ESCROW", "0x1234", "20-byte hex address"),
+    ("DVP_SECRET_KEY", "bm90LTMyLWJ5dGVz", "32 bytes"),
+    ("DVP_PTS_DOMAIN_SALT", "0x12", "64 hex digits"),
+])
+def test_a_bad_value_in_the_env_file_is_one_line_naming_it_and_the_file(good, tmp_path, var, value, fragment):
+    out = _run_with_file(good | {var: value}, tmp_path, "run")
+    line = _one_line_error(out, var, str(tmp_path / "relayer.env"), fragment)
+    if var == "DVP_PARTY_KEYS":
+        assert "abcd" not in line  # a key (even a broken one) is never echoed
+
+
+@pytest.mark.parametrize("var, fragment", [("DVP_SECRET_KEY", "must be set"), ("DVP_PTS_DOMAIN_SALT", "must be set"),
+                                           ("DVP_ST_ESCROW", "must be set")])
+def test_a_missing_required_value_is_one_line(good, tmp_path, var, fragment):
+    _one_line_error(_run_with_file({k: v for k, v in good.items() if k != var}, tmp_path, "run"), var, fragment)
+
+
+def test_a_wrong_redis_password_is_a_configuration_error_not_an_outage(good, tmp_path):
+    port = free_port()
+    redis = subprocess.Popen([redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                              "--appendonly", "no", "--requirepass", "right-password"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if port_open(port):
+                break
+            import time
+
+            time.sleep(0.05)
+        out = _run_with_file(good | {"DVP_REDIS_URL": f"redis://:wrong-password@127.0.0.1:{port}/0"}, tmp_path, "run")
+        line = _one_line_error(out, "DVP_REDIS_URL", "credentials")
+        assert "wrong-password" not in line
+    finally:
+        redis.terminate()
+        redis.wait(10)
+
+
+def test_env_example_copied_as_the_readme_says_loads_and_says_what_is_missing(tmp_path):
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    env = {k: v for k, v in worker_env_base().items() if not k.startswith("DVP_")}
+    out = subprocess.run([EXE, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    _one_line_error(out, "DVP_ST_ESCROW")  # the first thing to fill in, not a validation traceback
