@@ -115,6 +115,7 @@ def env_lines(doc: dict[str, Any], block_time: float | None) -> list[str]:
         f"DVP_SC_START_BLOCK={sc['deploy_block']}",
         f"DVP_TRUSTED_PTS_SIGNERS={pts.address}",
         f"DVP_PTS_DOMAIN_SALT=0x{os.urandom(32).hex()}",  # this devnet's own instruction domain
+        f"DVP_API_TOKENS=devnet-{os.urandom(12).hex()}",  # `dvp-relayer submit` uses the first
         f"DVP_PARTY_KEYS={seller.key.hex()},{buyer.key.hex()}",
         f"DVP_SECRET_KEY={generate_key()}",
         f"DVP_BLOCK_TIME={block_time or 1}",

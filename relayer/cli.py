@@ -1,4 +1,4 @@
-"""`dvp-relayer …`: devnet, deploy, run, submit, status, demo, keygen, gas-report."""
+"""`dvp-relayer …`: devnet, deploy, run, submit, status, sign, demo, keygen, gas-report, chaos, bench."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from relayer.errors import ConfigError, RelayerError
+from relayer.errors import ConfigError
 
 
 class _Commands(click.Group):
@@ -114,51 +114,99 @@ def run() -> None:
     asyncio.run(go())
 
 
-@main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def submit(file: Path) -> None:
-    """Submit a signed trade instruction (JSON: {instruction, signature})."""
-    from relayer.protocol.instruction import parse_signed
-    from relayer.service import build_engine, close_engine
+def _client(api_url: str | None, token: str | None):  # noqa: ANN202
+    from relayer.api_client import ApiClient
 
-    async def go() -> None:
-        engine = build_engine(_settings())
-        try:
-            await engine.st.ledger.chain.connect()
-            await engine.sc.ledger.chain.connect()
-            signed = parse_signed(json.loads(file.read_text()))
-            created = await engine.intake(signed)
-            click.echo(json.dumps({"trade_id": signed.instruction.tradeId, "created": created}))
-        finally:
-            await close_engine(engine)
+    return ApiClient.from_settings(_settings(), url=api_url, token=token)
+
+
+_API_OPTIONS = [
+    click.option("--api-url", default=None, help="the worker's API (default: http://DVP_API_HOST:DVP_API_PORT)"),
+    click.option("--token", default=None, envvar="DVP_API_TOKEN",
+                 help="bearer token (default: $DVP_API_TOKEN, else the first of DVP_API_TOKENS)"),
+]
+
+
+def _api_options(fn):  # noqa: ANN001, ANN202
+    for option in reversed(_API_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _call_api(coro) -> tuple[int, object]:  # noqa: ANN001
+    from relayer.api_client import ApiUnreachable
 
     try:
-        asyncio.run(go())
-    except (RelayerError, json.JSONDecodeError) as exc:
-        click.echo(json.dumps({"error": getattr(exc, "code", "invalid_json"), "message": str(exc)}), err=True)
-        sys.exit(2)
+        return asyncio.run(coro)
+    except ApiUnreachable as exc:
+        click.echo(f"dvp-relayer: {exc}", err=True)
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_api_options
+def submit(file: Path, api_url: str | None, token: str | None) -> None:
+    """Post a signed trade instruction (JSON: {instruction, signature}) to a running worker's API.
+
+    Prints the API's answer; exit 0 when accepted (202), 1 when refused (the answer says why)."""
+    status_code, answer = _call_api(_client(api_url, token).submit(file.read_bytes()))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 202 else 1)
 
 
 @main.command()
 @click.argument("trade_id")
-def status(trade_id: str) -> None:
-    """A trade's state and audit trail."""
-    from relayer.service import store_for
+@_api_options
+def status(trade_id: str, api_url: str | None, token: str | None) -> None:
+    """A trade's state, legs, timelocks and audit trail, from a running worker's API (never the secret)."""
+    status_code, answer = _call_api(_client(api_url, token).trade(trade_id))
+    click.echo(json.dumps(answer, indent=2))
+    sys.exit(0 if status_code == 200 else 1)
 
-    async def go() -> None:
-        store = store_for(_settings())
+
+@main.command()
+@click.option("--st-amount", type=int, default=100, show_default=True)
+@click.option("--sc-amount", type=int, default=9_850_000, show_default=True)
+@click.option("--deadline-in", type=int, default=600, show_default=True, help="seconds from the ST chain's now")
+@click.option("--pts-key-var", default="DVP_DEMO_PTS_KEY", show_default=True,
+              help="variable (environment or env file) holding the PTS key to sign with: a devnet key")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("trade.json"), show_default=True)
+def sign(st_amount: int, sc_amount: int, deadline_in: int, pts_key_var: str, out: Path) -> None:
+    """Developer command: write a signed trade instruction for the devnet (seller and buyer = the first two party
+    keys, the first configured ST and SC tokens), ready for `dvp-relayer submit`."""
+    import os
+
+    from dotenv import dotenv_values
+
+    from adapters.evm import EvmChain
+    from relayer.config import env_file
+    from relayer.protocol.instruction import TradeInstruction, sign_instruction
+
+    settings = _settings()
+    key = os.environ.get(pts_key_var) or dotenv_values(env_file()).get(pts_key_var)
+    if not key:
+        raise ConfigError(f"{pts_key_var} is not set: the PTS key to sign with (devnet.env has one)")
+    parties = list(settings.accounts())
+    if len(parties) < 2 or not settings.st_token_set() or not settings.sc_token_set():
+        raise ConfigError("DVP_PARTY_KEYS needs a seller and a buyer key, DVP_ST_TOKENS and DVP_SC_TOKENS a token each")
+
+    async def go() -> TradeInstruction:
+        st, sc = EvmChain("st", settings.st_urls()), EvmChain("sc", settings.sc_urls())
         try:
-            rec = await store.get(trade_id.lower())
-            if rec is None:
-                click.echo(json.dumps({"error": "not_found"}))
-                sys.exit(1)
-            public = {k: v for k, v in rec.fields.items() if k not in ("secret", "instruction")}
-            click.echo(json.dumps({"state": rec.state.value, "record": public,
-                                   "audit": await store.audit(rec.trade_id)}, indent=2))
+            st_id, sc_id, now = await st.connect(), await sc.connect(), await st.now()
         finally:
-            await store.close()
+            await st.close()
+            await sc.close()
+        return TradeInstruction(
+            tradeId="0x" + os.urandom(32).hex(), stChainId=st_id, stToken=sorted(settings.st_token_set())[0],
+            stAmount=st_amount, scChainId=sc_id, scToken=sorted(settings.sc_token_set())[0], scAmount=sc_amount,
+            sellerStAccount=parties[0], sellerScAccount=parties[0], buyerScAccount=parties[1],
+            buyerStAccount=parties[1], deadline=now + deadline_in)
 
-    asyncio.run(go())
+    signed = sign_instruction(asyncio.run(go()), key, settings.domain_salt())
+    out.write_text(signed.model_dump_json(indent=2) + "\n")
+    click.echo(json.dumps({"trade_id": signed.instruction.tradeId, "file": str(out)}))
 
 
 @main.command()

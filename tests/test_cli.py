@@ -92,3 +92,48 @@ def test_env_example_copied_as_the_readme_says_loads_and_says_what_is_missing(tm
     env = {k: v for k, v in worker_env_base().items() if not k.startswith("DVP_")}
     out = subprocess.run([EXE, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     _one_line_error(out, "DVP_ST_ESCROW")  # the first thing to fill in, not a validation traceback
+
+
+async def test_sign_submit_and_status_go_through_a_running_workers_api(net: Net, tmp_path):
+    """`dvp-relayer sign` writes trade.json for the devnet, `submit` posts it to the worker, `status` reads it back:
+    each command as a user runs it, with one env file for the worker and the CLI."""
+    import asyncio
+    import json
+    import time
+
+    from tests.relayer_kit import Worker
+
+    port = free_port()
+    settings = net.settings([net.seller, net.buyer], api_port=port, api_tokens="cli-token-0123456789")
+    lines = {k: v for k, v in worker_env(settings).items() if k.startswith("DVP_") and k != "DVP_ENV_FILE"}
+    lines["DVP_DEMO_PTS_KEY"] = net.pts.key.hex()
+    worker = Worker(settings, tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            assert time.monotonic() < deadline, "API did not start"
+            await asyncio.sleep(0.1)
+        out = _run_with_file(lines, tmp_path, "sign", "--st-amount", "3", "--sc-amount", "3333", "--out", "t.json")
+        assert out.returncode == 0, out.stderr[-1500:]
+        trade_id = json.loads(out.stdout)["trade_id"]
+        assert json.loads((tmp_path / "t.json").read_text())["instruction"]["tradeId"] == trade_id
+        out = _run_with_file(lines, tmp_path, "submit", "t.json")
+        assert out.returncode == 0 and json.loads(out.stdout)["created"] is True, (out.stdout, out.stderr[-1500:])
+        out = _run_with_file(lines, tmp_path, "submit", "t.json")  # the same again: accepted, not created
+        assert out.returncode == 0 and json.loads(out.stdout)["created"] is False
+        state = None
+        while time.monotonic() < deadline + 60 and state != "SETTLED":
+            out = _run_with_file(lines, tmp_path, "status", trade_id)
+            assert out.returncode == 0, out.stderr[-1500:]
+            doc = json.loads(out.stdout)
+            state = doc["state"]
+            await asyncio.sleep(0.5)
+        assert state == "SETTLED" and '"secret":' not in out.stdout  # the trade document has no secret field
+        out = _run_with_file(lines, tmp_path, "status", "0x" + "00" * 32)
+        assert out.returncode == 1 and json.loads(out.stdout)["error"] == "not_found"
+        bad = _run_with_file(lines | {"DVP_API_TOKENS": "wrong-token-0123456789"}, tmp_path, "submit", "t.json")
+        assert bad.returncode == 1 and json.loads(bad.stdout)["error"] == "unauthorized"
+    finally:
+        assert worker.terminate() == 0
+    out = _run_with_file(lines, tmp_path, "submit", "t.json")  # nobody listening: one clear line, exit 3
+    assert out.returncode == 3 and "no worker API answers" in out.stderr and "Traceback" not in out.stderr
