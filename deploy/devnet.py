@@ -41,6 +41,7 @@ class DevnetOptions:
     sc_chain_id: int = 17002
     block_time: float | None = 1.0
     redis_port: int = 6379
+    redis_url: str | None = None  # use this Redis as it is (never started, never flushed)
     directory: Path = DEVNET_DIR
 
 
@@ -136,9 +137,12 @@ def up(opts: DevnetOptions, echo: Any = print) -> dict[str, Any]:
     sc = AnvilProcess(opts.sc_chain_id, opts.sc_port, opts.block_time, log_file=d / "anvil-sc.log").start()
     started["anvil-sc"] = sc.pid  # type: ignore[assignment]
     echo(f"anvil ST chain {opts.st_chain_id} on {st.url}, coin ledger {opts.sc_chain_id} on {sc.url}")
-    if port_open(opts.redis_port):
+    if opts.redis_url:
+        redis_url = opts.redis_url
+        echo(f"using the Redis at {redis_url.split('@')[-1]}")
+    elif port_open(opts.redis_port):
         redis_url = f"redis://127.0.0.1:{opts.redis_port}/0"
-        echo(f"reusing the Redis listening on 127.0.0.1:{opts.redis_port}")
+        echo(f"reusing the Redis listening on 127.0.0.1:{opts.redis_port} (nothing in it is flushed)")
     else:
         rp = RedisProcess(opts.redis_port, d / "redis", appendfsync="everysec").start()
         started["redis"] = rp.pid  # type: ignore[assignment]

@@ -38,10 +38,14 @@ def devnet() -> None:
 @click.option("--block-time", type=float, default=1.0, show_default=True, help="seconds per block (0 = automine)")
 @click.option("--st-port", type=int, default=8545, show_default=True)
 @click.option("--sc-port", type=int, default=8546, show_default=True)
-def devnet_up(block_time: float, st_port: int, sc_port: int) -> None:
+@click.option("--redis-port", type=int, default=6379, show_default=True,
+              help="reuse a Redis listening here (nothing is flushed), else start one on it")
+@click.option("--redis-url", default=None, help="use this Redis instead (e.g. redis://127.0.0.1:6390/2)")
+def devnet_up(block_time: float, st_port: int, sc_port: int, redis_port: int, redis_url: str | None) -> None:
     from deploy.devnet import DevnetOptions, up
 
-    up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port), echo=click.echo)
+    up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port, redis_port=redis_port,
+                     redis_url=redis_url), echo=click.echo)
 
 
 @devnet.command("down")

@@ -98,11 +98,12 @@ def demo(echo: Any = print) -> str:
     return asyncio.run(run_demo(echo))
 
 
-async def _same_ledger(echo: Any) -> str:
+async def _same_ledger(echo: Any, settings: Settings | None = None) -> str:
+    """Deploy both tokens on one throw-away anvil and settle through AtomicDvP, with the devnet's Redis (db 1)."""
     from deploy.devnet import ROLES, _deploy, dev_account, env_lines
     from deploy.processes import AnvilProcess, free_port
 
-    settings, _ = devnet_settings()
+    settings = settings or devnet_settings()[0]
     node = AnvilProcess(17003, free_port(), 1.0).start()
     try:
         doc = await _deploy(DevnetOptions(), node.url, node.url, settings.redis_url.rsplit("/", 1)[0] + "/1")
@@ -110,10 +111,12 @@ async def _same_ledger(echo: Any) -> str:
         fields = {k.removeprefix("DVP_").lower(): v for k, v in env.items() if k.startswith("DVP_")}
         fields.pop("demo_pts_key", None)
         same = Settings(_env_file=None, **(fields | {"st_ws_url": "", "sc_ws_url": ""}))  # type: ignore[arg-type]
-        from relayer.store import Store
+        from relayer.store import Store, cursor_key
 
-        scratch = Store.from_url(same.redis_url)  # db 1: this throw-away chain's cursors and trades only
-        await scratch.r.flushdb()
+        # db 1 holds the cursors of the previous throw-away chain: those two keys go, nothing else (the Redis
+        # may be someone else's: `devnet up` reuses one listening on its port, and never flushes it)
+        scratch = Store.from_url(same.redis_url)
+        await scratch.r.delete(cursor_key("st"), cursor_key("sc"))
         await scratch.close()
         echo(f"same-ledger demo: ST and SC on one anvil ({node.url}), AtomicDvP {doc['st']['dvp']}")
         return await run_demo(echo, settings=same, pts_key=dev_account(ROLES["pts"]).key.hex())

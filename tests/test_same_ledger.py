@@ -87,3 +87,19 @@ async def test_the_htlc_path_is_kept_when_no_atomic_contract_is_configured(one_c
         assert "lock_st_mined" in names and "claim_st_mined" in names and "settle_dvp_sent" not in names
     finally:
         await close_engine(engine)
+
+
+async def test_the_same_ledger_demo_never_flushes_a_redis_it_did_not_start(net):
+    """`make demo` reused a Redis listening on 6379 and ran FLUSHDB on its db 1: someone else's data was gone."""
+    from relayer.demo import _same_ledger
+    from relayer.store import Store
+
+    settings = net.settings([net.seller, net.buyer], db=0)
+    other = Store.from_url(settings.redis_url.rsplit("/", 1)[0] + "/1")
+    await other.r.set("someone-else:data", "keep me")
+    try:
+        assert await _same_ledger(lambda *_: None, settings=settings) == "SETTLED"
+        assert await other.r.get("someone-else:data") == "keep me"
+    finally:
+        await other.r.delete("someone-else:data")
+        await other.close()
