@@ -5,7 +5,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup system-deps demo test chaos-long bench bench-scale gas-report compile devnet-up devnet-down clean
+.PHONY: setup system-deps demo test test-slow chaos-long bench bench-scale gas-report compile devnet-up devnet-down clean
 
 setup: $(VENV_STAMP) $(NPM_STAMP) system-deps
 
@@ -34,6 +34,10 @@ demo: setup
 
 test: setup
 	bash scripts/run-tests.sh
+
+# The slow tests (a bounded chaos run, the wheel installed in a fresh venv); CI runs them after `make test`.
+test-slow: setup
+	bash scripts/run-tests.sh -m slow
 
 # Long fault-injection run (not part of `make test`): 1000 trades, every fault kind many times.
 chaos-long: setup

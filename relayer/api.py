@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from decimal import Decimal
 import re
 import time
 from importlib import resources
@@ -22,7 +23,8 @@ from adapters.errors import LedgerError
 from relayer.engine import Engine
 from relayer.errors import ConflictingInstruction, RelayerError
 from relayer.metrics import REGISTRY
-from relayer.openapi import OPENAPI
+from relayer.api_models import Accepted, Health, Readiness, TradeDocument, TradeList, TradeSummary
+from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
 from relayer.protocol.instruction import parse_signed
 from relayer.protocol.states import TradeState
 from relayer.store import TradeRecord
@@ -34,10 +36,11 @@ ACCEPTING = web.AppKey("accepting", dict)
 MAX_BODY = 64 * 1024
 MAX_JSON_DEPTH = 32  # a trade instruction nests 2 deep; bounded before parsing (see json_nesting_depth)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_TRADE_ID = re.compile(r"^0x[0-9a-f]{64}$")
 MAX_LAG_BLOCKS = web.AppKey("max_lag_blocks", int)
 
 _STATUS_FOR_CODE = {
-    "invalid_json": 400, "invalid_field": 400, "bad_signature": 400,
+    "invalid_json": 400, "invalid_field": 400, "bad_signature": 403,
     "untrusted_signer": 403, "unknown_chain": 422, "unknown_token": 422, "deadline_too_close": 422,
     "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
     "shutting_down": 503, "not_ready": 503,
@@ -79,7 +82,10 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return error("body_too_large", f"request body over {MAX_BODY} bytes")
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return error(exc.reason.lower().replace(" ", "_"), exc.reason, exc.status)
+            resp = error(exc.reason.lower().replace(" ", "_"), exc.reason, exc.status)
+            if "Allow" in exc.headers:  # a 405 says which methods the path takes
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
         raise
     except RelayerError as exc:
         return error(exc.code, str(exc))
@@ -104,7 +110,7 @@ async def post_trade(request: web.Request) -> web.Response:
     if json_nesting_depth(body) > MAX_JSON_DEPTH:
         return error("invalid_json", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_float=Decimal)  # exact: an amount is never rounded through a float
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error("invalid_json", f"body is not JSON: {exc}")
     signed = parse_signed(doc)
@@ -115,7 +121,8 @@ async def post_trade(request: web.Request) -> web.Response:
         return error(exc.code, str(exc))
     rec = await engine.store.get(signed.instruction.tradeId)
     assert rec is not None
-    return web.json_response({"trade_id": rec.trade_id, "state": rec.state.value, "created": created}, status=202)
+    return web.json_response(Accepted(trade_id=rec.trade_id, state=rec.state, created=created).model_dump(mode="json"),
+                             status=202)
 
 
 def _legs(audit: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -133,14 +140,14 @@ def _legs(audit: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return legs
 
 
-def trade_document(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, now_sc: int) -> dict[str, Any]:
+def trade_summary(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, now_sc: int) -> TradeSummary:
     """The public view of a trade: never the secret, never keys."""
     t_st = rec.get_int("st_timelock") or rec.get_int("t_st")
     t_sc = rec.get_int("sc_timelock") or rec.get_int("t_sc")
-    return {
+    return TradeSummary.model_validate({
         "trade_id": rec.trade_id,
-        "state": rec.state.value,
-        "instruction": rec.signed.instruction.model_dump(),
+        "state": rec.state,
+        "instruction": rec.signed.instruction,
         "created_at": float(rec.fields["created_at"]),
         "hashlock": ("0x" + rec.fields["hashlock"]) if rec.get("hashlock") else None,
         "timelocks": {
@@ -149,15 +156,23 @@ def trade_document(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, n
             "sc_seconds_left": (t_sc - now_sc) if t_sc else None,
         },
         "legs": _legs(audit),
-        "timeline": audit,
-    }
+    })
+
+
+def trade_document(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, now_sc: int) -> dict[str, Any]:
+    """One trade with its audit trail, as GET /v1/trades/{id} answers it."""
+    summary = trade_summary(rec, audit, now_st, now_sc)
+    return TradeDocument(**dict(summary), timeline=audit).model_dump(mode="json")
 
 
 async def get_trade(request: web.Request) -> web.Response:
     if request.app[READ_AUTH] and not _authorized(request):
         return error("unauthorized", "a valid API bearer token is required")
     engine = request.app[ENGINE]
-    rec = await engine.store.get(request.match_info["trade_id"].lower())
+    trade_id = request.match_info["trade_id"].lower()
+    if not _TRADE_ID.match(trade_id):
+        return error("invalid_field", "trade_id must be 0x followed by 64 hex digits")
+    rec = await engine.store.get(trade_id)
     if rec is None:
         return error("not_found", "no such trade")
     now_st, now_sc = _chain_now(engine)
@@ -180,13 +195,13 @@ async def list_trades(request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "50"))
     except ValueError:
         return error("invalid_field", "offset and limit must be integers")
-    if offset < 0 or not 1 <= limit <= 500:
-        return error("invalid_field", "offset must be >= 0 and limit between 1 and 500")
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_LIMIT:
+        return error("invalid_field", f"offset must be between 0 and {MAX_OFFSET}, limit between 1 and {MAX_LIMIT}")
     state = request.query.get("state")
     if state is not None and state not in TradeState.__members__:
         return error("invalid_field", f"unknown state {state!r}")
     now_st, now_sc = _chain_now(engine)
-    items: list[dict[str, Any]] = []
+    items: list[TradeSummary] = []
     scan_offset = offset if state is None else 0
     skipped = 0
     while len(items) < limit:
@@ -201,17 +216,14 @@ async def list_trades(request: web.Request) -> web.Response:
             if state and skipped < offset:
                 skipped += 1
                 continue
-            doc = trade_document(rec, [], now_st, now_sc)
-            doc.pop("timeline")
-            doc["legs"] = _legs(await engine.store.audit(tid))
-            items.append(doc)
+            items.append(trade_summary(rec, await engine.store.audit(tid), now_st, now_sc))
             if len(items) >= limit:
                 break
-    return web.json_response({"items": items, "offset": offset, "limit": limit})
+    return web.json_response(TradeList(items=items, offset=offset, limit=limit).model_dump(mode="json"))
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response(Health(status="ok").model_dump())
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -238,7 +250,7 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception as exc:  # noqa: BLE001
             checks[side.name] = f"down: {type(exc).__name__}"
     ready = all(v is True for v in checks.values()) and request.app[ACCEPTING]["on"]
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return web.json_response(Readiness(ready=ready, checks=checks).model_dump(), status=200 if ready else 503)
 
 
 async def metrics_handler(_: web.Request) -> web.Response:

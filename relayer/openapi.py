@@ -1,64 +1,50 @@
-"""The OpenAPI 3 document served at /openapi.json (a test keeps it in sync with the routes)."""
+"""The OpenAPI 3.1 document served at /openapi.json, generated from the pydantic models of the request and response
+bodies (relayer/api_models.py, the signed instruction) plus the routes' parameters; a test keeps it in sync with
+the routes and fuzzes the server against it with every schemathesis check."""
 
 from __future__ import annotations
 
 from typing import Any
 
-_ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "description": "EIP-55 checksummed address"}
-_UINT = {"type": "integer", "minimum": 1}
-_ERROR = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {"error": {"type": "string", "description": "machine-readable code"},
-                   "message": {"type": "string"}},
-}
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from relayer.api_models import Accepted, ErrorBody, Health, Readiness, TradeDocument, TradeList
+from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.states import TradeState
+
+MAX_OFFSET = 10**9  # far beyond any trade count; keeps Redis ranges within their signed 64-bit bounds
+MAX_LIMIT = 500
+TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
+
+_MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, ErrorBody, TradeDocument, TradeList, Health, Readiness]
+
+
+def _schemas() -> dict[str, Any]:
+    modes = [(m, "validation" if m is SignedInstruction else "serialization") for m in _MODELS]
+    _, top = models_json_schema(modes, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+    return top["$defs"]
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
 
 
 def _err(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return _json(ErrorBody, description)
 
-
-_INSTRUCTION = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["tradeId", "stChainId", "stToken", "stAmount", "scChainId", "scToken", "scAmount",
-                 "sellerStAccount", "sellerScAccount", "buyerScAccount", "buyerStAccount", "deadline"],
-    "properties": {
-        "tradeId": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
-        "stChainId": _UINT, "stToken": _ADDRESS, "stAmount": _UINT,
-        "scChainId": _UINT, "scToken": _ADDRESS, "scAmount": _UINT,
-        "sellerStAccount": _ADDRESS, "sellerScAccount": _ADDRESS,
-        "buyerScAccount": _ADDRESS, "buyerStAccount": _ADDRESS,
-        "deadline": {"type": "integer", "minimum": 1, "maximum": 2**64 - 1},
-    },
-}
 
 _TRADE_ID_PARAM = {"name": "trade_id", "in": "path", "required": True,
-                   "schema": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}}
+                   "schema": {"type": "string", "pattern": TRADE_ID_PATTERN}}
 
 OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {"title": "dvp-relayer", "version": "1",
              "description": "Cross-chain atomic DvP relayer: submit signed trade instructions, follow settlement."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": _ERROR,
-            "TradeInstruction": _INSTRUCTION,
-            "SignedInstruction": {
-                "type": "object", "additionalProperties": False, "required": ["instruction", "signature"],
-                "properties": {"instruction": {"$ref": "#/components/schemas/TradeInstruction"},
-                               "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}},
-            },
-            "Accepted": {"type": "object", "required": ["trade_id", "state", "created"],
-                         "properties": {"trade_id": {"type": "string"}, "state": {"type": "string"},
-                                        "created": {"type": "boolean"}}},
-            "Trade": {"type": "object", "required": ["trade_id", "state", "instruction", "timelocks", "legs"],
-                      "properties": {"trade_id": {"type": "string"}, "state": {"type": "string"},
-                                     "instruction": {"$ref": "#/components/schemas/TradeInstruction"},
-                                     "timelocks": {"type": "object"}, "legs": {"type": "object"},
-                                     "timeline": {"type": "array", "items": {"type": "object"}}}},
-        },
+        "schemas": _schemas(),
     },
     "paths": {
         "/v1/trades": {
@@ -68,11 +54,11 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/SignedInstruction"}}}},
                 "responses": {
-                    "202": {"description": "accepted (or already accepted with the same terms)",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
-                    "400": _err("malformed JSON, wrong types or values, bad signature"),
+                    "202": _json(Accepted, "accepted (or already accepted with the same terms)"),
+                    "400": _err("malformed JSON, wrong types or values, bad address checksums"),
                     "401": _err("missing or wrong bearer token"),
-                    "403": _err("signature from an untrusted key"),
+                    "403": _err("a signature that recovers no key, or one from an untrusted key (another "
+                                "deployment's domain salt included)"),
                     "409": _err("same trade id with other terms"),
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
@@ -84,14 +70,13 @@ OPENAPI: dict[str, Any] = {
                 "summary": "List trades, newest first",
                 "parameters": [
                     {"name": "state", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": ["MATCHED", "ST_LOCKED", "SC_LOCKED", "SC_CLAIMED",
-                                                           "SETTLED", "REFUNDING", "ABORTED", "REJECTED", "ONE_SIDED"]}},
-                    {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                     "schema": {"type": "string", "enum": [s.value for s in TradeState]}},
+                    {"name": "offset", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
                     {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
                 ],
-                "responses": {"200": {"description": "a page of trades",
-                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _json(TradeList, "a page of trades"),
                               "400": _err("bad paging or state"), "401": _err("unauthorized")},
             },
         },
@@ -99,16 +84,18 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "One trade: state, legs, timelocks, audit timeline",
                 "parameters": [_TRADE_ID_PARAM],
-                "responses": {"200": {"description": "the trade",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Trade"}}}},
+                "responses": {"200": _json(TradeDocument, "the trade"), "400": _err("not a trade id"),
                               "401": _err("unauthorized"), "404": _err("no such trade")},
             }
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness: Redis, both RPCs, follower lag",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
-        "/": {"get": {"summary": "Operator dashboard (HTML)", "responses": {"200": {"description": "HTML page"}}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "alive")}}},
+        "/readyz": {"get": {"summary": "Readiness: Redis, both RPCs, follower lag, escrows and tokens configured",
+                            "responses": {"200": _json(Readiness, "ready"), "503": _json(Readiness, "not ready")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
+            "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/": {"get": {"summary": "Operator dashboard (HTML)", "responses": {"200": {
+            "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
     },
 }

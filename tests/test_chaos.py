@@ -1,10 +1,14 @@
-"""A bounded chaos run in the default suite: every fault kind, real processes, the independent checker."""
+"""A bounded chaos run (`make test-slow`, which CI runs after `make test`): every fault kind, real processes, the
+independent checker."""
 
 from __future__ import annotations
+
+import pytest
 
 from chaos.runner import BOT_KINDS, FAULTS, Chaos, ChaosConfig
 
 
+@pytest.mark.slow
 async def test_bounded_chaos_run_has_no_one_sided_or_stuck_trade(tmp_path):
     lines: list[str] = []
     chaos = Chaos(ChaosConfig(trades=20, seed=7, concurrency=20, fault_interval=1.2, workdir=tmp_path / "chaos",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from relayer.store import Store
 from tests.relayer_kit import Net, submit_trades, wait_all_settled, worker_env
 
@@ -19,6 +21,7 @@ def _run(*cmd: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`): a wheel build and ~40 s of pip install
 async def test_a_wheel_installed_worker_settles_a_trade_with_no_repository_on_disk(net: Net, tmp_path):
     out = _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO),
                cwd=tmp_path, timeout=300)

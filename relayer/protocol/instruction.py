@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from decimal import Decimal
+from typing import Annotated, Any
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
@@ -53,6 +54,11 @@ def _address(v: Any) -> str:
     return v
 
 
+# An EIP-55 checksummed address; the OpenAPI document names the format so a fuzzer can generate valid ones.
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="EIP-55 checksummed address",
+                               json_schema_extra={"format": "eip55-address"})]
+
+
 class TradeInstruction(BaseModel):
     """A matched trade: seller delivers `stAmount` of `stToken`, buyer pays `scAmount` of `scToken`."""
 
@@ -60,20 +66,29 @@ class TradeInstruction(BaseModel):
 
     tradeId: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="32-byte trade id, 0x-hex")
     stChainId: int = Field(gt=0, le=UINT256_MAX)
-    stToken: str
+    stToken: Address
     stAmount: int = Field(gt=0, le=UINT256_MAX)
     scChainId: int = Field(gt=0, le=UINT256_MAX)
-    scToken: str
+    scToken: Address
     scAmount: int = Field(gt=0, le=UINT256_MAX)
-    sellerStAccount: str
-    sellerScAccount: str
-    buyerScAccount: str
-    buyerStAccount: str
+    sellerStAccount: Address
+    sellerScAccount: Address
+    buyerScAccount: Address
+    buyerStAccount: Address
     deadline: int = Field(gt=0, le=UINT64_MAX, description="unix seconds by which the trade must be settled")
 
     _addr = field_validator(
         "stToken", "scToken", "sellerStAccount", "sellerScAccount", "buyerScAccount", "buyerStAccount"
     )(_address)
+
+    @field_validator("stChainId", "stAmount", "scChainId", "scAmount", "deadline", mode="before")
+    @classmethod
+    def _exact_integer(cls, v: Any) -> Any:
+        """JSON allows an integer written as 63366.0; the API parses JSON numbers with a fraction as Decimal, so
+        an integral one becomes the exact int. A float (inexact beyond 2**53) is still refused."""
+        if isinstance(v, Decimal) and v.is_finite() and v == v.to_integral_value():
+            return int(v)
+        return v
 
     @field_validator("tradeId")
     @classmethod
@@ -111,6 +126,7 @@ class SignedInstruction(BaseModel):
             signable = encode_typed_data(full_message=self.instruction.typed_data(salt))
             return to_checksum_address(Account.recover_message(signable, signature=self.signature))
         except Exception as exc:  # noqa: BLE001 - any recovery failure is a bad signature
+            # unauthenticated input, like a signature from an untrusted key: 403
             raise InvalidInstruction(f"signature cannot be recovered: {exc}", code="bad_signature") from exc
 
 

@@ -1,0 +1,82 @@
+"""The HTTP API's bodies as pydantic models: the handlers build their answers with them and the OpenAPI document is
+generated from them (relayer/openapi.py), so the document cannot drift from what is served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relayer.protocol.instruction import TradeInstruction
+from relayer.protocol.states import TradeState
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="machine-readable code, e.g. invalid_field, untrusted_signer")
+    message: str = Field(description="what went wrong, for a human")
+
+
+class Accepted(BaseModel):
+    """POST /v1/trades: the trade is stored (or was already, with the same terms)."""
+
+    trade_id: str
+    state: TradeState
+    created: bool = Field(description="false when the same instruction had been accepted before")
+
+
+class Timelocks(BaseModel):
+    st: int | None = Field(None, description="T_st (ST chain timestamp), once planned or seen")
+    sc: int | None = Field(None, description="T_sc (coin ledger timestamp), once planned or seen")
+    st_seconds_left: int | None = None
+    sc_seconds_left: int | None = None
+
+
+class Step(BaseModel):
+    """A transaction of one leg: sent (tx), then mined (block, gas)."""
+
+    tx: str | None = None
+    block: int | None = None
+    gas: int | None = None
+
+
+class Leg(BaseModel):
+    lock: Step | None = None
+    claim: Step | None = None
+    refund: Step | None = None
+
+
+class TradeSummary(BaseModel):
+    """A trade as listed: never the secret, never keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trade_id: str
+    state: TradeState
+    instruction: TradeInstruction
+    created_at: float
+    hashlock: str | None = Field(None, description="sha256 of the secret, once the seller side created it")
+    timelocks: Timelocks
+    legs: dict[str, Leg] = Field(description="'st' and 'sc'")
+
+
+class TradeDocument(TradeSummary):
+    """One trade with its audit trail."""
+
+    timeline: list[dict[str, Any]] = Field(description="audit entries: t, actor, event and its data")
+
+
+class TradeList(BaseModel):
+    items: list[TradeSummary]
+    offset: int
+    limit: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, bool | str] = Field(description="redis, st, sc: true, or why not")
