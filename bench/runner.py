@@ -29,7 +29,7 @@ from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
 from deploy.processes import AnvilProcess, RedisProcess, free_port, port_open
 from relayer.protocol.instruction import TradeInstruction, sign_instruction
 from relayer.secrets import generate_key
-from relayer.store import Store
+from relayer.store import Store, trade_key
 
 
 # this run's trade-instruction domain (DVP_PTS_DOMAIN_SALT): the workers verify what the run signs with it
@@ -194,7 +194,7 @@ class Bench:
             while time.monotonic() < limit:
                 async with r.pipeline(transaction=False) as pipe:
                     for tid in ids:
-                        pipe.hexists(f"dvp:trade:{tid}", "archive")
+                        pipe.hexists(trade_key(tid), "archive")
                     if all(await pipe.execute()):
                         break
                 await asyncio.sleep(0.5)
@@ -202,7 +202,7 @@ class Bench:
             # exact: the trade's own key plus its entry in the all-trades index (audit lists are archived)
             per_trade = 0
             for tid in ids:
-                per_trade += int(await r.memory_usage(f"dvp:trade:{tid}", samples=0) or 0)
+                per_trade += int(await r.memory_usage(trade_key(tid), samples=0) or 0)
                 per_trade += int(await r.memory_usage(f"dvp:audit:{tid}", samples=0) or 0)
             index = int(await r.memory_usage("dvp:all", samples=0) or 0) / max(1, int(await r.zcard("dvp:all")))
             cpu, rss = _proc_usage(proc.pid)

@@ -44,7 +44,7 @@ OPEN = PREFIX + "open"
 ALL = PREFIX + "all"
 COUNTS = PREFIX + "counts"
 INTAKE = PREFIX + "intake"
-INTAKE_GROUP = PREFIX + "workers"
+INTAKE_GROUP = "relayers"  # the consumer group of the intake stream (a group name, not a key)
 WORKERS = PREFIX + "workers"
 
 
@@ -499,15 +499,25 @@ _ZDICT = (
 ).encode()
 
 
-def _pack(doc: dict[str, Any]) -> str:
-    c = zlib.compressobj(9, zdict=_ZDICT)
+# Archive formats by version: the preset dictionary each was compressed with. A new dictionary is a new version;
+# old archives keep reading with theirs. Version 0 (no prefix) is what the relayer wrote before versions existed.
+ARCHIVE_DICTIONARIES = {0: _ZDICT, 1: _ZDICT}
+ARCHIVE_VERSION = 1
+
+
+def _pack(doc: dict[str, Any], version: int = ARCHIVE_VERSION) -> str:
+    c = zlib.compressobj(9, zdict=ARCHIVE_DICTIONARIES[version])
     raw = c.compress(json.dumps(doc, separators=(",", ":")).encode()) + c.flush()
-    return raw.decode("latin-1")
+    return (f"v{version}:" if version else "") + raw.decode("latin-1")
 
 
 def _unpack(packed: str) -> dict[str, Any]:
-    d = zlib.decompressobj(zdict=_ZDICT)
-    return json.loads(d.decompress(packed.encode("latin-1")) + d.flush())
+    version, body = 0, packed
+    if packed.startswith("v") and ":" in packed[:6]:  # a zlib stream starts with 0x78 ('x'), never 'v'
+        head, body = packed.split(":", 1)
+        version = int(head[1:])
+    d = zlib.decompressobj(zdict=ARCHIVE_DICTIONARIES[version])
+    return json.loads(d.decompress(body.encode("latin-1")) + d.flush())
 
 
 def _audit_entry(actor: str, event: str | None, **data: Any) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from relayer.errors import FencedOut
 from relayer.protocol.states import TradeState
-from relayer.store import INTAKE, Store, lease_key
+from relayer.store import INTAKE, WORKERS, Store, lease_key
 from tests.relayer_kit import Net, submit_trades, wait_all_settled, worker_pool
 
 
@@ -65,7 +65,7 @@ async def test_three_workers_split_the_trades_and_route_locks_to_the_account_sig
         while True:  # two accounts, three workers: each account has one signer, on different workers
             s = await store.lease_holder(f"account:{net.seller.address}")
             b = await store.lease_holder(f"account:{net.buyer.address}")
-            if s and b and s != b and await store.r.zcard("dvp:workers") == 3:
+            if s and b and s != b and await store.r.zcard(WORKERS) == 3:
                 break
             assert time.monotonic() < deadline, (s, b)
             await asyncio.sleep(0.2)
@@ -84,6 +84,6 @@ async def test_three_workers_split_the_trades_and_route_locks_to_the_account_sig
         for w in workers:
             if w.proc.poll() is None:
                 assert w.terminate() == 0
-        assert await store.r.zcard("dvp:workers") == 0  # each left on SIGTERM
+        assert await store.r.zcard(WORKERS) == 0  # each left on SIGTERM
         await store.r.flushdb()
         await store.close()

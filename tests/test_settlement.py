@@ -8,6 +8,7 @@ import pytest
 
 from relayer.errors import ConflictingInstruction, InvalidInstruction
 from relayer.protocol.states import TradeState
+from relayer.store import audit_key, trade_key
 from tests.relayer_kit import Net, close_engine, drive
 
 
@@ -25,8 +26,8 @@ async def test_one_trade_settles_atomically(net: Net):
         assert await net.balance(net.sc, net.sc_token, net.seller.address) == b[1] + 7_000
         # drive() drained the engine, which archives a finished trade compactly: same record and timeline,
         # no sealed secret, no separate audit list
-        assert await engine.store.r.hexists(f"dvp:trade:{tid}", "archive")
-        assert not await engine.store.r.exists(f"dvp:audit:{tid}")
+        assert await engine.store.r.hexists(trade_key(tid), "archive")
+        assert not await engine.store.r.exists(audit_key(tid))
         rec = await engine.store.get(tid)
         assert rec is not None and rec.state == TradeState.SETTLED and rec.get("secret") is None
         assert rec.signed == signed and rec.get_int("t_st")

@@ -14,7 +14,7 @@ from adapters.errors import TransactionDropped
 from adapters.evm import EvmChain, TxSender
 from deploy.processes import AnvilProcess, free_port
 from relayer.leases import WORKER_TOKEN, holder_is_dead
-from relayer.store import Store
+from relayer.store import Store, lease_key
 from tests.chain_kit import dev_accounts
 
 
@@ -135,16 +135,16 @@ async def test_a_lease_held_by_a_dead_process_is_taken_over_before_its_ttl(redis
         child.wait()
         name, _pid, ns, nonce = WORKER_TOKEN.rsplit(":", 3)
         dead_token = f"{name.rsplit(':', 1)[0]}:{child.pid}:{ns}:{nonce}"
-        await store.r.set("dvp:lease:account:0xtest", dead_token, px=60_000)
+        await store.r.set(lease_key("account:0xtest"), dead_token, px=60_000)
         held = await store.hold_leases(["account:0xtest"], WORKER_TOKEN, 5_000)
         assert held == {"account:0xtest": dead_token}  # not without proof of death
         held = await store.hold_leases(["account:0xtest"], WORKER_TOKEN, 5_000, dead={"account:0xtest": dead_token})
         assert held == {"account:0xtest": WORKER_TOKEN}
-        assert 0 < await store.r.pttl("dvp:lease:account:0xtest") <= 5_000
+        assert 0 < await store.r.pttl(lease_key("account:0xtest")) <= 5_000
         # a stale "dead" claim cannot steal a lease that has since passed to someone else
-        await store.r.set("dvp:lease:account:0xtest", "relayer@other:1:1:1", px=60_000)
+        await store.r.set(lease_key("account:0xtest"), "relayer@other:1:1:1", px=60_000)
         held = await store.hold_leases(["account:0xtest"], WORKER_TOKEN, 5_000, dead={"account:0xtest": dead_token})
         assert held == {"account:0xtest": "relayer@other:1:1:1"}
     finally:
-        await store.r.delete("dvp:lease:account:0xtest")
+        await store.r.delete(lease_key("account:0xtest"))
         await store.close()

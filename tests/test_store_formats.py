@@ -1,0 +1,42 @@
+"""Stored formats outlive the code that wrote them: an archive in an older format still reads."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from relayer.protocol.states import TradeState
+from relayer.store import _ZDICT, ARCHIVE_VERSION, Store, _pack, _unpack, trade_key
+from tests.test_protocol import PTS, SALT, instruction
+from relayer.protocol.instruction import sign_instruction
+
+
+def test_every_archive_version_round_trips_and_says_which_it_is():
+    doc = {"fields": {"state": "SETTLED"}, "audit": [{"event": "accepted"}]}
+    for version in range(ARCHIVE_VERSION + 1):
+        packed = _pack(doc, version)
+        assert _unpack(packed) == doc
+        assert packed.startswith(f"v{version}:") == (version > 0)
+
+
+async def test_an_archive_written_before_versions_existed_still_reads(redis_server):
+    store = Store.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    try:
+        signed = sign_instruction(instruction(tradeId="0x" + "cd" * 32), PTS.key, SALT)
+        tid = signed.instruction.tradeId
+        await store.create(signed, TradeState.MATCHED, "test")
+        rec = await store.get(tid)
+        await store.update(rec, {"state": "SETTLED", "t_st": 123}, actor="test", event="state")
+        assert await store.archive(tid)
+        assert (await store.r.hget(trade_key(tid), "archive")).startswith(f"v{ARCHIVE_VERSION}:")
+        # what the relayer wrote before this change: zlib with the preset dictionary, no version prefix
+        c = zlib.compressobj(9, zdict=_ZDICT)
+        legacy = c.compress(json.dumps({"fields": {"t_st": "123"}, "audit": [{"event": "accepted"}]},
+                                       separators=(",", ":")).encode()) + c.flush()
+        await store.r.hset(trade_key(tid), "archive", legacy.decode("latin-1"))
+        rec = await store.get(tid)
+        assert rec.state is TradeState.SETTLED and rec.get_int("t_st") == 123
+        assert [e["event"] for e in await store.audit(tid)] == ["accepted"]
+    finally:
+        await store.r.flushdb()
+        await store.close()
