@@ -11,6 +11,17 @@ class RpcUnavailable(LedgerError):
     """Raised when every configured RPC endpoint of a chain failed to answer (down, hung, or garbage)."""
 
 
+class RpcError(LedgerError):
+    """Raised when a node answered a JSON-RPC error (not a transport failure): `code` is the JSON-RPC error code.
+
+    A read addressed to a block the chain no longer has (a reorg or rollback between reading the head and the
+    read; anvil answers -32602) is one; the caller treats the chain as stale for this round and reads again."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class TransactionReverted(LedgerError):
     """Raised when a transaction was mined but reverted, or would revert when estimated."""
 

@@ -10,12 +10,14 @@ dropped one is rebroadcast and a stuck one is replaced with a higher fee at the 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
+import structlog
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -31,10 +33,14 @@ from web3.exceptions import (
 from web3.types import TxReceipt
 
 from adapters.contracts import decode_error
-from adapters.errors import ReceiptTimeout, RpcUnavailable, TransactionDropped, TransactionReverted
+from adapters.errors import ReceiptTimeout, RpcError, RpcUnavailable, TransactionDropped, TransactionReverted
 
 T = TypeVar("T")
+_log = structlog.get_logger("dvp.evm")
 
+# Failures of the way to the node, by type only: retried with backoff, then the next URL. A node that answers
+# something that is not JSON (json.JSONDecodeError) or not JSON-RPC (BadResponseFormat) is as good as down.
+# A JSON-RPC error is not among them: it is the node's answer (RpcError), and any other exception is a bug.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     asyncio.TimeoutError,
@@ -43,21 +49,35 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     ProviderConnectionError,
     BadResponseFormat,
     TimeExhausted,
+    json.JSONDecodeError,
 )
 
 
-# Node answers that only mean "the chain moved under the request" (a reorg or rollback between resolving
-# `latest` and serving it): asking again is correct.
-_TRANSIENT_NODE_ERRORS = ("blockoutofrange", "header not found", "unknown block", "block not found")
-
-
 def _is_transport_error(exc: BaseException) -> bool:
-    if isinstance(exc, _TRANSPORT_ERRORS):
-        return True
-    if isinstance(exc, Web3RPCError) and any(m in str(exc).lower() for m in _TRANSIENT_NODE_ERRORS):
-        return True
-    # A JSON body that is not JSON-RPC ("garbage") surfaces as ValueError/KeyError inside web3.
-    return isinstance(exc, (ValueError, KeyError)) and not isinstance(exc, (Web3RPCError, ContractLogicError))
+    return isinstance(exc, _TRANSPORT_ERRORS) or _malformed_response(exc)
+
+
+def _malformed_response(exc: BaseException) -> bool:
+    """web3 8 trips over some malformed answers (a JSON list for a single request) in its response handling with
+    an AttributeError/KeyError/TypeError instead of BadResponseFormat: garbage from the node, told apart from a bug
+    of ours by where it was raised (web3's request manager), not by its message."""
+    if not isinstance(exc, (AttributeError, KeyError, TypeError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("web3/manager.py")
+
+
+def _rpc_error(exc: Web3RPCError) -> RpcError:
+    err = (exc.rpc_response or {}).get("error") if isinstance(exc.rpc_response, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return RpcError(str(exc), code=code if isinstance(code, int) else None)
+
+
+def _raise_rpc_error(error: Any) -> None:
+    code = error.get("code") if isinstance(error, dict) else None
+    raise RpcError(str(error), code=code if isinstance(code, int) else None)
 
 
 class EvmChain:
@@ -132,6 +152,10 @@ class EvmChain:
                     self._unreachable = False
                     self.reconnects += 1
                 return result
+            except Web3RPCError as exc:  # the node's own answer: typed, with its JSON-RPC code
+                if isinstance(exc, ContractLogicError):
+                    raise
+                raise _rpc_error(exc) from exc
             except BaseException as exc:
                 if not _is_transport_error(exc):
                     raise
@@ -172,8 +196,10 @@ class EvmChain:
 
         async def raw(w3: AsyncWeb3) -> Any:
             resp = await w3.provider.make_request(method, params)  # type: ignore[arg-type]
+            if not isinstance(resp, dict) or ("result" not in resp and "error" not in resp):
+                raise BadResponseFormat(f"not a JSON-RPC response: {str(resp)[:200]}")
             if "error" in resp:
-                raise Web3RPCError(str(resp["error"]))
+                _raise_rpc_error(resp["error"])
             return resp["result"]
 
         return await self.call(raw)
@@ -185,12 +211,16 @@ class EvmChain:
 
         async def batch(w3: AsyncWeb3) -> list[Any]:
             responses = await w3.provider.make_batch_request(calls)  # type: ignore[arg-type]
-            if not isinstance(responses, list):
-                raise Web3RPCError(str(responses.get("error", responses)))
+            if isinstance(responses, dict) and "error" in responses:
+                _raise_rpc_error(responses["error"])
+            if not isinstance(responses, list) or len(responses) != len(calls) or not all(
+                    isinstance(r, dict) and isinstance(r.get("id"), int) and ("result" in r or "error" in r)
+                    for r in responses):
+                raise BadResponseFormat(f"not a JSON-RPC batch answer: {str(responses)[:200]}")
             by_id = sorted(responses, key=lambda r: int(r["id"]))
             errors = [r["error"] for r in by_id if "error" in r]
             if errors:
-                raise Web3RPCError(str(errors[0]))
+                _raise_rpc_error(errors[0])
             return [r["result"] for r in by_id]
 
         return await self.call(batch)
@@ -216,7 +246,6 @@ class SentTx:
         return self.hashes[-1]
 
 
-_ALREADY_SENT_MARKERS = ("already known", "known transaction", "already imported", "nonce too low")
 
 
 class TxSender:
@@ -347,12 +376,14 @@ class TxSender:
         return sent
 
     async def _broadcast(self, sent: SentTx) -> None:
+        """Send the signed bytes. A refusal is judged by the chain's state, not by the node's wording (which differs
+        between nodes): if the node knows this very transaction, or the nonce was used already (maybe by this very
+        transaction, delivered by an earlier attempt), it counts as sent and the receipt wait decides; otherwise
+        the node refused it (underpriced, out of funds, invalid): TransactionReverted."""
         try:
             await self.chain.call(lambda w3: w3.eth.send_raw_transaction(sent.raw))
-        except Web3RPCError as exc:
-            text = str(exc).lower()
-            if any(m in text for m in _ALREADY_SENT_MARKERS):
-                # A transport-level retry may have delivered it already; the receipt wait decides.
+        except RpcError as exc:
+            if await self._node_view(sent) != "unknown" or await self._mined_count() > sent.nonce:
                 return
             raise TransactionReverted(f"{self.chain.name}: rejected by node: {exc}", reason=str(exc)) from exc
 
@@ -539,6 +570,7 @@ class HeadWatcher:
         self.wake = wake
         self.connected = False
         self.heads_seen = 0
+        self.failures = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         from web3 import WebSocketProvider
@@ -556,8 +588,11 @@ class HeadWatcher:
                             break
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - any ws failure: fall back to polling and reconnect later
-                pass
+            except Exception as exc:  # noqa: BLE001 - any ws failure: fall back to polling and reconnect later
+                self.failures += 1
+                if self.connected or self.failures == 1 or self.failures % 20 == 0:  # said once per outage, not per retry
+                    _log.warning("ws_disconnected", chain=self.name, error=str(exc)[:200], error_type=type(exc).__name__,
+                                 failures=self.failures, fallback="polling")
             self.connected = False
             try:
                 await asyncio.wait_for(stop.wait(), backoff)

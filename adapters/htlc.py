@@ -17,9 +17,10 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
+from web3.exceptions import BlockNotFound
 
 from adapters.contracts import abi, dvp_typed_data, encode_call, swap_id, terms_hash, typed_data_digest
-from adapters.errors import LeaseLost
+from adapters.errors import LeaseLost, RpcError
 from adapters.evm import EvmChain, TxSender
 
 ESCROW = "HashedTimelockEscrow"
@@ -160,10 +161,8 @@ class EscrowFollower:
         """(hash, timestamp) of a block; (None, 0) when the chain no longer has it."""
         try:
             block = await self.chain.get_block(number)
-        except Exception as exc:  # noqa: BLE001 - BlockNotFound after a rollback
-            if "not found" in str(exc).lower():
-                return None, 0
-            raise
+        except (BlockNotFound, RpcError):  # gone after a rollback (anvil: null, or -32602 out of range)
+            return None, 0
         return "0x" + bytes(block["hash"]).hex(), int(block["timestamp"])
 
     async def _check_reorg(self) -> int | None:

@@ -1,0 +1,71 @@
+"""RPC failures are classified by type and JSON-RPC code, never by the node's wording (issue 14)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp import web
+
+from adapters.errors import RpcError, RpcUnavailable
+from adapters.evm import EvmChain
+
+
+async def _node(answer: str):
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(text=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("garbage", ["<html>502 Bad Gateway</html>", '{"foo": 1}', "[1, 2]"])
+async def test_a_node_answering_garbage_is_an_outage(garbage):
+    runner, url = await _node(garbage)
+    chain = EvmChain("x", [url], attempts_per_url=2)
+    try:
+        with pytest.raises(RpcUnavailable):
+            await chain.block_number()
+        assert chain.rpc_errors == 2
+    finally:
+        await chain.close()
+        await runner.cleanup()
+
+
+async def test_a_json_rpc_error_is_the_nodes_answer_with_its_code_not_an_outage():
+    answer = json.dumps({"jsonrpc": "2.0", "id": 0, "error": {"code": -32602, "message": "BlockOutOfRangeError"}})
+    runner, url = await _node(answer)
+    chain = EvmChain("x", [url])
+    try:
+        with pytest.raises(RpcError) as err:
+            await chain.rpc("eth_getLogs", [{}])
+        assert err.value.code == -32602 and chain.rpc_errors == 0  # asked once, not retried, not failed over
+        with pytest.raises(RpcError):
+            await chain.block_number()
+    finally:
+        await chain.close()
+        await runner.cleanup()
+
+
+async def test_a_bug_in_the_callers_code_is_not_taken_for_an_outage():
+    runner, url = await _node(json.dumps({"jsonrpc": "2.0", "id": 0, "result": "0x1"}))
+    chain = EvmChain("x", [url])
+    calls = 0
+
+    async def buggy(w3):
+        nonlocal calls
+        calls += 1
+        return {}["missing"]
+
+    try:
+        with pytest.raises(KeyError):
+            await chain.call(buggy)
+        assert calls == 1 and chain.rpc_errors == 0
+    finally:
+        await chain.close()
+        await runner.cleanup()
