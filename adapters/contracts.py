@@ -24,17 +24,20 @@ ARTIFACTS = "artifacts.json"  # package data of `adapters`
 @cache
 def load_artifacts() -> dict[str, dict[str, Any]]:
     """{contract name: {abi, bytecode, deployedBytecode, source}} of every compiled contract."""
-    return json.loads(resources.files("adapters").joinpath(ARTIFACTS).read_text())["contracts"]
+    doc: dict[str, Any] = json.loads(resources.files("adapters").joinpath(ARTIFACTS).read_text())
+    contracts: dict[str, dict[str, Any]] = doc["contracts"]
+    return contracts
 
 
 @cache
 def abi(name: str) -> list[dict[str, Any]]:
     """The ABI of a compiled contract."""
-    return load_artifacts()[name]["abi"]
+    entries: list[dict[str, Any]] = load_artifacts()[name]["abi"]
+    return entries
 
 
 @cache
-def _offline(name: str) -> AsyncContract:
+def _offline(name: str) -> type[AsyncContract]:
     return AsyncWeb3().eth.contract(abi=abi(name))
 
 
@@ -111,7 +114,8 @@ def typed_data_digest(message: dict[str, Any]) -> bytes:
 
 def encode_call(name: str, fn: str, *args: Any) -> str:
     """Calldata for `fn(*args)` of contract `name`."""
-    return _offline(name).encode_abi(fn, args=list(args))
+    data: str = _offline(name).encode_abi(fn, args=list(args))
+    return data
 
 
 @cache

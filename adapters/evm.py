@@ -36,6 +36,7 @@ from adapters.contracts import decode_error
 from adapters.errors import ReceiptTimeout, RpcError, RpcUnavailable, TransactionDropped, TransactionReverted
 
 T = TypeVar("T")
+W3 = AsyncWeb3[Any]  # one endpoint's client (web3 8 types AsyncWeb3 by its provider)
 _log = structlog.get_logger("dvp.evm")
 
 # Failures of the way to the node, by type only: retried with backoff, then the next URL. A node that answers
@@ -121,7 +122,7 @@ class EvmChain:
         self._unreachable = False
 
     @property
-    def w3(self) -> AsyncWeb3:
+    def w3(self) -> W3:
         """The AsyncWeb3 of the endpoint currently in use."""
         return self._w3s[self._active]
 
@@ -129,7 +130,7 @@ class EvmChain:
     def active_url(self) -> str:
         return self.rpc_urls[self._active]
 
-    async def call(self, fn: Callable[[AsyncWeb3], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[W3], Awaitable[T]]) -> T:
         """Run `fn(w3)`; on transport errors retry with backoff, then fail over to the next URL."""
         last: BaseException | None = None
         for _ in range(len(self._w3s)):
@@ -173,7 +174,9 @@ class EvmChain:
         return await self.call(lambda w3: w3.eth.block_number)
 
     async def get_block(self, ident: int | str) -> Any:
-        return await self.call(lambda w3: w3.eth.get_block(ident))
+        """A block by number or tag ("latest", "safe", ...); BlockNotFound when the chain has no such block."""
+        # ignore: web3 types the identifier as a Literal of tags or a BlockNumber; any int or tag string is accepted
+        return await self.call(lambda w3: w3.eth.get_block(ident))  # type: ignore[arg-type]
 
     async def now(self) -> int:
         """The chain's clock: the timestamp of its latest block."""
@@ -183,9 +186,9 @@ class EvmChain:
     async def receipt(self, tx_hash: HexBytes | str) -> TxReceipt | None:
         """The receipt, or None when the transaction is not mined (or unknown)."""
 
-        async def fetch(w3: AsyncWeb3) -> TxReceipt | None:
+        async def fetch(w3: W3) -> TxReceipt | None:
             try:
-                return await w3.eth.get_transaction_receipt(tx_hash)
+                return await w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except TransactionNotFound:
                 return None
 
@@ -194,8 +197,8 @@ class EvmChain:
     async def rpc(self, method: str, params: list[Any]) -> Any:
         """A raw JSON-RPC call (anvil test controls, eth_getBlockReceipts, ...)."""
 
-        async def raw(w3: AsyncWeb3) -> Any:
-            resp = await w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        async def raw(w3: W3) -> Any:
+            resp: Any = await w3.provider.make_request(method, params)
             if not isinstance(resp, dict) or ("result" not in resp and "error" not in resp):
                 raise BadResponseFormat(f"not a JSON-RPC response: {str(resp)[:200]}")
             if "error" in resp:
@@ -209,8 +212,8 @@ class EvmChain:
         if not calls:
             return []
 
-        async def batch(w3: AsyncWeb3) -> list[Any]:
-            responses = await w3.provider.make_batch_request(calls)  # type: ignore[arg-type]
+        async def batch(w3: W3) -> list[Any]:
+            responses: Any = await w3.provider.make_batch_request(calls)
             if isinstance(responses, dict) and "error" in responses:
                 _raise_rpc_error(responses["error"])
             if not isinstance(responses, list) or len(responses) != len(calls) or not all(
@@ -327,6 +330,7 @@ class TxSender:
         if to is not None:
             tx["to"] = to
         try:
+            # ignore: a plain dict for web3's TxParams TypedDict (the keys are right; the values' NewTypes differ)
             est = await self.chain.call(lambda w3: w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
         except ContractLogicError as exc:
             reason = decode_error(getattr(exc, "data", None)) or str(exc)
@@ -399,7 +403,7 @@ class TxSender:
 
     async def _node_view(self, sent: SentTx) -> str:
         """What the node says of the latest signed version: "pending" (in its pool), "in_block", or "unknown"."""
-        async def lookup(w3: AsyncWeb3) -> str:
+        async def lookup(w3: W3) -> str:
             try:
                 tx = await w3.eth.get_transaction(sent.tx_hash)
             except TransactionNotFound:

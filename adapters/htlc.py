@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
@@ -336,7 +337,7 @@ class HtlcLedger:
         if (owner, token, spender) in self._unlimited:
             return
         data = encode_call(ERC20, "allowance", owner, spender)
-        raw = await self.chain.call(lambda w3: w3.eth.call({"to": token, "data": data}))
+        raw = await self.chain.call(lambda w3: w3.eth.call({"to": to_checksum_address(token), "data": HexStr(data)}))
         allowance = int.from_bytes(bytes(raw)[-32:], "big")
         if allowance < amount:
             if owner not in self.senders:

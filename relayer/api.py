@@ -226,6 +226,13 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response(Health(status="ok").model_dump())
 
 
+async def _has_code(chain: Any, address: str) -> bool:
+    async def get(w3: Any) -> bytes:
+        return bytes(await w3.eth.get_code(address))
+
+    return bool(await chain.call(get))
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready when Redis and both chains answer and both followers are within the lag bound."""
     engine = request.app[ENGINE]
@@ -242,8 +249,8 @@ async def readyz(request: web.Request) -> web.Response:
             lag = head - processed
             ok = side.follower is not None and lag <= request.app[MAX_LAG_BLOCKS]
             checks[side.name] = True if ok else f"follower lag {lag} blocks"
-            escrow = side.ledger.escrow
-            if not await side.ledger.chain.call(lambda w3, a=escrow: w3.eth.get_code(a)):
+            if not await _has_code(side.ledger.chain, side.ledger.escrow):
+                escrow = side.ledger.escrow
                 checks[side.name] = f"no contract at DVP_{side.name.upper()}_ESCROW {escrow}"
             elif not tokens[side.name]:
                 checks[side.name] = f"DVP_{side.name.upper()}_TOKENS is empty: no trade can be accepted"

@@ -213,7 +213,7 @@ def env_file() -> str:
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment and the env file; ConfigError naming each bad variable and its source."""
     try:
-        return Settings(_env_file=env_file(), **overrides)  # type: ignore[call-arg, arg-type]
+        return Settings(_env_file=env_file(), **overrides)  # type: ignore[arg-type]  # **kwargs of mixed types
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -12,6 +12,7 @@ from dotenv import dotenv_values
 from adapters.contracts import encode_call
 from deploy.devnet import DEVNET_DIR, DevnetOptions, up
 from relayer.config import Settings
+from relayer.errors import ConfigError
 from relayer.logging import configure
 from relayer.protocol.instruction import TradeInstruction, sign_instruction
 from relayer.protocol.states import TERMINAL
@@ -22,7 +23,7 @@ def devnet_settings() -> tuple[Settings, dict[str, str]]:
     env = {k: v for k, v in dotenv_values(DEVNET_DIR / "devnet.env").items() if v is not None}
     fields = {k.removeprefix("DVP_").lower(): v for k, v in env.items() if k.startswith("DVP_")}
     fields.pop("demo_pts_key", None)
-    return Settings(_env_file=None, **fields), env  # type: ignore[call-arg]
+    return Settings.model_validate(fields), env  # these values only: neither the environment nor an env file
 
 
 async def _balance(chain: Any, token: str, who: str) -> int:
@@ -43,9 +44,12 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500,
     seller, buyer = accounts[0], accounts[1]
     st_token, sc_token = sorted(settings.st_token_set())[0], sorted(settings.sc_token_set())[0]
     now = await st_chain.now()
+    st_id, sc_id = await st_chain.connect(), await sc_chain.connect()
+    if pts_key is None:
+        raise ConfigError("the demo needs a PTS key to sign with (DVP_DEMO_PTS_KEY in devnet.env)")
     ins = TradeInstruction(
-        tradeId="0x" + os.urandom(32).hex(), stChainId=st_chain.chain_id, stToken=st_token, stAmount=st_amount,
-        scChainId=sc_chain.chain_id, scToken=sc_token, scAmount=st_amount * price,
+        tradeId="0x" + os.urandom(32).hex(), stChainId=st_id, stToken=st_token, stAmount=st_amount,
+        scChainId=sc_id, scToken=sc_token, scAmount=st_amount * price,
         sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer,
         deadline=now + 600,
     )
@@ -110,7 +114,7 @@ async def _same_ledger(echo: Any, settings: Settings | None = None) -> str:
         env = dict(line.split("=", 1) for line in env_lines(doc, 1.0) if "=" in line and not line.startswith("#"))
         fields = {k.removeprefix("DVP_").lower(): v for k, v in env.items() if k.startswith("DVP_")}
         fields.pop("demo_pts_key", None)
-        same = Settings(_env_file=None, **(fields | {"st_ws_url": "", "sc_ws_url": ""}))  # type: ignore[arg-type]
+        same = Settings.model_validate(fields | {"st_ws_url": "", "sc_ws_url": ""})
         from relayer.store import Store, cursor_key
 
         # db 1 holds the cursors of the previous throw-away chain: those two keys go, nothing else (the Redis

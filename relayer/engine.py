@@ -39,7 +39,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from relayer import metrics
 from relayer.leases import ACTOR, WORKER_TOKEN, holder_is_dead
 from relayer.logging import get_logger
-from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.instruction import SignedInstruction, TradeInstruction
 from relayer.protocol.rules import (
     Action,
     AtomicView,
@@ -61,9 +61,9 @@ from relayer.store import Store, TradeRecord
 
 
 
-def dvp_terms(ins: SignedInstruction | Any) -> tuple[Any, ...]:
+def dvp_terms(ins: TradeInstruction) -> tuple[Any, ...]:
     """AtomicDvP terms of a same-ledger trade: (tradeId, seller, buyer, stToken, stAmount, scToken, scAmount,
-    deadline); `ins` is a TradeInstruction."""
+    deadline)."""
     return (ins.trade_id_bytes, ins.sellerStAccount, ins.buyerScAccount, ins.stToken, ins.stAmount, ins.scToken,
             ins.scAmount, ins.deadline)
 
@@ -91,7 +91,7 @@ class Due:
 
     rec: TradeRecord
     action: Action
-    view: TradeView
+    view: TradeView | None  # None for actions that need no view of the legs (same-ledger settle, stray refunds)
     st_ev: LockedEvent | None
     sc_ev: LockedEvent | None
     observed_at: float = 0.0  # monotonic time the round finished reading both chains
@@ -174,7 +174,7 @@ class Engine:
         self.st_tokens = settings.st_token_set()
         self.sc_tokens = settings.sc_token_set()
         self.log = get_logger()
-        self._inflight: dict[tuple[str, Action], asyncio.Task[None]] = {}
+        self._inflight: dict[tuple[str, Action, bytes], asyncio.Task[None]] = {}  # by Due.key
         self._due: list[Due] = []
         self._accounts_held: set[str] = set()
         self._owned: dict[str, str] = {}  # trade id -> our lease value "token#fence" (the trades we drive)
@@ -185,7 +185,7 @@ class Engine:
         self._lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
         self._background: set[asyncio.Task[None]] = set()
         self._observed_at = 0.0
-        self._not_before: dict[tuple[str, Action], float] = {}
+        self._not_before: dict[tuple[str, Action, bytes], float] = {}
         self._reported: set[tuple[str, str]] = set()
         self._strays_kept: set[tuple[str, str, int]] = set()  # (chain, tx, log index) already in Redis
         self.clock_offset = 0.0
@@ -295,7 +295,7 @@ class Engine:
 
     async def _oldest_open_block(self, chain: str) -> int | None:
         oldest = None
-        self._due: list[Due] = []
+        self._due = []
         for tid in await self.store.open_trades():
             rec = await self.store.get(tid)
             if rec is None:
@@ -316,7 +316,7 @@ class Engine:
             except (LedgerError, OSError, RedisError):
                 return  # stopped before the dependencies came up
         wake = asyncio.Event()
-        watchers = [
+        watchers: list[asyncio.Task[Any]] = [
             asyncio.create_task(HeadWatcher(name, url, wake).run(stop))
             for name, url in (("st", self.settings.st_ws_url), ("sc", self.settings.sc_ws_url)) if url
         ]
@@ -351,7 +351,7 @@ class Engine:
             pass
 
     async def drain(self, timeout: float = 30.0) -> None:
-        tasks = [t for t in self._inflight.values() if not t.done()] + list(self._background)
+        tasks: list[asyncio.Task[Any]] = [t for t in self._inflight.values() if not t.done()] + list(self._background)
         tasks += [s.following for s in (self.st, self.sc) if s.following is not None and not s.following.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
@@ -470,9 +470,9 @@ class Engine:
         if extra:
             await self.store.release_leases(extra, WORKER_TOKEN)
         keep = [n for n in keep if n not in extra]
-        free = [n for n in names if current[n] is None or holder_is_dead(current[n])]
+        free = [n for n in names if (holder := current[n]) is None or holder_is_dead(holder)]
         wanted = keep + free[:max(0, share - len(keep))]
-        dead = {n: current[n] for n in wanted if current[n] and current[n] != WORKER_TOKEN}
+        dead = {n: holder for n in wanted if (holder := current[n]) and holder != WORKER_TOKEN}
         holders = await self.store.hold_leases(wanted, WORKER_TOKEN, ttl_ms, dead=dead) if wanted else {}
         if dead:
             self.log.info("account_leases_taken_from_dead_worker", leases=sorted(dead))
@@ -567,9 +567,9 @@ class Engine:
         now_st, now_sc = self.st.now(), self.sc.now()
         self.clock_offset = now_st - now_sc
         metrics.CLOCK_OFFSET.set(self.clock_offset)
-        self._round_states: dict[str, int] = defaultdict(int)
+        self._round_states = defaultdict(int)
         self._min_left = {"st": float("inf"), "sc": float("inf")}
-        self._due: list[Due] = []
+        self._due = []
         owned = await self._own_trades()
         routed = await self.store.take_routed(sorted(self._accounts_held), 200) if self._accounts_held else []
         ids = list(owned) + [t for t in dict.fromkeys(routed) if t not in owned]
@@ -594,8 +594,8 @@ class Engine:
         for state in TradeState:
             if state not in TERMINAL:
                 metrics.TRADES.labels(state.value).set(self._round_states.get(state.value, 0))
-        for state, n in (await self.store.terminal_counts()).items():
-            metrics.TRADES.labels(state).set(n)
+        for terminal, n in (await self.store.terminal_counts()).items():
+            metrics.TRADES.labels(terminal).set(n)
         for leg, left in self._min_left.items():
             metrics.TIMELOCK_MIN_LEFT.labels(leg).set(left)
         self._dispatch(self._due)
@@ -644,7 +644,7 @@ class Engine:
             await self._keep_strays(rec, strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
             self._watch_timelocks(rec, st_leg, sc_leg, now_st, now_sc, log)
-            observed = {}
+            observed: dict[str, Any] = {}
             learned = sc_leg.preimage or view.seen_preimage
             if learned and st_leg.active and rec.get("secret") is None:
                 # the counterparty's secret, kept (sealed) before the claim it allows: a worker restarted while the
@@ -708,7 +708,7 @@ class Engine:
             await self._report_anomalies(rec, d, [], log)
             await self._apply(rec, d, {}, log, fence)
         for action in d.actions:
-            self._due.append(Due(rec, action, None, None, None, self._observed_at))  # type: ignore[arg-type]
+            self._due.append(Due(rec, action, None, None, None, self._observed_at))
 
     async def _note_from_blocks(self, rec: TradeRecord, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""
@@ -779,7 +779,7 @@ class Engine:
             rec = recs.get("0x" + ev.trade_id.hex())
             if rec is None:
                 continue
-            self._due.append(Due(rec, action, None, ev if side is self.st else None,  # type: ignore[arg-type]
+            self._due.append(Due(rec, action, None, ev if side is self.st else None,
                                  ev if side is self.sc else None, self._observed_at))
             key = (rec.trade_id, f"stray-{ev.terms_hash.hex()}")
             if key not in self._reported:
@@ -856,7 +856,7 @@ class Engine:
         t_st = rec.get_int("t_st")
         if t_st is None or t_st - now_st >= self.policy.min_st_window():
             return
-        inflight = self._inflight.get((rec.trade_id, Action.LOCK_ST))
+        inflight = self._inflight.get((rec.trade_id, Action.LOCK_ST, b""))  # Due.key of a lock
         if inflight is not None and not inflight.done():
             return
         new_t_st = min(rec.signed.instruction.deadline, now_st + self.policy.st_lock_duration)
@@ -1147,8 +1147,8 @@ class Engine:
         h = st_leg.lock.hashlock
         return self.sc.index.preimages.get(h) or self.st.index.preimages.get(h)
 
-    def _preimage(self, rec: TradeRecord, view: TradeView) -> bytes | None:
-        public = view.sc.preimage or view.st.preimage or view.seen_preimage
+    def _preimage(self, rec: TradeRecord, view: TradeView | None) -> bytes | None:
+        public = (view.sc.preimage or view.st.preimage or view.seen_preimage) if view is not None else None
         if public is not None:
             return public
         sealed = rec.get("secret")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -12,7 +13,7 @@ REDACTED_KEYS = frozenset({"secret", "preimage", "private_key", "key", "party_ke
                            "signature_key", "raw"})
 
 
-def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k in list(event_dict):
         if k.lower() in REDACTED_KEYS:
             event_dict[k] = "[redacted]"

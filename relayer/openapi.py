@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relayer.api_models import Accepted, ErrorBody, Health, Readiness, TradeDocument, TradeList
 from relayer.protocol.instruction import SignedInstruction
@@ -21,9 +21,11 @@ _MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, ErrorBody, TradeD
 
 
 def _schemas() -> dict[str, Any]:
-    modes = [(m, "validation" if m is SignedInstruction else "serialization") for m in _MODELS]
-    _, top = models_json_schema(modes, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
-    return top["$defs"]
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (m, "validation" if m is SignedInstruction else "serialization") for m in _MODELS]
+    _, top = models_json_schema(modes, ref_template="#/components/schemas/{model}")
+    defs: dict[str, Any] = top["$defs"]
+    return defs
 
 
 def _json(model: type[BaseModel], description: str) -> dict[str, Any]:

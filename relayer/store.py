@@ -179,7 +179,9 @@ class Store:
     """Trade records, audit trail, open-trade index and chain cursors in Redis."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self.r = client
+        # Any: redis-py's stubs type every reply as bytes | str, but this client decodes (decode_responses=True),
+        # so replies are str; typing them as such here would need a cast at each of the ~40 calls
+        self.r: Any = client
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._archive = client.register_script(_ARCHIVE)

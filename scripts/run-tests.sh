@@ -3,6 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check relayer adapters deploy chaos bench tests || exit 1
+.venv/bin/mypy || exit 1  # config in pyproject.toml: strict for relayer/protocol and adapters
 .venv/bin/python -m pytest -q -m "not slow" -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -257,14 +257,15 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
     st_claimable = st.active and not st_expired and not st_problems
     if preimage_public and st_claimable and (roles.st_gas or roles.seller or roles.buyer):
         d.actions.append(Action.CLAIM_ST)
-    if roles.seller and view.our_hashlock is not None and sc.active and not sc_problems and st_claimable:
+    if roles.seller and view.our_hashlock is not None and sc.lock is not None and sc.active and not sc_problems \
+            and st_claimable:
         # The reveal: only with at least Δ left before T_sc (the buyer chose when to lock; a later lock is never
         # claimed), with both chains answering and their clocks within the bound Δ was built on, so that the ST
         # claim can follow (T_sc <= T_st - Δ was checked with the terms). The ST claim waits for this one to be k
         # deep (above): sent together, an ST claim could land while an SC claim held up by an outage misses T_sc.
         # Once the secret is out (our claim seen on chain, maybe since reorged away), the SC is collected while
         # the chain still accepts it: withholding the claim then would protect nothing.
-        left = sc.lock.timelock - view.now_sc  # type: ignore[union-attr]
+        left = sc.lock.timelock - view.now_sc
         if preimage_public or view.seen_preimage is not None:
             if not sc_expired:
                 d.actions.append(Action.CLAIM_SC)
@@ -290,15 +291,15 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
             d.actions.append(Action.LOCK_ST)
         else:
             d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
-    if roles.buyer and st.active and not st_problems and sc.lock is None and not sc.refunded:
-        t_sc = sc_timelock_for(st.lock.timelock, delta)  # type: ignore[union-attr]
+    if roles.buyer and st.lock is not None and st.active and not st_problems and sc.lock is None and not sc.refunded:
+        t_sc = sc_timelock_for(st.lock.timelock, delta)
         # 3Δ left on T_st = 2Δ left on T_sc: Δ for this lock to be confirmed and seen, Δ for the seller's reveal
         if t_sc - view.now_sc >= policy.min_st_window() - delta and skew_ok:
             d.actions.append(Action.LOCK_SC)
         elif not skew_ok:
             d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
         else:
-            d.notes.append(f"too late to lock SC: T_st {st.lock.timelock} leaves less than 3Δ={3 * delta}s")  # type: ignore[union-attr]
+            d.notes.append(f"too late to lock SC: T_st {st.lock.timelock} leaves less than 3Δ={3 * delta}s")
     if st_problems and roles.buyer:
         d.notes.append("ST lock has wrong terms: not acting on it")
     needs = {Action.LOCK_ST: (True, True), Action.LOCK_SC: (True, True), Action.CLAIM_SC: (True, True),
