@@ -187,7 +187,9 @@ async def test_worker_started_while_a_chain_is_down_runs_the_other_with_readines
         while not port_open(api_port):
             assert time.monotonic() < deadline and worker.proc.poll() is None, "worker exited"
             await asyncio.sleep(0.1)
-        await asyncio.sleep(2)
+        while not all(m in (tmp_path / "worker.log").read_text() for m in ('"chain_not_started"', '"engine_started"')):
+            assert time.monotonic() < deadline and worker.proc.poll() is None, "worker exited or never started"
+            await asyncio.sleep(0.1)
         assert worker.proc.poll() is None  # still alive, waiting for the chain
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{api_port}/readyz") as r:

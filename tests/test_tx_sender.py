@@ -40,9 +40,14 @@ async def test_wait_rebroadcasts_at_once_when_a_restarted_node_lost_the_transact
         sent = await sender.send(other.address, b"", gas=21_000, value=1)
         assert await _known(chain, sent.tx_hash)
         waiting = asyncio.create_task(sender.wait(sent, timeout=40))
-        await asyncio.sleep(0.5)
+        checked = chain.last_ok
+        while chain.last_ok == checked:  # the waiter has asked for the receipt at least once
+            await asyncio.sleep(0.05)
         node.stop()
-        await asyncio.sleep(1.5)  # the waiter sees the node down
+        deadline = time.monotonic() + 20
+        while not chain._unreachable:  # the waiter's calls have failed on every attempt: it saw the node down
+            assert time.monotonic() < deadline and not waiting.done()
+            await asyncio.sleep(0.05)
         node.start()  # interval mining again (command line), mempool empty
         started = time.monotonic()
         receipt = await asyncio.wait_for(waiting, 30)
