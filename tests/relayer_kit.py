@@ -157,6 +157,16 @@ class Worker:
         self.proc = subprocess.Popen([str(exe), "run"], env=self.env, stdout=self._log, stderr=self._log)
         return self
 
+    async def api_up(self, port: int, timeout: float = 30.0) -> None:
+        """Wait (bounded) until the worker's API listens on `port`; fail if the process exits first."""
+        from deploy.processes import port_open
+
+        deadline = time.monotonic() + timeout
+        while not port_open(port):
+            assert time.monotonic() < deadline, f"API did not start within {timeout}s"
+            assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}"
+            await asyncio.sleep(0.1)
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(10)

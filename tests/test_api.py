@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from deploy.processes import free_port, port_open
+from deploy.processes import free_port
 from relayer.api import ROUTES
 from relayer.openapi import OPENAPI
 from relayer.store import Store
@@ -27,10 +27,7 @@ async def api(net: Net, tmp_path_factory):
     store = Store.from_url(settings.redis_url)
     await store.r.flushdb()
     worker = Worker(settings, tmp_path_factory.mktemp("api") / "worker.log").start()
-    deadline = time.monotonic() + 30
-    while not port_open(port):
-        assert time.monotonic() < deadline, "API did not start"
-        await asyncio.sleep(0.1)
+    await worker.api_up(port)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
         yield http, store, port, worker
     assert worker.terminate() == 0
@@ -242,10 +239,7 @@ async def test_readiness_is_red_while_the_configuration_cannot_work(net: Net, tm
     settings = net.settings([net.seller], api_port=port, **over)
     worker = Worker(settings, tmp_path / "worker.log").start()
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            assert time.monotonic() < deadline, "API did not start"
-            await asyncio.sleep(0.1)
+        await worker.api_up(port)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             async with http.get("/readyz") as r:
                 doc = await r.json()

@@ -109,10 +109,7 @@ async def test_sign_submit_and_status_go_through_a_running_workers_api(net: Net,
     lines["DVP_DEMO_PTS_KEY"] = net.pts.key.hex()
     worker = Worker(settings, tmp_path / "worker.log").start()
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            assert time.monotonic() < deadline, "API did not start"
-            await asyncio.sleep(0.1)
+        await worker.api_up(port)
         out = _run_with_file(lines, tmp_path, "sign", "--st-amount", "3", "--sc-amount", "3333", "--out", "t.json")
         assert out.returncode == 0, out.stderr[-1500:]
         trade_id = json.loads(out.stdout)["trade_id"]
@@ -121,8 +118,8 @@ async def test_sign_submit_and_status_go_through_a_running_workers_api(net: Net,
         assert out.returncode == 0 and json.loads(out.stdout)["created"] is True, (out.stdout, out.stderr[-1500:])
         out = _run_with_file(lines, tmp_path, "submit", "t.json")  # the same again: accepted, not created
         assert out.returncode == 0 and json.loads(out.stdout)["created"] is False
-        state = None
-        while time.monotonic() < deadline + 60 and state != "SETTLED":
+        state, deadline = None, time.monotonic() + 60
+        while time.monotonic() < deadline and state != "SETTLED":
             out = _run_with_file(lines, tmp_path, "status", trade_id)
             assert out.returncode == 0, out.stderr[-1500:]
             doc = json.loads(out.stdout)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from pathlib import Path
 
 import aiohttp
 
-from deploy.processes import free_port, port_open
+from deploy.processes import free_port
 from relayer.store import Store
 from tests.relayer_kit import Net, Worker
 
@@ -26,10 +24,7 @@ async def test_a_submitted_trade_turns_settled_on_the_page(net: Net, tmp_path):
     await store.r.flushdb()
     worker = Worker(settings, tmp_path / "worker.log").start()
     try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        await worker.api_up(port)
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(
                 executable_path=CHROMIUM,
