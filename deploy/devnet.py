@@ -24,7 +24,7 @@ from deploy.toolchain import REPO_ROOT
 
 Account.enable_unaudited_hdwallet_features()
 
-DEVNET_DIR = REPO_ROOT / ".devnet"
+DEVNET_DIR = Path(os.environ.get("DVP_DEVNET_DIR") or REPO_ROOT / ".devnet")  # `devnet --dir` overrides
 ROLES = {"issuer": 0, "seller": 1, "buyer": 2, "pts": 3, "watcher": 4}
 ST_ISSUE, SC_ISSUE = 1_000_000, 10_000_000_000
 

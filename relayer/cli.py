@@ -30,8 +30,14 @@ def main() -> None:
 
 
 @main.group()
-def devnet() -> None:
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="DVP_DEVNET_DIR", help="where the devnet keeps its state  [default: .devnet in the repository]")
+@click.pass_context
+def devnet(ctx: click.Context, directory: Path | None) -> None:
     """Local devnet: two anvil chains, Redis, deployed contracts, demo balances."""
+    from deploy.devnet import DEVNET_DIR
+
+    ctx.obj = directory or DEVNET_DIR
 
 
 @devnet.command("up")
@@ -41,25 +47,29 @@ def devnet() -> None:
 @click.option("--redis-port", type=int, default=6379, show_default=True,
               help="reuse a Redis listening here (nothing is flushed), else start one on it")
 @click.option("--redis-url", default=None, help="use this Redis instead (e.g. redis://127.0.0.1:6390/2)")
-def devnet_up(block_time: float, st_port: int, sc_port: int, redis_port: int, redis_url: str | None) -> None:
+@click.pass_obj
+def devnet_up(directory: Path, block_time: float, st_port: int, sc_port: int, redis_port: int,
+              redis_url: str | None) -> None:
     from deploy.devnet import DevnetOptions, up
 
     up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port, redis_port=redis_port,
-                     redis_url=redis_url), echo=click.echo)
+                     redis_url=redis_url, directory=directory), echo=click.echo)
 
 
 @devnet.command("down")
-def devnet_down() -> None:
+@click.pass_obj
+def devnet_down(directory: Path) -> None:
     from deploy.devnet import DevnetOptions, down
 
-    down(DevnetOptions(), echo=click.echo)
+    down(DevnetOptions(directory=directory), echo=click.echo)
 
 
 @devnet.command("status")
-def devnet_status() -> None:
+@click.pass_obj
+def devnet_status(directory: Path) -> None:
     from deploy.devnet import DevnetOptions, status
 
-    click.echo(json.dumps(status(DevnetOptions()), indent=2))
+    click.echo(json.dumps(status(DevnetOptions(directory=directory)), indent=2))
 
 
 @main.command()
@@ -74,19 +84,26 @@ def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals
 
     from eth_account import Account
 
+    from adapters.errors import LedgerError
     from adapters.evm import EvmChain
     from deploy.deployer import deploy_chain
 
-    key = os.environ.get("DVP_DEPLOYER_KEY")
+    key = os.environ.get("DVP_DEPLOYER_KEY", "").strip()
     if not key:
-        raise click.UsageError("set DVP_DEPLOYER_KEY to the deployer's private key")
+        raise ConfigError("DVP_DEPLOYER_KEY (environment): missing; set it to the deployer's private key")
+    try:
+        deployer = Account.from_key(key)
+    except (ValueError, TypeError):
+        raise ConfigError("DVP_DEPLOYER_KEY (environment): not a 32-byte private key (0x + 64 hex digits)") from None
 
     async def go() -> None:
         chain = EvmChain(kind, [rpc_url])
         try:
-            dep = await deploy_chain(chain, Account.from_key(key), kind=kind, token_name=token_name,
+            dep = await deploy_chain(chain, deployer, kind=kind, token_name=token_name,
                                      token_symbol=token_symbol, token_decimals=decimals)
             click.echo(json.dumps(dep.to_dict(), indent=2))
+        except LedgerError as exc:
+            raise click.ClickException(f"deploy on {rpc_url} failed: {exc}") from None
         finally:
             await chain.close()
 

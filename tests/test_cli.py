@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -134,3 +135,84 @@ async def test_sign_submit_and_status_go_through_a_running_workers_api(net: Net,
         assert worker.terminate() == 0
     out = _run_with_file(lines, tmp_path, "submit", "t.json")  # nobody listening: one clear line, exit 3
     assert out.returncode == 3 and "no worker API answers" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_keygen_prints_a_fresh_key_the_worker_can_seal_secrets_with():
+    from relayer.secrets import SecretBox
+
+    keys = [subprocess.run([EXE, "keygen"], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+            for _ in range(2)]
+    assert keys[0] != keys[1]
+    box = SecretBox(keys[0])
+    sealed = box.seal(b"\x07" * 32, "T-1")
+    assert b"\x07" * 32 not in sealed.encode() and box.open(sealed, "T-1") == b"\x07" * 32
+    with pytest.raises(Exception):
+        SecretBox(keys[1]).open(sealed, "T-1")  # another key cannot open it
+
+
+def test_deploy_puts_an_escrow_and_a_token_on_any_rpc_endpoint(anvil_auto, tmp_path):
+    import json
+
+    from web3 import Web3
+
+    from tests.chain_kit import dev_accounts
+
+    env = dict(worker_env_base()) | {"DVP_DEPLOYER_KEY": dev_accounts(1)[0].key.hex()}
+    out = subprocess.run([EXE, "deploy", "--rpc-url", anvil_auto.url, "--kind", "st", "--token-name", "Bond A",
+                          "--token-symbol", "BNDA"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    doc = json.loads(out.stdout)
+    w3 = Web3(Web3.HTTPProvider(anvil_auto.url))
+    for addr in (doc["escrow"], *doc["tokens"].values()):
+        assert len(w3.eth.get_code(Web3.to_checksum_address(addr))) > 0, addr
+    assert "BNDA" in doc["tokens"]
+
+
+@pytest.mark.parametrize("key, fragment", [("", "missing"), ("0x1234", "32-byte private key")])
+def test_deploy_without_a_usable_key_is_one_line(tmp_path, key, fragment):
+    env = {k: v for k, v in worker_env_base().items() if k != "DVP_DEPLOYER_KEY"} | {"DVP_DEPLOYER_KEY": key}
+    out = subprocess.run([EXE, "deploy", "--rpc-url", "http://127.0.0.1:9", "--kind", "sc", "--token-name", "C",
+                          "--token-symbol", "C"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert "DVP_DEPLOYER_KEY" in _one_line_error(out, fragment) and (key[2:] or "x") not in out.stderr
+
+
+def test_deploy_to_an_endpoint_that_does_not_answer_is_one_line(tmp_path):
+    from tests.chain_kit import dev_accounts
+
+    env = dict(worker_env_base()) | {"DVP_DEPLOYER_KEY": dev_accounts(1)[0].key.hex()}
+    url = f"http://127.0.0.1:{free_port()}"
+    out = subprocess.run([EXE, "deploy", "--rpc-url", url, "--kind", "sc", "--token-name", "C", "--token-symbol", "C"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+    assert out.returncode == 1 and len(lines) == 1 and url in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_devnet_up_status_down_in_its_own_directory_stops_only_what_it_started(tmp_path, redis_server):
+    import json
+
+    d = tmp_path / "devnet"
+    st_port, sc_port = free_port(), free_port()
+    base = [EXE, "devnet", "--dir", str(d)]
+    env = {k: v for k, v in worker_env_base().items() if not k.startswith("DVP_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+
+    up = cli("up", "--st-port", str(st_port), "--sc-port", str(sc_port), "--redis-url", redis_server.url.rsplit("/", 1)[0] + "/9",
+             "--block-time", "0")
+    try:
+        assert up.returncode == 0, up.stderr[-1500:]
+        assert (d / "deployment.json").exists() and (d / "devnet.env").stat().st_mode & 0o077 == 0
+        st = json.loads(cli("status").stdout)
+        assert st["up"] is True and st["st"]["block"] > 0 and st["sc"]["block"] > 0
+        assert "already up" in cli("up", "--st-port", str(st_port), "--sc-port", str(sc_port)).stdout
+    finally:
+        down = cli("down")
+    assert down.returncode == 0 and "stopped anvil-st" in down.stdout and "redis" not in down.stdout
+    deadline = time.monotonic() + 20
+    while (port_open(st_port) or port_open(sc_port)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_open(st_port) and not port_open(sc_port)
+    assert port_open(redis_server.port)  # the Redis it was given is left running
+    assert json.loads(cli("status").stdout) == {"up": False}
