@@ -138,7 +138,7 @@ async def test_sign_submit_and_status_go_through_a_running_workers_api(net: Net,
 
 
 def test_keygen_prints_a_fresh_key_the_worker_can_seal_secrets_with():
-    from relayer.secrets import SecretBox
+    from relayer.secrets import SecretBox, SecretDecryptError
 
     keys = [subprocess.run([EXE, "keygen"], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
             for _ in range(2)]
@@ -146,7 +146,7 @@ def test_keygen_prints_a_fresh_key_the_worker_can_seal_secrets_with():
     box = SecretBox(keys[0])
     sealed = box.seal(b"\x07" * 32, "T-1")
     assert b"\x07" * 32 not in sealed.encode() and box.open(sealed, "T-1") == b"\x07" * 32
-    with pytest.raises(Exception):
+    with pytest.raises(SecretDecryptError):
         SecretBox(keys[1]).open(sealed, "T-1")  # another key cannot open it
 
 
