@@ -150,7 +150,17 @@ def test_keygen_prints_a_fresh_key_the_worker_can_seal_secrets_with():
         SecretBox(keys[1]).open(sealed, "T-1")  # another key cannot open it
 
 
-def test_deploy_puts_an_escrow_and_a_token_on_any_rpc_endpoint(anvil_auto, tmp_path):
+@pytest.fixture
+def own_anvil():
+    """A chain of its own: the deployer's nonces must not race the session chain's cached ones."""
+    from deploy.processes import AnvilProcess
+
+    node = AnvilProcess(chain_id=31999, port=free_port()).start()
+    yield node
+    node.stop()
+
+
+def test_deploy_puts_an_escrow_and_a_token_on_any_rpc_endpoint(own_anvil, tmp_path):
     import json
 
     from web3 import Web3
@@ -158,12 +168,12 @@ def test_deploy_puts_an_escrow_and_a_token_on_any_rpc_endpoint(anvil_auto, tmp_p
     from tests.chain_kit import dev_accounts
 
     env = dict(worker_env_base()) | {"DVP_DEPLOYER_KEY": dev_accounts(1)[0].key.hex()}
-    out = subprocess.run([EXE, "deploy", "--rpc-url", anvil_auto.url, "--kind", "st", "--token-name", "Bond A",
+    out = subprocess.run([EXE, "deploy", "--rpc-url", own_anvil.url, "--kind", "st", "--token-name", "Bond A",
                           "--token-symbol", "BNDA"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]
     doc = json.loads(out.stdout)
-    w3 = Web3(Web3.HTTPProvider(anvil_auto.url))
+    w3 = Web3(Web3.HTTPProvider(own_anvil.url))
     for addr in (doc["escrow"], *doc["tokens"].values()):
         assert len(w3.eth.get_code(Web3.to_checksum_address(addr))) > 0, addr
     assert "BNDA" in doc["tokens"]
