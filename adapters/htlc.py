@@ -31,6 +31,9 @@ ATOMIC_DVP = "AtomicDvP"
 ESCROW_FN = {"lock": "lockTokens", "claim": "claimTokens", "refund": "refund"}
 ESCROW_BATCH_FN = {"lock": "lockBatch", "claim": "claimBatch", "refund": "refundBatch"}
 ERC20 = "SecurityToken"  # any compiled ERC-20 ABI serves for allowance/approve
+# Gas limits for single-swap calls (worst case measured: fresh storage on both balances, allowlisted token,
+# ~95k for a lock), with headroom; only gasUsed is paid. Batches are estimated by the node.
+SINGLE_GAS = {"lock": 180_000, "claim": 130_000, "refund": 130_000, "settle": 250_000}
 MAX_UINT256 = 2**256 - 1
 
 
@@ -305,6 +308,33 @@ class HtlcLedger:
     def notify_new_block(self) -> None:
         for s in self.all_senders.values():
             s.notify_new_block()
+
+    # ---- calldata: the escrow's (and AtomicDvP's) ABI lives here, not in the relayer
+
+    @staticmethod
+    def swap_id_of(sender: str, trade_id: bytes) -> bytes:
+        """The escrow's key of a swap: one live lock per (sender, trade id)."""
+        return swap_id(sender, trade_id)
+
+    @staticmethod
+    def single_call(kind: str, entry: tuple[Any, ...]) -> str:
+        """Calldata of one swap's call: kind is lock | claim | refund | settle; entry its batch entry."""
+        if kind == "settle":
+            return encode_call(ATOMIC_DVP, "settle", *entry)
+        if kind == "refund":
+            return encode_call(ESCROW, ESCROW_FN["refund"], entry)
+        return encode_call(ESCROW, ESCROW_FN[kind], *entry)
+
+    @staticmethod
+    def batch_call(kind: str, entries: list[tuple[Any, ...]]) -> str:
+        """Calldata of one batch transaction (all-or-nothing on chain)."""
+        if kind == "settle":
+            return encode_call(ATOMIC_DVP, "settleBatch", entries)
+        return encode_call(ESCROW, ESCROW_BATCH_FN[kind], entries)
+
+    @staticmethod
+    def single_gas(kind: str) -> int:
+        return SINGLE_GAS[kind]
 
     async def swap_slot(self, sid: bytes) -> bytes:
         """The stored terms hash of a swap at the latest block (zero when none is live)."""

@@ -1,6 +1,7 @@
 """The HTTP face: intake of signed trades, trade queries, OpenAPI, health, readiness, metrics, dashboard.
 
-Thin on purpose: every rule lives in the engine and the protocol package. Errors are JSON
+Thin on purpose: every rule lives in the engine and the protocol package; it sees the worker only through
+its read model (relayer/read_model.py). Errors are JSON
 {"error": <machine-readable code>, "message": <human text>} with a 4xx status; nothing is written on a 4xx.
 """
 
@@ -10,7 +11,6 @@ import hmac
 import json
 from decimal import Decimal
 import re
-import time
 from importlib import resources
 from typing import Any
 
@@ -20,8 +20,9 @@ from redis.exceptions import RedisError
 
 from adapters.errors import LedgerError
 
-from relayer.engine import Engine
+from relayer.read_model import ReadModel
 from relayer.errors import ConflictingInstruction, RelayerError
+from relayer.logging import get_logger
 from relayer.metrics import REGISTRY
 from relayer.api_models import Accepted, Health, Readiness, TradeDocument, TradeList, TradeSummary
 from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
@@ -29,7 +30,7 @@ from relayer.protocol.instruction import parse_signed
 from relayer.protocol.states import TradeState
 from relayer.store import TradeRecord
 
-ENGINE = web.AppKey("engine", Engine)
+READ_MODEL = web.AppKey("read_model", ReadModel)
 API_TOKENS = web.AppKey("api_tokens", list)
 READ_AUTH = web.AppKey("read_auth", bool)
 ACCEPTING = web.AppKey("accepting", dict)
@@ -90,12 +91,12 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except RelayerError as exc:
         return error(exc.code, str(exc))
     except (LedgerError, RedisError, OSError) as exc:  # a chain or Redis is down right now: retry later
-        request.app[ENGINE].log.warning("api_dependency_unavailable", path=request.path, error_type=type(exc).__name__)
+        get_logger().warning("api_dependency_unavailable", path=request.path, error_type=type(exc).__name__)
         resp = error("dependency_unavailable", "a chain or Redis is not answering; retry shortly", 503)
         resp.headers["Retry-After"] = "1"
         return resp
     except Exception:  # noqa: BLE001
-        request.app[ENGINE].log.exception("api_error", path=request.path)
+        get_logger().exception("api_error", path=request.path)
         return error("internal", "internal error", 500)
 
 
@@ -114,13 +115,10 @@ async def post_trade(request: web.Request) -> web.Response:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error("invalid_json", f"body is not JSON: {exc}")
     signed = parse_signed(doc)
-    engine = request.app[ENGINE]
     try:
-        created = await engine.intake(signed)
+        created, rec = await request.app[READ_MODEL].accept(signed)
     except ConflictingInstruction as exc:
         return error(exc.code, str(exc))
-    rec = await engine.store.get(signed.instruction.tradeId)
-    assert rec is not None
     return web.json_response(Accepted(trade_id=rec.trade_id, state=rec.state, created=created).model_dump(mode="json"),
                              status=202)
 
@@ -168,28 +166,21 @@ def trade_document(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, n
 async def get_trade(request: web.Request) -> web.Response:
     if request.app[READ_AUTH] and not _authorized(request):
         return error("unauthorized", "a valid API bearer token is required")
-    engine = request.app[ENGINE]
+    model = request.app[READ_MODEL]
     trade_id = request.match_info["trade_id"].lower()
     if not _TRADE_ID.match(trade_id):
         return error("invalid_field", "trade_id must be 0x followed by 64 hex digits")
-    rec = await engine.store.get(trade_id)
-    if rec is None:
+    found = await model.trade(trade_id)
+    if found is None:
         return error("not_found", "no such trade")
-    now_st, now_sc = _chain_now(engine)
-    return web.json_response(trade_document(rec, await engine.store.audit(rec.trade_id), now_st, now_sc))
-
-
-def _chain_now(engine: Engine) -> tuple[int, int]:
-    if engine.st.head_seen_at:
-        return engine.st.now(), engine.sc.now()
-    now = int(time.time())
-    return now, now
+    now_st, now_sc = model.chain_now()
+    return web.json_response(trade_document(*found, now_st, now_sc))
 
 
 async def list_trades(request: web.Request) -> web.Response:
     if request.app[READ_AUTH] and not _authorized(request):
         return error("unauthorized", "a valid API bearer token is required")
-    engine = request.app[ENGINE]
+    model = request.app[READ_MODEL]
     try:
         offset = int(request.query.get("offset", "0"))
         limit = int(request.query.get("limit", "50"))
@@ -200,25 +191,8 @@ async def list_trades(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in TradeState.__members__:
         return error("invalid_field", f"unknown state {state!r}")
-    now_st, now_sc = _chain_now(engine)
-    items: list[TradeSummary] = []
-    scan_offset = offset if state is None else 0
-    skipped = 0
-    while len(items) < limit:
-        ids = await engine.store.list_trades(scan_offset, 200 if state else limit)
-        if not ids:
-            break
-        scan_offset += len(ids)
-        for tid in ids:
-            rec = await engine.store.get(tid)
-            if rec is None or (state and rec.state.value != state):
-                continue
-            if state and skipped < offset:
-                skipped += 1
-                continue
-            items.append(trade_summary(rec, await engine.store.audit(tid), now_st, now_sc))
-            if len(items) >= limit:
-                break
+    now_st, now_sc = model.chain_now()
+    items = [trade_summary(rec, audit, now_st, now_sc) for rec, audit in await model.trades(offset, limit, state)]
     return web.json_response(TradeList(items=items, offset=offset, limit=limit).model_dump(mode="json"))
 
 
@@ -226,36 +200,9 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response(Health(status="ok").model_dump())
 
 
-async def _has_code(chain: Any, address: str) -> bool:
-    async def get(w3: Any) -> bytes:
-        return bytes(await w3.eth.get_code(address))
-
-    return bool(await chain.call(get))
-
-
 async def readyz(request: web.Request) -> web.Response:
     """Ready when Redis and both chains answer and both followers are within the lag bound."""
-    engine = request.app[ENGINE]
-    checks: dict[str, Any] = {}
-    try:
-        checks["redis"] = await engine.store.ping()
-    except Exception as exc:  # noqa: BLE001
-        checks["redis"] = f"down: {type(exc).__name__}"
-    tokens = {"st": engine.st_tokens, "sc": engine.sc_tokens}
-    for side in (engine.st, engine.sc):
-        try:
-            head = await side.ledger.chain.block_number()
-            processed = side.follower.height if side.follower else -1
-            lag = head - processed
-            ok = side.follower is not None and lag <= request.app[MAX_LAG_BLOCKS]
-            checks[side.name] = True if ok else f"follower lag {lag} blocks"
-            if not await _has_code(side.ledger.chain, side.ledger.escrow):
-                escrow = side.ledger.escrow
-                checks[side.name] = f"no contract at DVP_{side.name.upper()}_ESCROW {escrow}"
-            elif not tokens[side.name]:
-                checks[side.name] = f"DVP_{side.name.upper()}_TOKENS is empty: no trade can be accepted"
-        except Exception as exc:  # noqa: BLE001
-            checks[side.name] = f"down: {type(exc).__name__}"
+    checks = await request.app[READ_MODEL].readiness(request.app[MAX_LAG_BLOCKS])
     ready = all(v is True for v in checks.values()) and request.app[ACCEPTING]["on"]
     return web.json_response(Readiness(ready=ready, checks=checks).model_dump(), status=200 if ready else 503)
 
@@ -285,9 +232,11 @@ ROUTES = [
 ]
 
 
-def make_app(engine: Engine, *, api_tokens: list[str], read_auth: bool = False, max_lag_blocks: int = 20) -> web.Application:
+def make_app(model: ReadModel, *, api_tokens: list[str], read_auth: bool = False,
+             max_lag_blocks: int = 20) -> web.Application:
+    """The API over a worker's read model (`Engine.read_model`)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
-    app[ENGINE] = engine
+    app[READ_MODEL] = model
     app[API_TOKENS] = [t for t in api_tokens if t]
     app[READ_AUTH] = read_auth
     app[ACCEPTING] = {"on": True}

@@ -49,3 +49,14 @@ class FencedOut(ConcurrentUpdate):
     the trade over (fencing), so this one must stop acting on it."""
 
     code = "fenced_out"
+
+
+class CorruptRecord(RelayerError):
+    """Raised when a stored trade record cannot be read back (a field missing or malformed): that trade is set
+    aside and alerted on; every other trade goes on."""
+
+    code = "corrupt_record"
+
+    def __init__(self, trade_id: str, reason: str) -> None:
+        super().__init__(f"trade record {trade_id} cannot be read: {reason}")
+        self.trade_id = trade_id

@@ -1,4 +1,4 @@
-"""What one chain's escrow has shown so far (k-confirmed), as the engine reads it: locks and how each ended.
+"""Following the chains: what one chain's escrow has shown so far (k-confirmed), and the loop that reads it.
 
 A swap id (sender, tradeId) can be locked again once its swap was claimed or refunded, so "is this swap id
 claimed?" is not a question about a lock. The index keeps every Locked event of a trade and every Claimed /
@@ -9,12 +9,23 @@ height; the pairing is recomputed from what is left, so the order events arrive 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from adapters.htlc import ClaimedEvent, EscrowEvent, LockedEvent, RefundedEvent, SettledEvent
+from adapters.errors import LedgerError
+from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent, SettledEvent
+from relayer import metrics
+from relayer.config import Settings
+from relayer.errors import ConfigError
+from relayer.logging import get_logger
 from relayer.protocol.rules import LegView, ObservedLock
+from relayer.store import Store
+
 
 
 @dataclass(frozen=True)
@@ -118,3 +129,162 @@ class ChainIndex:
 
 def _position(ev: LockedEvent | ClaimedEvent | RefundedEvent) -> tuple[int, int]:
     return (ev.block, ev.log_index)
+
+
+@dataclass
+class ChainSide:
+    """One ledger as the engine follows it: adapter, follower, confirmed index, head and freshness."""
+
+    name: str  # "st" | "sc"
+    ledger: HtlcLedger
+    follower: EscrowFollower | None = None
+    index: ChainIndex = field(default_factory=ChainIndex)
+    head: int = -1
+    head_timestamp: int = 0
+    head_seen_at: float = 0.0  # wall time when the current head was first seen
+    reconnects_seen: int = 0  # EvmChain.reconnects when last looked at
+    fresh: bool = False  # followed successfully this round
+    reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
+    following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round, see Followers)
+
+    def now(self) -> int:
+        """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
+
+        A chain that makes blocks only on demand (or stalls) keeps an old head timestamp; projecting keeps
+        "time left on a timelock" honest and the two chains' clocks comparable.
+        """
+        return int(self.head_timestamp + max(0.0, time.time() - self.head_seen_at))
+
+
+FOLLOW_BUDGET = 1.5  # seconds a round waits for a chain's follow before deciding without it
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    """A follow that outlived its round may fail later: its error was logged by it or is retried next round."""
+    if not task.cancelled():
+        task.exception()
+
+
+class Followers:
+    """The follow loop of every chain: k-confirmed events into each side's index, reorg rewinds, cursors in
+    Redis, and the re-broadcasts a new block or a reconnect calls for."""
+
+    def __init__(self, sides: list[ChainSide], settings: Settings, store: Store, spawn: Callable[[Any], Any]) -> None:
+        self.sides = sides
+        self.settings = settings
+        self.store = store
+        self.spawn = spawn  # runs a coroutine in the background, tracked by the engine (drained on stop)
+        self.log = get_logger()
+
+    async def start_side(self, side: ChainSide) -> None:
+        """Connect to one chain and place its follower where no open trade's events can be missed."""
+        expected = {"st": self.settings.st_chain_id, "sc": self.settings.sc_chain_id}[side.name]
+        start = {"st": self.settings.st_start_block, "sc": self.settings.sc_start_block}[side.name]
+        chain_id = await side.ledger.chain.connect()
+        if expected is not None and chain_id != expected:
+            raise ConfigError(f"{side.name} RPC {side.ledger.chain.active_url} serves chain {chain_id}, "
+                              f"not the configured DVP_{side.name.upper()}_CHAIN_ID={expected}")
+        cursor = await self.store.get_cursor(side.name)
+        height, bhash = (cursor if cursor else (start - 1, None))
+        oldest = await self._oldest_open_block(side.name)
+        if oldest is not None and oldest - 1 < height:
+            height, bhash = oldest - 1, None
+        side.follower = side.ledger.follower(
+            confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash,
+            dvp=side.ledger.dvp,
+        )
+
+    async def _oldest_open_block(self, chain: str) -> int | None:
+        oldest = None
+        for rec in await self.store.get_many(await self.store.open_trades()):
+            b = rec.get_int(f"{chain}_from_block")
+            if b is not None and (oldest is None or b < oldest):
+                oldest = b
+        return oldest
+
+    async def follow_all(self) -> list[bool]:
+        """Follow every chain at once, but never let a node that hangs (no answer until the request timeout,
+        e.g. while it writes its state on shutdown) hold up the decisions for the others: after FOLLOW_BUDGET
+        the round goes on with that chain stale, and its follow finishes in the background (it is not
+        cancelled, so the follower's cursor and the index stay consistent)."""
+        tasks = []
+        for side in self.sides:
+            if side.following is None or side.following.done():
+                side.following = asyncio.create_task(self._follow_or_mark(side))
+                side.following.add_done_callback(_consume_exception)
+            tasks.append(side.following)
+        done, pending = await asyncio.wait(tasks, timeout=FOLLOW_BUDGET)
+        for task in done:
+            task.result()  # a Redis error while saving a cursor fails the round
+        for side in self.sides:
+            if side.following in pending:
+                if side.fresh:
+                    self.log.warning("chain_slow", chain=side.name, budget_s=FOLLOW_BUDGET)
+                side.fresh = False
+        return [side.fresh for side in self.sides]
+
+    def pending(self) -> list[asyncio.Task[bool]]:
+        return [s.following for s in self.sides if s.following is not None and not s.following.done()]
+
+    async def _follow_or_mark(self, side: ChainSide) -> bool:
+        """Follow one chain; a chain that does not answer is marked stale for this round (decide() then does
+        nothing that needs it) instead of stopping the work on the other chain."""
+        try:
+            if side.follower is None:
+                await self.start_side(side)
+            await self._follow(side)
+            side.fresh = True
+        except (LedgerError, OSError) as exc:
+            if side.fresh:
+                self.log.warning("chain_stale", chain=side.name, error=str(exc), error_type=type(exc).__name__)
+            side.fresh = False
+        return side.fresh
+
+    async def _follow(self, side: ChainSide) -> None:
+        assert side.follower is not None
+        before = side.follower.last_head
+        res = await side.follower.poll()
+        if res.rewound_to is not None:
+            side.index.rewind(res.rewound_to)
+            self.log.warning("reorg_rewind", chain=side.name, to_height=res.rewound_to)
+        side.index.apply(res.events)
+        side.index.learn_preimages(res.preimages)
+        height, bhash = side.follower.cursor
+        metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
+        metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
+        metrics.RPC_ERRORS.labels(side.name).set(side.ledger.chain.rpc_errors)
+        if bhash:
+            await self.store.set_cursor(side.name, height, bhash)
+        if res.head != side.head:
+            side.head, side.head_timestamp, side.head_seen_at = res.head, res.head_timestamp, time.time()
+        if res.head != before:
+            side.ledger.notify_new_block()
+            if side.reviving is None or side.reviving.done():
+                side.reviving = self.spawn(self._revive(side))
+        if side.ledger.chain.reconnects != side.reconnects_seen:
+            side.reconnects_seen = side.ledger.chain.reconnects
+            self.spawn(self._heal(side))
+
+    async def _revive(self, side: ChainSide) -> None:
+        """After each new block: re-send any transaction of ours that a reorg within k took out of the chain."""
+        for sender in list(side.ledger.senders.values()):
+            try:
+                revived = await sender.revive_reorged(self.settings.confirmations + 1)
+            except LedgerError:
+                return  # the chain went away: the next block retries
+            if revived:
+                self.log.warning("rebroadcast_after_reorg", chain=side.name, account=sender.address,
+                                 transactions=revived)
+
+    async def _heal(self, side: ChainSide) -> None:
+        """The node was unreachable and answers again: it may have restarted with an empty mempool, so
+        re-broadcast every unmined transaction of ours at once (same signed bytes, no nonce gaps)."""
+        for sender in list(side.ledger.senders.values()):
+            try:
+                filled = await sender.heal_gaps()
+            except LedgerError as exc:
+                self.log.warning("heal_failed", chain=side.name, account=sender.address, error=str(exc))
+                continue
+            if filled:
+                self.log.warning("rebroadcast_after_reconnect", chain=side.name, account=sender.address,
+                                 transactions=filled)

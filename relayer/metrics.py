@@ -33,3 +33,8 @@ REACTION_SECONDS = Histogram("dvp_reaction_seconds", "Chain event observed -> re
 ROUTED = Counter("dvp_actions_routed_total", "Actions handed to the worker that signs for the needed account",
                  registry=REGISTRY)
 OWNED_TRADES = Gauge("dvp_trades_driven", "Open trades this worker holds the lease of", registry=REGISTRY)
+TRADE_ERRORS = Counter("dvp_trade_errors_total",
+                       "Unexpected errors while reading or deciding one trade (that trade is set aside, the others go on)",
+                       ["kind"], registry=REGISTRY)
+QUARANTINED = Gauge("dvp_trades_quarantined", "Trades set aside after an unexpected error, retried after a pause",
+                    registry=REGISTRY)

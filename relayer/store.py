@@ -35,7 +35,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from relayer.errors import ConcurrentUpdate, ConflictingInstruction, FencedOut
+from relayer.errors import ConcurrentUpdate, ConflictingInstruction, CorruptRecord, FencedOut
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
 
@@ -239,29 +239,48 @@ class Store:
     async def get(self, trade_id: str) -> TradeRecord | None:
         return self._record(trade_id, await self.r.hgetall(trade_key(trade_id)))
 
-    async def get_many(self, trade_ids: list[str]) -> list[TradeRecord]:
-        """Several records in one round trip (the engine reads every open trade each round)."""
+    async def get_many(self, trade_ids: list[str], broken: dict[str, CorruptRecord] | None = None
+                       ) -> list[TradeRecord]:
+        """Several records in one round trip. A record that cannot be read raises CorruptRecord, or, when
+        `broken` is given, is left out and put there (one bad record must not hide the others)."""
         if not trade_ids:
             return []
         async with self.r.pipeline(transaction=False) as pipe:
             for tid in trade_ids:
                 pipe.hgetall(trade_key(tid))
             rows = await pipe.execute()
-        return [rec for tid, data in zip(trade_ids, rows) if (rec := self._record(tid, data)) is not None]
+        out = []
+        for tid, data in zip(trade_ids, rows):
+            try:
+                rec = self._record(tid, data)
+            except CorruptRecord as exc:
+                if broken is None:
+                    raise
+                broken[tid] = exc
+                continue
+            if rec is not None:
+                out.append(rec)
+        return out
 
     def _record(self, trade_id: str, data: dict[str, str]) -> TradeRecord | None:
+        """The record from its hash; CorruptRecord when a field is missing or malformed."""
         if not data:
             return None
-        if "archive" in data:
-            data = {**data, **_unpack(data["archive"])["fields"]}
-        signed = self._parsed.get(data["digest"])
-        if signed is None:  # instructions are immutable: validate (checksums, signature shape) once
-            signed = SignedInstruction.model_validate_json(data["instruction"])
-            if len(self._parsed) > 50_000:
-                self._parsed.clear()
-            self._parsed[data["digest"]] = signed
-        return TradeRecord(trade_id=trade_id, signed=signed, state=TradeState(data["state"]),
-                           version=int(data["version"]), fields=data)
+        try:
+            if "archive" in data:
+                data = {**data, **_unpack(data["archive"])["fields"]}
+            signed = self._parsed.get(data["digest"])
+            if signed is None:  # instructions are immutable: validate (checksums, signature shape) once
+                signed = SignedInstruction.model_validate_json(data["instruction"])
+                if len(self._parsed) > 50_000:
+                    self._parsed.clear()
+                self._parsed[data["digest"]] = signed
+            return TradeRecord(trade_id=trade_id, signed=signed, state=TradeState(data["state"]),
+                               version=int(data["version"]), fields=data)
+        except KeyError as exc:
+            raise CorruptRecord(trade_id, f"field {exc.args[0]!r} missing") from None
+        except (ValueError, TypeError, zlib.error) as exc:  # pydantic's ValidationError is a ValueError
+            raise CorruptRecord(trade_id, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 
     async def update(
         self,

@@ -186,7 +186,7 @@ async def test_intake_while_redis_is_down_answers_503_with_retry_after(net: Net)
     await engine.st.ledger.chain.connect()
     await engine.sc.ledger.chain.connect()
     engine.started = True  # connected to the chains; Redis is what is missing
-    client = TestClient(TestServer(make_app(engine, api_tokens=[TOKEN])))
+    client = TestClient(TestServer(make_app(engine.read_model, api_tokens=[TOKEN])))
     await client.start_server()
     try:
         signed = (await net.instruction()).model_dump()

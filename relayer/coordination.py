@@ -1,0 +1,173 @@
+"""Who does what when several workers share one Redis: account leases (one signer per account, no nonce races),
+trade leases with fencing (one driver per trade), the intake stream, and the outbox that routes an action to
+the worker that signs for the account it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from redis.exceptions import RedisError
+
+from adapters.errors import LedgerError
+from relayer import metrics
+from relayer.config import Settings
+from relayer.follow import ChainSide
+from relayer.leases import WORKER_TOKEN, holder_is_dead
+from relayer.logging import get_logger
+from relayer.store import Store
+
+
+class Coordinator:
+    """This worker's share of the accounts and of the open trades."""
+
+    def __init__(self, sides: list[ChainSide], settings: Settings, store: Store) -> None:
+        self.sides = sides
+        self.settings = settings
+        self.store = store
+        self.log = get_logger()
+        self.accounts_held: set[str] = set()
+        self.owned: dict[str, str] = {}  # trade id -> our lease value "token#fence" (the trades we drive)
+        self.live_workers = 1
+        self.lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
+        self._next_scan = 0.0  # monotonic time of the next look for trades nobody drives
+        self._next_renew = 0.0  # monotonic time the trade leases are renewed next
+
+    @property
+    def accounts(self) -> list[str]:
+        """Every account this firm's workers hold a key for, on any chain."""
+        return sorted({a for side in self.sides for a in side.ledger.all_senders})
+
+    def sweeps(self) -> bool:
+        """One worker sweeps strays: the holder of the first account."""
+        accounts = self.accounts
+        return bool(accounts) and accounts[0] in self.accounts_held
+
+    async def hold_accounts(self) -> None:
+        """Several workers may share one Redis and the same keys: an account lease makes exactly one of them
+        the signer of each account (no nonce races). Live workers split the accounts evenly; a lease passes
+        on when it lapses, or at once when its holder is a process on this host that has died."""
+        accounts = self.accounts
+        if not accounts:
+            return
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        asked = time.monotonic()
+        live = await self.store.heartbeat(WORKER_TOKEN, self.settings.lease_ttl)
+        dead_workers = [t for t in live if holder_is_dead(t)]  # killed on this host: do not wait for its TTL
+        await self.store.leave(*dead_workers)
+        self.live_workers = max(1, len(live) - len(dead_workers))
+        share = math.ceil(len(accounts) / self.live_workers)
+        names = [f"account:{a}" for a in accounts]
+        current = await self.store.account_lease_holders(names)
+        keep = [n for n in names if current[n] == WORKER_TOKEN]
+        extra = keep[share:] if len(keep) > share else []
+        extra = [n for n in extra if not self._busy(n.split(":", 1)[1])]  # never hand over mid-transaction
+        if extra:
+            await self.store.release_leases(extra, WORKER_TOKEN)
+        keep = [n for n in keep if n not in extra]
+        free = [n for n in names if (holder := current[n]) is None or holder_is_dead(holder)]
+        wanted = keep + free[:max(0, share - len(keep))]
+        dead = {n: holder for n in wanted if (holder := current[n]) and holder != WORKER_TOKEN}
+        holders = await self.store.hold_leases(wanted, WORKER_TOKEN, ttl_ms, dead=dead) if wanted else {}
+        if dead:
+            self.log.info("account_leases_taken_from_dead_worker", leases=sorted(dead))
+        mine = {a for a in accounts if holders.get(f"account:{a}") == WORKER_TOKEN}
+        self.lease_valid_until = asked + 0.8 * self.settings.lease_ttl
+        if mine != self.accounts_held:
+            self.log.info("account_leases", held=sorted(mine), lost=sorted(self.accounts_held - mine),
+                          live_workers=self.live_workers)
+        self.accounts_held = mine
+        for side in self.sides:
+            await side.ledger.set_active(mine)
+
+    async def renew_trades(self) -> None:
+        """Renew the leases of the trades we drive; forget any that passed to another worker."""
+        if not self.owned:
+            return
+        held = dict(self.owned)
+        values = await self.store.hold_trade_leases(list(held), WORKER_TOKEN, int(self.settings.lease_ttl * 1000))
+        for tid, value in values.items():
+            if value != held[tid]:
+                self.owned.pop(tid, None)
+                self.log.info("trade_lease_lost", trade_id=tid)
+
+    def _busy(self, account: str) -> bool:
+        return any(s.in_flight for side in self.sides
+                   if (s := side.ledger.all_senders.get(account)) is not None)
+
+    async def own_trades(self) -> dict[str, str]:
+        """The trades this worker drives: new ones from the intake stream (consumer group), ones whose driver
+        died (lease lapsed, or its process on this host is gone), up to an even share of the open trades.
+        Each lease carries a fencing number; state writes check it (see Store.update)."""
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        if time.monotonic() >= self._next_renew:
+            self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
+            await self.renew_trades()
+        entries = await self.store.read_intake(WORKER_TOKEN, count=16, min_idle_ms=ttl_ms)
+        candidates = {tid for _, tid in entries}
+        dead: dict[str, str] = {}
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + min(1.0, self.settings.lease_ttl / 4)
+            open_ids = await self.store.open_trades(settled_for=1.0)
+            others = [t for t in open_ids if t not in candidates and t not in self.owned]
+            share = math.ceil(await self.store.count_open() / self.live_workers)
+            room = max(0, share - len(candidates) - len(self.owned))
+            for tid, holder in (await self.store.trade_lease_holders(others)).items():
+                if room <= 0:
+                    break
+                if holder is None or holder_is_dead(holder.split("#", 1)[0]):
+                    candidates.add(tid)
+                    room -= 1
+                    if holder is not None:
+                        dead[tid] = holder
+        new = sorted(candidates - set(self.owned))  # ours are renewed every TTL/4, not every round
+        values = await self.store.hold_trade_leases(new, WORKER_TOKEN, ttl_ms, dead=dead) if new else {}
+        self.owned = dict(self.owned) | {t: v for t, v in values.items() if v.startswith(WORKER_TOKEN + "#")}
+        metrics.OWNED_TRADES.set(len(self.owned))
+        await self.store.ack_intake([eid for eid, _ in entries])
+        return self.owned
+
+    async def routed_to_us(self, limit: int = 200) -> list[str]:
+        """Trades other workers routed here because a due action needs an account we sign for."""
+        if not self.accounts_held:
+            return []
+        return list(dict.fromkeys(await self.store.take_routed(sorted(self.accounts_held), limit)))
+
+    async def route(self, account: str, trade_id: str) -> bool:
+        """Hand a trade to the worker that signs for `account` (its outbox); False if it is routed already."""
+        return bool(await self.store.route(account, trade_id, ttl_ms=2000))
+
+    async def finished(self, trade_id: str) -> None:
+        """A trade we drove is terminal: its lease goes back at once."""
+        value = self.owned.pop(trade_id, None)
+        if value is not None:
+            await self.store.release_trade_leases({trade_id: value})
+
+    def lost(self, trade_id: str) -> None:
+        """Another worker took the trade over (our fence is stale): stop acting on it."""
+        self.owned.pop(trade_id, None)
+
+    async def keep_leases(self, stop: asyncio.Event) -> None:
+        """Renew the account leases on their own timer, so a slow round (a node timing out) cannot let them
+        lapse while this worker is alive."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.lease_ttl / 4)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.hold_accounts()
+                self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
+                await self.renew_trades()
+            except (RedisError, LedgerError, OSError) as exc:
+                self.log.warning("lease_renewal_failed", error=str(exc))
+
+    async def release(self) -> None:
+        """On shutdown: hand accounts and trades to the other workers at once instead of after the TTL."""
+        await self.store.release_leases([f"account:{a}" for a in self.accounts], WORKER_TOKEN)
+        await self.store.release_trade_leases(self.owned)
+        self.owned = {}
+        await self.store.leave(WORKER_TOKEN)

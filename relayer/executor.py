@@ -1,0 +1,308 @@
+"""Due actions to transactions: each checked against the chain right before sending, grouped into batches (one
+kind, one chain, one signing account), sent, waited for and recorded; cooldowns so a failed action is not
+retried every round, and routing of an action whose account another worker signs for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+from adapters.errors import LedgerError, LeaseLost, TransactionReverted
+from adapters.evm import TxSender
+from adapters.htlc import HtlcLedger
+from relayer import metrics
+from relayer.actions import Due, DueKey, NeedsAccount, Prepared, dvp_terms
+from relayer.config import Settings
+from relayer.coordination import Coordinator
+from relayer.follow import ChainSide
+from relayer.leases import ACTOR
+from relayer.logging import get_logger
+from relayer.protocol.rules import Action, TimingPolicy, TradeView, sc_timelock_for
+from relayer.secrets import SecretBox
+from relayer.store import Store, TradeRecord
+
+
+class Executor:
+    """Sends what the driver and the janitor found due; at most one transaction in flight per (trade, action,
+    lock)."""
+
+    def __init__(self, st: ChainSide, sc: ChainSide, settings: Settings, store: Store, policy: TimingPolicy,
+                 box: SecretBox, coordinator: Coordinator) -> None:
+        self.st, self.sc = st, sc
+        self.settings = settings
+        self.store = store
+        self.policy = policy
+        self.box = box
+        self.coordinator = coordinator
+        self.log = get_logger()
+        self.inflight: dict[DueKey, asyncio.Task[None]] = {}
+        self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
+
+    def in_flight(self, key: DueKey) -> bool:
+        task = self.inflight.get(key)
+        return task is not None and not task.done()
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [t for t in self.inflight.values() if not t.done()]
+
+    def forget(self, trade_id: str) -> None:
+        """Drop a finished trade's cooldowns and finished tasks (memory stays flat)."""
+        for key in [k for k in self.not_before if k[0] == trade_id]:
+            self.not_before.pop(key, None)
+        for key in [k for k, t in self.inflight.items() if k[0] == trade_id and t.done()]:
+            self.inflight.pop(key, None)
+
+    def dispatch(self, due: list[Due]) -> None:
+        """Start the due actions that are not already in flight, grouped so that actions of one kind, on one
+        chain, signed by one account go out as one batch transaction (up to DVP_BATCH_MAX swaps)."""
+        now = time.monotonic()
+        for key in [k for k, t in self.inflight.items() if t.done()]:
+            del self.inflight[key]
+        groups: dict[tuple[str, str, str], list[Due]] = defaultdict(list)
+        for d in due:
+            if self.in_flight(d.key) or now < self.not_before.get(d.key, 0.0):
+                continue
+            groups[self._group_key(d)].append(d)
+        size = max(1, self.settings.batch_max)
+        for items in groups.values():
+            for i in range(0, len(items), size):
+                chunk = items[i:i + size]
+                task = asyncio.create_task(self._act(chunk))
+                for d in chunk:
+                    self.inflight[d.key] = task
+
+    def _group_key(self, d: Due) -> tuple[str, str, str]:
+        ins = d.rec.signed.instruction
+        kind, leg = d.action.value.split("_")
+        if d.action is Action.LOCK_ST:
+            return (leg, kind, ins.sellerStAccount)
+        if d.action is Action.LOCK_SC:
+            return (leg, kind, ins.buyerScAccount)
+        if d.action is Action.SETTLE_DVP:
+            via = self.st.ledger.any_sender([ins.sellerStAccount, ins.buyerScAccount])
+            return ("dvp", kind, via.address if via else "")
+        ledger = self.st.ledger if leg == "st" else self.sc.ledger
+        via = ledger.any_sender(self._prefer(d))
+        return (leg, kind, via.address if via else "")
+
+    @staticmethod
+    def _prefer(d: Due) -> list[str]:
+        ins = d.rec.signed.instruction
+        if d.action in (Action.CLAIM_SC, Action.REFUND_SC):
+            return [ins.sellerScAccount, ins.buyerScAccount]
+        return [ins.buyerStAccount, ins.sellerStAccount]
+
+    async def _act(self, items: list[Due]) -> None:
+        """Check each item against the chain, send one transaction (a batch when several), record the outcome."""
+        action = items[0].action
+        kind = items[0].kind
+        cooldown = (self.settings.confirmations + 1) * self.settings.block_time
+        try:
+            slots = await self._slots(items)
+            prepared = [p for p in await asyncio.gather(*(self._prepare_or_route(d, slot)
+                                                          for d, slot in zip(items, slots)))
+                        if p is not None]
+            if not prepared:
+                return
+            ledger = prepared[0].ledger
+            if len(prepared) == 1:
+                await self._send_and_record(prepared, prepared[0].single, gas=ledger.single_gas(kind))
+                return
+            prepared.sort(key=lambda p: p.sort_key)  # consecutive same token+counterparty: one transfer
+            data = ledger.batch_call(kind, [p.entry for p in prepared])
+            try:
+                await prepared[0].via.estimate_gas(prepared[0].target, data)
+            except TransactionReverted as exc:
+                # one entry would fail the whole batch (all-or-nothing): send them one by one instead
+                self.log.warning("batch_fallback", action=action.value, size=len(prepared), reason=exc.reason)
+                results = await asyncio.gather(
+                    *(self._send_and_record([p], p.single, gas=ledger.single_gas(kind)) for p in prepared),
+                    return_exceptions=True)
+                for p, res in zip(prepared, results):  # each trade gets its own outcome, not its neighbour's
+                    if isinstance(res, Exception):
+                        reason = getattr(res, "reason", None) or str(res)
+                        self.not_before[p.due.key] = time.monotonic() + 2 * self.settings.block_time
+                        await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_failed", reason=reason)
+                return
+            await self._send_and_record(prepared, data)
+        except TransactionReverted as exc:
+            cooldown = 2 * self.settings.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
+            for d in items:
+                self.log.warning("action_failed", trade_id=d.rec.trade_id, action=action.value,
+                                 reason=exc.reason or str(exc))
+                await self.store.add_audit(d.rec.trade_id, ACTOR, f"{action.value}_failed",
+                                           reason=exc.reason or str(exc))
+        except LedgerError as exc:
+            cooldown = 2 * self.settings.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
+            self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
+                             error_type=type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected node answer: retry later, never die
+            cooldown = 2 * self.settings.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
+            self.log.exception("action_crashed", action=action.value, size=len(items), error=str(exc))
+        finally:
+            until = time.monotonic() + cooldown
+            for d in items:
+                self.not_before[d.key] = until
+
+    async def _send_and_record(self, prepared: list[Prepared], data: str, gas: int | None = None) -> None:
+        ledger, via = prepared[0].ledger, prepared[0].via
+        action = prepared[0].due.action
+        if time.monotonic() > self.coordinator.lease_valid_until:
+            raise LeaseLost(f"account lease of {via.address} may have lapsed: not sending")
+        # the reveal races T_sc under whatever congestion the counterparty may cause: it pays to win inclusion
+        tx = await via.send(prepared[0].target, data, gas=gas, urgent=action is Action.CLAIM_SC)
+        tx_hash = tx.tx_hash.to_0x_hex()
+        sent_at = time.monotonic()
+        batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
+        metrics.TX_SENT.labels(ledger.kind, action.value).inc()
+        for p in prepared:
+            reaction = sent_at - p.due.observed_at
+            metrics.REACTION_SECONDS.observe(reaction)
+            await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx_hash, nonce=tx.nonce,
+                                       chain=ledger.kind, reaction_ms=round(reaction * 1000, 1), **batch)
+            self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=ledger.kind,
+                          **batch)
+        receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
+        gas_used = int(receipt["gasUsed"])
+        metrics.GAS.labels(ledger.kind, action.value).inc(gas_used)
+        mined = receipt["transactionHash"].to_0x_hex()
+        for p in prepared:
+            await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", tx=mined,
+                                       block=receipt["blockNumber"], gas=gas_used // len(prepared), chain=ledger.kind,
+                                       **batch)
+            self.log.info("tx_mined", trade_id=p.due.rec.trade_id, action=action.value, tx=mined,
+                          block=receipt["blockNumber"], gas=gas_used // len(prepared),
+                          seconds=round(time.monotonic() - sent_at, 3))
+
+    def _wait_budget(self, prepared: list[Prepared]) -> float:
+        """How long to keep one transaction alive before re-planning: until the earliest timelock it races
+        (after it a claim cannot succeed and decide() should pick the refund), at most 120 s, and never less
+        than a few blocks."""
+        expiries = [p.expires for p in prepared if p.expires is not None]
+        if not expiries:
+            return 120.0
+        side = self.st if prepared[0].ledger is self.st.ledger else self.sc
+        timelock = min(expiries)
+        floor = 4 * self.settings.block_time + self.settings.inclusion_delay
+        return min(120.0, max(floor, float(timelock - side.now())))
+
+    def _swap_of(self, d: Due) -> tuple[HtlcLedger, bytes]:
+        """The ledger and swap id an action touches."""
+        ins = d.rec.signed.instruction
+        tid = ins.trade_id_bytes
+        st, sc = self.st.ledger, self.sc.ledger
+        if d.action is Action.SETTLE_DVP:
+            return st, st.dvp_digest(dvp_terms(ins))
+        if d.action is Action.LOCK_ST:
+            return st, st.swap_id_of(ins.sellerStAccount, tid)
+        if d.action is Action.LOCK_SC:
+            return sc, sc.swap_id_of(ins.buyerScAccount, tid)
+        ev = d.lock
+        assert ev is not None
+        return (sc if d.action in (Action.CLAIM_SC, Action.REFUND_SC) else st), ev.swap_id
+
+    async def _slots(self, items: list[Due]) -> list[bytes]:
+        """The current storage slot of every item's swap (all on one chain), in one round trip."""
+        ledger = self._swap_of(items[0])[0]
+        contract = ledger.dvp if items[0].action is Action.SETTLE_DVP else None
+        return await ledger.swap_slots([self._swap_of(d)[1] for d in items], contract)
+
+    async def _prepare_or_route(self, d: Due, slot: bytes) -> Prepared | None:
+        """_prepare(); when the action needs an account another worker signs for, hand the trade to it."""
+        try:
+            return await self._prepare(d, slot)
+        except (NeedsAccount, LeaseLost) as exc:
+            account = exc.account
+            if account is None:
+                raise
+        if await self.coordinator.route(account, d.rec.trade_id):
+            metrics.ROUTED.inc()
+            self.log.info("action_routed", trade_id=d.rec.trade_id, action=d.action.value, account=account)
+        return None
+
+    @staticmethod
+    def _sender(ledger: HtlcLedger, account: str) -> TxSender:
+        """The sender of `account` if this worker holds its lease; else NeedsAccount (route the action)."""
+        via = ledger.senders.get(account)
+        if via is None:
+            raise NeedsAccount(account)
+        return via
+
+    @staticmethod
+    def _gas_sender(ledger: HtlcLedger, prefer: list[str]) -> TxSender:
+        """Any account this worker signs for on `ledger` (claims and refunds need no particular one)."""
+        via = ledger.any_sender(prefer)
+        if via is None:
+            known = [a for a in prefer if a in ledger.all_senders] or list(ledger.all_senders)
+            if not known:
+                raise LeaseLost(f"{ledger.chain.name}: no key to pay gas with")
+            raise NeedsAccount(known[0])
+        return via
+
+    async def _prepare(self, d: Due, slot: bytes) -> Prepared | None:
+        """Given the swap's current slot, None when the chain shows the action is no longer needed."""
+        rec, action = d.rec, d.action
+        ins = rec.signed.instruction
+        tid = ins.trade_id_bytes
+        st, sc = self.st.ledger, self.sc.ledger
+        if action is Action.SETTLE_DVP:
+            return await self._prepare_settle(d, slot)
+        if action is Action.LOCK_ST:
+            if slot != bytes(32):
+                return None  # already locked (maybe by our previous incarnation): wait for confirmations
+            via = self._sender(st, ins.sellerStAccount)
+            await st.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount)
+            terms = (tid, ins.stToken, ins.stAmount, ins.buyerStAccount, bytes.fromhex(rec.fields["hashlock"]),
+                     int(rec.fields["t_st"]))
+            return Prepared(d, st, via, terms, (ins.stToken,), expires=terms[-1])
+        if action is Action.LOCK_SC:
+            assert d.st_ev is not None
+            t_sc = sc_timelock_for(d.st_ev.timelock, self.policy.delta())
+            if slot != bytes(32):
+                return None
+            via = self._sender(sc, ins.buyerScAccount)
+            if rec.get("t_sc") is None:
+                await self.store.update(rec, {"t_sc": t_sc}, actor=ACTOR, event="sc_lock_planned", t_sc=t_sc)
+            await sc.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount)
+            terms = (tid, ins.scToken, ins.scAmount, ins.sellerScAccount, d.st_ev.hashlock, t_sc)
+            return Prepared(d, sc, via, terms, (ins.scToken,), expires=t_sc)
+        ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
+        assert ev is not None
+        if slot != ev.terms_hash:
+            return None  # claimed or refunded already (a later lock of the same swap id may hold the slot now)
+        via = self._gas_sender(ledger, self._prefer(d))
+        if action in (Action.REFUND_ST, Action.REFUND_SC):
+            swap = (ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock, ev.timelock)
+            return Prepared(d, ledger, via, swap, (ev.token, ev.sender))
+        preimage = self._preimage(rec, d.view)
+        if preimage is None:
+            return None
+        claim = (preimage, ev.swap_id, ev.token, ev.amount, ev.receiver, ev.timelock)
+        return Prepared(d, ledger, via, claim, (ev.token, ev.receiver), expires=ev.timelock)
+
+    async def _prepare_settle(self, d: Due, slot: bytes) -> Prepared | None:
+        """Same-ledger path: both parties' authorisations over the exact terms, one AtomicDvP call."""
+        ins = d.rec.signed.instruction
+        ledger = self.st.ledger
+        if slot != bytes(32):
+            return None  # settled already (maybe by our previous incarnation): wait for confirmations
+        if ledger.dvp is None:
+            return None
+        via = self._gas_sender(ledger, [ins.sellerStAccount, ins.buyerScAccount])
+        await asyncio.gather(  # first trade of a pair only: both approvals in the same block
+            ledger.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount, spender=ledger.dvp),
+            ledger.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount, spender=ledger.dvp))
+        terms = dvp_terms(ins)
+        entry = (terms, ledger.authorise_dvp(ins.sellerStAccount, terms), ledger.authorise_dvp(ins.buyerScAccount, terms))
+        return Prepared(d, ledger, via, entry, expires=ins.deadline, to=ledger.dvp)
+
+    def _preimage(self, rec: TradeRecord, view: TradeView | None) -> bytes | None:
+        public = (view.sc.preimage or view.st.preimage or view.seen_preimage) if view is not None else None
+        if public is not None:
+            return public
+        sealed = rec.get("secret")
+        return self.box.open(sealed, rec.trade_id) if sealed else None

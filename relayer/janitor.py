@@ -1,0 +1,135 @@
+"""What keeps the escrow and the worker clean: every lock seen under one of our trade ids ends claimed or
+refunded (strays kept in Redis and refunded at their timelock), finished trades are archived, and the chain
+index and in-memory traces of finished trades are dropped so memory stays flat."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from adapters.htlc import LockedEvent
+from relayer.actions import Due
+from relayer.config import Settings
+from relayer.follow import ChainSide, LockInstance
+from relayer.logging import get_logger
+from relayer.protocol.rules import Action
+from relayer.protocol.states import TERMINAL
+from relayer.store import Store, TradeRecord
+
+SWEEP_EVERY = 2.0  # seconds between looks for late locks and strays whose timelock passed
+
+
+class StrayBook:
+    """Locks the protocol does not follow, persisted once each (Redis ZSET per chain, by timelock) so that a
+    refund at their timelock survives a restart."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._kept: set[tuple[str, str, int]] = set()  # (chain, tx, log index) already in Redis
+
+    async def keep(self, chain: str, locks: list[LockedEvent]) -> int:
+        """Persist the locks not kept yet; returns how many were new to Redis."""
+        new = [ev for ev in locks if (chain, ev.tx_hash, ev.log_index) not in self._kept]
+        if not new:
+            return 0
+        added = int(await self.store.add_strays(chain, [ev.terms() for ev in new]))
+        self._kept |= {(chain, ev.tx_hash, ev.log_index) for ev in new}
+        return added
+
+    def forget(self, chain: str, locks: list[LockedEvent]) -> None:
+        for ev in locks:
+            self._kept.discard((chain, ev.tx_hash, ev.log_index))
+
+
+class Janitor:
+    """Sweeps strays and late locks, prunes the index, archives finished trades."""
+
+    def __init__(self, st: ChainSide, sc: ChainSide, settings: Settings, store: Store, strays: StrayBook,
+                 spawn: Callable[[Any], Any]) -> None:
+        self.st, self.sc = st, sc
+        self.settings = settings
+        self.store = store
+        self.strays = strays
+        self.spawn = spawn
+        self.log = get_logger()
+        self._announced: set[tuple[str, str]] = set()  # (trade id, stray terms hash) logged as refund due
+
+    async def sweep(self, observed_at: float) -> list[Due]:
+        """Every lock the relayer has seen under one of its trade ids ends claimed or refunded. Locks the protocol
+        does not follow (strays) are kept in Redis; so are locks of a trade that had already finished (a
+        counterparty that locked late, or re-locked a settled trade id). Once a stray's timelock has passed it
+        is refunded as a watcher (permissionless, pays the sender back: always safe), and dropped once its slot
+        no longer holds it. Returns the refunds due."""
+        still_open = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
+        late: list[tuple[ChainSide, LockInstance]] = []
+        for side in (self.st, self.sc):
+            late += [(side, i) for tid in side.index.locks if tid not in still_open
+                     for i in side.index.instances(tid) if i.live]
+        if late:
+            finished = {rec.trade_id for rec in await self.store.get_many(
+                sorted({"0x" + i.lock.trade_id.hex() for _, i in late})) if rec.state in TERMINAL}
+            for side in (self.st, self.sc):  # not ours (another firm's trade on a shared escrow): left alone
+                kept = [i.lock for s, i in late if s is side and "0x" + i.lock.trade_id.hex() in finished]
+                if await self.strays.keep(side.name, kept):
+                    self.log.info("late_locks_kept", chain=side.name, locks=len(kept))
+        due: list[Due] = []
+        for side in (self.st, self.sc):
+            if side.fresh:
+                due += await self._refunds_due(side, observed_at)
+        return due
+
+    async def _refunds_due(self, side: ChainSide, observed_at: float) -> list[Due]:
+        """Refunds due for one chain's strays whose timelock its latest block has passed."""
+        due = await self.store.due_strays(side.name, side.head_timestamp)
+        if not due:
+            return []
+        locks = [LockedEvent.from_terms(t) for t in due]
+        slots = await side.ledger.swap_slots([ev.swap_id for ev in locks])
+        await self.store.drop_strays(side.name, [t for t, ev, slot in zip(due, locks, slots) if slot != ev.terms_hash])
+        live = [ev for ev, slot in zip(locks, slots) if slot == ev.terms_hash]
+        recs = {rec.trade_id: rec for rec in await self.store.get_many(sorted({"0x" + ev.trade_id.hex() for ev in live}))}
+        action = Action.REFUND_ST if side is self.st else Action.REFUND_SC
+        out = []
+        for ev in live:
+            rec = recs.get("0x" + ev.trade_id.hex())
+            if rec is None:
+                continue
+            out.append(Due(rec, action, None, ev if side is self.st else None, ev if side is self.sc else None,
+                           observed_at))
+            key = (rec.trade_id, ev.terms_hash.hex())
+            if key not in self._announced:
+                self._announced.add(key)
+                self.log.info("stray_lock_refund_due", trade_id=rec.trade_id, chain=side.name, sender=ev.sender)
+        return out
+
+    async def prune_index(self) -> None:
+        """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
+        open_ids = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
+        for side in (self.st, self.sc):
+            side.index.retain(open_ids | side.index.live_trade_ids())  # a live lock may still become a stray
+
+    def finished(self, rec: TradeRecord) -> None:
+        """A trade reached a terminal state: drop its index entries and traces, archive it a little later."""
+        self._announced = {k for k in self._announced if k[0] != rec.trade_id}
+        tid = rec.signed.instruction.trade_id_bytes
+        for side in (self.st, self.sc):
+            self.strays.forget(side.name, [i.lock for i in side.index.instances(tid)])
+            side.index.forget(tid)
+        self._archive_later(rec.trade_id)
+
+    def _archive_later(self, trade_id: str) -> None:
+        """Compact a finished trade once the audit entries of its last transactions are written."""
+        async def later() -> None:
+            await asyncio.sleep(max(2.0, 2 * self.settings.block_time))
+            for _ in range(3):
+                try:
+                    if await self.store.archive(trade_id):
+                        return
+                except RedisError:
+                    pass
+                await asyncio.sleep(1.0)
+
+        self.spawn(later())

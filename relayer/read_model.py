@@ -1,0 +1,97 @@
+"""What the HTTP API may see and do: accept an instruction, read trades with their audit trail, the chains'
+clocks and the readiness checks. The API reaches nothing else of the worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from relayer.follow import ChainSide
+from relayer.intake import Intake
+from relayer.protocol.instruction import SignedInstruction
+from relayer.store import Store, TradeRecord
+
+TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
+
+
+class ReadModel:
+    """The worker's read side and its one write (intake), for the API."""
+
+    def __init__(self, store: Store, intake: Intake, sides: list[ChainSide]) -> None:
+        self.store = store
+        self.intake = intake
+        self.sides = sides
+
+    async def accept(self, signed: SignedInstruction) -> tuple[bool, TradeRecord]:
+        """Admit an instruction; (created, the stored record)."""
+        created = await self.intake.accept(signed)
+        rec = await self.store.get(signed.instruction.tradeId)
+        assert rec is not None
+        return created, rec
+
+    async def trade(self, trade_id: str) -> TradeWithAudit | None:
+        rec = await self.store.get(trade_id)
+        if rec is None:
+            return None
+        return rec, await self.store.audit(rec.trade_id)
+
+    async def trades(self, offset: int, limit: int, state: str | None) -> list[TradeWithAudit]:
+        """A page of trades, newest first; with `state`, the page of the trades in that state."""
+        items: list[TradeWithAudit] = []
+        scan_offset = offset if state is None else 0
+        skipped = 0
+        while len(items) < limit:
+            ids = await self.store.list_trades(scan_offset, 200 if state else limit)
+            if not ids:
+                break
+            scan_offset += len(ids)
+            for tid in ids:
+                rec = await self.store.get(tid)
+                if rec is None or (state and rec.state.value != state):
+                    continue
+                if state and skipped < offset:
+                    skipped += 1
+                    continue
+                items.append((rec, await self.store.audit(tid)))
+                if len(items) >= limit:
+                    break
+        return items
+
+    def chain_now(self) -> tuple[int, int]:
+        """Each chain's clock now (projected from its last head), or the wall clock before any head was seen."""
+        st, sc = self.sides
+        if st.head_seen_at:
+            return st.now(), sc.now()
+        now = int(time.time())
+        return now, now
+
+    async def readiness(self, max_lag_blocks: int) -> dict[str, Any]:
+        """Each dependency: True, or why it is not ready."""
+        checks: dict[str, Any] = {}
+        try:
+            checks["redis"] = await self.store.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure is "not ready", with its type
+            checks["redis"] = f"down: {type(exc).__name__}"
+        tokens = {"st": self.intake.st_tokens, "sc": self.intake.sc_tokens}
+        for side in self.sides:
+            try:
+                head = await side.ledger.chain.block_number()
+                processed = side.follower.height if side.follower else -1
+                lag = head - processed
+                ok = side.follower is not None and lag <= max_lag_blocks
+                checks[side.name] = True if ok else f"follower lag {lag} blocks"
+                if not await _has_code(side.ledger.chain, side.ledger.escrow):
+                    escrow = side.ledger.escrow
+                    checks[side.name] = f"no contract at DVP_{side.name.upper()}_ESCROW {escrow}"
+                elif not tokens[side.name]:
+                    checks[side.name] = f"DVP_{side.name.upper()}_TOKENS is empty: no trade can be accepted"
+            except Exception as exc:  # noqa: BLE001
+                checks[side.name] = f"down: {type(exc).__name__}"
+        return checks
+
+
+async def _has_code(chain: Any, address: str) -> bool:
+    async def get(w3: Any) -> bytes:
+        return bytes(await w3.eth.get_code(address))
+
+    return bool(await chain.call(get))
