@@ -1,0 +1,244 @@
+"""The driver and the executor against in-memory fakes of the store and the ledgers (tests/fakes.py): the real
+rules, the real chain index, the real calldata; no anvil, no Redis. Milliseconds per test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.htlc import ClaimedEvent, HtlcLedger
+from relayer.actions import Due
+from relayer.driver import Driver, Round
+from relayer.executor import Executor
+from relayer.janitor import StrayBook
+from relayer.protocol.instruction import sign_instruction
+from relayer.protocol.rules import Action
+from relayer.protocol.states import TERMINAL, can_transition
+from relayer.secrets import SecretBox, generate_key
+from tests.fakes import FakeLedger, FakeStore, lock_event, side
+from tests.test_protocol import BUYER, PTS, POLICY, SALT, SC_TOKEN, SELLER, ST_TOKEN, instruction
+
+NOW = int(time.time())
+CLAIM_BATCH = HtlcLedger.batch_call("claim", [])[:10]  # the claimBatch selector, 0x-hex
+ST_ESCROW, SC_ESCROW = "0x" + "e1" * 20, "0x" + "e2" * 20
+
+
+class _Coordinator:
+    lease_valid_until = float("inf")
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    async def route(self, account: str, trade_id: str) -> bool:
+        return await self.store.route(account, trade_id, ttl_ms=2000)
+
+
+class _Settings:
+    confirmations, block_time, inclusion_delay, batch_max = 1, 1.0, 2.0, 50
+
+
+def world(keys_st=(SELLER, BUYER), keys_sc=(SELLER, BUYER)):
+    store = FakeStore()
+    st_led, sc_led = FakeLedger("st", ST_ESCROW, list(keys_st)), FakeLedger("sc", SC_ESCROW, list(keys_sc))
+    st_side, sc_side = side("st", st_led, NOW), side("sc", sc_led, NOW)
+    box = SecretBox(generate_key())
+    executor = Executor(st_side, sc_side, _Settings(), store, POLICY, box, _Coordinator(store))  # type: ignore[arg-type]
+    driver = Driver(st_side, sc_side, store, POLICY, box, StrayBook(store), executor.in_flight)  # type: ignore[arg-type]
+    return store, st_side, sc_side, box, driver, executor
+
+
+def new_trade(store: FakeStore, **over):
+    ins = instruction(tradeId="0x" + os.urandom(32).hex(), deadline=NOW + 3600, **over)
+    return store.put(sign_instruction(ins, PTS.key, SALT))
+
+
+def rnd() -> Round:
+    return Round(NOW, NOW, time.monotonic())
+
+
+# ------------------------------------------------------------------ driver
+
+
+async def test_the_seller_writes_its_intent_before_any_lock_is_due_and_never_the_raw_secret():
+    store, st_side, sc_side, box, driver, _ = world()
+    rec = new_trade(store)
+    out = await driver.advance(rec, rnd(), fence="f")
+    assert [d.action for d in out.due] == [Action.LOCK_ST]
+    fields = store.fields[rec.trade_id]
+    secret = box.open(fields["secret"], rec.trade_id)
+    assert hashlib.sha256(secret).hexdigest() == fields["hashlock"] and secret.hex() not in str(store.audits)
+    assert store.events(rec.trade_id)[-1] == "secret_created" and int(fields["t_st"]) > NOW
+
+
+async def test_a_buyer_locks_only_against_the_sellers_lock_with_the_trades_terms():
+    store, st_side, sc_side, _, driver, _ = world(keys_st=(), keys_sc=(BUYER,))
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    h = os.urandom(32)
+    wrong = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount - 1, h, NOW + 300)
+    st_side.index.apply([wrong])
+    out = await driver.advance(rec, rnd(), fence="f")
+    notes = store.events(rec.trade_id).count("not_acting")
+    assert not out.due and notes >= 1
+    again = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert not again.due and store.events(rec.trade_id).count("not_acting") == notes  # audited once, not per round
+
+
+async def test_the_seller_reveals_against_the_right_sc_lock_and_keeps_a_foreign_lock_as_a_stray():
+    store, st_side, sc_side, box, driver, _ = world(keys_st=(SELLER,), keys_sc=(SELLER,))
+    rec = new_trade(store)
+    await driver.advance(rec, rnd(), fence="f")  # intent: secret, hashlock, T_st
+    rec = store.get(rec.trade_id)
+    ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+    st_side.index.apply([lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, t_st)])
+    foreign = lock_event(ins.trade_id_bytes, "0x" + "66" * 20, SELLER, SC_TOKEN, ins.scAmount, h, t_st - 40)
+    right = lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h, t_st - POLICY.delta())
+    sc_side.index.apply([foreign, right])
+    out = await driver.advance(rec, rnd(), fence="f")
+    claims = [d for d in out.due if d.action is Action.CLAIM_SC]
+    assert len(claims) == 1 and claims[0].sc_ev == right
+    assert len(store.strays["sc"]) == 1 and store.strays["sc"][0]["sender"] == foreign.sender
+    assert "foreign_lock_ignored" in store.events(rec.trade_id)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["st_lock", "sc_lock", "sc_claim", "st_claim", "late", "expire"]), max_size=8))
+def test_once_the_driver_wrote_a_terminal_state_no_later_observation_changes_it(steps):
+    """Whatever the chains show next (events in any order, time running out), a trade's recorded state only
+    moves along the state machine, and a terminal one stays."""
+    import asyncio
+
+    asyncio.run(_observe(steps))
+
+
+def test_the_observation_walk_reaches_both_ends_of_the_state_machine():
+    """The property above is not vacuous: its walks do reach SETTLED and ABORTED."""
+    import asyncio
+
+    from relayer.protocol.states import TradeState
+
+    assert asyncio.run(_observe(["st_lock", "sc_lock", "sc_claim", "st_claim"]))[-1] is TradeState.SETTLED
+    assert asyncio.run(_observe(["expire", "expire", "expire", "expire", "expire", "expire", "expire", "expire",
+                                 "expire", "expire"]))[-1] is TradeState.ABORTED
+
+
+async def _observe(steps: list[str]) -> list:
+    store, st_side, sc_side, _, driver, _ = world()
+    rec = new_trade(store)
+    now = NOW
+    await driver.advance(rec, Round(now, now, 0.0), fence="f")
+    rec = store.get(rec.trade_id)
+    ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+    st_ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, t_st)
+    sc_ev = lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h, t_st - POLICY.delta())
+    seen = [rec.state]
+    for step in steps:
+        if step == "st_lock":
+            st_side.index.apply([st_ev])
+        elif step == "sc_lock":
+            sc_side.index.apply([sc_ev])
+        elif step == "sc_claim" and sc_side.index.locks.get(ins.trade_id_bytes):
+            sc_side.index.apply([ClaimedEvent(sc_ev.swap_id, b"\x01" * 32, 95, "0x", 1)])
+        elif step == "st_claim" and st_side.index.locks.get(ins.trade_id_bytes):
+            st_side.index.apply([ClaimedEvent(st_ev.swap_id, b"\x01" * 32, 96, "0x", 1)])
+        elif step in ("late", "expire"):
+            now += 400 if step == "expire" else 60
+            for s in (st_side, sc_side):
+                s.head_timestamp = now
+                s.follower.confirmed_timestamp = now  # type: ignore[union-attr]
+        rec = store.get(rec.trade_id)
+        if rec.state in TERMINAL:
+            break  # the engine never advances a terminal trade; the last write below must have been legal
+        await driver.advance(rec, Round(now, now, 0.0), fence="f")
+        seen.append(store.get(rec.trade_id).state)
+    for a, b in zip(seen, seen[1:]):
+        assert a == b or can_transition(a, b), seen
+    terminal = [s for s in seen if s in TERMINAL]
+    if terminal:
+        assert all(s == terminal[0] for s in seen[seen.index(terminal[0]):]), seen
+    return seen
+
+
+# ------------------------------------------------------------------ executor
+
+
+def _claims(store, st_side, n, box):
+    """n trades whose ST lock is live and whose secret is known: each has a CLAIM_ST due."""
+    dues = []
+    for _ in range(n):
+        rec = new_trade(store)
+        ins = rec.signed.instruction
+        secret = os.urandom(32)
+        ev = st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount,
+                                            hashlib.sha256(secret).digest(), NOW + 300))
+        rec.fields["secret"] = box.seal(secret, rec.trade_id)
+        dues.append(Due(rec, Action.CLAIM_ST, None, ev, None, time.monotonic()))
+    return dues
+
+
+async def test_claims_due_together_go_out_as_one_batch_and_a_claimed_swap_is_left_alone():
+    store, st_side, sc_side, _, _, executor = world()
+    dues = _claims(store, st_side, 3, executor.box)
+    st_side.ledger.slots.pop(dues[2].st_ev.swap_id)  # claimed meanwhile (by the buyer itself, say)
+    executor.dispatch(dues)
+    await _settle(executor)
+    sent = [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
+    assert len(sent) == 1 and sent[0][1].startswith(CLAIM_BATCH)
+    for d in dues[:2]:
+        assert [e.get("batch") for e in store.audits[d.rec.trade_id] if e["event"] == "claim_st_sent"] == [2]
+    assert not [e for e in store.audits[dues[2].rec.trade_id] if e["event"].startswith("claim")]
+
+
+async def test_a_batch_that_would_revert_is_sent_one_by_one_and_only_the_bad_entry_fails():
+    store, st_side, sc_side, _, _, executor = world()
+    dues = _claims(store, st_side, 3, executor.box)
+    sender = st_side.ledger.any_sender([BUYER])
+    sender.estimate_reverts = True
+    sender.reverting = {dues[1].st_ev.swap_id}
+    executor.dispatch(dues)
+    await _settle(executor)
+    assert len(sender.sent) == 3 and not any(tx[1].startswith(CLAIM_BATCH) for tx in sender.sent)
+    outcome = {d.rec.trade_id: [e["event"] for e in store.audits[d.rec.trade_id] if e["event"].startswith("claim")]
+               for d in dues}
+    assert outcome[dues[1].rec.trade_id] == ["claim_st_sent", "claim_st_failed"]
+    assert outcome[dues[0].rec.trade_id] == outcome[dues[2].rec.trade_id] == ["claim_st_sent", "claim_st_mined"]
+    assert executor.not_before[dues[1].key] > time.monotonic()  # the failed one cools down before a retry
+
+
+async def test_a_lock_whose_account_another_worker_signs_for_is_routed_not_sent():
+    store, st_side, sc_side, _, _, executor = world(keys_sc=(BUYER,))
+    sc_side.ledger.senders.clear()  # the buyer's account lease is held by another worker
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    st_ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, os.urandom(32), NOW + 300)
+    executor.dispatch([Due(rec, Action.LOCK_SC, None, st_ev, None, time.monotonic())])
+    await _settle(executor)
+    assert store.routed == [(BUYER, rec.trade_id)]
+    assert not sc_side.ledger.all_senders[BUYER].sent
+
+
+async def test_the_reveal_is_sent_urgent_and_other_claims_are_not():
+    store, st_side, sc_side, _, _, executor = world()
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    secret = os.urandom(32)
+    ev = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount,
+                                        hashlib.sha256(secret).digest(), NOW + 200))
+    rec.fields["secret"] = executor.box.seal(secret, rec.trade_id)
+    executor.dispatch([Due(rec, Action.CLAIM_SC, None, None, ev, time.monotonic())])
+    dues = _claims(store, st_side, 1, executor.box)
+    executor.dispatch(dues)
+    await _settle(executor)
+    (sc_tx,) = [tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]
+    (st_tx,) = [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
+    assert sc_tx[3] is True and st_tx[3] is False
+
+
+async def _settle(executor: Executor) -> None:
+    import asyncio
+
+    await asyncio.gather(*executor.tasks())
