@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +39,11 @@ from relayer.store import Store, TradeRecord
 
 @dataclass
 class Round:
-    """What one round observed of both chains, and what it counts for the metrics."""
+    """What one round observed of both chains (and the least time left on a live lock, for the metrics)."""
 
     now_st: int
     now_sc: int
     observed_at: float  # monotonic time the round finished reading the chains
-    states: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     min_left: dict[str, float] = field(default_factory=lambda: {"st": float("inf"), "sc": float("inf")})
 
     @property

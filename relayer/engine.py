@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
@@ -38,6 +39,7 @@ from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.rules import TimingPolicy
 from relayer.protocol.states import TERMINAL, TradeState
 from relayer.read_model import ReadModel
+from relayer.schedule import Schedule, next_instants
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
@@ -68,6 +70,10 @@ class Engine:
         self.janitor = Janitor(self.st, self.sc, settings, store, strays, self._in_background)
         self.driver = Driver(self.st, self.sc, store, self.policy, box, strays, self.executor.in_flight)
         self.quarantine = Quarantine()
+        self.schedule = Schedule()
+        self.executor.on_settled = self._action_done
+        self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
+        self._fresh: tuple[bool, ...] = ()
         self.read_model = ReadModel(store, self.intake_desk, sides)
         self._next_sweep = 0.0
 
@@ -186,41 +192,61 @@ class Engine:
     # ------------------------------------------------------------------ one round
 
     async def step(self) -> None:
-        """Follow the chains, decide every trade this worker drives or was routed, send what is due."""
+        """Follow the chains, decide the trades whose view changed (see relayer/schedule.py) among those this
+        worker drives or was routed, send what is due."""
         await self.coordinator.hold_accounts()
-        fresh = await self.followers.follow_all()
+        fresh = tuple(await self.followers.follow_all())
         if not any(fresh):
             raise RpcUnavailable("neither chain answers: nothing can be decided this round")
+        touched, rewound = self.followers.take_changes()
+        if rewound or fresh != self._fresh:
+            self.schedule.mark_all()  # a chain came back, went stale, or was rewound: every trade may differ
+        self._fresh = fresh
+        for tid in touched:
+            self.schedule.mark(tid)
         rnd = Round(self.st.now(), self.sc.now(), time.monotonic())
         self.clock_offset = rnd.clock_offset
         metrics.CLOCK_OFFSET.set(self.clock_offset)
         owned = await self.coordinator.own_trades()
+        for tid in owned:
+            if tid not in self._states:
+                self.schedule.mark(tid)  # newly ours (intake, or taken over from a dead worker)
+                self._states[tid] = ""
+        for tid in [t for t in self._states if t not in owned]:
+            self._drop(tid)  # passed to another worker
         routed = await self.coordinator.routed_to_us()
         now = time.monotonic()
-        ids = [t for t in list(owned) + [t for t in routed if t not in owned] if not self.quarantine.held(t, now)]
+        ids = self.schedule.take(list(owned)) + [t for t in routed if t not in owned]
+        ids = [t for t in ids if not self.quarantine.held(t, now)]
         broken: dict[str, CorruptRecord] = {}
         due = []
         for rec in await self.store.get_many(ids, broken=broken):
             if rec.state in TERMINAL:
                 await self.coordinator.finished(rec.trade_id)
+                self._drop(rec.trade_id)
                 continue
             try:
                 advanced = await self.driver.advance(rec, rnd, fence=owned.get(rec.trade_id))
             except FencedOut:
                 self.coordinator.lost(rec.trade_id)  # another worker took it over: stop acting on it
+                self._drop(rec.trade_id)
                 continue
             except ConcurrentUpdate:
-                continue  # another worker moved it: next round re-reads
+                self.schedule.mark(rec.trade_id)  # another worker moved it: next round re-reads
+                continue
             except (LedgerError, RedisError, OSError):
                 raise  # an outage, not this trade's fault: the round fails and is retried
             except Exception as exc:  # noqa: BLE001 - a bug or bad data in ONE trade: set it aside, go on
                 await self._set_aside(rec.trade_id, exc)
                 continue
             self.quarantine.clear(rec.trade_id)
-            rnd.states[rec.state.value] += 1
             due += advanced.due
             if advanced.finished:
                 self._finished(rec)
+                await self.coordinator.finished(rec.trade_id)
+            elif rec.trade_id in owned:
+                self._states[rec.trade_id] = rec.state.value
+                self._set_timer(rec, rnd)
         for tid, corrupt in broken.items():
             await self._set_aside(tid, corrupt)
         if self.coordinator.sweeps() and time.monotonic() >= self._next_sweep:
@@ -232,8 +258,28 @@ class Engine:
         self.executor.dispatch(due)
         self.rounds += 1
 
+    def _set_timer(self, rec: TradeRecord, rnd: Round) -> None:
+        """Wake the trade at the next instant its decision may change with no new event (schedule.py)."""
+        clock = min(rnd.now_st, rnd.now_sc)  # the earlier clock: a wake-up too early only decides once more
+        future = [t for t in next_instants(rec, self.policy) if t > clock]
+        if future:
+            self.schedule.mark_at(rec.trade_id, rnd.observed_at + (min(future) - clock))
+
+    def _action_done(self, trade_ids: list[str], retry_at: float | None) -> None:
+        """An action's transaction finished (or failed): decide its trades again, now or after the cooldown."""
+        for tid in trade_ids:
+            if retry_at is None:
+                self.schedule.mark(tid)
+            else:
+                self.schedule.mark_at(tid, retry_at)
+
+    def _drop(self, trade_id: str) -> None:
+        self._states.pop(trade_id, None)
+        self.schedule.forget(trade_id)
+
     def _finished(self, rec: TradeRecord) -> None:
         """Forget a terminal trade's in-memory traces (memory stays flat); the janitor archives it."""
+        self._drop(rec.trade_id)
         self.driver.forget(rec.trade_id)
         self.executor.forget(rec.trade_id)
         self.janitor.finished(rec)
@@ -241,6 +287,7 @@ class Engine:
     async def _set_aside(self, trade_id: str, exc: Exception) -> None:
         """Errors are isolated per trade: logged with the traceback once, counted, audited, retried later."""
         pause = self.quarantine.add(trade_id, time.monotonic())
+        self.schedule.mark_at(trade_id, time.monotonic() + pause)
         kind = type(exc).__name__
         metrics.TRADE_ERRORS.labels(kind).inc()
         if isinstance(exc, CorruptRecord):
@@ -255,9 +302,10 @@ class Engine:
                 pass
 
     async def _export(self, rnd: Round) -> None:
+        counts = Counter(self._states.values())
         for state in TradeState:
             if state not in TERMINAL:
-                metrics.TRADES.labels(state.value).set(rnd.states.get(state.value, 0))
+                metrics.TRADES.labels(state.value).set(counts.get(state.value, 0))
         for terminal, n in (await self.store.terminal_counts()).items():
             metrics.TRADES.labels(terminal).set(n)
         for leg, left in rnd.min_left.items():

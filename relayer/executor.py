@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from adapters.errors import LedgerError, LeaseLost, TransactionReverted
 from adapters.evm import TxSender
@@ -38,6 +39,8 @@ class Executor:
         self.log = get_logger()
         self.inflight: dict[DueKey, asyncio.Task[None]] = {}
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
+        # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
+        self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
 
     def in_flight(self, key: DueKey) -> bool:
         task = self.inflight.get(key)
@@ -61,7 +64,10 @@ class Executor:
             del self.inflight[key]
         groups: dict[tuple[str, str, str], list[Due]] = defaultdict(list)
         for d in due:
-            if self.in_flight(d.key) or now < self.not_before.get(d.key, 0.0):
+            if self.in_flight(d.key):
+                continue  # its end will wake the trade
+            if now < (until := self.not_before.get(d.key, 0.0)):
+                self.on_settled([d.rec.trade_id], until)
                 continue
             groups[self._group_key(d)].append(d)
         size = max(1, self.settings.batch_max)
@@ -147,6 +153,7 @@ class Executor:
             until = time.monotonic() + cooldown
             for d in items:
                 self.not_before[d.key] = until
+            self.on_settled(sorted({d.rec.trade_id for d in items}), None)
 
     async def _send_and_record(self, prepared: list[Prepared], data: str, gas: int | None = None) -> None:
         ledger, via = prepared[0].ledger, prepared[0].via

@@ -59,20 +59,40 @@ class ChainIndex:
         self.ends: dict[bytes, list[ClaimedEvent | RefundedEvent]] = defaultdict(list)  # swap id -> chain order
         self.settlements: dict[bytes, list[SettledEvent]] = defaultdict(list)
         self.preimages: dict[bytes, bytes] = {}  # sha256 -> preimage, from claims not yet k blocks deep
+        self.trade_of: dict[bytes, bytes] = {}  # swap id -> trade id, for the locks held here
+        self.by_hashlock: dict[bytes, set[bytes]] = defaultdict(set)  # hashlock -> trade ids, for the locks here
 
-    def learn_preimages(self, preimages: list[bytes]) -> None:
+    def learn_preimages(self, preimages: list[bytes]) -> list[bytes]:
+        """Remember secrets seen in claims not yet k deep; returns the hashlocks that are new."""
+        new = []
         for p in preimages:
-            self.preimages[hashlib.sha256(p).digest()] = p
+            h = hashlib.sha256(p).digest()
+            if h not in self.preimages:
+                new.append(h)
+            self.preimages[h] = p
+        return new
 
-    def apply(self, events: list[EscrowEvent]) -> None:
-        """Add newly confirmed events (the follower delivers them in chain order)."""
+    def trades_with_hashlock(self, hashlock: bytes) -> set[bytes]:
+        return set(self.by_hashlock.get(hashlock, ()))
+
+    def apply(self, events: list[EscrowEvent]) -> set[bytes]:
+        """Add newly confirmed events (the follower delivers them in chain order); returns the trade ids they
+        touch (an end of a swap whose lock is not held here touches none: it is not one of our trades)."""
+        touched = set()
         for ev in events:
             if isinstance(ev, LockedEvent):
                 self.locks[ev.trade_id].append(ev)
+                self.trade_of[ev.swap_id] = ev.trade_id
+                self.by_hashlock[ev.hashlock].add(ev.trade_id)
+                touched.add(ev.trade_id)
             elif isinstance(ev, SettledEvent):
                 self.settlements[ev.trade_id].append(ev)
+                touched.add(ev.trade_id)
             else:
                 self.ends[ev.swap_id].append(ev)
+                if ev.swap_id in self.trade_of:
+                    touched.add(self.trade_of[ev.swap_id])
+        return touched
 
     def instances(self, trade_id: bytes) -> list[LockInstance]:
         """Every lock of this trade id (any sender), in chain order, each with the event that ended it."""
@@ -105,6 +125,7 @@ class ChainIndex:
             self.ends[sid] = [e for e in self.ends[sid] if e.block <= height]
         for tid in list(self.settlements):
             self.settlements[tid] = [e for e in self.settlements[tid] if e.block <= height]
+        self._reindex()
 
     def live_trade_ids(self) -> set[bytes]:
         """Trade ids with a lock that has not ended (it may still need a refund)."""
@@ -118,12 +139,26 @@ class ChainIndex:
         self.ends = defaultdict(list, {k: v for k, v in self.ends.items() if k in kept})
         hashlocks = {e.hashlock for evs in self.locks.values() for e in evs}
         self.preimages = {h: p for h, p in self.preimages.items() if h in hashlocks}
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self.trade_of = {e.swap_id: t for t, evs in self.locks.items() for e in evs}
+        self.by_hashlock = defaultdict(set)
+        for t, evs in self.locks.items():
+            for e in evs:
+                self.by_hashlock[e.hashlock].add(t)
 
     def forget(self, trade_id: bytes) -> None:
         """Drop a finished trade's events (its live strays are kept in Redis, see Store.add_strays)."""
         for ev in self.locks.pop(trade_id, []):
             self.preimages.pop(ev.hashlock, None)
             self.ends.pop(ev.swap_id, None)
+            self.trade_of.pop(ev.swap_id, None)
+            held = self.by_hashlock.get(ev.hashlock)
+            if held is not None:
+                held.discard(trade_id)
+                if not held:
+                    del self.by_hashlock[ev.hashlock]
         self.settlements.pop(trade_id, None)
 
 
@@ -175,6 +210,10 @@ class Followers:
         self.store = store
         self.spawn = spawn  # runs a coroutine in the background, tracked by the engine (drained on stop)
         self.log = get_logger()
+        self.touched: set[bytes] = set()  # trade ids whose events changed since the engine last took them
+        # since the engine last looked, a reorg rewound an index or a chain's clock jumped ahead of the wall
+        # clock (timers set from it are off): every trade may differ
+        self.rewound = False
 
     async def start_side(self, side: ChainSide) -> None:
         """Connect to one chain and place its follower where no open trade's events can be missed."""
@@ -223,6 +262,13 @@ class Followers:
                 side.fresh = False
         return [side.fresh for side in self.sides]
 
+    def take_changes(self) -> tuple[set[str], bool]:
+        """The trade ids (0x-hex) whose chain view changed since the last call, and whether every trade may have
+        (a reorg rewound, a chain clock jumped)."""
+        touched, rewound = {"0x" + t.hex() for t in self.touched}, self.rewound
+        self.touched, self.rewound = set(), False
+        return touched, rewound
+
     def pending(self) -> list[asyncio.Task[bool]]:
         return [s.following for s in self.sides if s.following is not None and not s.following.done()]
 
@@ -246,9 +292,12 @@ class Followers:
         res = await side.follower.poll()
         if res.rewound_to is not None:
             side.index.rewind(res.rewound_to)
+            self.rewound = True
             self.log.warning("reorg_rewind", chain=side.name, to_height=res.rewound_to)
-        side.index.apply(res.events)
-        side.index.learn_preimages(res.preimages)
+        self.touched |= side.index.apply(res.events)
+        for h in side.index.learn_preimages(res.preimages):  # the secret of a lock on either chain
+            for s in self.sides:
+                self.touched |= s.index.trades_with_hashlock(h)
         height, bhash = side.follower.cursor
         metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
         metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
@@ -256,6 +305,8 @@ class Followers:
         if bhash:
             await self.store.set_cursor(side.name, height, bhash)
         if res.head != side.head:
+            if side.head_seen_at and res.head_timestamp > side.now() + 2 * self.settings.block_time + 1:
+                self.rewound = True  # e.g. a chain that stalled, then stamped its next block far ahead
             side.head, side.head_timestamp, side.head_seen_at = res.head, res.head_timestamp, time.time()
         if res.head != before:
             side.ledger.notify_new_block()
