@@ -260,7 +260,7 @@ class Bench:
             self.echo(f"latency: {self.cfg.latency_trades} trades one at a time ...")
             self.out["latency_run"] = await self.relayer_run("latency", 1, 50, self.cfg.latency_trades, True)
             self.echo(f"  {json.dumps(self.out['latency_run'])}")
-            for label, db, batch in (("batching_off", 2, 1), ("batching_on", 3, 50)):
+            for label, db, batch in (("batching_off", 2, 1), ("batching_on", 3, 1000)):
                 self.echo(f"throughput, {label}: {self.cfg.trades} trades at once ...")
                 self.out[label] = await self.relayer_run(label, db, batch, self.cfg.trades, False)
                 self.echo(f"  {json.dumps(self.out[label])}")

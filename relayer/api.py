@@ -24,7 +24,16 @@ from relayer.read_model import ReadModel
 from relayer.errors import ConflictingInstruction, RelayerError
 from relayer.logging import get_logger
 from relayer.metrics import REGISTRY
-from relayer.api_models import Accepted, Health, Readiness, TradeDocument, TradeList, TradeSummary
+from relayer.api_models import (
+    Accepted,
+    BulkItem,
+    BulkResult,
+    Health,
+    Readiness,
+    TradeDocument,
+    TradeList,
+    TradeSummary,
+)
 from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
 from relayer.protocol.instruction import parse_signed
 from relayer.protocol.states import TradeState
@@ -34,7 +43,9 @@ READ_MODEL = web.AppKey("read_model", ReadModel)
 API_TOKENS = web.AppKey("api_tokens", list)
 READ_AUTH = web.AppKey("read_auth", bool)
 ACCEPTING = web.AppKey("accepting", dict)
-MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024  # one instruction
+MAX_BULK_BODY = 1024 * 1024  # POST /v1/trades/bulk: up to MAX_BULK instructions
+MAX_BULK = 500
 MAX_JSON_DEPTH = 32  # a trade instruction nests 2 deep; bounded before parsing (see json_nesting_depth)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _TRADE_ID = re.compile(r"^0x[0-9a-f]{64}$")
@@ -80,12 +91,13 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        return error("body_too_large", f"request body over {MAX_BODY} bytes")
+        return error("body_too_large", f"request body over {MAX_BULK_BODY} bytes")
     except web.HTTPException as exc:
         if exc.status >= 400:
             resp = error(exc.reason.lower().replace(" ", "_"), exc.reason, exc.status)
             if "Allow" in exc.headers:  # a 405 says which methods the path takes
-                resp.headers["Allow"] = exc.headers["Allow"]
+                literal = sorted({m for m, path, _ in ROUTES if path == request.path})  # not a {trade_id} match
+                resp.headers["Allow"] = ",".join(literal) if literal else exc.headers["Allow"]
             return resp
         raise
     except RelayerError as exc:
@@ -100,7 +112,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return error("internal", "internal error", 500)
 
 
-async def post_trade(request: web.Request) -> web.Response:
+async def _json_body(request: web.Request, limit: int) -> Any:
+    """The request's JSON document, or an error Response (auth, shutdown, type, size, nesting, syntax)."""
     if not _authorized(request):
         return error("unauthorized", "a valid API bearer token is required")
     if not request.app[ACCEPTING]["on"]:
@@ -108,12 +121,20 @@ async def post_trade(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         return error("invalid_json", "Content-Type must be application/json", 415)
     body = await request.read()
+    if len(body) > limit:
+        return error("body_too_large", f"request body over {limit} bytes")
     if json_nesting_depth(body) > MAX_JSON_DEPTH:
         return error("invalid_json", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        doc = json.loads(body, parse_float=Decimal)  # exact: an amount is never rounded through a float
+        return json.loads(body, parse_float=Decimal)  # exact: an amount is never rounded through a float
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error("invalid_json", f"body is not JSON: {exc}")
+
+
+async def post_trade(request: web.Request) -> web.Response:
+    doc = await _json_body(request, MAX_BODY)
+    if isinstance(doc, web.Response):
+        return doc
     signed = parse_signed(doc)
     try:
         created, rec = await request.app[READ_MODEL].accept(signed)
@@ -121,6 +142,38 @@ async def post_trade(request: web.Request) -> web.Response:
         return error(exc.code, str(exc))
     return web.json_response(Accepted(trade_id=rec.trade_id, state=rec.state, created=created).model_dump(mode="json"),
                              status=202)
+
+
+async def post_trades_bulk(request: web.Request) -> web.Response:
+    """Many signed instructions at once: each is checked and answered on its own, the valid ones are written in
+    one pipelined round trip. 200 with one result per instruction, in order."""
+    doc = await _json_body(request, MAX_BULK_BODY)
+    if isinstance(doc, web.Response):
+        return doc
+    items = doc.get("trades") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK or set(doc) != {"trades"} \
+            or not all(isinstance(item, dict) for item in items):
+        return error("invalid_field", f"body must be {{\"trades\": [1 to {MAX_BULK} JSON objects, each a signed "
+                                      "instruction]}}")
+    results: list[BulkItem | None] = [None] * len(items)
+    parsed: list[tuple[int, Any]] = []
+    for i, item in enumerate(items):
+        try:
+            parsed.append((i, parse_signed(item)))
+        except RelayerError as exc:
+            results[i] = BulkItem(index=i, error=exc.code, message=str(exc))
+    model = request.app[READ_MODEL]
+    outcomes = await model.accept_many([s for _, s in parsed])
+    states = await model.states([s.instruction.tradeId for (_, s), o in zip(parsed, outcomes)
+                                 if not isinstance(o, Exception)])
+    for (i, s), outcome in zip(parsed, outcomes):
+        tid = s.instruction.tradeId
+        if isinstance(outcome, RelayerError):
+            results[i] = BulkItem(index=i, trade_id=tid, error=outcome.code, message=str(outcome))
+        else:
+            results[i] = BulkItem(index=i, trade_id=tid, state=states.get(tid), created=outcome)
+    done = [r for r in results if r is not None]
+    return web.json_response(BulkResult(results=done).model_dump(mode="json", exclude_none=True))
 
 
 def _legs(audit: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -222,6 +275,7 @@ async def dashboard(_: web.Request) -> web.Response:
 
 ROUTES = [
     ("POST", "/v1/trades", post_trade),
+    ("POST", "/v1/trades/bulk", post_trades_bulk),
     ("GET", "/v1/trades", list_trades),
     ("GET", "/v1/trades/{trade_id}", get_trade),
     ("GET", "/healthz", healthz),
@@ -235,12 +289,13 @@ ROUTES = [
 def make_app(model: ReadModel, *, api_tokens: list[str], read_auth: bool = False,
              max_lag_blocks: int = 20) -> web.Application:
     """The API over a worker's read model (`Engine.read_model`)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BULK_BODY)
     app[READ_MODEL] = model
     app[API_TOKENS] = [t for t in api_tokens if t]
     app[READ_AUTH] = read_auth
     app[ACCEPTING] = {"on": True}
     app[MAX_LAG_BLOCKS] = max_lag_blocks
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        # /v1/trades/bulk is its own resource: a GET on it is 405, not a lookup of trade id "bulk"
+        app.router.add_route(method, path.replace("{trade_id}", "{trade_id:(?!bulk$)[^/]+}"), handler)
     return app

@@ -26,6 +26,30 @@ class Accepted(BaseModel):
     created: bool = Field(description="false when the same instruction had been accepted before")
 
 
+class BulkSubmission(BaseModel):
+    """POST /v1/trades/bulk: several signed instructions at once (each is checked on its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trades: list[dict[str, Any]] = Field(min_length=1, max_length=500,
+                                         description="signed instructions, each as POST /v1/trades takes one")
+
+
+class BulkItem(BaseModel):
+    """One instruction's outcome: accepted (trade_id, state, created) or refused (error, message)."""
+
+    index: int
+    trade_id: str | None = None
+    state: TradeState | None = None
+    created: bool | None = None
+    error: str | None = Field(None, description="the code POST /v1/trades would have answered")
+    message: str | None = None
+
+
+class BulkResult(BaseModel):
+    results: list[BulkItem]
+
+
 class Timelocks(BaseModel):
     st: int | None = Field(None, description="T_st (ST chain timestamp), once planned or seen")
     sc: int | None = Field(None, description="T_sc (coin ledger timestamp), once planned or seen")

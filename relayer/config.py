@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     st_lock_duration: int = 300
     poll_interval: float = 0.2
     lease_ttl: float = Field(5.0, gt=0, description="account lease TTL (s): a standby worker takes over after it")
-    batch_max: int = Field(50, ge=1, description="most swaps per batch transaction (1 = batching off)")
+    batch_max: int = Field(1000, ge=1, description="most swaps per batch transaction (1 = batching off); below it, a "
+                           "batch is sized to half the chain's block gas limit at the measured gas per swap")
     rpc_timeout: float = 5.0
     max_priority_fee_gwei: float = Field(200.0, gt=0, description="the most the seller's reveal (SC claim) tips to "
                                          "win inclusion over a congested mempool")

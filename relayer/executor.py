@@ -24,6 +24,10 @@ from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
 
+BLOCK_SHARE = 0.5  # the most of a block one batch may fill: room for other accounts' batches and other senders
+_ST_SIDE = frozenset({Action.LOCK_ST, Action.CLAIM_ST, Action.REFUND_ST, Action.SETTLE_DVP})
+
+
 class Executor:
     """Sends what the driver and the janitor found due; at most one transaction in flight per (trade, action,
     lock)."""
@@ -38,6 +42,7 @@ class Executor:
         self.coordinator = coordinator
         self.log = get_logger()
         self.inflight: dict[DueKey, asyncio.Task[None]] = {}
+        self.entry_gas: dict[tuple[str, str], float] = {}  # (chain, kind) -> measured gas per batch entry
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
         # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
         self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
@@ -58,7 +63,7 @@ class Executor:
 
     def dispatch(self, due: list[Due]) -> None:
         """Start the due actions that are not already in flight, grouped so that actions of one kind, on one
-        chain, signed by one account go out as one batch transaction (up to DVP_BATCH_MAX swaps)."""
+        chain, signed by one account go out as one batch transaction (sized by gas, see batch_size)."""
         now = time.monotonic()
         for key in [k for k, t in self.inflight.items() if t.done()]:
             del self.inflight[key]
@@ -70,13 +75,29 @@ class Executor:
                 self.on_settled([d.rec.trade_id], until)
                 continue
             groups[self._group_key(d)].append(d)
-        size = max(1, self.settings.batch_max)
         for items in groups.values():
+            size = self.batch_size(items[0])
             for i in range(0, len(items), size):
                 chunk = items[i:i + size]
                 task = asyncio.create_task(self._act(chunk))
                 for d in chunk:
                     self.inflight[d.key] = task
+
+    def batch_size(self, d: Due) -> int:
+        """Entries per batch: what fits in BLOCK_SHARE of the chain's block gas limit at the gas an entry was
+        measured to take (the worst case before any), capped by DVP_BATCH_MAX."""
+        ledger, side = (self.st.ledger, self.st) if d.action in _ST_SIDE else (self.sc.ledger, self.sc)
+        per_entry = self.entry_gas.get((side.name, d.kind)) or ledger.batch_entry_gas(d.kind)
+        limit = side.gas_limit or 30_000_000
+        return max(1, min(self.settings.batch_max, int(limit * BLOCK_SHARE // per_entry)))
+
+    def _measured(self, chain: str, kind: str, gas_used: int, entries: int) -> None:
+        """Learn the gas per batch entry from a receipt (moving average, leaning to the higher)."""
+        if entries < 2:
+            return
+        seen = gas_used / entries
+        old = self.entry_gas.get((chain, kind))
+        self.entry_gas[(chain, kind)] = seen if old is None else max(seen, 0.8 * old + 0.2 * seen)
 
     def _group_key(self, d: Due) -> tuple[str, str, str]:
         ins = d.rec.signed.instruction
@@ -176,6 +197,8 @@ class Executor:
         receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
         gas_used = int(receipt["gasUsed"])
         metrics.GAS.labels(ledger.kind, action.value).inc(gas_used)
+        side = self.st if ledger is self.st.ledger else self.sc
+        self._measured(side.name, prepared[0].due.kind, gas_used, len(prepared))
         mined = receipt["transactionHash"].to_0x_hex()
         for p in prepared:
             await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", tx=mined,

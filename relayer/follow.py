@@ -179,6 +179,7 @@ class ChainSide:
     head_seen_at: float = 0.0  # wall time when the current head was first seen
     reconnects_seen: int = 0  # EvmChain.reconnects when last looked at
     fresh: bool = False  # followed successfully this round
+    gas_limit: int = 0  # the latest block's gas limit (0 until seen)
     reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
     following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round, see Followers)
 
@@ -304,6 +305,7 @@ class Followers:
         metrics.RPC_ERRORS.labels(side.name).set(side.ledger.chain.rpc_errors)
         if bhash:
             await self.store.set_cursor(side.name, height, bhash)
+        side.gas_limit = res.head_gas_limit or side.gas_limit
         if res.head != side.head:
             if side.head_seen_at and res.head_timestamp > side.now() + 2 * self.settings.block_time + 1:
                 self.rewound = True  # e.g. a chain that stalled, then stamped its next block far ahead

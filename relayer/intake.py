@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relayer.config import Settings
-from relayer.errors import InvalidInstruction, NotReady
+from relayer.errors import InvalidInstruction, NotReady, RelayerError
 from relayer.follow import ChainSide
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
@@ -31,8 +31,9 @@ class Intake:
         self.sc_tokens = settings.sc_token_set()
         self.log = get_logger()
 
-    async def validate(self, signed: SignedInstruction) -> None:
-        """Raises InvalidInstruction (refused: the caller's mistake) or NotReady (retry shortly)."""
+    async def validate(self, signed: SignedInstruction, now: int | None = None) -> None:
+        """Raises InvalidInstruction (refused: the caller's mistake) or NotReady (retry shortly). `now`: the ST
+        chain's clock, when the caller read it already (bulk intake reads it once)."""
         ins = signed.instruction
         if not self.ready():
             raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
@@ -50,12 +51,34 @@ class Intake:
             raise InvalidInstruction(f"unknown ST token {ins.stToken}", code="unknown_token")
         if ins.scToken not in self.sc_tokens:
             raise InvalidInstruction(f"unknown SC token {ins.scToken}", code="unknown_token")
-        now = await self.st.ledger.chain.now()
+        if now is None:
+            now = await self.st.ledger.chain.now()
         if ins.deadline - now < self.policy.min_st_window():
             raise InvalidInstruction(
                 f"deadline {ins.deadline} leaves less than {self.policy.min_st_window()}s",
                 code="deadline_too_close",
             )
+
+    async def accept_many(self, signed: list[SignedInstruction]) -> list[bool | RelayerError]:
+        """Bulk intake: each instruction validated on its own (one refused never refuses the others), the valid
+        ones written in one pipelined round trip. Per instruction: True (new), False (known), or the error."""
+        if not self.ready():
+            raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
+        now = await self.st.ledger.chain.now()
+        checked: list[RelayerError | None] = []
+        for s in signed:
+            try:
+                await self.validate(s, now)
+                checked.append(None)
+            except InvalidInstruction as exc:
+                checked.append(exc)
+        valid = [s for s, err in zip(signed, checked) if err is None]
+        stored = iter(await self.store.create_many(valid, ACTOR))
+        out: list[bool | RelayerError] = [err if err is not None else next(stored) for err in checked]
+        created = sum(1 for r in out if r is True)
+        if created:
+            self.log.info("trades_accepted", count=created, refused=sum(1 for r in out if isinstance(r, Exception)))
+        return out
 
     async def accept(self, signed: SignedInstruction) -> bool:
         """Validate and store. True if new, False if the same instruction was already accepted."""

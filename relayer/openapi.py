@@ -9,7 +9,16 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from relayer.api_models import Accepted, ErrorBody, Health, Readiness, TradeDocument, TradeList
+from relayer.api_models import (
+    Accepted,
+    BulkResult,
+    BulkSubmission,
+    ErrorBody,
+    Health,
+    Readiness,
+    TradeDocument,
+    TradeList,
+)
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TradeState
 
@@ -17,7 +26,8 @@ MAX_OFFSET = 10**9  # far beyond any trade count; keeps Redis ranges within thei
 MAX_LIMIT = 500
 TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
 
-_MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, ErrorBody, TradeDocument, TradeList, Health, Readiness]
+_MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, BulkSubmission, BulkResult, ErrorBody, TradeDocument,
+                                  TradeList, Health, Readiness]
 
 
 def _schemas() -> dict[str, Any]:
@@ -80,6 +90,23 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {"200": _json(TradeList, "a page of trades"),
                               "400": _err("bad paging or state"), "401": _err("unauthorized")},
+            },
+        },
+        "/v1/trades/bulk": {
+            "post": {
+                "summary": "Submit up to 500 signed trade instructions at once; each is answered on its own",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/BulkSubmission"}}}},
+                "responses": {
+                    "200": _json(BulkResult, "one result per instruction, in order: accepted (trade_id, state, "
+                                             "created) or refused (error, message, as POST /v1/trades would answer)"),
+                    "400": _err("malformed JSON, or not {\"trades\": [1 to 500 items]}"),
+                    "401": _err("missing or wrong bearer token"),
+                    "413": _err("body too large"),
+                    "415": _err("not application/json"),
+                    "503": _err("shutting down, or not connected to its chains and Redis yet"),
+                },
             },
         },
         "/v1/trades/{trade_id}": {

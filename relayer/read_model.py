@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from relayer.follow import ChainSide
+from relayer.errors import RelayerError
 from relayer.intake import Intake
 from relayer.protocol.instruction import SignedInstruction
 from relayer.store import Store, TradeRecord
@@ -28,6 +29,13 @@ class ReadModel:
         rec = await self.store.get(signed.instruction.tradeId)
         assert rec is not None
         return created, rec
+
+    async def accept_many(self, signed: list[SignedInstruction]) -> list[bool | RelayerError]:
+        return await self.intake.accept_many(signed)
+
+    async def states(self, trade_ids: list[str]) -> dict[str, Any]:
+        """The current state of each of these trades, in one round trip."""
+        return {rec.trade_id: rec.state for rec in await self.store.get_many(trade_ids)}
 
     async def trade(self, trade_id: str) -> TradeWithAudit | None:
         rec = await self.store.get(trade_id)

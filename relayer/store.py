@@ -236,6 +236,31 @@ class Store:
             raise ConflictingInstruction(f"trade {ins.tradeId} already exists with different terms")
         return int(res) == 1
 
+    async def create_many(self, signed: list[SignedInstruction], actor: str) -> list[bool | ConflictingInstruction]:
+        """Store new trades (MATCHED) in one round trip and queue the new ones for the workers in a second:
+        per instruction, True if created, False if already there, ConflictingInstruction if its id has other
+        terms."""
+        if not signed:
+            return []
+        now = time.time()
+        async with self.r.pipeline(transaction=False) as pipe:
+            for s in signed:
+                ins = s.instruction
+                record = {"trade_id": ins.tradeId, "instruction": s.model_dump_json(), "digest": ins.digest(),
+                          "state": TradeState.MATCHED.value, "version": "1", "created_at": f"{now:.3f}"}
+                await self._create(keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
+                                   args=[ins.digest(), json.dumps(record), _audit_entry(actor, "accepted"),
+                                         f"{now:.3f}"], client=pipe)
+            codes = [int(c) for c in await pipe.execute()]
+        created = [s.instruction.tradeId for s, c in zip(signed, codes) if c == 1]
+        if created:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for tid in created:
+                    pipe.xadd(INTAKE, {"trade_id": tid}, maxlen=100_000, approximate=True)
+                await pipe.execute()
+        return [ConflictingInstruction(f"trade {s.instruction.tradeId} already exists with different terms")
+                if c == -1 else c == 1 for s, c in zip(signed, codes)]
+
     async def get(self, trade_id: str) -> TradeRecord | None:
         return self._record(trade_id, await self.r.hgetall(trade_key(trade_id)))
 

@@ -121,6 +121,7 @@ class FakeLedger:
     single_call = staticmethod(HtlcLedger.single_call)
     batch_call = staticmethod(HtlcLedger.batch_call)
     single_gas = staticmethod(HtlcLedger.single_gas)
+    batch_entry_gas = staticmethod(HtlcLedger.batch_entry_gas)
     swap_id_of = staticmethod(HtlcLedger.swap_id_of)
 
     def __init__(self, name: str, escrow: str, keys: list[str]) -> None:

@@ -261,3 +261,50 @@ async def test_what_the_full_schemathesis_run_found_answers_4xx_with_its_headers
     async with http.delete("/v1/trades") as r:
         assert r.status == 405 and {m.strip() for m in r.headers["Allow"].split(",")} >= {"GET", "POST"}
         assert (await r.json())["error"] == "method_not_allowed"
+
+
+async def test_bulk_intake_answers_each_instruction_on_its_own_and_the_valid_ones_settle(api, net: Net):
+    http, store, _, _ = api
+    good = [(await net.instruction(stAmount=1, scAmount=3_000 + i)).model_dump() for i in range(5)]
+    known = good[0]
+    conflicting = (await net.instruction(tradeId=known["instruction"]["tradeId"], scAmount=9)).model_dump()
+    forged = _mutate((await net.instruction()).model_dump(), stAmount=10**6)  # signed terms altered
+    async with http.post("/v1/trades", json=known, headers=AUTH) as r:
+        assert r.status == 202
+    body = {"trades": [*good, conflicting, forged, {"instruction": 7}]}
+    async with http.post("/v1/trades/bulk", json=body, headers=AUTH) as r:
+        assert r.status == 200, await r.text()
+        results = (await r.json())["results"]
+    assert [r["index"] for r in results] == list(range(8))
+    assert results[0]["created"] is False and all(r["created"] is True for r in results[1:5])
+    assert all("error" not in r and r["trade_id"] == g["instruction"]["tradeId"] for r, g in zip(results, good))
+    assert {r["state"] for r in results[1:5]} <= {"MATCHED", "ST_LOCKED"}
+    assert results[5]["error"] == "conflicting_trade_id"
+    assert results[6]["error"] in ("untrusted_signer", "bad_signature")
+    assert results[7]["error"] == "invalid_field" and "trade_id" not in results[7]
+    assert not await store.r.exists(f"dvp:trade:{forged['instruction']['tradeId']}")
+    ids = [g["instruction"]["tradeId"] for g in good]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = {(await store.get(t)).state.value for t in ids}
+        if states == {"SETTLED"}:
+            break
+        await asyncio.sleep(0.5)
+    assert states == {"SETTLED"}
+    for bad in ({"trades": []}, {"trades": [good[1]] * 501}, [good[1]], {"trades": [good[1]], "x": 1}):
+        async with http.post("/v1/trades/bulk", json=bad, headers=AUTH) as r:
+            assert r.status == 400 and (await r.json())["error"] == "invalid_field"
+    async with http.post("/v1/trades/bulk", json={"trades": [good[1]]}) as r:
+        assert r.status == 401
+
+
+async def test_bulk_refuses_items_that_are_not_objects_and_advertises_only_post(api):
+    http, *_ = api
+    async with http.post("/v1/trades/bulk", json={"trades": [7098]}, headers=AUTH) as r:
+        assert r.status == 400 and (await r.json())["error"] == "invalid_field"
+    async with http.options("/v1/trades/bulk", headers=AUTH) as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"
+    async with http.delete("/v1/trades", headers=AUTH) as r:
+        assert r.status == 405 and set(r.headers["Allow"].split(",")) == {"GET", "POST"}
+    async with http.get("/v1/trades/bulk", headers=AUTH) as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"

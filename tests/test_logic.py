@@ -38,7 +38,7 @@ class _Coordinator:
 
 
 class _Settings:
-    confirmations, block_time, inclusion_delay, batch_max = 1, 1.0, 2.0, 50
+    confirmations, block_time, inclusion_delay, batch_max = 1, 1.0, 2.0, 1000
 
 
 def world(keys_st=(SELLER, BUYER), keys_sc=(SELLER, BUYER)):
@@ -242,3 +242,55 @@ async def _settle(executor: Executor) -> None:
     import asyncio
 
     await asyncio.gather(*executor.tasks())
+
+
+# ------------------------------------------------------------------ schedule
+
+
+def test_the_schedule_gives_back_only_what_changed_between_reconciliations():
+    from relayer.schedule import Schedule
+
+    s = Schedule(reconcile_every=60)
+    trades = [f"0x{i:064x}" for i in range(1000)]
+    assert s.take(trades, now=0.0) == trades  # the first round decides everything
+    assert s.take(trades, now=1.0) == []  # nothing happened: nothing to do, however many trades are open
+    s.mark(trades[7])
+    s.mark_at(trades[9], 5.0)
+    s.mark_at(trades[9], 3.0)  # an earlier timer wins
+    s.mark("0x" + "ff" * 32)  # not ours (yet): kept, not returned
+    assert s.take(trades, now=2.0) == [trades[7]]
+    assert s.take(trades, now=3.0) == [trades[9]]
+    assert s.take(trades, now=5.5) == []  # the superseded timer does not fire again
+    s.mark_at(trades[3], 4.0)
+    s.forget(trades[3])
+    assert s.take(trades, now=10.0) == []
+    assert s.take(trades + ["0x" + "ff" * 32], now=11.0) == ["0x" + "ff" * 32]
+    assert len(s.take(trades, now=61.0)) == 1000  # reconciliation: everything, as a net under the rest
+    s.mark_all()
+    assert len(s.take(trades, now=62.0)) == 1000
+
+
+def test_a_trades_timers_cover_every_instant_its_decision_can_change_at():
+    from relayer.schedule import next_instants
+
+    store = FakeStore()
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    rec.fields.update(t_st=str(NOW + 300), t_sc=str(NOW + 300 - POLICY.delta()))
+    instants = next_instants(rec, POLICY)
+    t_sc = NOW + 300 - POLICY.delta()
+    for cutoff in (ins.deadline, NOW + 300, t_sc, t_sc - POLICY.reveal_window(), NOW + 300 - POLICY.min_st_window()):
+        assert any(cutoff < t <= cutoff + 5 for t in instants), cutoff
+
+
+async def test_batches_are_sized_by_the_block_gas_limit_and_the_measured_gas_per_entry():
+    store, st_side, sc_side, _, _, executor = world()
+    dues = _claims(store, st_side, 1, executor.box)
+    st_side.gas_limit = 30_000_000
+    assert executor.batch_size(dues[0]) == 500  # 15M gas at the 30k worst case before any batch was measured
+    executor._measured("st", "claim", 50 * 9_000, 50)  # a batch of 50 took 9k gas an entry
+    assert executor.batch_size(dues[0]) == 1000  # capped by DVP_BATCH_MAX
+    executor.settings.batch_max = 5000
+    assert executor.batch_size(dues[0]) == 15_000_000 // 9_000
+    st_side.gas_limit = 1_000_000  # a permissioned chain with small blocks
+    assert executor.batch_size(dues[0]) == 500_000 // 9_000
