@@ -291,6 +291,10 @@ class Quarantine:
     def __init__(self) -> None:
         self._held: dict[str, tuple[float, float]] = {}  # trade id -> (until, last pause), monotonic seconds
 
+    def until(self, trade_id: str) -> float:
+        """When the trade's current pause ends (0 when it is not set aside)."""
+        return self._held.get(trade_id, (0.0, 0.0))[0]
+
     def held(self, trade_id: str, now: float) -> bool:
         entry = self._held.get(trade_id)
         return entry is not None and now < entry[0]

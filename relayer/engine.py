@@ -74,6 +74,7 @@ class Engine:
         self.executor.on_settled = self._action_done
         self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
         self._fresh: tuple[bool, ...] = ()
+        self._skew_ok = True
         self.read_model = ReadModel(store, self.intake_desk, sides)
         self._next_sweep = 0.0
 
@@ -199,12 +200,15 @@ class Engine:
         if not any(fresh):
             raise RpcUnavailable("neither chain answers: nothing can be decided this round")
         touched, rewound = self.followers.take_changes()
-        if rewound or fresh != self._fresh:
-            self.schedule.mark_all()  # a chain came back, went stale, or was rewound: every trade may differ
-        self._fresh = fresh
+        rnd = Round(self.st.now(), self.sc.now(), time.monotonic())
+        skew_ok = abs(rnd.clock_offset) <= self.policy.max_clock_skew
+        if rewound or fresh != self._fresh or skew_ok != self._skew_ok:
+            # a chain came back, went stale or was rewound, or the clocks moved in or out of the skew bound
+            # (locks and the reveal wait on it): every trade may decide differently
+            self.schedule.mark_all()
+        self._fresh, self._skew_ok = fresh, skew_ok
         for tid in touched:
             self.schedule.mark(tid)
-        rnd = Round(self.st.now(), self.sc.now(), time.monotonic())
         self.clock_offset = rnd.clock_offset
         metrics.CLOCK_OFFSET.set(self.clock_offset)
         owned = await self.coordinator.own_trades()
@@ -217,7 +221,20 @@ class Engine:
         routed = await self.coordinator.routed_to_us()
         now = time.monotonic()
         ids = self.schedule.take(list(owned)) + [t for t in routed if t not in owned]
+        for tid in [t for t in ids if self.quarantine.held(t, now)]:
+            self.schedule.mark_at(tid, self.quarantine.until(tid))  # what woke it waits for the pause's end
         ids = [t for t in ids if not self.quarantine.held(t, now)]
+        try:
+            await self._decide(ids, owned, rnd)
+        except BaseException:
+            for tid in ids:  # the round failed part way: what it took is decided again next round
+                if tid in self._states or tid in routed:
+                    self.schedule.mark(tid)
+            raise
+        self.rounds += 1
+
+    async def _decide(self, ids: list[str], owned: dict[str, str], rnd: Round) -> None:
+        """Decide these trades, run the janitor when due, export metrics, send what is due."""
         broken: dict[str, CorruptRecord] = {}
         due = []
         for rec in await self.store.get_many(ids, broken=broken):
@@ -251,19 +268,27 @@ class Engine:
             await self._set_aside(tid, corrupt)
         if self.coordinator.sweeps() and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY
-            due += await self.janitor.sweep(rnd.observed_at)
+            try:
+                due += await self.janitor.sweep(rnd.observed_at)
+            except (LedgerError, RedisError, OSError) as exc:  # the sweep retries; the trades' actions go out
+                self.log.warning("sweep_failed", error=str(exc), error_type=type(exc).__name__)
         if self.rounds % PRUNE_EVERY_ROUNDS == 0:
             await self.janitor.prune_index()
-        await self._export(rnd)
         self.executor.dispatch(due)
-        self.rounds += 1
+        await self._export(rnd)
 
     def _set_timer(self, rec: TradeRecord, rnd: Round) -> None:
         """Wake the trade at the next instant its decision may change with no new event (schedule.py)."""
-        clock = min(rnd.now_st, rnd.now_sc)  # the earlier clock: a wake-up too early only decides once more
-        future = [t for t in next_instants(rec, self.policy) if t > clock]
-        if future:
-            self.schedule.mark_at(rec.trade_id, rnd.observed_at + (min(future) - clock))
+        instants = next_instants(rec, self.policy)
+        # each instant as seen from either chain's clock, the sooner wins: a wake-up too early only decides once more
+        delays: list[float] = [t - now for now in (rnd.now_st, rnd.now_sc) for t in instants if t > now]
+        heads = min(self.st.head_timestamp, self.sc.head_timestamp)
+        if any(heads < t <= max(rnd.now_st, rnd.now_sc) for t in instants):
+            # passed by the projected clock but no block stamped past it yet (expiry and refunds wait for one):
+            # look again a block later; that block is no escrow event, so nothing else would wake the trade
+            delays.append(self.settings.block_time)
+        if delays:
+            self.schedule.mark_at(rec.trade_id, rnd.observed_at + min(delays))
 
     def _action_done(self, trade_ids: list[str], retry_at: float | None) -> None:
         """An action's transaction finished (or failed): decide its trades again, now or after the cooldown."""

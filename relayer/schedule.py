@@ -40,8 +40,8 @@ class Schedule:
     def mark_at(self, trade_id: str, when: float) -> None:
         """Decide `trade_id` again at monotonic time `when` (kept only if earlier than its current timer)."""
         current = self._next_at.get(trade_id)
-        if current is not None and current <= when and current > time.monotonic():
-            return
+        if current is not None and current <= when:
+            return  # an earlier timer (maybe due already, not yet taken) stands
         self._next_at[trade_id] = when
         heapq.heappush(self._timers, (when, trade_id))
 
@@ -61,7 +61,7 @@ class Schedule:
                 self._dirty.add(tid)
         wanted = self._dirty
         out = [t for t in candidates if t in wanted]
-        self._dirty = {t for t in wanted if t not in set(out)}  # marks of trades not ours yet stay
+        self._dirty = wanted.difference(out)  # marks of trades not ours yet stay
         if len(self._dirty) > 100_000:  # marks for trades another worker drives: never taken, bounded
             self._dirty.clear()
         if len(self._timers) > 4 * max(1, len(self._next_at)) + 1024:  # drop superseded heap entries
