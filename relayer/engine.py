@@ -181,9 +181,6 @@ class Engine:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
-    async def release_accounts(self) -> None:
-        await self.coordinator.release()
-
     def _in_background(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._background.add(task)

@@ -43,6 +43,14 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
 
 
+def _submit(summary: str, body: type[BaseModel], responses: dict[str, Any]) -> dict[str, Any]:
+    """A POST with a bearer token and a JSON body of `body`."""
+    return {"summary": summary, "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}}},
+            "responses": responses}
+
+
 def _err(description: str) -> dict[str, Any]:
     return _json(ErrorBody, description)
 
@@ -60,12 +68,7 @@ OPENAPI: dict[str, Any] = {
     },
     "paths": {
         "/v1/trades": {
-            "post": {
-                "summary": "Submit a signed trade instruction",
-                "security": [{"bearer": []}],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/SignedInstruction"}}}},
-                "responses": {
+            "post": _submit("Submit a signed trade instruction", SignedInstruction, {
                     "202": _json(Accepted, "accepted (or already accepted with the same terms)"),
                     "400": _err("malformed JSON, wrong types or values, bad address checksums"),
                     "401": _err("missing or wrong bearer token"),
@@ -76,8 +79,7 @@ OPENAPI: dict[str, Any] = {
                     "415": _err("not application/json"),
                     "422": _err("unknown chain or token, deadline too close"),
                     "503": _err("shutting down, or not connected to its chains and Redis yet"),
-                },
-            },
+            }),
             "get": {
                 "summary": "List trades, newest first",
                 "parameters": [
@@ -93,12 +95,8 @@ OPENAPI: dict[str, Any] = {
             },
         },
         "/v1/trades/bulk": {
-            "post": {
-                "summary": "Submit up to 500 signed trade instructions at once; each is answered on its own",
-                "security": [{"bearer": []}],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/BulkSubmission"}}}},
-                "responses": {
+            "post": _submit("Submit up to 500 signed trade instructions at once; each is answered on its own",
+                            BulkSubmission, {
                     "200": _json(BulkResult, "one result per instruction, in order: accepted (trade_id, state, "
                                              "created) or refused (error, message, as POST /v1/trades would answer)"),
                     "400": _err("malformed JSON, or not {\"trades\": [1 to 500 items]}"),
@@ -106,8 +104,7 @@ OPENAPI: dict[str, Any] = {
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
                     "503": _err("shutting down, or not connected to its chains and Redis yet"),
-                },
-            },
+            }),
         },
         "/v1/trades/{trade_id}": {
             "get": {

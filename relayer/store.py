@@ -217,21 +217,8 @@ class Store:
         Raises ConflictingInstruction when the id exists with different terms.
         """
         ins = signed.instruction
-        now = time.time()
-        record = {
-            "trade_id": ins.tradeId,
-            "instruction": signed.model_dump_json(),
-            "digest": ins.digest(),
-            "state": state.value,
-            "version": "1",
-            "created_at": f"{now:.3f}",
-        }
-        extra = {"note": note} if note else {}
-        entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", **extra)
-        res = await self._create(
-            keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
-            args=[ins.digest(), json.dumps(record), entry, f"{now:.3f}"],
-        )
+        keys, args = _create_call(signed, state, actor, time.time(), note)
+        res = await self._create(keys=keys, args=args)
         if int(res) == -1:
             raise ConflictingInstruction(f"trade {ins.tradeId} already exists with different terms")
         return int(res) == 1
@@ -245,12 +232,8 @@ class Store:
         now = time.time()
         async with self.r.pipeline(transaction=False) as pipe:
             for s in signed:
-                ins = s.instruction
-                record = {"trade_id": ins.tradeId, "instruction": s.model_dump_json(), "digest": ins.digest(),
-                          "state": TradeState.MATCHED.value, "version": "1", "created_at": f"{now:.3f}"}
-                await self._create(keys=[trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
-                                   args=[ins.digest(), json.dumps(record), _audit_entry(actor, "accepted"),
-                                         f"{now:.3f}"], client=pipe)
+                keys, args = _create_call(s, TradeState.MATCHED, actor, now)
+                await self._create(keys=keys, args=args, client=pipe)
             codes = [int(c) for c in await pipe.execute()]
         created = [s.instruction.tradeId for s, c in zip(signed, codes) if c == 1]
         if created:
@@ -564,6 +547,18 @@ def _unpack(packed: str) -> dict[str, Any]:
         version = int(head[1:])
     d = zlib.decompressobj(zdict=ARCHIVE_DICTIONARIES[version])
     return json.loads(d.decompress(body.encode("latin-1")) + d.flush())
+
+
+def _create_call(signed: SignedInstruction, state: TradeState, actor: str, now: float, note: str = ""
+                 ) -> tuple[list[str], list[str]]:
+    """Keys and arguments of the _CREATE script for one new trade."""
+    ins = signed.instruction
+    record = {"trade_id": ins.tradeId, "instruction": signed.model_dump_json(), "digest": ins.digest(),
+              "state": state.value, "version": "1", "created_at": f"{now:.3f}"}
+    extra = {"note": note} if note else {}
+    entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", **extra)
+    return ([trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
+            [ins.digest(), json.dumps(record), entry, f"{now:.3f}"])
 
 
 def _audit_entry(actor: str, event: str | None, **data: Any) -> str:
