@@ -44,6 +44,7 @@ class Due:
     st_ev: LockedEvent | None
     sc_ev: LockedEvent | None
     observed_at: float = 0.0  # monotonic time the round finished reading both chains
+    chain: str = ""  # the ledger the lock is on when it is not one of the trade's own (a stray found elsewhere)
 
     @property
     def lock(self) -> LockedEvent | None:

@@ -226,8 +226,7 @@ async def get_trade(request: web.Request) -> web.Response:
     found = await model.trade(trade_id)
     if found is None:
         return error("not_found", "no such trade")
-    now_st, now_sc = model.chain_now()
-    return web.json_response(trade_document(*found, now_st, now_sc))
+    return web.json_response(trade_document(*found, *model.clocks(found[0])))
 
 
 async def list_trades(request: web.Request) -> web.Response:
@@ -244,8 +243,7 @@ async def list_trades(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in TradeState.__members__:
         return error("invalid_field", f"unknown state {state!r}")
-    now_st, now_sc = model.chain_now()
-    items = [trade_summary(rec, audit, now_st, now_sc) for rec, audit in await model.trades(offset, limit, state)]
+    items = [trade_summary(rec, audit, *model.clocks(rec)) for rec, audit in await model.trades(offset, limit, state)]
     return web.json_response(TradeList(items=items, offset=offset, limit=limit).model_dump(mode="json"))
 
 
@@ -254,7 +252,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when Redis and both chains answer and both followers are within the lag bound."""
+    """Ready when Redis and every ledger answer and every follower is within the lag bound."""
     checks = await request.app[READ_MODEL].readiness(request.app[MAX_LAG_BLOCKS])
     ready = all(v is True for v in checks.values()) and request.app[ACCEPTING]["on"]
     return web.json_response(Readiness(ready=ready, checks=checks).model_dump(), status=200 if ready else 503)

@@ -10,11 +10,14 @@ import base64
 import binascii
 import os
 import re
+import tomllib
+from pathlib import Path
+from typing import Literal
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address, to_checksum_address
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relayer.errors import ConfigError
@@ -43,6 +46,79 @@ def _check_addresses(value: str) -> str:
         if item[2:] != item[2:].lower() and item[2:] != item[2:].upper() and not is_checksum_address(item):
             raise ValueError(f"entry {i} ({item!r}) has a bad EIP-55 checksum")
     return value
+
+
+class LedgerConfig(BaseModel):
+    """One ledger the relayer follows: a `[[ledgers]]` table of the config file (DVP_CONFIG_FILE), or, without
+    one, the ledger named "st" or "sc" built from the DVP_ST_* / DVP_SC_* variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="labels logs and metrics, keys its Redis cursor")
+    role: Literal["st", "sc"] = Field(description="st: a security-token platform; sc: a coin ledger")
+    chain_id: int | None = Field(None, gt=0, description="trades name it as stChainId / scChainId; the RPC must "
+                                 "serve it (unset: learned on connect, single-pair deployments only)")
+    rpc_urls: list[str] = Field(min_length=1, description="primary RPC first, then standbys")
+    ws_url: str = Field("", description="optional WebSocket URL: new blocks wake the worker at once")
+    escrow: str = Field(description="the HTLC escrow contract")
+    tokens: list[str] = Field(default_factory=list, description="token addresses this relayer settles on it")
+    start_block: int = Field(0, ge=0, description="where the first follow starts (the escrow's deploy block)")
+    confirmations: int | None = Field(None, ge=1, description="k for this chain (unset: DVP_CONFIRMATIONS)")
+    block_time: float | None = Field(None, gt=0, description="seconds per block (unset: DVP_BLOCK_TIME)")
+    dvp_contract: str = Field("", description="AtomicDvP on this ST chain (same-ledger trades in one transaction)")
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _rpc(cls, v: list[str]) -> list[str]:
+        return [_check_urls(u, ("http", "https")) for u in v]
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws(cls, v: str) -> str:
+        return _check_urls(v, ("ws", "wss"))
+
+    @field_validator("escrow", "dvp_contract")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return _check_addresses(v)
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        _check_addresses(",".join(v))
+        return v
+
+    def token_set(self) -> set[str]:
+        return {to_checksum_address(a) for a in self.tokens}
+
+
+class LedgersFile(BaseModel):
+    """The config file: the ledgers, each named once, no two of one role on one chain id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ledgers: list[LedgerConfig] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LedgersFile:
+        names = [lg.name for lg in self.ledgers]
+        if dup := {n for n in names if names.count(n) > 1}:
+            raise ValueError(f"ledger names must be distinct: {', '.join(sorted(dup))} appears more than once")
+        keys = [(lg.role, lg.chain_id) for lg in self.ledgers]
+        if len(self.ledgers) > 2 and any(lg.chain_id is None for lg in self.ledgers):
+            raise ValueError("with more than two ledgers each needs its chain_id (trades are routed by it)")
+        if dup_keys := {k for k in keys if keys.count(k) > 1 and k[1] is not None}:
+            role, chain_id = sorted(dup_keys)[0]
+            raise ValueError(f"two {role} ledgers on chain id {chain_id}: a trade could not be routed")
+        for role in ("st", "sc"):
+            if not any(lg.role == role for lg in self.ledgers):
+                raise ValueError(f"no ledger with role = \"{role}\"")
+        return self
+
+
+# the DVP_ST_* / DVP_SC_* variables and the LedgerConfig field each one sets
+_LEDGER_VARS = {"rpc_url": "rpc_urls", "rpc_standby_urls": "rpc_urls", "ws_url": "ws_url", "chain_id": "chain_id",
+                "escrow": "escrow", "tokens": "tokens", "start_block": "start_block"}
 
 
 class Settings(BaseSettings):
@@ -79,6 +155,9 @@ class Settings(BaseSettings):
     sc_escrow: str = ""
     sc_tokens: str = ""
     sc_start_block: int = 0
+
+    config_file: str = Field("", description="TOML file with the [[ledgers]] to follow (any number); without it "
+                             "the DVP_ST_* and DVP_SC_* values are the one ST chain and the one coin ledger")
 
     dvp_contract: str = Field("", description="AtomicDvP address on the ST chain: when the SC is on that same chain "
                               "too, trades settle through it in one transaction (no HTLC)")
@@ -195,15 +274,64 @@ class Settings(BaseSettings):
         accts = [Account.from_key(k) for k in _split(self.party_keys.get_secret_value())]
         return {a.address: a for a in accts}
 
-    def timing(self) -> TimingPolicy:
+    def ledger_configs(self) -> list[LedgerConfig]:
+        """The ledgers to follow: the config file's, where a DVP_ST_* / DVP_SC_* value set explicitly overrides
+        that value of the ledger named "st" / "sc"; without a file, those two ledgers from the variables."""
+        derived = {role: self._ledger_from_vars(role) for role in ("st", "sc")}
+        if not self.config_file:
+            return [derived["st"], derived["sc"]]
+        path = Path(self.config_file)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"DVP_CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"DVP_CONFIG_FILE: {path} is not valid TOML: {exc}") from None
+        try:
+            ledgers = LedgersFile.model_validate(doc).ledgers
+        except ValidationError as exc:
+            raise ConfigError(f"DVP_CONFIG_FILE {path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        out = []
+        for lg in ledgers:
+            if lg.name in derived:
+                over = self._explicit_overrides(lg.name, derived[lg.name])
+                lg = lg.model_copy(update=over) if over else lg
+            out.append(lg)
+        return out
+
+    def _ledger_from_vars(self, role: str) -> LedgerConfig:
+        get = lambda field: getattr(self, f"{role}_{field}")  # noqa: E731
+        return LedgerConfig(
+            name=role, role=role, chain_id=get("chain_id"), rpc_urls=self.st_urls() if role == "st" else self.sc_urls(),
+            ws_url=get("ws_url"), escrow=get("escrow"), tokens=_split(get("tokens")), start_block=get("start_block"),
+            dvp_contract=self.dvp_contract if role == "st" else "",
+        )
+
+    def _explicit_overrides(self, role: str, derived: LedgerConfig) -> dict[str, object]:
+        """The values of the DVP_<ROLE>_* variables that were set (not defaults), as LedgerConfig fields."""
+        fields = {_LEDGER_VARS[f.removeprefix(role + "_")] for f in self.model_fields_set
+                  if f.startswith(role + "_") and f.removeprefix(role + "_") in _LEDGER_VARS}
+        if role == "st" and "dvp_contract" in self.model_fields_set:
+            fields.add("dvp_contract")
+        return {f: getattr(derived, f) for f in fields}
+
+    def timing(self, *ledgers: LedgerConfig) -> TimingPolicy:
+        """The timing of trades across these ledgers (Δ from the slowest one's k and block time); without any,
+        from DVP_CONFIRMATIONS and DVP_BLOCK_TIME."""
         return TimingPolicy(
-            confirmations=self.confirmations,
-            block_time=self.block_time,
+            confirmations=max([lg.confirmations or self.confirmations for lg in ledgers] or [self.confirmations]),
+            block_time=max([lg.block_time or self.block_time for lg in ledgers] or [self.block_time]),
             inclusion_delay=self.inclusion_delay,
             margin=self.margin,
             max_clock_skew=self.max_clock_skew,
             st_lock_duration=self.st_lock_duration,
         )
+
+
+def _describe(err: object) -> str:
+    e = err  # a pydantic ErrorDetails
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")  # type: ignore[index]
+    return f"{loc or 'file'}: {e['msg'].removeprefix('Value error, ')}"  # type: ignore[index]
 
 
 def env_file() -> str:

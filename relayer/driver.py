@@ -33,22 +33,25 @@ from relayer.protocol.rules import (
     decide_atomic,
 )
 from relayer.protocol.states import TERMINAL, TradeState, can_transition
+from relayer.routing import Route, Routes
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
 
 @dataclass
 class Round:
-    """What one round observed of both chains (and the least time left on a live lock, for the metrics)."""
+    """What one round observed of the chains (and the least time left on a live lock, for the metrics)."""
 
-    now_st: int
-    now_sc: int
+    clocks: dict[str, int]  # ledger name -> its clock this round (ChainSide.now)
     observed_at: float  # monotonic time the round finished reading the chains
     min_left: dict[str, float] = field(default_factory=lambda: {"st": float("inf"), "sc": float("inf")})
 
-    @property
-    def clock_offset(self) -> int:
-        return self.now_st - self.now_sc
+    def now(self, side: ChainSide) -> int:
+        return self.clocks[side.name]
+
+    def offset(self, route: Route) -> int:
+        """ST clock minus coin-ledger clock of one route."""
+        return self.clocks[route.st.name] - self.clocks[route.sc.name]
 
 
 @dataclass
@@ -62,11 +65,10 @@ class Advanced:
 class Driver:
     """Decides and records one trade; the executor sends what it finds due."""
 
-    def __init__(self, st: ChainSide, sc: ChainSide, store: Store, policy: TimingPolicy, box: SecretBox,
-                 strays: StrayBook, in_flight: Callable[[DueKey], bool]) -> None:
-        self.st, self.sc = st, sc
+    def __init__(self, routes: Routes, store: Store, box: SecretBox, strays: StrayBook,
+                 in_flight: Callable[[DueKey], bool]) -> None:
+        self.routes = routes
         self.store = store
-        self.policy = policy
         self.box = box
         self.strays = strays
         self.in_flight = in_flight  # the executor's: is this action's transaction still out?
@@ -76,55 +78,60 @@ class Driver:
     def forget(self, trade_id: str) -> None:
         self._reported = {k for k in self._reported if k[0] != trade_id}
 
-    def roles_for(self, rec: TradeRecord) -> Roles:
+    @staticmethod
+    def roles_for(rec: TradeRecord, route: Route) -> Roles:
         ins = rec.signed.instruction
         # Roles are the keys this firm's workers hold; which worker signs is the account lease's business
         # (an action needing an account leased elsewhere is routed to that worker's outbox).
         return Roles(
-            seller=ins.sellerStAccount in self.st.ledger.all_senders,
-            buyer=ins.buyerScAccount in self.sc.ledger.all_senders,
-            st_gas=bool(self.st.ledger.all_senders),
-            sc_gas=bool(self.sc.ledger.all_senders),
+            seller=ins.sellerStAccount in route.st.ledger.all_senders,
+            buyer=ins.buyerScAccount in route.sc.ledger.all_senders,
+            st_gas=bool(route.st.ledger.all_senders),
+            sc_gas=bool(route.sc.ledger.all_senders),
         )
 
-    def is_atomic(self, rec: TradeRecord) -> bool:
+    @staticmethod
+    def is_atomic(rec: TradeRecord, route: Route) -> bool:
         """Same-ledger fast path: both legs on one chain that has an AtomicDvP, one account per party."""
         ins = rec.signed.instruction
-        return (self.st.ledger.dvp is not None and ins.stChainId == ins.scChainId
+        return (route.st.ledger.dvp is not None and ins.stChainId == ins.scChainId
                 and ins.sellerStAccount == ins.sellerScAccount and ins.buyerStAccount == ins.buyerScAccount)
 
     async def advance(self, rec: TradeRecord, rnd: Round, fence: str | None = None) -> Advanced:
         """Decide one trade. With `fence` (our trade lease) this worker drives it: it writes state, creates the
         secret and reports. Without, it only helps: the trade was routed here because a due action needs an
         account this worker signs for; it acts, and leaves every record write to the driver."""
-        if self.is_atomic(rec):
-            return await self._advance_atomic(rec, rnd, fence)
+        route = self.routes.route(rec.signed.instruction)  # UnknownChain: a trade on a ledger no longer followed
+        if self.is_atomic(rec, route):
+            return await self._advance_atomic(rec, route, rnd, fence)
+        st, sc, policy = route.st, route.sc, route.policy
         ins = rec.signed.instruction
         log = self.log.bind(trade_id=ins.tradeId)
-        roles = self.roles_for(rec)
-        st_leg, st_ev, sc_leg, sc_ev, strays = self._legs(rec)
+        roles = self.roles_for(rec, route)
+        st_leg, st_ev, sc_leg, sc_ev, strays = self._legs(rec, route)
+        now_st, now_sc = rnd.now(st), rnd.now(sc)
         if fence is not None:
-            await self._note_from_blocks(rec, fence)
-            if roles.seller and st_leg.lock is None and not st_leg.refunded and self.st.fresh:
+            await self._note_from_blocks(rec, route, fence)
+            if roles.seller and st_leg.lock is None and not st_leg.refunded and st.fresh:
                 if rec.get("hashlock") is None:
-                    await self._prepare_secret(rec, rnd.now_st, log, fence)
+                    await self._prepare_secret(rec, policy, now_st, log, fence)
                 else:
-                    await self._replan_lock(rec, rnd.now_st, log, fence)
+                    await self._replan_lock(rec, policy, now_st, log, fence)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         view = TradeView(
-            instruction=ins, st=st_leg, sc=sc_leg, now_st=rnd.now_st, now_sc=rnd.now_sc,
-            clock_offset=rnd.clock_offset, head_st=self.st.head_timestamp, head_sc=self.sc.head_timestamp,
+            instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc,
+            clock_offset=rnd.offset(route), head_st=st.head_timestamp, head_sc=sc.head_timestamp,
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
-            sc_confirmed_time=self.sc.follower.confirmed_timestamp if self.sc.follower else 0,
-            st_fresh=self.st.fresh, sc_fresh=self.sc.fresh, revealed=rec.state is TradeState.SC_CLAIMED,
+            sc_confirmed_time=sc.follower.confirmed_timestamp if sc.follower else 0,
+            st_fresh=st.fresh, sc_fresh=sc.fresh, revealed=rec.state is TradeState.SC_CLAIMED,
             seen_preimage=self._seen_preimage(st_leg),
         )
-        d = decide(view, roles, self.policy)
+        d = decide(view, roles, policy)
         finished = False
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
-            self._watch_timelocks(rec, st_leg, sc_leg, rnd, log)
+            self._watch_timelocks(rec, route, st_leg, sc_leg, rnd, log)
             observed: dict[str, Any] = {}
             learned = sc_leg.preimage or view.seen_preimage
             if learned and st_leg.active and rec.get("secret") is None:
@@ -138,13 +145,15 @@ class Driver:
             finished = await self._apply(rec, d, observed, log, fence)
         return Advanced([Due(rec, action, view, st_ev, sc_ev, rnd.observed_at) for action in d.actions], finished)
 
-    def _legs(self, rec: TradeRecord) -> tuple[LegView, Any, LegView, Any, list[tuple[ChainSide, LockInstance]]]:
+    def _legs(self, rec: TradeRecord, route: Route) -> tuple[LegView, Any, LegView, Any,
+                                                             list[tuple[ChainSide, LockInstance]]]:
         """The lock each leg follows (the expected sender's first with acceptable terms, see choose_lock) and every
-        other lock under the trade id: re-locks, locks by anyone else. Those are strays: never acted on but to
-        refund them at their timelock."""
+        other lock under the trade id: re-locks, locks by anyone else, locks on a ledger the trade is not on.
+        Those are strays: never acted on but to refund them at their timelock."""
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
-        st_all, sc_all = self.st.index.instances(tid), self.sc.index.instances(tid)
+        st_side, sc_side = route.st, route.sc
+        st_all, sc_all = st_side.index.instances(tid), sc_side.index.instances(tid)
         st_mine = [i for i in st_all if i.lock.sender == ins.sellerStAccount]
         pick = choose_lock([i.view() for i in st_mine], lambda lock: check_st_lock(ins, lock))
         st_inst = st_mine[pick] if pick is not None else None
@@ -154,43 +163,47 @@ class Driver:
         t_st = st_leg.lock.timelock if st_leg.lock else rec.get_int("t_st")
         sc_mine = [i for i in sc_all if i.lock.sender == ins.buyerScAccount]
         pick = choose_lock([i.view() for i in sc_mine],
-                           lambda lock: check_sc_lock(ins, lock, hashlock, t_st, self.policy.delta()))
+                           lambda lock: check_sc_lock(ins, lock, hashlock, t_st, route.policy.delta()))
         sc_inst = sc_mine[pick] if pick is not None else None
-        strays = [(self.st, i) for i in st_all if i is not st_inst] + [(self.sc, i) for i in sc_all if i is not sc_inst]
+        strays = [(st_side, i) for i in st_all if i is not st_inst] + [(sc_side, i) for i in sc_all if i is not sc_inst]
+        for other in self.routes.sides:
+            if other is not st_side and other is not sc_side:
+                strays += [(other, i) for i in other.index.instances(tid)]
         return (st_leg, st_inst.lock if st_inst else None, sc_inst.view() if sc_inst else LegView(),
                 sc_inst.lock if sc_inst else None, strays)
 
     async def _keep_strays(self, strays: list[tuple[ChainSide, LockInstance]], log: Any) -> None:
         """Persist the live strays (once each): the janitor refunds them at their timelock, after a restart too."""
-        for side in (self.st, self.sc):
+        for side in {id(s): s for s, _ in strays}.values():
             live = [i.lock for s, i in strays if s is side and i.live]
             if live and await self.strays.keep(side.name, live):
                 log.info("stray_locks_kept", chain=side.name, locks=len(live))
 
-    async def _advance_atomic(self, rec: TradeRecord, rnd: Round, fence: str | None) -> Advanced:
+    async def _advance_atomic(self, rec: TradeRecord, route: Route, rnd: Round, fence: str | None) -> Advanced:
         """A same-ledger trade: settled when a confirmed Settled event carries our terms' digest."""
         ins = rec.signed.instruction
         log = self.log.bind(trade_id=ins.tradeId)
-        digest = self.st.ledger.dvp_digest(dvp_terms(ins))
-        settlements = self.st.index.settlements.get(ins.trade_id_bytes, [])
-        view = AtomicView(ins, settled=any(e.digest == digest for e in settlements), now=rnd.now_st,
-                          confirmed_time=self.st.follower.confirmed_timestamp if self.st.follower else 0)
-        d = decide_atomic(view, self.roles_for(rec), self.policy)
-        if not self.st.fresh:
+        st = route.st
+        digest = st.ledger.dvp_digest(dvp_terms(ins))
+        settlements = st.index.settlements.get(ins.trade_id_bytes, [])
+        view = AtomicView(ins, settled=any(e.digest == digest for e in settlements), now=rnd.now(st),
+                          confirmed_time=st.follower.confirmed_timestamp if st.follower else 0)
+        d = decide_atomic(view, self.roles_for(rec, route), route.policy)
+        if not st.fresh:
             d.actions = []
         finished = False
         if fence is not None:
-            await self._note_from_blocks(rec, fence)
+            await self._note_from_blocks(rec, route, fence)
             await self._report_anomalies(rec, d, [], log)
             finished = await self._apply(rec, d, {}, log, fence)
         return Advanced([Due(rec, action, None, None, None, rnd.observed_at) for action in d.actions], finished)
 
-    async def _note_from_blocks(self, rec: TradeRecord, fence: str) -> None:
+    async def _note_from_blocks(self, rec: TradeRecord, route: Route, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""
-        if rec.get_int("st_from_block") is None and self.st.follower and self.sc.follower \
-                and self.st.fresh and self.sc.fresh:
-            await self.store.update(rec, {"st_from_block": max(0, self.st.follower.last_head - 64),
-                                          "sc_from_block": max(0, self.sc.follower.last_head - 64)},
+        st, sc = route.st, route.sc
+        if rec.get_int("st_from_block") is None and st.follower and sc.follower and st.fresh and sc.fresh:
+            await self.store.update(rec, {"st_from_block": max(0, st.follower.last_head - 64),
+                                          "sc_from_block": max(0, sc.follower.last_head - 64)},
                                     actor=ACTOR, event=None, fence=fence)
 
     async def _apply(self, rec: TradeRecord, d: Decision, observed: dict[str, Any], log: Any, fence: str) -> bool:
@@ -211,24 +224,26 @@ class Driver:
             await self.store.update(rec, observed, actor=ACTOR, event=None, fence=fence)
         return False
 
-    def _watch_timelocks(self, rec: TradeRecord, st_leg: LegView, sc_leg: LegView, rnd: Round, log: Any) -> None:
+    def _watch_timelocks(self, rec: TradeRecord, route: Route, st_leg: LegView, sc_leg: LegView, rnd: Round,
+                         log: Any) -> None:
         """Count the least time left on live locks, and warn once a live lock has less than 2Δ left."""
-        for leg, view, now in (("st", st_leg, rnd.now_st), ("sc", sc_leg, rnd.now_sc)):
+        for leg, view, now in (("st", st_leg, rnd.now(route.st)), ("sc", sc_leg, rnd.now(route.sc))):
             if not view.active or view.lock is None:
                 continue
             left = view.lock.timelock - now
             rnd.min_left[leg] = min(rnd.min_left[leg], left)
-            if 0 < left < 2 * self.policy.delta():
+            if 0 < left < 2 * route.policy.delta():
                 key = (rec.trade_id, f"near-{leg}")
                 if key not in self._reported:
                     self._reported.add(key)
                     log.warning("timelock_near", leg=leg, seconds_left=left, state=rec.state.value)
 
-    async def _prepare_secret(self, rec: TradeRecord, now_st: int, log: Any, fence: str) -> None:
+    async def _prepare_secret(self, rec: TradeRecord, policy: TimingPolicy, now_st: int, log: Any,
+                              fence: str) -> None:
         """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent)."""
         ins: TradeInstruction = rec.signed.instruction
-        t_st = min(ins.deadline, now_st + self.policy.st_lock_duration)
-        if t_st - now_st < self.policy.min_st_window():
+        t_st = min(ins.deadline, now_st + policy.st_lock_duration)
+        if t_st - now_st < policy.min_st_window():
             return  # decide() will abort the trade once the deadline passes; nothing was locked
         secret = os.urandom(32)
         await self.store.update(
@@ -239,17 +254,17 @@ class Driver:
         )
         log.info("secret_created", t_st=t_st)
 
-    async def _replan_lock(self, rec: TradeRecord, now_st: int, log: Any, fence: str) -> None:
+    async def _replan_lock(self, rec: TradeRecord, policy: TimingPolicy, now_st: int, log: Any, fence: str) -> None:
         """The ST lock never went out in its window (the ST chain or this worker was down for long): give it a
         new T_st while the deadline leaves room, instead of letting the trade abort. The secret stays the same,
         so a lock from the old plan that lands after all still works with it; nothing is public before a lock."""
         t_st = rec.get_int("t_st")
-        if t_st is None or t_st - now_st >= self.policy.min_st_window():
+        if t_st is None or t_st - now_st >= policy.min_st_window():
             return
         if self.in_flight((rec.trade_id, Action.LOCK_ST, b"")):  # Due.key of a lock
             return
-        new_t_st = min(rec.signed.instruction.deadline, now_st + self.policy.st_lock_duration)
-        if new_t_st - now_st < self.policy.min_st_window():
+        new_t_st = min(rec.signed.instruction.deadline, now_st + policy.st_lock_duration)
+        if new_t_st - now_st < policy.min_st_window():
             return  # no room before the deadline: decide() aborts the trade, nothing was locked
         await self.store.update(rec, {"t_st": new_t_st}, actor=ACTOR, event="lock_replanned", fence=fence,
                                 t_st=new_t_st, was=t_st)
@@ -274,11 +289,11 @@ class Driver:
             log.error("atomicity_violation", notes=d.notes)
 
     def _seen_preimage(self, st_leg: LegView) -> bytes | None:
-        """The ST lock's secret if a claim not yet k blocks deep revealed it (on either chain)."""
+        """The ST lock's secret if a claim not yet k blocks deep revealed it (on any chain)."""
         if st_leg.lock is None or not st_leg.active:
             return None
         h = st_leg.lock.hashlock
-        return self.sc.index.preimages.get(h) or self.st.index.preimages.get(h)
+        return next((p for side in self.routes.sides if (p := side.index.preimages.get(h)) is not None), None)
 
 
 class Quarantine:

@@ -23,7 +23,6 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from adapters.errors import LedgerError, RpcUnavailable
 from adapters.evm import HeadWatcher
-from adapters.htlc import HtlcLedger
 from relayer import metrics
 from relayer.config import Settings
 from relayer.coordination import Coordinator
@@ -36,9 +35,9 @@ from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
-from relayer.protocol.rules import TimingPolicy
 from relayer.protocol.states import TERMINAL, TradeState
 from relayer.read_model import ReadModel
+from relayer.routing import Routes
 from relayer.schedule import Schedule, next_instants
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
@@ -49,34 +48,42 @@ PRUNE_EVERY_ROUNDS = 200
 class Engine:
     """Drives every open trade to SETTLED or ABORTED."""
 
-    def __init__(self, settings: Settings, store: Store, st: HtlcLedger, sc: HtlcLedger, box: SecretBox) -> None:
+    def __init__(self, settings: Settings, store: Store, sides: list[ChainSide], box: SecretBox) -> None:
         self.settings = settings
         self.store = store
         self.box = box
-        self.policy: TimingPolicy = settings.timing()
-        self.st = ChainSide("st", st)
-        self.sc = ChainSide("sc", sc)
+        self.sides = sides
+        self.routes = Routes(sides, settings)
         self.log = get_logger()
         self.started = False
         self.rounds = 0
         self.clock_offset = 0.0
         self._background: set[asyncio.Task[Any]] = set()
-        sides = [self.st, self.sc]
         self.followers = Followers(sides, settings, store, self._in_background)
         self.coordinator = Coordinator(sides, settings, store)
-        self.intake_desk = Intake(self.st, self.sc, settings, store, self.policy, ready=lambda: self.started)
-        self.executor = Executor(self.st, self.sc, settings, store, self.policy, box, self.coordinator)
+        self.intake_desk = Intake(self.routes, settings, store, ready=lambda: self.started)
+        self.executor = Executor(self.routes, settings, store, box, self.coordinator)
         strays = StrayBook(store)
-        self.janitor = Janitor(self.st, self.sc, settings, store, strays, self._in_background)
-        self.driver = Driver(self.st, self.sc, store, self.policy, box, strays, self.executor.in_flight)
+        self.janitor = Janitor(sides, settings, store, strays, self._in_background)
+        self.driver = Driver(self.routes, store, box, strays, self.executor.in_flight)
         self.quarantine = Quarantine()
         self.schedule = Schedule()
         self.executor.on_settled = self._action_done
         self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
         self._fresh: tuple[bool, ...] = ()
-        self._skew_ok = True
-        self.read_model = ReadModel(store, self.intake_desk, sides)
+        self._skew_ok: tuple[bool, ...] = ()
+        self.read_model = ReadModel(store, self.intake_desk, self.routes)
         self._next_sweep = 0.0
+
+    @property
+    def st(self) -> ChainSide:
+        """The first ST ledger (the only one without a config file)."""
+        return self.routes.of_role("st")[0]
+
+    @property
+    def sc(self) -> ChainSide:
+        """The first coin ledger (the only one without a config file)."""
+        return self.routes.of_role("sc")[0]
 
     # ------------------------------------------------------------------ intake (the API's entry points)
 
@@ -120,16 +127,16 @@ class Engine:
         worker restarted during an outage of one chain still protects the trades' legs on the other."""
         await self.store.ping()
         errors = []
-        for side in (self.st, self.sc):
+        for side in self.sides:
             try:
                 await self.followers.start_side(side)
             except (LedgerError, OSError) as exc:
                 errors.append(exc)
                 self.log.warning("chain_not_started", chain=side.name, error=str(exc))
-        if len(errors) == 2:
+        if len(errors) == len(self.sides):
             raise errors[0]
         self.started = True
-        self.log.info("engine_started", st_chain=self.st.ledger.chain.chain_id, sc_chain=self.sc.ledger.chain.chain_id)
+        self.log.info("engine_started", ledgers={s.name: s.chain_id for s in self.sides})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds until `stop` is set; then waits for in-flight sends so nothing is left half-done.
@@ -143,8 +150,8 @@ class Engine:
                 return  # stopped before the dependencies came up
         wake = asyncio.Event()
         watchers: list[asyncio.Task[Any]] = [
-            asyncio.create_task(HeadWatcher(name, url, wake).run(stop))
-            for name, url in (("st", self.settings.st_ws_url), ("sc", self.settings.sc_ws_url)) if url
+            asyncio.create_task(HeadWatcher(side.name, side.config.ws_url, wake).run(stop))
+            for side in self.sides if side.config.ws_url
         ]
         watchers.append(asyncio.create_task(self.coordinator.keep_leases(stop)))
         waiter = asyncio.create_task(stop.wait())
@@ -165,7 +172,7 @@ class Engine:
         waiter.cancel()
         for w in watchers:
             w.cancel()
-        for side in (self.st, self.sc):
+        for side in self.sides:
             if side.following is not None:
                 side.following.cancel()
                 watchers.append(side.following)
@@ -195,10 +202,11 @@ class Engine:
         await self.coordinator.hold_accounts()
         fresh = tuple(await self.followers.follow_all())
         if not any(fresh):
-            raise RpcUnavailable("neither chain answers: nothing can be decided this round")
+            raise RpcUnavailable("no chain answers: nothing can be decided this round")
         touched, rewound = self.followers.take_changes()
-        rnd = Round(self.st.now(), self.sc.now(), time.monotonic())
-        skew_ok = abs(rnd.clock_offset) <= self.policy.max_clock_skew
+        rnd = Round({side.name: side.now() for side in self.sides}, time.monotonic())
+        offsets = [rnd.offset(route) for route in self.routes.pairs()]
+        skew_ok = tuple(abs(o) <= self.settings.max_clock_skew for o in offsets)
         if rewound or fresh != self._fresh or skew_ok != self._skew_ok:
             # a chain came back, went stale or was rewound, or the clocks moved in or out of the skew bound
             # (locks and the reveal wait on it): every trade may decide differently
@@ -206,7 +214,7 @@ class Engine:
         self._fresh, self._skew_ok = fresh, skew_ok
         for tid in touched:
             self.schedule.mark(tid)
-        self.clock_offset = rnd.clock_offset
+        self.clock_offset = max(offsets, key=abs, default=0)  # the pair of chains furthest apart
         metrics.CLOCK_OFFSET.set(self.clock_offset)
         owned = await self.coordinator.own_trades()
         for tid in owned:
@@ -276,14 +284,16 @@ class Engine:
 
     def _set_timer(self, rec: TradeRecord, rnd: Round) -> None:
         """Wake the trade at the next instant its decision may change with no new event (schedule.py)."""
-        instants = next_instants(rec, self.policy)
+        route = self.routes.route(rec.signed.instruction)
+        instants = next_instants(rec, route.policy)
+        clocks = (rnd.now(route.st), rnd.now(route.sc))
         # each instant as seen from either chain's clock, the sooner wins: a wake-up too early only decides once more
-        delays: list[float] = [t - now for now in (rnd.now_st, rnd.now_sc) for t in instants if t > now]
-        heads = min(self.st.head_timestamp, self.sc.head_timestamp)
-        if any(heads < t <= max(rnd.now_st, rnd.now_sc) for t in instants):
+        delays: list[float] = [t - now for now in clocks for t in instants if t > now]
+        heads = min(route.st.head_timestamp, route.sc.head_timestamp)
+        if any(heads < t <= max(clocks) for t in instants):
             # passed by the projected clock but no block stamped past it yet (expiry and refunds wait for one):
             # look again a block later; that block is no escrow event, so nothing else would wake the trade
-            delays.append(self.settings.block_time)
+            delays.append(max(route.st.block_time, route.sc.block_time))
         if delays:
             self.schedule.mark_at(rec.trade_id, rnd.observed_at + min(delays))
 

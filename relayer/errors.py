@@ -20,6 +20,12 @@ class InvalidInstruction(RelayerError):
     code = "invalid_instruction"
 
 
+class UnknownChain(InvalidInstruction):
+    """Raised when an instruction names a chain id this relayer does not follow in that role (ST or coin)."""
+
+    code = "unknown_chain"
+
+
 class ConflictingInstruction(RelayerError):
     """Raised when a trade id is already known with different terms (replay with other terms)."""
 

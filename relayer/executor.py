@@ -19,7 +19,8 @@ from relayer.coordination import Coordinator
 from relayer.follow import ChainSide
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
-from relayer.protocol.rules import Action, TimingPolicy, TradeView, sc_timelock_for
+from relayer.protocol.rules import Action, TradeView, sc_timelock_for
+from relayer.routing import Routes
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
@@ -32,12 +33,11 @@ class Executor:
     """Sends what the driver and the janitor found due; at most one transaction in flight per (trade, action,
     lock)."""
 
-    def __init__(self, st: ChainSide, sc: ChainSide, settings: Settings, store: Store, policy: TimingPolicy,
-                 box: SecretBox, coordinator: Coordinator) -> None:
-        self.st, self.sc = st, sc
+    def __init__(self, routes: Routes, settings: Settings, store: Store, box: SecretBox,
+                 coordinator: Coordinator) -> None:
+        self.routes = routes
         self.settings = settings
         self.store = store
-        self.policy = policy
         self.box = box
         self.coordinator = coordinator
         self.log = get_logger()
@@ -83,11 +83,18 @@ class Executor:
                 for d in chunk:
                     self.inflight[d.key] = task
 
+    def side_of(self, d: Due) -> ChainSide:
+        """The ledger an action is sent to: the trade's ST chain or coin ledger, or where a stray lock is."""
+        if d.chain:
+            return self.routes.by_name[d.chain]
+        route = self.routes.route(d.rec.signed.instruction)
+        return route.st if d.action in _ST_SIDE else route.sc
+
     def batch_size(self, d: Due) -> int:
         """Entries per batch: what fits in BLOCK_SHARE of the chain's block gas limit at the gas an entry was
         measured to take (the worst case before any), capped by DVP_BATCH_MAX."""
-        ledger, side = (self.st.ledger, self.st) if d.action in _ST_SIDE else (self.sc.ledger, self.sc)
-        per_entry = self.entry_gas.get((side.name, d.kind)) or ledger.batch_entry_gas(d.kind)
+        side = self.side_of(d)
+        per_entry = self.entry_gas.get((side.name, d.kind)) or side.ledger.batch_entry_gas(d.kind)
         limit = side.gas_limit or 30_000_000
         return max(1, min(self.settings.batch_max, int(limit * BLOCK_SHARE // per_entry)))
 
@@ -100,18 +107,17 @@ class Executor:
         self.entry_gas[(chain, kind)] = seen if old is None else max(seen, 0.8 * old + 0.2 * seen)
 
     def _group_key(self, d: Due) -> tuple[str, str, str]:
+        """One batch: one ledger, one kind, one signing account (a lock is signed by its party)."""
         ins = d.rec.signed.instruction
-        kind, leg = d.action.value.split("_")
+        side = self.side_of(d)
+        chain = f"{side.name}:dvp" if d.action is Action.SETTLE_DVP else side.name
         if d.action is Action.LOCK_ST:
-            return (leg, kind, ins.sellerStAccount)
+            return (chain, d.kind, ins.sellerStAccount)
         if d.action is Action.LOCK_SC:
-            return (leg, kind, ins.buyerScAccount)
-        if d.action is Action.SETTLE_DVP:
-            via = self.st.ledger.any_sender([ins.sellerStAccount, ins.buyerScAccount])
-            return ("dvp", kind, via.address if via else "")
-        ledger = self.st.ledger if leg == "st" else self.sc.ledger
-        via = ledger.any_sender(self._prefer(d))
-        return (leg, kind, via.address if via else "")
+            return (chain, d.kind, ins.buyerScAccount)
+        prefer = [ins.sellerStAccount, ins.buyerScAccount] if d.action is Action.SETTLE_DVP else self._prefer(d)
+        via = side.ledger.any_sender(prefer)
+        return (chain, d.kind, via.address if via else "")
 
     @staticmethod
     def _prefer(d: Due) -> list[str]:
@@ -124,7 +130,8 @@ class Executor:
         """Check each item against the chain, send one transaction (a batch when several), record the outcome."""
         action = items[0].action
         kind = items[0].kind
-        cooldown = (self.settings.confirmations + 1) * self.settings.block_time
+        side = self.side_of(items[0])
+        cooldown = (side.confirmations + 1) * side.block_time
         try:
             slots = await self._slots(items)
             prepared = [p for p in await asyncio.gather(*(self._prepare_or_route(d, slot)
@@ -149,12 +156,12 @@ class Executor:
                 for p, res in zip(prepared, results):  # each trade gets its own outcome, not its neighbour's
                     if isinstance(res, Exception):
                         reason = getattr(res, "reason", None) or str(res)
-                        self.not_before[p.due.key] = time.monotonic() + 2 * self.settings.block_time
+                        self.not_before[p.due.key] = time.monotonic() + 2 * side.block_time
                         await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_failed", reason=reason)
                 return
             await self._send_and_record(prepared, data)
         except TransactionReverted as exc:
-            cooldown = 2 * self.settings.block_time
+            cooldown = 2 * side.block_time
             metrics.ACTION_FAILURES.labels(action.value).inc()
             for d in items:
                 self.log.warning("action_failed", trade_id=d.rec.trade_id, action=action.value,
@@ -162,12 +169,12 @@ class Executor:
                 await self.store.add_audit(d.rec.trade_id, ACTOR, f"{action.value}_failed",
                                            reason=exc.reason or str(exc))
         except LedgerError as exc:
-            cooldown = 2 * self.settings.block_time
+            cooldown = 2 * side.block_time
             metrics.ACTION_FAILURES.labels(action.value).inc()
             self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
                              error_type=type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a bug or an unexpected node answer: retry later, never die
-            cooldown = 2 * self.settings.block_time
+            cooldown = 2 * side.block_time
             metrics.ACTION_FAILURES.labels(action.value).inc()
             self.log.exception("action_crashed", action=action.value, size=len(items), error=str(exc))
         finally:
@@ -197,8 +204,7 @@ class Executor:
         receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
         gas_used = int(receipt["gasUsed"])
         metrics.GAS.labels(ledger.kind, action.value).inc(gas_used)
-        side = self.st if ledger is self.st.ledger else self.sc
-        self._measured(side.name, prepared[0].due.kind, gas_used, len(prepared))
+        self._measured(self.side_of(prepared[0].due).name, prepared[0].due.kind, gas_used, len(prepared))
         mined = receipt["transactionHash"].to_0x_hex()
         for p in prepared:
             await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", tx=mined,
@@ -215,25 +221,25 @@ class Executor:
         expiries = [p.expires for p in prepared if p.expires is not None]
         if not expiries:
             return 120.0
-        side = self.st if prepared[0].ledger is self.st.ledger else self.sc
+        side = self.side_of(prepared[0].due)
         timelock = min(expiries)
-        floor = 4 * self.settings.block_time + self.settings.inclusion_delay
+        floor = 4 * side.block_time + self.settings.inclusion_delay
         return min(120.0, max(floor, float(timelock - side.now())))
 
     def _swap_of(self, d: Due) -> tuple[HtlcLedger, bytes]:
         """The ledger and swap id an action touches."""
         ins = d.rec.signed.instruction
         tid = ins.trade_id_bytes
-        st, sc = self.st.ledger, self.sc.ledger
+        ledger = self.side_of(d).ledger
         if d.action is Action.SETTLE_DVP:
-            return st, st.dvp_digest(dvp_terms(ins))
+            return ledger, ledger.dvp_digest(dvp_terms(ins))
         if d.action is Action.LOCK_ST:
-            return st, st.swap_id_of(ins.sellerStAccount, tid)
+            return ledger, ledger.swap_id_of(ins.sellerStAccount, tid)
         if d.action is Action.LOCK_SC:
-            return sc, sc.swap_id_of(ins.buyerScAccount, tid)
+            return ledger, ledger.swap_id_of(ins.buyerScAccount, tid)
         ev = d.lock
         assert ev is not None
-        return (sc if d.action in (Action.CLAIM_SC, Action.REFUND_SC) else st), ev.swap_id
+        return ledger, ev.swap_id
 
     async def _slots(self, items: list[Due]) -> list[bytes]:
         """The current storage slot of every item's swap (all on one chain), in one round trip."""
@@ -278,9 +284,10 @@ class Executor:
         rec, action = d.rec, d.action
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
-        st, sc = self.st.ledger, self.sc.ledger
         if action is Action.SETTLE_DVP:
             return await self._prepare_settle(d, slot)
+        route = self.routes.route(ins)
+        st, sc = route.st.ledger, route.sc.ledger
         if action is Action.LOCK_ST:
             if slot != bytes(32):
                 return None  # already locked (maybe by our previous incarnation): wait for confirmations
@@ -291,7 +298,7 @@ class Executor:
             return Prepared(d, st, via, terms, (ins.stToken,), expires=terms[-1])
         if action is Action.LOCK_SC:
             assert d.st_ev is not None
-            t_sc = sc_timelock_for(d.st_ev.timelock, self.policy.delta())
+            t_sc = sc_timelock_for(d.st_ev.timelock, route.policy.delta())
             if slot != bytes(32):
                 return None
             via = self._sender(sc, ins.buyerScAccount)
@@ -300,7 +307,7 @@ class Executor:
             await sc.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount)
             terms = (tid, ins.scToken, ins.scAmount, ins.sellerScAccount, d.st_ev.hashlock, t_sc)
             return Prepared(d, sc, via, terms, (ins.scToken,), expires=t_sc)
-        ledger, ev = (sc, d.sc_ev) if action in (Action.CLAIM_SC, Action.REFUND_SC) else (st, d.st_ev)
+        ledger, ev = self.side_of(d).ledger, d.lock
         assert ev is not None
         if slot != ev.terms_hash:
             return None  # claimed or refunded already (a later lock of the same swap id may hold the slot now)
@@ -317,7 +324,7 @@ class Executor:
     async def _prepare_settle(self, d: Due, slot: bytes) -> Prepared | None:
         """Same-ledger path: both parties' authorisations over the exact terms, one AtomicDvP call."""
         ins = d.rec.signed.instruction
-        ledger = self.st.ledger
+        ledger = self.side_of(d).ledger
         if slot != bytes(32):
             return None  # settled already (maybe by our previous incarnation): wait for confirmations
         if ledger.dvp is None:

@@ -20,7 +20,7 @@ from typing import Any
 from adapters.errors import LedgerError
 from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent, SettledEvent
 from relayer import metrics
-from relayer.config import Settings
+from relayer.config import LedgerConfig, Settings
 from relayer.errors import ConfigError
 from relayer.logging import get_logger
 from relayer.protocol.rules import LegView, ObservedLock
@@ -170,8 +170,9 @@ def _position(ev: LockedEvent | ClaimedEvent | RefundedEvent) -> tuple[int, int]
 class ChainSide:
     """One ledger as the engine follows it: adapter, follower, confirmed index, head and freshness."""
 
-    name: str  # "st" | "sc"
+    name: str  # the ledger's name ("st" and "sc" without a config file)
     ledger: HtlcLedger
+    config: LedgerConfig
     follower: EscrowFollower | None = None
     index: ChainIndex = field(default_factory=ChainIndex)
     head: int = -1
@@ -182,6 +183,25 @@ class ChainSide:
     gas_limit: int = 0  # the latest block's gas limit (0 until seen)
     reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
     following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round, see Followers)
+
+    @property
+    def role(self) -> str:
+        """"st" (a security-token platform) or "sc" (a coin ledger)."""
+        return self.config.role
+
+    @property
+    def chain_id(self) -> int | None:
+        """The chain id the RPC serves, or the configured one before it answered."""
+        return self.ledger.chain.chain_id or self.config.chain_id
+
+    @property
+    def confirmations(self) -> int:
+        """k of this chain (build_engine fills in DVP_CONFIRMATIONS where the config leaves it unset)."""
+        return self.config.confirmations or 1
+
+    @property
+    def block_time(self) -> float:
+        return self.config.block_time or 1.0
 
     def now(self) -> int:
         """The chain's clock projected to this moment: head timestamp + wall time since we saw the head.
@@ -218,26 +238,29 @@ class Followers:
 
     async def start_side(self, side: ChainSide) -> None:
         """Connect to one chain and place its follower where no open trade's events can be missed."""
-        expected = {"st": self.settings.st_chain_id, "sc": self.settings.sc_chain_id}[side.name]
-        start = {"st": self.settings.st_start_block, "sc": self.settings.sc_start_block}[side.name]
+        expected = side.config.chain_id
         chain_id = await side.ledger.chain.connect()
         if expected is not None and chain_id != expected:
+            where = f"DVP_{side.name.upper()}_CHAIN_ID" if side.name in ("st", "sc") else f"chain_id of ledger {side.name}"
             raise ConfigError(f"{side.name} RPC {side.ledger.chain.active_url} serves chain {chain_id}, "
-                              f"not the configured DVP_{side.name.upper()}_CHAIN_ID={expected}")
+                              f"not the configured {where}={expected}")
         cursor = await self.store.get_cursor(side.name)
-        height, bhash = (cursor if cursor else (start - 1, None))
-        oldest = await self._oldest_open_block(side.name)
+        height, bhash = (cursor if cursor else (side.config.start_block - 1, None))
+        oldest = await self._oldest_open_block(side, chain_id)
         if oldest is not None and oldest - 1 < height:
             height, bhash = oldest - 1, None
         side.follower = side.ledger.follower(
-            confirmations=self.settings.confirmations, start_height=max(height, -1), start_hash=bhash,
-            dvp=side.ledger.dvp,
+            confirmations=side.confirmations, start_height=max(height, -1), start_hash=bhash, dvp=side.ledger.dvp,
         )
 
-    async def _oldest_open_block(self, chain: str) -> int | None:
+    async def _oldest_open_block(self, side: ChainSide, chain_id: int) -> int | None:
+        """The first block an open trade on this ledger needs read again (kept per leg: st_ / sc_from_block)."""
         oldest = None
         for rec in await self.store.get_many(await self.store.open_trades()):
-            b = rec.get_int(f"{chain}_from_block")
+            ins = rec.signed.instruction
+            if (ins.stChainId if side.role == "st" else ins.scChainId) != chain_id:
+                continue  # a trade on another ledger of this role
+            b = rec.get_int(f"{side.role}_from_block")
             if b is not None and (oldest is None or b < oldest):
                 oldest = b
         return oldest
@@ -307,7 +330,7 @@ class Followers:
             await self.store.set_cursor(side.name, height, bhash)
         side.gas_limit = res.head_gas_limit or side.gas_limit
         if res.head != side.head:
-            if side.head_seen_at and res.head_timestamp > side.now() + 2 * self.settings.block_time + 1:
+            if side.head_seen_at and res.head_timestamp > side.now() + 2 * side.block_time + 1:
                 self.rewound = True  # e.g. a chain that stalled, then stamped its next block far ahead
             side.head, side.head_timestamp, side.head_seen_at = res.head, res.head_timestamp, time.time()
         if res.head != before:
@@ -322,7 +345,7 @@ class Followers:
         """After each new block: re-send any transaction of ours that a reorg within k took out of the chain."""
         for sender in list(side.ledger.senders.values()):
             try:
-                revived = await sender.revive_reorged(self.settings.confirmations + 1)
+                revived = await sender.revive_reorged(side.confirmations + 1)
             except LedgerError:
                 return  # the chain went away: the next block retries
             if revived:

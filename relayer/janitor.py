@@ -47,9 +47,9 @@ class StrayBook:
 class Janitor:
     """Sweeps strays and late locks, prunes the index, archives finished trades."""
 
-    def __init__(self, st: ChainSide, sc: ChainSide, settings: Settings, store: Store, strays: StrayBook,
+    def __init__(self, sides: list[ChainSide], settings: Settings, store: Store, strays: StrayBook,
                  spawn: Callable[[Any], Any]) -> None:
-        self.st, self.sc = st, sc
+        self.sides = sides
         self.settings = settings
         self.store = store
         self.strays = strays
@@ -65,18 +65,18 @@ class Janitor:
         no longer holds it. Returns the refunds due."""
         still_open = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
         late: list[tuple[ChainSide, LockInstance]] = []
-        for side in (self.st, self.sc):
+        for side in self.sides:
             late += [(side, i) for tid in side.index.locks if tid not in still_open
                      for i in side.index.instances(tid) if i.live]
         if late:
             finished = {rec.trade_id for rec in await self.store.get_many(
                 sorted({"0x" + i.lock.trade_id.hex() for _, i in late})) if rec.state in TERMINAL}
-            for side in (self.st, self.sc):  # not ours (another firm's trade on a shared escrow): left alone
+            for side in self.sides:  # not ours (another firm's trade on a shared escrow): left alone
                 kept = [i.lock for s, i in late if s is side and "0x" + i.lock.trade_id.hex() in finished]
                 if await self.strays.keep(side.name, kept):
                     self.log.info("late_locks_kept", chain=side.name, locks=len(kept))
         due: list[Due] = []
-        for side in (self.st, self.sc):
+        for side in self.sides:
             if side.fresh:
                 due += await self._refunds_due(side, observed_at)
         return due
@@ -91,14 +91,14 @@ class Janitor:
         await self.store.drop_strays(side.name, [t for t, ev, slot in zip(due, locks, slots) if slot != ev.terms_hash])
         live = [ev for ev, slot in zip(locks, slots) if slot == ev.terms_hash]
         recs = {rec.trade_id: rec for rec in await self.store.get_many(sorted({"0x" + ev.trade_id.hex() for ev in live}))}
-        action = Action.REFUND_ST if side is self.st else Action.REFUND_SC
+        st = side.role == "st"
+        action = Action.REFUND_ST if st else Action.REFUND_SC
         out = []
         for ev in live:
             rec = recs.get("0x" + ev.trade_id.hex())
             if rec is None:
                 continue
-            out.append(Due(rec, action, None, ev if side is self.st else None, ev if side is self.sc else None,
-                           observed_at))
+            out.append(Due(rec, action, None, ev if st else None, None if st else ev, observed_at, chain=side.name))
             key = (rec.trade_id, ev.terms_hash.hex())
             if key not in self._announced:
                 self._announced.add(key)
@@ -108,14 +108,14 @@ class Janitor:
     async def prune_index(self) -> None:
         """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
         open_ids = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
-        for side in (self.st, self.sc):
+        for side in self.sides:
             side.index.retain(open_ids | side.index.live_trade_ids())  # a live lock may still become a stray
 
     def finished(self, rec: TradeRecord) -> None:
         """A trade reached a terminal state: drop its index entries and traces, archive it a little later."""
         self._announced = {k for k in self._announced if k[0] != rec.trade_id}
         tid = rec.signed.instruction.trade_id_bytes
-        for side in (self.st, self.sc):
+        for side in self.sides:
             self.strays.forget(side.name, [i.lock for i in side.index.instances(tid)])
             side.index.forget(tid)
         self._archive_later(rec.trade_id)
@@ -123,7 +123,7 @@ class Janitor:
     def _archive_later(self, trade_id: str) -> None:
         """Compact a finished trade once the audit entries of its last transactions are written."""
         async def later() -> None:
-            await asyncio.sleep(max(2.0, 2 * self.settings.block_time))
+            await asyncio.sleep(max(2.0, 2 * max(s.block_time for s in self.sides)))
             for _ in range(3):
                 try:
                     if await self.store.archive(trade_id):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relayer.follow import ChainSide
 from relayer.errors import RelayerError
 from relayer.intake import Intake
 from relayer.protocol.instruction import SignedInstruction
+from relayer.routing import Routes
 from relayer.store import Store, TradeRecord
 
 TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
@@ -18,10 +18,10 @@ TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
 class ReadModel:
     """The worker's read side and its one write (intake), for the API."""
 
-    def __init__(self, store: Store, intake: Intake, sides: list[ChainSide]) -> None:
+    def __init__(self, store: Store, intake: Intake, routes: Routes) -> None:
         self.store = store
         self.intake = intake
-        self.sides = sides
+        self.routes = routes
 
     async def accept(self, signed: SignedInstruction) -> tuple[bool, TradeRecord]:
         """Admit an instruction; (created, the stored record)."""
@@ -65,13 +65,15 @@ class ReadModel:
                     break
         return items
 
-    def chain_now(self) -> tuple[int, int]:
-        """Each chain's clock now (projected from its last head), or the wall clock before any head was seen."""
-        st, sc = self.sides
-        if st.head_seen_at:
-            return st.now(), sc.now()
+    def clocks(self, rec: TradeRecord) -> tuple[int, int]:
+        """The clocks of a trade's two chains now (projected from their last heads); the wall clock for a chain
+        not seen yet, or for a trade on chains not followed (any more)."""
         now = int(time.time())
-        return now, now
+        try:
+            route = self.routes.route(rec.signed.instruction)
+        except RelayerError:
+            return now, now
+        return tuple(s.now() if s.head_seen_at else now for s in (route.st, route.sc))  # type: ignore[return-value]
 
     async def readiness(self, max_lag_blocks: int) -> dict[str, Any]:
         """Each dependency: True, or why it is not ready."""
@@ -80,19 +82,21 @@ class ReadModel:
             checks["redis"] = await self.store.ping()
         except Exception as exc:  # noqa: BLE001 - any failure is "not ready", with its type
             checks["redis"] = f"down: {type(exc).__name__}"
-        tokens = {"st": self.intake.st_tokens, "sc": self.intake.sc_tokens}
-        for side in self.sides:
+        tokens = self.intake.tokens
+        for side in self.routes.sides:
             try:
                 head = await side.ledger.chain.block_number()
                 processed = side.follower.height if side.follower else -1
                 lag = head - processed
                 ok = side.follower is not None and lag <= max_lag_blocks
                 checks[side.name] = True if ok else f"follower lag {lag} blocks"
+                named = side.name in ("st", "sc")  # the ledgers the DVP_ST_* / DVP_SC_* variables set
                 if not await _has_code(side.ledger.chain, side.ledger.escrow):
-                    escrow = side.ledger.escrow
-                    checks[side.name] = f"no contract at DVP_{side.name.upper()}_ESCROW {escrow}"
+                    where = f"DVP_{side.name.upper()}_ESCROW" if named else f"the escrow of ledger {side.name}"
+                    checks[side.name] = f"no contract at {where} {side.ledger.escrow}"
                 elif not tokens[side.name]:
-                    checks[side.name] = f"DVP_{side.name.upper()}_TOKENS is empty: no trade can be accepted"
+                    what = f"DVP_{side.name.upper()}_TOKENS" if named else f"the token list of ledger {side.name}"
+                    checks[side.name] = f"{what} is empty: no trade can be accepted"
             except Exception as exc:  # noqa: BLE001
                 checks[side.name] = f"down: {type(exc).__name__}"
         return checks

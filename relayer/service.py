@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from adapters.evm import EvmChain
+from adapters.htlc import HtlcLedger
 from adapters.progmat_coin import ProgmatCoinLedger
 from adapters.st_chain import StChainLedger
 from relayer.config import Settings
 from relayer.engine import Engine
 from relayer.errors import ConfigError
+from relayer.follow import ChainSide
 from relayer.secrets import SecretBox
 from relayer.store import Store
 
@@ -20,9 +22,12 @@ def store_for(settings: Settings) -> Store:
 
 
 def build_engine(settings: Settings, store: Store | None = None) -> Engine:
+    """An engine following every configured ledger (settings.ledger_configs()); ConfigError when one cannot work."""
     zero = "0x" + "0" * 40
+    ledgers = settings.ledger_configs()
     missing = [var for var, value in (
-        ("DVP_ST_ESCROW", settings.st_escrow.replace(zero, "")), ("DVP_SC_ESCROW", settings.sc_escrow.replace(zero, "")),
+        *((f"DVP_{lg.name.upper()}_ESCROW" if lg.name in ("st", "sc") else f"escrow of ledger {lg.name}",
+           lg.escrow.replace(zero, "")) for lg in ledgers),
         ("DVP_SECRET_KEY", settings.secret_key.get_secret_value()), ("DVP_PTS_DOMAIN_SALT", settings.pts_domain_salt),
     ) if not value]
     if missing:
@@ -30,19 +35,29 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
                           "key; `dvp-relayer devnet up` writes a complete devnet.env)")
     settings.domain_salt()
     accounts = settings.accounts()
-    st_chain = EvmChain("st", settings.st_urls(), request_timeout=settings.rpc_timeout)
-    same_ledger = settings.sc_urls() == settings.st_urls()
-    sc_chain = st_chain if same_ledger else EvmChain("sc", settings.sc_urls(), request_timeout=settings.rpc_timeout)
     fee_cap = int(settings.max_priority_fee_gwei * 10**9)
-    st = StChainLedger(st_chain, settings.st_escrow, accounts, dvp=settings.dvp_contract, max_priority_fee_wei=fee_cap)
-    sc = ProgmatCoinLedger(sc_chain, settings.sc_escrow, accounts, max_priority_fee_wei=fee_cap)
-    if same_ledger:
-        sc.share_senders(st)  # one nonce ledger per account per chain, whichever leg sends
-    return Engine(settings, store or store_for(settings), st, sc, SecretBox(settings.secret_key.get_secret_value()))
+    chains: dict[tuple[str, ...], EvmChain] = {}  # one connection (and one nonce ledger per account) per chain
+    first_ledger: dict[tuple[str, ...], HtlcLedger] = {}
+    sides = []
+    for lg in ledgers:
+        lg = lg.model_copy(update={"confirmations": lg.confirmations or settings.confirmations,
+                                   "block_time": lg.block_time or settings.block_time})
+        urls = tuple(lg.rpc_urls)
+        chain = chains.setdefault(urls, EvmChain(lg.name, list(urls), request_timeout=settings.rpc_timeout))
+        ledger: HtlcLedger
+        if lg.role == "st":
+            ledger = StChainLedger(chain, lg.escrow, accounts, dvp=lg.dvp_contract, max_priority_fee_wei=fee_cap)
+        else:
+            ledger = ProgmatCoinLedger(chain, lg.escrow, accounts, max_priority_fee_wei=fee_cap)
+        if urls in first_ledger:
+            ledger.share_senders(first_ledger[urls])  # one nonce ledger per account per chain, whichever leg sends
+        else:
+            first_ledger[urls] = ledger
+        sides.append(ChainSide(lg.name, ledger, lg))
+    return Engine(settings, store or store_for(settings), sides, SecretBox(settings.secret_key.get_secret_value()))
 
 
 async def close_engine(engine: Engine) -> None:
-    await engine.st.ledger.chain.close()
-    if engine.sc.ledger.chain is not engine.st.ledger.chain:
-        await engine.sc.ledger.chain.close()
+    for chain in {id(s.ledger.chain): s.ledger.chain for s in engine.sides}.values():
+        await chain.close()
     await engine.store.close()

@@ -157,11 +157,17 @@ class _Follower:
     confirmed_timestamp: int = 0
 
 
-def side(name: str, ledger: FakeLedger, now: int) -> ChainSide:
-    """A followed, fresh chain side whose head is `now`."""
+def side(name: str, ledger: FakeLedger, now: int, chain_id: int, role: str | None = None,
+         tokens: tuple[str, ...] = ()) -> ChainSide:
+    """A followed, fresh chain side whose head is `now` (role: the name unless given)."""
     import time
 
-    s = ChainSide(name, ledger)  # type: ignore[arg-type]  # a duck-typed fake of HtlcLedger
+    from relayer.config import LedgerConfig
+
+    ledger.chain.chain_id = chain_id
+    config = LedgerConfig(name=name, role=role or name, chain_id=chain_id, rpc_urls=["http://fake.invalid"],  # type: ignore[arg-type]
+                          escrow=ledger.escrow, tokens=list(tokens), confirmations=1, block_time=1.0)
+    s = ChainSide(name, ledger, config)  # type: ignore[arg-type]  # a duck-typed fake of HtlcLedger
     s.follower = _Follower(confirmed_timestamp=now)  # type: ignore[assignment]
     s.head, s.head_timestamp, s.head_seen_at, s.fresh = 100, now, time.time(), True
     return s

@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 from adapters.htlc import ClaimedEvent, HtlcLedger
 from relayer.actions import Due
+from relayer.config import Settings
 from relayer.driver import Driver, Round
 from relayer.executor import Executor
 from relayer.janitor import StrayBook
 from relayer.protocol.instruction import sign_instruction
 from relayer.protocol.rules import Action
 from relayer.protocol.states import TERMINAL, can_transition
+from relayer.routing import Routes
 from relayer.secrets import SecretBox, generate_key
 from tests.fakes import FakeLedger, FakeStore, lock_event, side
 from tests.test_protocol import BUYER, PTS, POLICY, SALT, SC_TOKEN, SELLER, ST_TOKEN, instruction
@@ -37,17 +39,20 @@ class _Coordinator:
         return await self.store.route(account, trade_id, ttl_ms=2000)
 
 
-class _Settings:
-    confirmations, block_time, inclusion_delay, batch_max = 1, 1.0, 2.0, 1000
+SETTINGS = Settings(_env_file=None, confirmations=POLICY.confirmations, block_time=POLICY.block_time,  # type: ignore[call-arg]
+                    inclusion_delay=POLICY.inclusion_delay, margin=POLICY.margin, max_clock_skew=POLICY.max_clock_skew,
+                    st_lock_duration=POLICY.st_lock_duration, batch_max=1000)
 
 
 def world(keys_st=(SELLER, BUYER), keys_sc=(SELLER, BUYER)):
     store = FakeStore()
     st_led, sc_led = FakeLedger("st", ST_ESCROW, list(keys_st)), FakeLedger("sc", SC_ESCROW, list(keys_sc))
-    st_side, sc_side = side("st", st_led, NOW), side("sc", sc_led, NOW)
+    st_side, sc_side = side("st", st_led, NOW, chain_id=1), side("sc", sc_led, NOW, chain_id=2)
+    routes = Routes([st_side, sc_side], SETTINGS)
+    assert routes.route(instruction()).policy == POLICY  # the fakes decide with the protocol tests' timing
     box = SecretBox(generate_key())
-    executor = Executor(st_side, sc_side, _Settings(), store, POLICY, box, _Coordinator(store))  # type: ignore[arg-type]
-    driver = Driver(st_side, sc_side, store, POLICY, box, StrayBook(store), executor.in_flight)  # type: ignore[arg-type]
+    executor = Executor(routes, SETTINGS, store, box, _Coordinator(store))  # type: ignore[arg-type]
+    driver = Driver(routes, store, box, StrayBook(store), executor.in_flight)  # type: ignore[arg-type]
     return store, st_side, sc_side, box, driver, executor
 
 
@@ -57,7 +62,7 @@ def new_trade(store: FakeStore, **over):
 
 
 def rnd() -> Round:
-    return Round(NOW, NOW, time.monotonic())
+    return Round({"st": NOW, "sc": NOW}, time.monotonic())
 
 
 # ------------------------------------------------------------------ driver
@@ -130,7 +135,7 @@ async def _observe(steps: list[str]) -> list:
     store, st_side, sc_side, _, driver, _ = world()
     rec = new_trade(store)
     now = NOW
-    await driver.advance(rec, Round(now, now, 0.0), fence="f")
+    await driver.advance(rec, Round({"st": now, "sc": now}, 0.0), fence="f")
     rec = store.get(rec.trade_id)
     ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
     st_ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, t_st)
@@ -153,7 +158,7 @@ async def _observe(steps: list[str]) -> list:
         rec = store.get(rec.trade_id)
         if rec.state in TERMINAL:
             break  # the engine never advances a terminal trade; the last write below must have been legal
-        await driver.advance(rec, Round(now, now, 0.0), fence="f")
+        await driver.advance(rec, Round({"st": now, "sc": now}, 0.0), fence="f")
         seen.append(store.get(rec.trade_id).state)
     for a, b in zip(seen, seen[1:]):
         assert a == b or can_transition(a, b), seen

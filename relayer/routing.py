@@ -1,0 +1,74 @@
+"""Which ledgers a trade settles on: its instruction names the ST chain (stChainId) and the coin ledger
+(scChainId); the route is that pair of followed ledgers and the timing (Δ) of that pair, from each chain's own
+block time and confirmations. Any number of ledgers of either role can be followed at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relayer.config import Settings
+from relayer.errors import NotReady, UnknownChain
+from relayer.follow import ChainSide
+from relayer.protocol.instruction import TradeInstruction
+from relayer.protocol.rules import TimingPolicy
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """The two ledgers of one trade and their timing."""
+
+    st: ChainSide
+    sc: ChainSide
+    policy: TimingPolicy
+
+    def side(self, role: str) -> ChainSide:
+        return self.st if role == "st" else self.sc
+
+
+class Routes:
+    """The followed ledgers, and the route of each trade by its chain ids (cached per chain-id pair)."""
+
+    def __init__(self, sides: list[ChainSide], settings: Settings) -> None:
+        self.sides = sides
+        self.settings = settings
+        self.by_name = {s.name: s for s in sides}
+        self._cache: dict[tuple[int, int], Route] = {}
+
+    def of_role(self, role: str) -> list[ChainSide]:
+        return [s for s in self.sides if s.role == role]
+
+    def route(self, ins: TradeInstruction) -> Route:
+        """The route of a trade; UnknownChain when a chain id is not followed in its role, NotReady while a
+        ledger whose chain id is not configured has not answered yet (it might be the one)."""
+        key = (ins.stChainId, ins.scChainId)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        st = self._find("st", ins.stChainId)
+        sc = self._find("sc", ins.scChainId)
+        found = Route(st, sc, self.settings.timing(st.config, sc.config))
+        self._cache[key] = found
+        return found
+
+    def pairs(self) -> list[Route]:
+        """Every route a trade could take between the ledgers whose chain ids are known."""
+        return [self.route_of(st, sc) for st in self.of_role("st") for sc in self.of_role("sc")
+                if st.chain_id is not None and sc.chain_id is not None]
+
+    def route_of(self, st: ChainSide, sc: ChainSide) -> Route:
+        assert st.chain_id is not None and sc.chain_id is not None
+        key = (st.chain_id, sc.chain_id)
+        if key not in self._cache:
+            self._cache[key] = Route(st, sc, self.settings.timing(st.config, sc.config))
+        return self._cache[key]
+
+    def _find(self, role: str, chain_id: int) -> ChainSide:
+        candidates = self.of_role(role)
+        for side in candidates:
+            if side.chain_id == chain_id:
+                return side
+        what = "ST chain" if role == "st" else "coin ledger (SC chain)"
+        unknown = [s.name for s in candidates if s.chain_id is None]
+        if unknown:  # not connected yet (the chain is down): we cannot judge, so do not refuse
+            raise NotReady(f"the {what} {unknown[0]} has not answered yet; retry shortly")
+        raise UnknownChain(f"unknown {what} id {chain_id}")
