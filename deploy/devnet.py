@@ -1,7 +1,9 @@
-"""`dvp-relayer devnet up|down|status`: two anvil chains + Redis + contracts + demo balances on this machine.
+"""`dvp-relayer devnet up|down|status`: three anvil chains (two ST platforms, one coin ledger) + Redis + contracts
++ demo balances on this machine.
 
 State lives in .devnet/: pids of what `up` started (so `down` stops only those), chain state files,
-deployment.json (addresses, chain ids, RPC URLs, demo accounts) and devnet.env (the relayer's DVP_ settings).
+deployment.json (addresses, chain ids, RPC URLs, demo accounts), ledgers.toml (the three ledgers, see
+docs/ledgers.example.toml) and devnet.env (the relayer's DVP_ settings, pointing at ledgers.toml).
 The keys are anvil's public development keys: local use only.
 """
 
@@ -27,6 +29,7 @@ Account.enable_unaudited_hdwallet_features()
 DEVNET_DIR = Path(os.environ.get("DVP_DEVNET_DIR") or REPO_ROOT / ".devnet")  # `devnet --dir` overrides
 ROLES = {"issuer": 0, "seller": 1, "buyer": 2, "pts": 3, "watcher": 4}
 ST_ISSUE, SC_ISSUE = 1_000_000, 10_000_000_000
+CHAINS = ("st", "st2", "sc")  # the devnet's ledger names (deployment.json keys)
 
 
 def dev_account(index: int) -> Any:
@@ -37,8 +40,10 @@ def dev_account(index: int) -> Any:
 class DevnetOptions:
     st_port: int = 8545
     sc_port: int = 8546
+    st2_port: int = 8547  # the second ST platform
     st_chain_id: int = 17001
     sc_chain_id: int = 17002
+    st2_chain_id: int = 17003
     block_time: float | None = 1.0
     redis_port: int = 6379
     redis_url: str | None = None  # use this Redis as it is (never started, never flushed)
@@ -55,16 +60,21 @@ def is_up(opts: DevnetOptions) -> bool:
         return False
     doc = json.loads(dep.read_text())
     try:
-        for chain in ("st", "sc"):
-            rpc_request(doc[chain]["rpc_url"], "eth_chainId")
+        for chain in CHAINS:
+            if chain in doc:
+                rpc_request(doc[chain]["rpc_url"], "eth_chainId")
     except OSError:
         return False
     return True
 
 
-async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str) -> dict[str, Any]:
+async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str,
+                  st2_url: str | None = None) -> dict[str, Any]:
+    """Escrows and tokens on each chain, the demo parties onboarded and funded; with st2_url a second ST
+    platform as well (the seller holds its token too)."""
     issuer, seller, buyer, pts = (dev_account(ROLES[r]) for r in ("issuer", "seller", "buyer", "pts"))
     st_chain, sc_chain = EvmChain("st", [st_url]), EvmChain("sc", [sc_url])
+    st2 = asyncio.ensure_future(_deploy_second_platform(st2_url, issuer, seller, buyer)) if st2_url else None
     same_ledger = st_url == sc_url  # both tokens on one chain: deploy one after the other (one issuer nonce)
 
     async def both(a: Any, b: Any) -> tuple[Any, Any]:
@@ -82,18 +92,54 @@ async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str)
         # the buyer must be allowed to receive the ST, the seller to receive the SC
         await onboard_holder(st_chain, issuer, buyer, st_dep, kind="st", issue_amount=0)
         await onboard_holder(sc_chain, issuer, seller, sc_dep, kind="sc", issue_amount=0)
+        st2_doc = await st2 if st2 is not None else None
     finally:
+        if st2 is not None and not st2.done():
+            st2.cancel()
         await st_chain.close()
         await sc_chain.close()
-    return {
+    doc = {
         "st": st_dep.to_dict(),
         "sc": sc_dep.to_dict(),
         "redis_url": redis_url,
         "accounts": {r: dev_account(i).address for r, i in ROLES.items()},
     }
+    if st2_doc is not None:
+        doc["st2"] = st2_doc
+    return doc
 
 
-def env_lines(doc: dict[str, Any], block_time: float | None) -> list[str]:
+async def _deploy_second_platform(url: str, issuer: Any, seller: Any, buyer: Any) -> dict[str, Any]:
+    chain = EvmChain("st2", [url])
+    try:
+        dep = await deploy_chain(chain, issuer, kind="st", token_name="Demo Transition Bond 2032", token_symbol="DTB32")
+        await onboard_holder(chain, issuer, seller, dep, kind="st", issue_amount=ST_ISSUE)
+        await onboard_holder(chain, issuer, buyer, dep, kind="st", issue_amount=0)
+        return dep.to_dict()
+    finally:
+        await chain.close()
+
+
+def ledgers_toml(doc: dict[str, Any]) -> str:
+    """The devnet's ledgers as a DVP_CONFIG_FILE (one [[ledgers]] table per chain)."""
+    out = ["# written by `dvp-relayer devnet up`: the devnet's ledgers (see docs/ledgers.example.toml)"]
+    for name in CHAINS:
+        if name not in doc:
+            continue
+        c = doc[name]
+        tokens = ", ".join(f'"{t}"' for t in c["tokens"].values())
+        out += ["", "[[ledgers]]", f'name = "{name}"', f'role = "{"sc" if name == "sc" else "st"}"',
+                f"chain_id = {c['chain_id']}", f'rpc_urls = ["{c["rpc_url"]}"]',
+                f'ws_url = "{c["rpc_url"].replace("http://", "ws://")}"', f'escrow = "{c["escrow"]}"',
+                f"tokens = [{tokens}]", f"start_block = {c['deploy_block']}"]
+        if c.get("dvp") and name != "sc":
+            out.append(f'dvp_contract = "{c["dvp"]}"')
+    return "\n".join(out) + "\n"
+
+
+def env_lines(doc: dict[str, Any], block_time: float | None, ledgers_file: Path | None = None) -> list[str]:
+    """devnet.env: the DVP_ST_* / DVP_SC_* values of the first ST chain and the coin ledger, and with
+    `ledgers_file` DVP_CONFIG_FILE naming every ledger (those values then repeat the file's "st" and "sc")."""
     from relayer.secrets import generate_key
 
     seller, buyer, pts = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"]), dev_account(ROLES["pts"])
@@ -101,6 +147,7 @@ def env_lines(doc: dict[str, Any], block_time: float | None) -> list[str]:
     return [
         "# written by `dvp-relayer devnet up` - anvil development keys, local use only",
         f"DVP_REDIS_URL={doc['redis_url']}",
+        f"DVP_CONFIG_FILE={ledgers_file or ''}",
         f"DVP_ST_RPC_URL={st['rpc_url']}",
         f"DVP_ST_WS_URL={st['rpc_url'].replace('http://', 'ws://')}",
         f"DVP_ST_CHAIN_ID={st['chain_id']}",
@@ -136,7 +183,10 @@ def up(opts: DevnetOptions, echo: Any = print) -> dict[str, Any]:
     started["anvil-st"] = st.pid  # type: ignore[assignment]
     sc = AnvilProcess(opts.sc_chain_id, opts.sc_port, opts.block_time, log_file=d / "anvil-sc.log").start()
     started["anvil-sc"] = sc.pid  # type: ignore[assignment]
-    echo(f"anvil ST chain {opts.st_chain_id} on {st.url}, coin ledger {opts.sc_chain_id} on {sc.url}")
+    st2 = AnvilProcess(opts.st2_chain_id, opts.st2_port, opts.block_time, log_file=d / "anvil-st2.log").start()
+    started["anvil-st2"] = st2.pid  # type: ignore[assignment]
+    echo(f"anvil ST chains {opts.st_chain_id} on {st.url} and {opts.st2_chain_id} on {st2.url}, "
+         f"coin ledger {opts.sc_chain_id} on {sc.url}")
     if opts.redis_url:
         redis_url = opts.redis_url
         echo(f"using the Redis at {redis_url.split('@')[-1]}")
@@ -149,13 +199,15 @@ def up(opts: DevnetOptions, echo: Any = print) -> dict[str, Any]:
         redis_url = rp.url
         echo(f"started redis-server on 127.0.0.1:{opts.redis_port} (AOF on)")
     _pids_file(d).write_text(json.dumps(started))
-    doc = asyncio.run(_deploy(opts, st.url, sc.url, redis_url))
+    doc = asyncio.run(_deploy(opts, st.url, sc.url, redis_url, st2_url=st2.url))
     (d / "deployment.json").write_text(json.dumps(doc, indent=2) + "\n")
+    ledgers = d / "ledgers.toml"
+    ledgers.write_text(ledgers_toml(doc))
     env = d / "devnet.env"
-    env.write_text("\n".join(env_lines(doc, opts.block_time)) + "\n")
+    env.write_text("\n".join(env_lines(doc, opts.block_time, ledgers.resolve())) + "\n")
     os.chmod(env, 0o600)
-    echo(f"deployed: ST escrow {doc['st']['escrow']}, SC escrow {doc['sc']['escrow']}")
-    echo(f"wrote {d / 'deployment.json'} and {env}")
+    echo(f"deployed: ST escrows {doc['st']['escrow']} and {doc['st2']['escrow']}, SC escrow {doc['sc']['escrow']}")
+    echo(f"wrote {d / 'deployment.json'}, {ledgers} and {env}")
     return doc
 
 
@@ -181,7 +233,7 @@ def status(opts: DevnetOptions) -> dict[str, Any]:
         return {"up": False}
     doc = json.loads(dep.read_text())
     out: dict[str, Any] = {"up": is_up(opts)}
-    for chain in ("st", "sc"):
+    for chain in (c for c in CHAINS if c in doc):
         try:
             out[chain] = {"rpc_url": doc[chain]["rpc_url"],
                           "block": int(str(rpc_request(doc[chain]["rpc_url"], "eth_blockNumber")), 16)}

@@ -34,7 +34,7 @@ def main() -> None:
               envvar="DVP_DEVNET_DIR", help="where the devnet keeps its state  [default: .devnet in the repository]")
 @click.pass_context
 def devnet(ctx: click.Context, directory: Path | None) -> None:
-    """Local devnet: two anvil chains, Redis, deployed contracts, demo balances."""
+    """Local devnet: three anvil chains (two ST platforms, one coin ledger), Redis, contracts, demo balances."""
     from deploy.devnet import DEVNET_DIR
 
     ctx.obj = directory or DEVNET_DIR
@@ -44,16 +44,17 @@ def devnet(ctx: click.Context, directory: Path | None) -> None:
 @click.option("--block-time", type=float, default=1.0, show_default=True, help="seconds per block (0 = automine)")
 @click.option("--st-port", type=int, default=8545, show_default=True)
 @click.option("--sc-port", type=int, default=8546, show_default=True)
+@click.option("--st2-port", type=int, default=8547, show_default=True, help="the second ST platform")
 @click.option("--redis-port", type=int, default=6379, show_default=True,
               help="reuse a Redis listening here (nothing is flushed), else start one on it")
 @click.option("--redis-url", default=None, help="use this Redis instead (e.g. redis://127.0.0.1:6390/2)")
 @click.pass_obj
-def devnet_up(directory: Path, block_time: float, st_port: int, sc_port: int, redis_port: int,
+def devnet_up(directory: Path, block_time: float, st_port: int, sc_port: int, st2_port: int, redis_port: int,
               redis_url: str | None) -> None:
     from deploy.devnet import DevnetOptions, up
 
-    up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port, redis_port=redis_port,
-                     redis_url=redis_url, directory=directory), echo=click.echo)
+    up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port, st2_port=st2_port,
+                     redis_port=redis_port, redis_url=redis_url, directory=directory), echo=click.echo)
 
 
 @devnet.command("down")

@@ -1,10 +1,13 @@
-"""`dvp-relayer demo`: one cross-chain settlement on the local devnet, every step printed as it happens."""
+"""`dvp-relayer demo`: on the local devnet, one cross-chain settlement on each of its two ST platforms against
+its coin ledger, by one worker, every step printed as it happens."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dotenv import dotenv_values
@@ -14,7 +17,7 @@ from deploy.devnet import DEVNET_DIR, DevnetOptions, up
 from relayer.config import Settings
 from relayer.errors import ConfigError
 from relayer.logging import configure
-from relayer.protocol.instruction import TradeInstruction, sign_instruction
+from relayer.protocol.instruction import SignedInstruction, TradeInstruction, sign_instruction
 from relayer.protocol.states import TERMINAL
 from relayer.service import build_engine, close_engine
 
@@ -31,70 +34,97 @@ async def _balance(chain: Any, token: str, who: str) -> int:
     return int.from_bytes(bytes(raw)[-32:], "big")
 
 
+@dataclass
+class _DemoTrade:
+    platform: str  # the ST ledger's name
+    signed: SignedInstruction
+    shown: int = 0  # audit entries printed
+    state: str = "MATCHED"
+    finished: float = float("nan")  # seconds from submission to a terminal state
+
+
 async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500,
                    settings: Settings | None = None, pts_key: str | None = None) -> str:
+    """One trade on each ST platform against the (first) coin ledger, submitted together and settled by one
+    worker; returns SETTLED when every one settled, else the first other final state."""
     if settings is None:
         settings, env = devnet_settings()
         pts_key = env["DVP_DEMO_PTS_KEY"]
+    if pts_key is None:
+        raise ConfigError("the demo needs a PTS key to sign with (DVP_DEMO_PTS_KEY in devnet.env)")
     configure("WARNING")
     engine = build_engine(settings)
     await engine.start()
-    st_chain, sc_chain = engine.st.ledger.chain, engine.sc.ledger.chain
     accounts = list(settings.accounts())
     seller, buyer = accounts[0], accounts[1]
-    st_token, sc_token = sorted(settings.st_token_set())[0], sorted(settings.sc_token_set())[0]
-    now = await st_chain.now()
-    st_id, sc_id = await st_chain.connect(), await sc_chain.connect()
-    if pts_key is None:
-        raise ConfigError("the demo needs a PTS key to sign with (DVP_DEMO_PTS_KEY in devnet.env)")
-    ins = TradeInstruction(
-        tradeId="0x" + os.urandom(32).hex(), stChainId=st_id, stToken=st_token, stAmount=st_amount,
-        scChainId=sc_id, scToken=sc_token, scAmount=st_amount * price,
-        sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer,
-        deadline=now + 600,
-    )
-    signed = sign_instruction(ins, pts_key, settings.domain_salt())
+    sc = engine.routes.of_role("sc")[0]
+    sc_token = sorted(sc.config.token_set())[0]
+    sc_chain_id = await sc.ledger.chain.connect()
+    trades = []
+    for st in engine.routes.of_role("st"):
+        st_chain_id = await st.ledger.chain.connect()
+        ins = TradeInstruction(
+            tradeId="0x" + os.urandom(32).hex(), stChainId=st_chain_id, stToken=sorted(st.config.token_set())[0],
+            stAmount=st_amount, scChainId=sc_chain_id, scToken=sc_token, scAmount=st_amount * price,
+            sellerStAccount=seller, sellerScAccount=seller, buyerScAccount=buyer, buyerStAccount=buyer,
+            deadline=await st.ledger.chain.now() + 600,
+        )
+        trades.append(_DemoTrade(st.name, sign_instruction(ins, pts_key, settings.domain_salt())))
 
     async def balances() -> dict[str, int]:
-        return {
-            "seller ST": await _balance(st_chain, st_token, seller), "buyer ST": await _balance(st_chain, st_token, buyer),
-            "seller SC": await _balance(sc_chain, sc_token, seller), "buyer SC": await _balance(sc_chain, sc_token, buyer),
-        }
+        out = {}
+        for t in trades:
+            chain, token = engine.routes.by_name[t.platform].ledger.chain, t.signed.instruction.stToken
+            out[f"seller ST@{t.platform}"] = await _balance(chain, token, seller)
+            out[f"buyer ST@{t.platform}"] = await _balance(chain, token, buyer)
+        out[f"seller SC@{sc.name}"] = await _balance(sc.ledger.chain, sc_token, seller)
+        out[f"buyer SC@{sc.name}"] = await _balance(sc.ledger.chain, sc_token, buyer)
+        return out
 
     before = await balances()
-    echo(f"trade {ins.tradeId}")
-    echo(f"  seller {seller} delivers {st_amount} ST; buyer {buyer} pays {ins.scAmount} SC")
+    for t in trades:
+        ins = t.signed.instruction
+        echo(f"trade {ins.tradeId} on ST platform {t.platform} (chain {ins.stChainId}) against {sc.name} "
+             f"(chain {ins.scChainId})")
+        echo(f"  seller {seller} delivers {st_amount} ST; buyer {buyer} pays {ins.scAmount} SC")
     t0 = time.monotonic()
-    await engine.intake(signed)
+    for t in trades:
+        await engine.intake(t.signed)
     stop = asyncio.Event()
     runner = asyncio.create_task(engine.run(stop))
-    shown = 0
-    state = "MATCHED"
-    finished = float("nan")
     try:
-        while time.monotonic() - t0 < 300:
-            for entry in (await engine.store.audit(ins.tradeId))[shown:]:
-                shown += 1
-                detail = {k: v for k, v in entry.items() if k in ("tx", "block", "chain", "from", "to", "gas", "reason",
-                                                                   "t_st", "t_sc")}
-                echo(f"  +{time.monotonic() - t0:6.2f}s  {entry['event']:<18} "
-                     + " ".join(f"{k}={v}" for k, v in detail.items()))
-            rec = await engine.store.get(ins.tradeId)
-            assert rec is not None
-            state = rec.state.value
-            if rec.state in TERMINAL:
-                finished = time.monotonic() - t0
-                break
+        while time.monotonic() - t0 < 300 and any(math.isnan(t.finished) for t in trades):
+            for t in trades:
+                await _show_progress(engine, t, t0, echo, tag=f"[{t.platform}]" if len(trades) > 1 else "")
             await asyncio.sleep(0.1)
     finally:
         stop.set()
         await runner
     after = await balances()
-    echo(f"final state: {state} after {finished:.2f}s")
+    for t in trades:
+        echo(f"final state on {t.platform}: {t.state} after {t.finished:.2f}s")
     for k in before:
-        echo(f"  {k:<10} {before[k]:>16} -> {after[k]:>16}  ({after[k] - before[k]:+})")
+        echo(f"  {k:<14} {before[k]:>16} -> {after[k]:>16}  ({after[k] - before[k]:+})")
     await close_engine(engine)
-    return state
+    return next((t.state for t in trades if t.state != "SETTLED"), "SETTLED")
+
+
+async def _show_progress(engine: Any, t: _DemoTrade, t0: float, echo: Any, tag: str) -> None:
+    """Print the trade's new audit entries; note its state, and when it finished."""
+    if not math.isnan(t.finished):
+        return
+    trade_id = t.signed.instruction.tradeId
+    for entry in (await engine.store.audit(trade_id))[t.shown:]:
+        t.shown += 1
+        detail = {k: v for k, v in entry.items() if k in ("tx", "block", "chain", "from", "to", "gas", "reason",
+                                                           "t_st", "t_sc")}
+        echo(f"  +{time.monotonic() - t0:6.2f}s {tag} {entry['event']:<18} "
+             + " ".join(f"{k}={v}" for k, v in detail.items()))
+    rec = await engine.store.get(trade_id)
+    assert rec is not None
+    t.state = rec.state.value
+    if rec.state in TERMINAL:
+        t.finished = time.monotonic() - t0
 
 
 def demo(echo: Any = print) -> str:
@@ -108,7 +138,7 @@ async def _same_ledger(echo: Any, settings: Settings | None = None) -> str:
     from deploy.processes import AnvilProcess, free_port
 
     settings = settings or devnet_settings()[0]
-    node = AnvilProcess(17003, free_port(), 1.0).start()
+    node = AnvilProcess(17004, free_port(), 1.0).start()
     try:
         doc = await _deploy(DevnetOptions(), node.url, node.url, settings.redis_url.rsplit("/", 1)[0] + "/1")
         env = dict(line.split("=", 1) for line in env_lines(doc, 1.0) if "=" in line and not line.startswith("#"))

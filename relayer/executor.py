@@ -184,8 +184,9 @@ class Executor:
             self.on_settled(sorted({d.rec.trade_id for d in items}), None)
 
     async def _send_and_record(self, prepared: list[Prepared], data: str, gas: int | None = None) -> None:
-        ledger, via = prepared[0].ledger, prepared[0].via
+        via = prepared[0].via
         action = prepared[0].due.action
+        chain = self.side_of(prepared[0].due).name
         if time.monotonic() > self.coordinator.lease_valid_until:
             raise LeaseLost(f"account lease of {via.address} may have lapsed: not sending")
         # the reveal races T_sc under whatever congestion the counterparty may cause: it pays to win inclusion
@@ -193,22 +194,22 @@ class Executor:
         tx_hash = tx.tx_hash.to_0x_hex()
         sent_at = time.monotonic()
         batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
-        metrics.TX_SENT.labels(ledger.kind, action.value).inc()
+        metrics.TX_SENT.labels(chain, action.value).inc()
         for p in prepared:
             reaction = sent_at - p.due.observed_at
             metrics.REACTION_SECONDS.observe(reaction)
             await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx_hash, nonce=tx.nonce,
-                                       chain=ledger.kind, reaction_ms=round(reaction * 1000, 1), **batch)
-            self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=ledger.kind,
+                                       chain=chain, reaction_ms=round(reaction * 1000, 1), **batch)
+            self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=chain,
                           **batch)
         receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
         gas_used = int(receipt["gasUsed"])
-        metrics.GAS.labels(ledger.kind, action.value).inc(gas_used)
-        self._measured(self.side_of(prepared[0].due).name, prepared[0].due.kind, gas_used, len(prepared))
+        metrics.GAS.labels(chain, action.value).inc(gas_used)
+        self._measured(chain, prepared[0].due.kind, gas_used, len(prepared))
         mined = receipt["transactionHash"].to_0x_hex()
         for p in prepared:
             await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", tx=mined,
-                                       block=receipt["blockNumber"], gas=gas_used // len(prepared), chain=ledger.kind,
+                                       block=receipt["blockNumber"], gas=gas_used // len(prepared), chain=chain,
                                        **batch)
             self.log.info("tx_mined", trade_id=p.due.rec.trade_id, action=action.value, tx=mined,
                           block=receipt["blockNumber"], gas=gas_used // len(prepared),

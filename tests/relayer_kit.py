@@ -64,6 +64,8 @@ class Net:
             secret_key=self.secret_key, confirmations=1, block_time=0.5, inclusion_delay=2.0, margin=3.0,
             st_lock_duration=120, poll_interval=0.05, api_port=0,
         )
+        if "config_file" in over:  # the ledgers come from the file: no DVP_ST_* / DVP_SC_* override them
+            fields = {k: v for k, v in fields.items() if not k.startswith(("st_", "sc_"))}
         fields.update(over)
         return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
 

@@ -202,27 +202,30 @@ def test_devnet_up_status_down_in_its_own_directory_stops_only_what_it_started(t
     import json
 
     d = tmp_path / "devnet"
-    st_port, sc_port = free_port(), free_port()
+    st_port, sc_port, st2_port = free_port(), free_port(), free_port()
     base = [EXE, "devnet", "--dir", str(d)]
     env = {k: v for k, v in worker_env_base().items() if not k.startswith("DVP_")}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*base, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
 
-    up = cli("up", "--st-port", str(st_port), "--sc-port", str(sc_port), "--redis-url", redis_server.url.rsplit("/", 1)[0] + "/9",
+    up = cli("up", "--st-port", str(st_port), "--sc-port", str(sc_port), "--st2-port", str(st2_port), "--redis-url", redis_server.url.rsplit("/", 1)[0] + "/9",
              "--block-time", "0")
     try:
         assert up.returncode == 0, up.stderr[-1500:]
         assert (d / "deployment.json").exists() and (d / "devnet.env").stat().st_mode & 0o077 == 0
         st = json.loads(cli("status").stdout)
-        assert st["up"] is True and st["st"]["block"] > 0 and st["sc"]["block"] > 0
+        assert st["up"] is True and st["st"]["block"] > 0 and st["sc"]["block"] > 0 and st["st2"]["block"] > 0
+        ledgers = (d / "ledgers.toml").read_text()
+        assert ledgers.count("[[ledgers]]") == 3 and f"DVP_CONFIG_FILE={(d / 'ledgers.toml').resolve()}" in (
+            d / "devnet.env").read_text()
         assert "already up" in cli("up", "--st-port", str(st_port), "--sc-port", str(sc_port)).stdout
     finally:
         down = cli("down")
     assert down.returncode == 0 and "stopped anvil-st" in down.stdout and "redis" not in down.stdout
     deadline = time.monotonic() + 20
-    while (port_open(st_port) or port_open(sc_port)) and time.monotonic() < deadline:
+    while any(port_open(p) for p in (st_port, sc_port, st2_port)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not port_open(st_port) and not port_open(sc_port)
+    assert not any(port_open(p) for p in (st_port, sc_port, st2_port))
     assert port_open(redis_server.port)  # the Redis it was given is left running
     assert json.loads(cli("status").stdout) == {"up": False}

@@ -57,7 +57,7 @@ async def test_a_right_lock_made_too_late_is_never_claimed_and_the_secret_never_
         await engine.intake(signed)
         assert (await drive(engine, [tid], until={TradeState.ST_LOCKED}))[tid] == TradeState.ST_LOCKED
         secret, t_st = await _seller_plan(engine, tid)
-        t_sc = t_st - engine.policy.delta()
+        t_sc = t_st - engine.routes.route(ins).policy.delta()
         watch = SecretWatch([net.st, net.sc], secret)
         await watch.start()
         _, filling = await _congest(net, stop)
@@ -96,7 +96,7 @@ async def test_a_timely_reveal_outbids_the_congestion_and_settles(net: Net):
         secret, t_st = await _seller_plan(engine, tid)
         _, filling = await _congest(net, stop)
         tasks.append(filling)
-        await _sc_lock_by_buyer(net, ins, ins.scAmount, hashlib.sha256(secret).digest(), t_st - engine.policy.delta())
+        await _sc_lock_by_buyer(net, ins, ins.scAmount, hashlib.sha256(secret).digest(), t_st - engine.routes.route(ins).policy.delta())
         assert (await drive(engine, [tid], timeout=30))[tid] == TradeState.SETTLED
         claim = next(e for e in await engine.store.audit(tid) if e["event"] == "claim_sc_sent")
         tx = await net.sc.call(lambda w3: w3.eth.get_transaction(claim["tx"]))
@@ -130,7 +130,7 @@ async def test_a_re_lock_after_a_wrong_terms_lock_was_refunded_is_followed_not_l
                 break
         assert await engine.sc.ledger.swap_slot(sid) == bytes(32)
         await _bot_lock(net, net.sc, net.buyer, net.doc["sc"]["escrow"], ins.trade_id_bytes, ins.scToken,
-                        ins.scAmount, ins.sellerScAccount, hashlock, t_st - engine.policy.delta())
+                        ins.scAmount, ins.sellerScAccount, hashlock, t_st - engine.routes.route(ins).policy.delta())
         assert (await drive(engine, [tid], timeout=40))[tid] == TradeState.SETTLED
         assert await net.balance(net.sc, net.sc_token, net.seller.address) == seller_sc + ins.scAmount
         assert await engine.sc.ledger.swap_slot(sid) == bytes(32)
@@ -182,7 +182,7 @@ async def test_the_buyer_does_not_lock_with_less_than_3_delta_left_on_t_st(net: 
     try:
         signed = await net.instruction()
         ins, tid = signed.instruction, signed.instruction.tradeId
-        delta = engine.policy.delta()
+        delta = engine.routes.route(ins).policy.delta()
         await engine.intake(signed)
         t_st = await net.st.now() + 3 * delta - 4  # between 2Δ and 3Δ once seen
         await _bot_lock(net, net.st, net.seller, net.doc["st"]["escrow"], ins.trade_id_bytes, ins.stToken,

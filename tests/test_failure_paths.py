@@ -92,7 +92,7 @@ async def test_counterparty_sc_lock_with_wrong_terms_is_never_acted_on(net: Net,
         rec = await engine.store.get(ins.tradeId)
         hashlock, t_st = bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
         terms = dict(amount=ins.scAmount, receiver=ins.sellerScAccount, hashlock=hashlock,
-                     timelock=t_st - engine.policy.delta())
+                     timelock=t_st - engine.routes.route(ins).policy.delta())
         terms[wrong] = {"amount": ins.scAmount - 1, "receiver": net.pts.address, "hashlock": os.urandom(32),
                         "timelock": t_st - 1}[wrong]
         if wrong == "receiver":
@@ -253,6 +253,6 @@ async def test_a_seller_lock_held_up_past_its_window_is_replanned_not_aborted(ne
         events = await engine.store.audit(ins.tradeId)
         replanned = [e for e in events if e["event"] == "lock_replanned"]
         assert len(replanned) == 1 and replanned[0]["was"] == stale_t_st
-        assert replanned[0]["t_st"] - stale_t_st >= engine.policy.min_st_window() - 10
+        assert replanned[0]["t_st"] - stale_t_st >= engine.routes.route(ins).policy.min_st_window() - 10
     finally:
         await close_engine(engine)
