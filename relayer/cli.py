@@ -270,14 +270,23 @@ def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workd
 @click.option("--soak", type=int, default=0, help="instead: settle this many trades, sampling worker RSS per 1,000")
 @click.option("--workers", default="", help="instead: throughput with these worker counts on one Redis, e.g. 1,2,4")
 @click.option("--pairs", type=int, default=4, show_default=True, help="seller/buyer account pairs for --workers")
+@click.option("--rate", "rates", default="", help="also: open-loop runs at these arrival rates (trades/s), e.g. 50,100")
+@click.option("--duration", type=float, default=20.0, show_default=True, help="seconds of arrivals per --rate run")
 def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: float, as_json: bool,
-          workdir: Path, soak: int, workers: str, pairs: int) -> None:
-    """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on."""
+          workdir: Path, soak: int, workers: str, pairs: int, rates: str, duration: float) -> None:
+    """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on;
+    with --rate, sustained load at constant arrival rates."""
     from bench.runner import BenchConfig, run_bench
     from bench.runner import soak as run_soak
 
+    try:
+        rate_list = tuple(float(r) for r in rates.split(",") if r.strip())
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 50,100,200", param_hint="--rate") from None
+    if len(rate_list) > 7 or any(r <= 0 for r in rate_list):
+        raise click.BadParameter("1 to 7 positive rates (each run gets its own Redis database)", param_hint="--rate")
     cfg = BenchConfig(trades=trades, latency_trades=latency_trades, raw_transfers=raw_transfers,
-                      block_time=block_time, workdir=workdir)
+                      block_time=block_time, workdir=workdir, rates=rate_list, duration=duration)
     echo = (lambda _: None) if as_json else click.echo
     if soak:
         click.echo(json.dumps(asyncio.run(run_soak(cfg, soak, echo=echo))))

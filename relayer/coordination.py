@@ -19,6 +19,8 @@ from relayer.logging import get_logger
 from relayer.store import Store
 
 
+INTAKE_MIN, INTAKE_MAX = 16, 1000  # intake stream entries one round reads
+
 class Coordinator:
     """This worker's share of the accounts and of the open trades."""
 
@@ -32,6 +34,7 @@ class Coordinator:
         self.live_workers = 1
         self.lease_valid_until = float("inf")  # no leases asked yet (single-engine use in tests)
         self._next_scan = 0.0  # monotonic time of the next look for trades nobody drives
+        self._share = INTAKE_MIN  # this worker's even share of the open trades, as of the last scan
         self._next_renew = 0.0  # monotonic time the trade leases are renewed next
 
     @property
@@ -104,7 +107,10 @@ class Coordinator:
         if time.monotonic() >= self._next_renew:
             self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
             await self.renew_trades()
-        entries = await self.store.read_intake(WORKER_TOKEN, count=16, min_idle_ms=ttl_ms)
+        # new trades from the stream up to this worker's share (a bulk of 500 is taken in one round, not 16 a
+        # round), never fewer than INTAKE_MIN so a worker at its share still takes what arrives
+        room = min(INTAKE_MAX, max(INTAKE_MIN, self._share - len(self.owned)))
+        entries = await self.store.read_intake(WORKER_TOKEN, count=room, min_idle_ms=ttl_ms)
         candidates = {tid for _, tid in entries}
         dead: dict[str, str] = {}
         now = time.monotonic()
@@ -113,6 +119,7 @@ class Coordinator:
             open_ids = await self.store.open_trades(settled_for=1.0)
             others = [t for t in open_ids if t not in candidates and t not in self.owned]
             share = math.ceil(await self.store.count_open() / self.live_workers)
+            self._share = share + INTAKE_MAX // max(1, self.live_workers)  # room for what arrives until the next scan
             room = max(0, share - len(candidates) - len(self.owned))
             for tid, holder in (await self.store.trade_lease_holders(others)).items():
                 if room <= 0:

@@ -195,22 +195,24 @@ class Executor:
         sent_at = time.monotonic()
         batch = {"batch": len(prepared)} if len(prepared) > 1 else {}
         metrics.TX_SENT.labels(chain, action.value).inc()
+        audits = []
         for p in prepared:
             reaction = sent_at - p.due.observed_at
             metrics.REACTION_SECONDS.observe(reaction)
-            await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_sent", tx=tx_hash, nonce=tx.nonce,
-                                       chain=chain, reaction_ms=round(reaction * 1000, 1), **batch)
+            audits.append((p.due.rec.trade_id, ACTOR, f"{action.value}_sent",
+                           dict(tx=tx_hash, nonce=tx.nonce, chain=chain, reaction_ms=round(reaction * 1000, 1), **batch)))
             self.log.info("tx_sent", trade_id=p.due.rec.trade_id, action=action.value, tx=tx_hash, chain=chain,
                           **batch)
+        await self.store.add_audits(audits)  # one round trip per transaction, not one per trade
         receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
         gas_used = int(receipt["gasUsed"])
         metrics.GAS.labels(chain, action.value).inc(gas_used)
         self._measured(chain, prepared[0].due.kind, gas_used, len(prepared))
         mined = receipt["transactionHash"].to_0x_hex()
+        mined_entry = dict(tx=mined, block=receipt["blockNumber"], gas=gas_used // len(prepared), chain=chain, **batch)
+        await self.store.add_audits([(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", mined_entry)
+                                     for p in prepared])
         for p in prepared:
-            await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", tx=mined,
-                                       block=receipt["blockNumber"], gas=gas_used // len(prepared), chain=chain,
-                                       **batch)
             self.log.info("tx_mined", trade_id=p.due.rec.trade_id, action=action.value, tx=mined,
                           block=receipt["blockNumber"], gas=gas_used // len(prepared),
                           seconds=round(time.monotonic() - sent_at, 3))

@@ -36,7 +36,7 @@ class Intake:
         signer = signed.signer(self.domain_salt)
         if signer not in self.trusted:
             raise InvalidInstruction(f"signer {signer} is not a trusted PTS key", code="untrusted_signer")
-        route = self.routes.route(ins)  # UnknownChain, or NotReady while a chain has not answered
+        route = self.routes.admit(ins)  # UnknownChain, or NotReady while a chain has not answered
         if ins.stToken not in self.tokens[route.st.name]:
             raise InvalidInstruction(f"unknown ST token {ins.stToken} on {route.st.name}", code="unknown_token")
         if ins.scToken not in self.tokens[route.sc.name]:

@@ -38,16 +38,25 @@ class Routes:
         return [s for s in self.sides if s.role == role]
 
     def route(self, ins: TradeInstruction) -> Route:
-        """The route of a trade; UnknownChain when a chain id is not followed in its role, NotReady while a
-        ledger whose chain id is not configured has not answered yet (it might be the one)."""
+        """The route of an accepted trade; UnknownChain when a chain id is not followed in its role (the ledger
+        left the configuration). A ledger whose chain id is not configured and that has not answered yet (it is
+        down) is the route of its role when it is the only one: intake checked the id against it."""
+        return self._route(ins, strict=False)
+
+    def admit(self, ins: TradeInstruction) -> Route:
+        """The route of a new instruction: as route(), but NotReady while a ledger whose chain id is not
+        configured has not answered yet (it might be the one, or not: nothing is refused unchecked)."""
+        return self._route(ins, strict=True)
+
+    def _route(self, ins: TradeInstruction, strict: bool) -> Route:
         key = (ins.stChainId, ins.scChainId)
         found = self._cache.get(key)
         if found is not None:
             return found
-        st = self._find("st", ins.stChainId)
-        sc = self._find("sc", ins.scChainId)
+        (st, st_known), (sc, sc_known) = self._find("st", ins.stChainId, strict), self._find("sc", ins.scChainId, strict)
         found = Route(st, sc, self.settings.timing(st.config, sc.config))
-        self._cache[key] = found
+        if st_known and sc_known:
+            self._cache[key] = found
         return found
 
     def pairs(self) -> list[Route]:
@@ -62,13 +71,16 @@ class Routes:
             self._cache[key] = Route(st, sc, self.settings.timing(st.config, sc.config))
         return self._cache[key]
 
-    def _find(self, role: str, chain_id: int) -> ChainSide:
+    def _find(self, role: str, chain_id: int, strict: bool) -> tuple[ChainSide, bool]:
+        """The ledger of this role and chain id, and whether its chain id is known (not assumed)."""
         candidates = self.of_role(role)
         for side in candidates:
             if side.chain_id == chain_id:
-                return side
+                return side, True
         what = "ST chain" if role == "st" else "coin ledger (SC chain)"
-        unknown = [s.name for s in candidates if s.chain_id is None]
+        unknown = [s for s in candidates if s.chain_id is None]
+        if unknown and not strict and len(candidates) == 1:
+            return unknown[0], False  # the only one of its role, down since start: its trades still need us
         if unknown:  # not connected yet (the chain is down): we cannot judge, so do not refuse
-            raise NotReady(f"the {what} {unknown[0]} has not answered yet; retry shortly")
+            raise NotReady(f"the {what} {unknown[0].name} has not answered yet; retry shortly")
         raise UnknownChain(f"unknown {what} id {chain_id}")

@@ -348,6 +348,15 @@ class Store:
         """An audit entry that changes no state (e.g. a counterparty lock with wrong terms was seen)."""
         await self.r.rpush(audit_key(trade_id), _audit_entry(actor, event, **data))
 
+    async def add_audits(self, entries: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Many audit entries (trade id, actor, event, data) in one round trip: one per batch transaction."""
+        if not entries:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for trade_id, actor, event, data in entries:
+                pipe.rpush(audit_key(trade_id), _audit_entry(actor, event, **data))
+            await pipe.execute()
+
     async def open_trades(self, settled_for: float = 0.0) -> list[str]:
         """Ids of the non-terminal trades; with `settled_for`, only those accepted at least that long ago."""
         if settled_for:
