@@ -11,16 +11,25 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from eth_utils import to_checksum_address
-from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3.exceptions import BlockNotFound
+from web3.exceptions import BadResponseFormat, BlockNotFound
 
-from adapters.contracts import abi, dvp_typed_data, encode_call, swap_id, terms_hash, typed_data_digest
+from adapters.contracts import (
+    abi,
+    decode_event,
+    dvp_typed_data,
+    encode_call,
+    event_specs,
+    swap_id,
+    terms_hash,
+    typed_data_digest,
+)
 from adapters.errors import LeaseLost, RpcError
 from adapters.evm import EvmChain, TxSender
 
@@ -53,11 +62,11 @@ class LockedEvent:
     tx_hash: str
     log_index: int = 0  # position in its block: orders a swap id's locks and ends (a swap id can be re-locked)
 
-    @property
+    @cached_property  # a keccak each: asked for every time the trade is decided
     def swap_id(self) -> bytes:
         return swap_id(self.sender, self.trade_id)
 
-    @property
+    @cached_property
     def terms_hash(self) -> bytes:
         """The value the escrow's slot holds while this lock is live."""
         return terms_hash(self.token, self.amount, self.receiver, self.hashlock, self.timelock)
@@ -145,14 +154,7 @@ class EscrowFollower:
         if start_hash:
             self._hashes[start_height] = start_hash
         self._hash_window = hash_window
-        self._contract = AsyncWeb3().eth.contract(abi=abi(ESCROW))
-        self._topics = {
-            "0x" + HexBytes(self._contract.events[name]().topic).hex().removeprefix("0x"): name
-            for name in ("Locked", "Claimed", "Refunded")
-        }
-        self._claimed_topic = next(t for t, n in self._topics.items() if n == "Claimed")
-        self._dvp_contract = AsyncWeb3().eth.contract(abi=abi(ATOMIC_DVP))
-        self._topics["0x" + HexBytes(self._dvp_contract.events.Settled().topic).hex().removeprefix("0x")] = "Settled"
+        self._claimed_topic = "0x" + next(t for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed").hex()
         self.confirmed_timestamp = 0
         self.last_head = 0
         self.last_head_timestamp = 0
@@ -202,8 +204,8 @@ class EscrowFollower:
         await self._confirmed(result, head)
         if result.rewound_to is None and head > max(self.height, self._preimages_read_to):
             start = max(self.height, self._preimages_read_to) + 1
-            logs = await self.chain.call(lambda w3: w3.eth.get_logs({
-                "address": self.escrow, "fromBlock": start, "toBlock": head, "topics": [self._claimed_topic]}))
+            logs = await self._logs({"address": self.escrow, "fromBlock": hex(start), "toBlock": hex(head),
+                                     "topics": [self._claimed_topic]})
             result.preimages = [ev.preimage for ev in map(self._decode, logs) if isinstance(ev, ClaimedEvent)]
             self._preimages_read_to = head
         elif result.rewound_to is not None:
@@ -222,16 +224,14 @@ class EscrowFollower:
             return
         end = min(target, self.height + self.max_range)
         start = self.height + 1
-        logs = await self.chain.call(
-            lambda w3: w3.eth.get_logs({"address": self.addresses, "fromBlock": start, "toBlock": end})
-        )
+        logs = await self._logs({"address": self.addresses, "fromBlock": hex(start), "toBlock": hex(end)})
         # Logs and hashes must come from one fork: re-read the hash of every block that holds a log.
         wanted = sorted({int(lg["blockNumber"]) for lg in logs} | {end})
         blocks = await self.chain.rpc_batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])  # 1 trip
         hashes = {n: (b["hash"] if b else None) for n, b in zip(wanted, blocks)}
         end_timestamp = int(blocks[-1]["timestamp"], 16) if blocks[-1] else 0
         for lg in logs:
-            if hashes[int(lg["blockNumber"])] != "0x" + bytes(lg["blockHash"]).hex():
+            if hashes[int(lg["blockNumber"])] != lg["blockHash"]:
                 return  # a reorg happened while reading: try again next poll
         for lg in logs:
             ev = self._decode(lg)
@@ -243,22 +243,35 @@ class EscrowFollower:
         while len(self._hashes) > self._hash_window:
             self._hashes.popitem(last=False)
 
-    def _decode(self, lg: Any) -> EscrowEvent | None:
-        topic0 = "0x" + bytes(lg["topics"][0]).hex()
-        name = self._topics.get(topic0)
-        if name is None:
-            return None
-        block, tx = int(lg["blockNumber"]), "0x" + bytes(lg["transactionHash"]).hex()
-        index = int(lg["logIndex"])
-        if name == "Settled":
-            if to_checksum_address(lg["address"]) not in self.addresses[1:]:
+    async def _logs(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """eth_getLogs read raw (web3's formatting of every log was a large share of a busy worker's CPU), with
+        the fields the follower uses parsed: block and log index as ints, hashes as lowercase 0x-hex."""
+        raw = await self.chain.rpc("eth_getLogs", [params])
+        try:
+            return [{"blockNumber": int(lg["blockNumber"], 16), "blockHash": lg["blockHash"].lower(),
+                     "transactionHash": lg["transactionHash"].lower(), "logIndex": int(lg["logIndex"], 16),
+                     "address": to_checksum_address(lg["address"]),
+                     "topics": [bytes.fromhex(t[2:]) for t in lg["topics"]], "data": bytes.fromhex(lg["data"][2:])}
+                    for lg in raw if not lg.get("removed")]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadResponseFormat(f"{self.chain.name}: malformed eth_getLogs answer: {str(raw)[:200]}") from exc
+
+    def _decode(self, lg: dict[str, Any]) -> EscrowEvent | None:
+        block, tx, index = lg["blockNumber"], lg["transactionHash"], lg["logIndex"]
+        if lg["address"] == self.escrow:
+            decoded = decode_event(ESCROW, lg["topics"], lg["data"])
+        elif lg["address"] in self.addresses[1:]:
+            decoded = decode_event(ATOMIC_DVP, lg["topics"], lg["data"])
+            if decoded is not None and decoded[0] != "Settled":
                 return None
-            args = self._dvp_contract.events.Settled().process_log(lg)["args"]
+        else:
+            return None
+        if decoded is None:
+            return None
+        name, args = decoded
+        if name == "Settled":
             return SettledEvent(trade_id=bytes(args["tradeId"]), digest=bytes(args["digest"]), block=block, tx_hash=tx,
                                 log_index=index)
-        if to_checksum_address(lg["address"]) != self.escrow:
-            return None
-        args = self._contract.events[name]().process_log(lg)["args"]
         if name == "Locked":
             return LockedEvent(
                 trade_id=bytes(args["tradeId"]), sender=args["sender"], receiver=args["receiver"],
@@ -268,7 +281,9 @@ class EscrowFollower:
         if name == "Claimed":
             return ClaimedEvent(swap_id=bytes(args["swapId"]), preimage=bytes(args["preimage"]), block=block,
                                 tx_hash=tx, log_index=index)
-        return RefundedEvent(swap_id=bytes(args["swapId"]), block=block, tx_hash=tx, log_index=index)
+        if name == "Refunded":
+            return RefundedEvent(swap_id=bytes(args["swapId"]), block=block, tx_hash=tx, log_index=index)
+        return None
 
 
 class HtlcLedger:

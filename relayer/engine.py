@@ -314,6 +314,7 @@ class Engine:
         self._drop(rec.trade_id)
         self.driver.forget(rec.trade_id)
         self.executor.forget(rec.trade_id)
+        self.store.forget_parsed(rec)
         self.janitor.finished(rec)
 
     async def _set_aside(self, trade_id: str, exc: Exception) -> None:

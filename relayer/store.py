@@ -157,6 +157,9 @@ def lease_key(name: str) -> str:
     return f"{PREFIX}lease:{name}"
 
 
+PARSED_MAX = 20_000  # parsed instructions kept (immutable: each is validated once while its trade is open)
+
+
 @dataclass
 class TradeRecord:
     """A trade as stored: the signed instruction plus intent and progress."""
@@ -247,6 +250,10 @@ class Store:
     async def get(self, trade_id: str) -> TradeRecord | None:
         return self._record(trade_id, await self.r.hgetall(trade_key(trade_id)))
 
+    def forget_parsed(self, rec: TradeRecord) -> None:
+        """Drop a finished trade's parsed instruction (the worker's memory stays flat over a day of trades)."""
+        self._parsed.pop(rec.fields.get("digest", ""), None)
+
     async def get_many(self, trade_ids: list[str], broken: dict[str, CorruptRecord] | None = None
                        ) -> list[TradeRecord]:
         """Several records in one round trip. A record that cannot be read raises CorruptRecord, or, when
@@ -280,7 +287,7 @@ class Store:
             signed = self._parsed.get(data["digest"])
             if signed is None:  # instructions are immutable: validate (checksums, signature shape) once
                 signed = SignedInstruction.model_validate_json(data["instruction"])
-                if len(self._parsed) > 50_000:
+                if len(self._parsed) > PARSED_MAX:  # a bound for readers that never forget (the API's lists)
                     self._parsed.clear()
                 self._parsed[data["digest"]] = signed
             return TradeRecord(trade_id=trade_id, signed=signed, state=TradeState(data["state"]),

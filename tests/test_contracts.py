@@ -415,3 +415,29 @@ async def test_a_lock_for_the_escrow_itself_is_refused(env):
     err = await env["kit"].reverts(env["seller"], E, env["escrow"], "lockTokens", tid(), env["st"], 1, env["escrow"],
                                    h, await env["kit"].now() + 600)
     assert err.startswith("InvalidTerms")
+
+
+async def test_the_direct_event_decoder_reads_every_escrow_event_as_web3_does(env):
+    """The follower decodes logs with eth_abi directly (adapters.contracts.decode_event), not web3's process_log:
+    on real Locked, Claimed and Refunded logs both must give the same arguments."""
+    from adapters.contracts import decode_event
+
+    kit: Kit = env["kit"]
+    escrow = kit.chain.w3.eth.contract(address=env["escrow"], abi=abi(E))
+    swap, secret = await lock(env, amount=11)
+    receipts = {"Claimed": await kit.tx(env["relayer"], E, env["escrow"], "claimTokens", *claim_args(swap, secret))}
+    trade, h = tid(), new_secret()[1]
+    receipts["Locked"] = await kit.tx(env["seller"], E, env["escrow"], "lockTokens", trade, env["st"], 7,
+                                      env["buyer"].address, h, await kit.now() + 5)
+    await kit.chain.rpc("evm_increaseTime", [10])
+    await kit.chain.rpc("evm_mine", [])
+    lock_ev = escrow.events.Locked().process_receipt(receipts["Locked"], errors=DISCARD)[0]["args"]
+    refund = (trade, lock_ev["sender"], lock_ev["token"], lock_ev["amount"], lock_ev["receiver"], lock_ev["hashlock"],
+              lock_ev["timelock"])
+    receipts["Refunded"] = await kit.tx(env["relayer"], E, env["escrow"], "refund", refund)
+    for name, receipt in receipts.items():
+        expected = escrow.events[name]().process_receipt(receipt, errors=DISCARD)
+        ours = [decode_event(E, [bytes(t) for t in lg["topics"]], bytes(lg["data"])) for lg in receipt["logs"]
+                if lg["address"] == env["escrow"]]
+        assert [(name, dict(e["args"])) for e in expected] == [d for d in ours if d is not None and d[0] == name]
+        assert expected, name
