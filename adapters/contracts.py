@@ -13,6 +13,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
+from eth_abi.exceptions import EncodingError
 from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
 from eth_utils.abi import collapse_if_tuple
 from web3 import AsyncWeb3
@@ -118,13 +119,18 @@ def encode_call(name: str, fn: str, *args: Any) -> str:
     """Calldata for `fn(*args)` of contract `name`: selector + eth_abi encoding of the ABI's input types.
 
     Straight to eth_abi (web3's encode_abi normalises every argument first, which cost more CPU than anything
-    else in a 1,000-swap batch); an overloaded name goes through web3, which picks the overload by the args."""
+    else in a 1,000-swap batch); an overloaded name, or an argument eth_abi takes only once normalised (hex
+    text for bytes), goes through web3."""
     plan = _call_plan(name, fn)
     if plan is None:
         data: str = _offline(name).encode_abi(fn, args=list(args))
         return data
     selector, types = plan
-    return "0x" + (selector + abi_encode(types, list(args))).hex()
+    try:
+        return "0x" + (selector + abi_encode(types, list(args))).hex()
+    except EncodingError:  # e.g. hex text for a bytes argument: web3 normalises it first
+        fallback: str = _offline(name).encode_abi(fn, args=list(args))
+        return fallback
 
 
 @cache
