@@ -25,6 +25,7 @@ from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
 
+PREPARE_AT_ONCE = 32  # batch entries checked concurrently (each may write its plan to Redis)
 BLOCK_SHARE = 0.5  # the most of a block one batch may fill: room for other accounts' batches and other senders
 _ST_SIDE = frozenset({Action.LOCK_ST, Action.CLAIM_ST, Action.REFUND_ST, Action.SETTLE_DVP})
 
@@ -44,6 +45,7 @@ class Executor:
         self.inflight: dict[DueKey, asyncio.Task[None]] = {}
         self.entry_gas: dict[tuple[str, str], float] = {}  # (chain, kind) -> measured gas per batch entry
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
+        self._preparing = asyncio.Semaphore(PREPARE_AT_ONCE)  # a batch's checks share the Redis and RPC pools
         # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
         self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
 
@@ -253,7 +255,8 @@ class Executor:
     async def _prepare_or_route(self, d: Due, slot: bytes) -> Prepared | None:
         """_prepare(); when the action needs an account another worker signs for, hand the trade to it."""
         try:
-            return await self._prepare(d, slot)
+            async with self._preparing:
+                return await self._prepare(d, slot)
         except (NeedsAccount, LeaseLost) as exc:
             account = exc.account
             if account is None:

@@ -40,3 +40,21 @@ async def test_an_archive_written_before_versions_existed_still_reads(redis_serv
     finally:
         await store.r.flushdb()
         await store.close()
+
+
+async def test_more_concurrent_commands_than_connections_wait_for_one_instead_of_failing(redis_server):
+    """Found by the bench: a 333-swap batch checked its entries concurrently, each writing its plan to Redis, and
+    redis-py's default pool answered "Too many connections" past 100: the batch failed and waited a cooldown."""
+    import asyncio
+
+    from relayer.store import POOL_SIZE, Store
+
+    store = Store.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    try:
+        results = await asyncio.gather(*(store.r.incr("dvp:test:concurrent") for _ in range(5 * POOL_SIZE)))
+        assert sorted(results) == list(range(min(results), min(results) + 5 * POOL_SIZE))
+        pool = store.r.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= POOL_SIZE  # type: ignore[attr-defined]
+    finally:
+        await store.r.delete("dvp:test:concurrent")
+        await store.close()
