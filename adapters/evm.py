@@ -200,10 +200,9 @@ class EvmChain:
         no logs), or None while the transaction is not mined. Read raw: a batch's receipt carries a log per swap,
         and web3 formatting them all (checksums, HexBytes) on every poll cost more CPU than anything else in a
         1,000-trade round. receipt() gives the whole receipt."""
-        raw = await self.rpc("eth_getTransactionReceipt", [HexBytes(tx_hash).to_0x_hex()])
-        if raw is None:
-            return None
-        try:
+        def parse(raw: Any) -> TxReceipt | None:
+            if raw is None:
+                return None
             contract = raw.get("contractAddress")
             return cast(TxReceipt, {
                 "status": int(raw["status"], 16), "gasUsed": int(raw["gasUsed"], 16),
@@ -211,11 +210,15 @@ class EvmChain:
                 "transactionHash": HexBytes(raw["transactionHash"]),
                 "contractAddress": to_checksum_address(contract) if contract else None,
             })
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BadResponseFormat(f"{self.name}: malformed receipt: {str(raw)[:200]}") from exc
 
-    async def rpc(self, method: str, params: list[Any]) -> Any:
-        """A raw JSON-RPC call (anvil test controls, eth_getBlockReceipts, ...)."""
+        result: TxReceipt | None = await self.rpc("eth_getTransactionReceipt", [HexBytes(tx_hash).to_0x_hex()],
+                                                  parse=parse)
+        return result
+
+    async def rpc(self, method: str, params: list[Any], parse: Callable[[Any], Any] | None = None) -> Any:
+        """A raw JSON-RPC call (anvil test controls, eth_getLogs, ...). `parse` turns the result into what the
+        caller uses; an answer it cannot parse counts as a node that does not answer (retried, then the standby
+        URL), never as an error of the caller's."""
 
         async def raw(w3: W3) -> Any:
             resp: Any = await w3.provider.make_request(method, params)
@@ -223,7 +226,12 @@ class EvmChain:
                 raise BadResponseFormat(f"not a JSON-RPC response: {str(resp)[:200]}")
             if "error" in resp:
                 _raise_rpc_error(resp["error"])
-            return resp["result"]
+            if parse is None:
+                return resp["result"]
+            try:
+                return parse(resp["result"])
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise BadResponseFormat(f"malformed {method} answer: {str(resp['result'])[:200]}") from exc
 
         return await self.call(raw)
 

@@ -68,8 +68,11 @@ async def rate_run(b: Bench, db: int, rate: float, duration: float) -> dict[str,
         heads: dict[str, int] = {}
         sent = 0
         t0 = time.monotonic()
+        mid: tuple[float, int, int] | None = None  # (time, submitted, settled) at half the window
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             while sent < n:
+                if mid is None and time.monotonic() - t0 >= duration / 2:
+                    mid = (time.monotonic(), sent, await _settled(store))
                 due = min(n, int((time.monotonic() - t0) * rate) + 1)
                 while sent < due:
                     chunk = bodies[sent:min(due, sent + BULK_MAX)]
@@ -83,6 +86,8 @@ async def rate_run(b: Bench, db: int, rate: float, duration: float) -> dict[str,
             await asyncio.sleep(max(0.0, t0 + duration - time.monotonic()))
             window = time.monotonic() - t0
             settled_in_window = await _settled(store)
+            if mid is None:
+                mid = (t0, 0, 0)
             cpu_window = _proc_usage(proc.pid)[0] - cpu0
             limit = time.monotonic() + DRAIN_LIMIT
             while await _settled(store) < n and time.monotonic() < limit:
@@ -96,7 +101,10 @@ async def rate_run(b: Bench, db: int, rate: float, duration: float) -> dict[str,
         return {
             "rate_per_s": rate, "duration_s": duration, "submitted": n, "submit_seconds": round(submit_seconds, 2),
             "achieved_dvp_per_s": round(settled_in_window / window, 1),
-            "backlog_at_end": n - settled_in_window,
+            # the second half of the window, once the pipeline is full: what the worker keeps up with
+            "achieved_dvp_per_s_second_half": round((settled_in_window - mid[2]) / (t0 + window - mid[0]), 1),
+            "backlog_at_end": n - settled_in_window,  # includes the trades still in flight (≈ rate × latency)
+            "backlog_growth_second_half": (n - settled_in_window) - (mid[1] - mid[2]),
             "settled_total": settled, "seconds_until_all_settled": round(drained, 1) if settled == n else None,
             "latency_s": summary["latency_s"], "latency_blocks": summary["latency_blocks"],
             "reaction_ms": summary["reaction_ms"],
@@ -112,13 +120,14 @@ async def rate_run(b: Bench, db: int, rate: float, duration: float) -> dict[str,
 
 
 def sustained(runs: list[dict[str, Any]], block_time: float, p99_blocks: int = 6) -> dict[str, Any]:
-    """The highest rate whose p99 stayed within `p99_blocks` blocks and whose backlog did not grow (under one
-    second of arrivals left at the end of the window)."""
-    kept = [r for r in runs if r["latency_blocks"]["p99"] <= p99_blocks and r["backlog_at_end"] <= r["rate_per_s"]
-            and r["settled_total"] == r["submitted"]]
+    """The highest rate whose p99 stayed within `p99_blocks` blocks and whose backlog did not grow over the
+    second half of the window by more than one second of arrivals (in-flight trades are a backlog too, but a
+    constant one)."""
+    kept = [r for r in runs if r["latency_blocks"]["p99"] <= p99_blocks
+            and r["backlog_growth_second_half"] <= r["rate_per_s"] and r["settled_total"] == r["submitted"]]
     best = max(kept, key=lambda r: r["rate_per_s"], default=None)
-    return {"rule": f"p99 match->SETTLED <= {p99_blocks} blocks ({p99_blocks * block_time:g} s) and backlog at the "
-                    "end <= one second of arrivals",
+    return {"rule": f"p99 match->SETTLED <= {p99_blocks} blocks ({p99_blocks * block_time:g} s) and the backlog "
+                    "grew by <= one second of arrivals over the second half of the window",
             "sustained_dvp_per_s": best["rate_per_s"] if best else None,
             "cpu_ms_per_dvp_there": best["relayer_cpu_ms_per_dvp"] if best else None}
 

@@ -67,6 +67,13 @@ class LedgerConfig(BaseModel):
     block_time: float | None = Field(None, gt=0, description="seconds per block (unset: DVP_BLOCK_TIME)")
     dvp_contract: str = Field("", description="AtomicDvP on this ST chain (same-ledger trades in one transaction)")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v == "redis":
+            raise ValueError('"redis" is reserved (the readiness check of Redis has that name)')
+        return v
+
     @field_validator("rpc_urls")
     @classmethod
     def _rpc(cls, v: list[str]) -> list[str]:
@@ -114,11 +121,6 @@ class LedgersFile(BaseModel):
             if not any(lg.role == role for lg in self.ledgers):
                 raise ValueError(f"no ledger with role = \"{role}\"")
         return self
-
-
-# the DVP_ST_* / DVP_SC_* variables and the LedgerConfig field each one sets
-_LEDGER_VARS = {"rpc_url": "rpc_urls", "rpc_standby_urls": "rpc_urls", "ws_url": "ws_url", "chain_id": "chain_id",
-                "escrow": "escrow", "tokens": "tokens", "start_block": "start_block"}
 
 
 class Settings(BaseSettings):
@@ -277,9 +279,8 @@ class Settings(BaseSettings):
     def ledger_configs(self) -> list[LedgerConfig]:
         """The ledgers to follow: the config file's, where a DVP_ST_* / DVP_SC_* value set explicitly overrides
         that value of the ledger named "st" / "sc"; without a file, those two ledgers from the variables."""
-        derived = {role: self._ledger_from_vars(role) for role in ("st", "sc")}
         if not self.config_file:
-            return [derived["st"], derived["sc"]]
+            return [self._ledger_from_vars("st"), self._ledger_from_vars("sc")]
         path = Path(self.config_file)
         try:
             doc = tomllib.loads(path.read_text())
@@ -291,29 +292,57 @@ class Settings(BaseSettings):
             ledgers = LedgersFile.model_validate(doc).ledgers
         except ValidationError as exc:
             raise ConfigError(f"DVP_CONFIG_FILE {path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-        out = []
-        for lg in ledgers:
-            if lg.name in derived:
-                over = self._explicit_overrides(lg.name, derived[lg.name])
-                lg = lg.model_copy(update=over) if over else lg
-            out.append(lg)
-        return out
+        merged = [self._overridden(lg) for lg in ledgers]
+        try:  # the overrides must leave a list that is valid as a whole too (distinct chain ids per role, ...)
+            LedgersFile.model_validate({"ledgers": [lg.model_dump() for lg in merged]})
+        except ValidationError as exc:
+            raise ConfigError(f"DVP_CONFIG_FILE {path} with the DVP_ST_* / DVP_SC_* overrides: "
+                              + "; ".join(_describe(e) for e in exc.errors())) from None
+        return merged
 
     def _ledger_from_vars(self, role: str) -> LedgerConfig:
         get = lambda field: getattr(self, f"{role}_{field}")  # noqa: E731
-        return LedgerConfig(
-            name=role, role=role, chain_id=get("chain_id"), rpc_urls=self.st_urls() if role == "st" else self.sc_urls(),
-            ws_url=get("ws_url"), escrow=get("escrow"), tokens=_split(get("tokens")), start_block=get("start_block"),
-            dvp_contract=self.dvp_contract if role == "st" else "",
-        )
+        try:
+            return LedgerConfig(
+                name=role, role=role, chain_id=get("chain_id"), rpc_urls=self.st_urls() if role == "st" else self.sc_urls(),
+                ws_url=get("ws_url"), escrow=get("escrow"), tokens=_split(get("tokens")), start_block=get("start_block"),
+                dvp_contract=self.dvp_contract if role == "st" else "",
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"DVP_{role.upper()}_*: " + "; ".join(
+                f"DVP_{role.upper()}_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors())) from None
 
-    def _explicit_overrides(self, role: str, derived: LedgerConfig) -> dict[str, object]:
-        """The values of the DVP_<ROLE>_* variables that were set (not defaults), as LedgerConfig fields."""
-        fields = {_LEDGER_VARS[f.removeprefix(role + "_")] for f in self.model_fields_set
-                  if f.startswith(role + "_") and f.removeprefix(role + "_") in _LEDGER_VARS}
-        if role == "st" and "dvp_contract" in self.model_fields_set:
-            fields.add("dvp_contract")
-        return {f: getattr(derived, f) for f in fields}
+    def _overridden(self, lg: LedgerConfig) -> LedgerConfig:
+        """The file's ledger with the DVP_<ROLE>_* values that override it: only for the ledger named like its
+        role ("st" / "sc"), and only values set explicitly that say something (not a default, not blank, not
+        the zero address of .env.example's placeholders). A primary RPC URL and the standby URLs override
+        their own part of the list."""
+        role = lg.name
+        if role not in ("st", "sc") or lg.role != role:
+            return lg
+        zero = "0x" + "0" * 40
+        defaults = type(self).model_fields
+        update: dict[str, object] = {}
+        for var in ("chain_id", "ws_url", "escrow", "tokens", "start_block", "rpc_url", "rpc_standby_urls"):
+            field = f"{role}_{var}"
+            value = getattr(self, field)
+            if field not in self.model_fields_set or value == defaults[field].default:
+                continue
+            if isinstance(value, str) and (not _split(value) or value.strip().lower() == zero):
+                continue
+            if var == "rpc_url":
+                update["rpc_urls"] = [value, *lg.rpc_urls[1:]]
+            elif var == "rpc_standby_urls":
+                primary = update.get("rpc_urls", lg.rpc_urls)[0]  # type: ignore[index]
+                update["rpc_urls"] = [primary, *_split(value)]
+            elif var == "tokens":
+                update["tokens"] = _split(value)
+            else:
+                update[var] = value
+        if role == "st" and "dvp_contract" in self.model_fields_set and self.dvp_contract.strip():
+            update["dvp_contract"] = self.dvp_contract
+        return lg.model_copy(update=update) if update else lg
 
     def timing(self, *ledgers: LedgerConfig) -> TimingPolicy:
         """The timing of trades across these ledgers (Δ from the slowest one's k and block time); without any,

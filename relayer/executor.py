@@ -292,9 +292,8 @@ class Executor:
         tid = ins.trade_id_bytes
         if action is Action.SETTLE_DVP:
             return await self._prepare_settle(d, slot)
-        route = self.routes.route(ins)
-        st, sc = route.st.ledger, route.sc.ledger
         if action is Action.LOCK_ST:
+            st = self.side_of(d).ledger
             if slot != bytes(32):
                 return None  # already locked (maybe by our previous incarnation): wait for confirmations
             via = self._sender(st, ins.sellerStAccount)
@@ -304,6 +303,8 @@ class Executor:
             return Prepared(d, st, via, terms, (ins.stToken,), expires=terms[-1])
         if action is Action.LOCK_SC:
             assert d.st_ev is not None
+            route = self.routes.route(ins)
+            sc = route.sc.ledger
             t_sc = sc_timelock_for(d.st_ev.timelock, route.policy.delta())
             if slot != bytes(32):
                 return None

@@ -191,8 +191,9 @@ class ChainSide:
 
     @property
     def chain_id(self) -> int | None:
-        """The chain id the RPC serves, or the configured one before it answered."""
-        return self.ledger.chain.chain_id or self.config.chain_id
+        """The configured chain id (trades are routed by it even while its RPC is down or serves another chain),
+        else the one the RPC serves once it answered."""
+        return self.config.chain_id or self.ledger.chain.chain_id
 
     @property
     def confirmations(self) -> int:
@@ -235,6 +236,7 @@ class Followers:
         # since the engine last looked, a reorg rewound an index or a chain's clock jumped ahead of the wall
         # clock (timers set from it are off): every trade may differ
         self.rewound = False
+        self.misconfigured: set[str] = set()  # ledgers whose RPC serves another chain than configured
 
     async def start_side(self, side: ChainSide) -> None:
         """Connect to one chain and place its follower where no open trade's events can be missed."""
@@ -304,9 +306,15 @@ class Followers:
                 await self.start_side(side)
             await self._follow(side)
             side.fresh = True
+            self.misconfigured.discard(side.name)
         except (LedgerError, OSError) as exc:
             if side.fresh:
                 self.log.warning("chain_stale", chain=side.name, error=str(exc), error_type=type(exc).__name__)
+            side.fresh = False
+        except ConfigError as exc:  # e.g. it came up serving another chain id: this ledger only is left out
+            if side.name not in self.misconfigured:  # logged once, until it is right again
+                self.misconfigured.add(side.name)
+                self.log.error("chain_misconfigured", chain=side.name, error=str(exc))
             side.fresh = False
         return side.fresh
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from adapters.errors import LedgerError
 from relayer.config import Settings
 from relayer.errors import InvalidInstruction, NotReady, RelayerError
 from relayer.leases import ACTOR
@@ -41,10 +42,18 @@ class Intake:
             raise InvalidInstruction(f"unknown ST token {ins.stToken} on {route.st.name}", code="unknown_token")
         if ins.scToken not in self.tokens[route.sc.name]:
             raise InvalidInstruction(f"unknown SC token {ins.scToken} on {route.sc.name}", code="unknown_token")
+        down = NotReady(f"the ST chain {route.st.name} does not answer; retry shortly")
         if clocks is not None and route.st.name in clocks:
             now = clocks[route.st.name]
+            if now < 0:
+                raise down  # asked once already in this bulk request
         else:
-            now = await route.st.ledger.chain.now()
+            try:
+                now = await route.st.ledger.chain.now()
+            except LedgerError:  # this instruction's chain is down: retry it later; the others are judged
+                if clocks is not None:
+                    clocks[route.st.name] = -1
+                raise down from None
             if clocks is not None:
                 clocks[route.st.name] = now
         window = route.policy.min_st_window()
@@ -62,7 +71,7 @@ class Intake:
             try:
                 await self.validate(s, clocks)
                 checked.append(None)
-            except InvalidInstruction as exc:
+            except (InvalidInstruction, NotReady) as exc:  # one refused or not judged yet: the others go on
                 checked.append(exc)
         valid = [s for s, err in zip(signed, checked) if err is None]
         stored = iter(await self.store.create_many(valid, ACTOR))

@@ -36,23 +36,28 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
     settings.domain_salt()
     accounts = settings.accounts()
     fee_cap = int(settings.max_priority_fee_gwei * 10**9)
-    chains: dict[tuple[str, ...], EvmChain] = {}  # one connection (and one nonce ledger per account) per chain
-    first_ledger: dict[tuple[str, ...], HtlcLedger] = {}
+    # one connection (and one nonce ledger per account) per chain: ledgers on one chain id, or on the same URLs,
+    # share it, so an ST ledger and a coin ledger on one chain never sign two transactions with one nonce
+    chains: list[tuple[int | None, tuple[str, ...], EvmChain]] = []
+    first_ledger: dict[int, HtlcLedger] = {}  # id(chain) -> the first ledger on it
     sides = []
     for lg in ledgers:
         lg = lg.model_copy(update={"confirmations": lg.confirmations or settings.confirmations,
                                    "block_time": lg.block_time or settings.block_time})
         urls = tuple(lg.rpc_urls)
-        chain = chains.setdefault(urls, EvmChain(lg.name, list(urls), request_timeout=settings.rpc_timeout))
+        chain = next((c for cid, u, c in chains if u == urls or (cid is not None and cid == lg.chain_id)), None)
+        if chain is None:
+            chain = EvmChain(lg.name, list(urls), request_timeout=settings.rpc_timeout)
+            chains.append((lg.chain_id, urls, chain))
         ledger: HtlcLedger
         if lg.role == "st":
             ledger = StChainLedger(chain, lg.escrow, accounts, dvp=lg.dvp_contract, max_priority_fee_wei=fee_cap)
         else:
             ledger = ProgmatCoinLedger(chain, lg.escrow, accounts, max_priority_fee_wei=fee_cap)
-        if urls in first_ledger:
-            ledger.share_senders(first_ledger[urls])  # one nonce ledger per account per chain, whichever leg sends
+        if id(chain) in first_ledger:
+            ledger.share_senders(first_ledger[id(chain)])  # one nonce ledger per account per chain, whichever leg sends
         else:
-            first_ledger[urls] = ledger
+            first_ledger[id(chain)] = ledger
         sides.append(ChainSide(lg.name, ledger, lg))
     return Engine(settings, store or store_for(settings), sides, SecretBox(settings.secret_key.get_secret_value()))
 

@@ -132,3 +132,49 @@ def test_a_bad_ledgers_file_is_one_config_error_naming_the_entry(tmp_path, text,
 def test_the_example_ledgers_file_parses():
     s = Settings(_env_file=None, config_file=str(ROOT / "docs" / "ledgers.example.toml"))  # type: ignore[call-arg]
     assert sorted(lg.role for lg in s.ledger_configs()) == ["sc", "st", "st"]
+
+
+def test_the_env_example_placeholders_do_not_override_the_ledgers_file(tmp_path):
+    """Found in review: `cp .env.example .env` beside a ledgers file replaced the file's st and sc ledgers with
+    localhost RPCs and zero escrows (explicit, but placeholders)."""
+    s = Settings(_env_file=ROOT / ".env.example", config_file=str(_ledgers(tmp_path, THREE)))  # type: ignore[call-arg]
+    ledgers = {lg.name: lg for lg in s.ledger_configs()}
+    assert (ledgers["st"].escrow, ledgers["st"].rpc_urls, ledgers["st"].tokens) == (A1, ["http://127.0.0.1:1"], [A2])
+    assert (ledgers["sc"].escrow, ledgers["sc"].rpc_urls) == (A2, ["http://127.0.0.1:2"])
+
+
+def test_standby_urls_alone_keep_the_files_primary_and_blank_values_override_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVP_ST_RPC_STANDBY_URLS", "http://10.0.0.8:8545")
+    monkeypatch.setenv("DVP_ST_TOKENS", " , ")
+    s = Settings(_env_file=None, config_file=str(_ledgers(tmp_path, THREE)))  # type: ignore[call-arg]
+    st = next(lg for lg in s.ledger_configs() if lg.name == "st")
+    assert st.rpc_urls == ["http://127.0.0.1:1", "http://10.0.0.8:8545"] and st.tokens == [A2]
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"DVP_ST_CHAIN_ID": "13"}, "two st ledgers on chain id 13"),  # an override may not break the list
+    ({"DVP_ST_CHAIN_ID": "0"}, "overrides: ledgers[0].chain_id"),  # one line, not a pydantic traceback
+])
+def test_an_override_that_breaks_the_ledgers_is_one_config_error(tmp_path, monkeypatch, env, says):
+    from relayer.errors import ConfigError
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings(_env_file=None, config_file=str(_ledgers(tmp_path, THREE)))  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        s.ledger_configs()
+
+
+def test_without_a_file_a_bad_ledger_variable_is_one_config_error_naming_it():
+    from relayer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DVP_ST_CHAIN_ID"):
+        Settings(_env_file=None, st_chain_id=0).ledger_configs()  # type: ignore[call-arg]
+
+
+def test_a_ledger_may_not_be_named_redis(tmp_path):
+    from relayer.errors import ConfigError
+
+    s = Settings(_env_file=None, config_file=str(_ledgers(tmp_path, THREE.replace('name = "st2"', 'name = "redis"'))))  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="reserved"):
+        s.ledger_configs()

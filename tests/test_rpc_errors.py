@@ -69,3 +69,25 @@ async def test_a_bug_in_the_callers_code_is_not_taken_for_an_outage():
     finally:
         await chain.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("result", [
+    '[{"blockNumber": null, "topics": []}]',  # eth_getLogs with a log missing its fields
+    '{"status": "0x1"}',  # a receipt missing its fields
+])
+async def test_a_well_formed_answer_with_a_malformed_result_is_an_outage_not_a_crash(result):
+    """Found in review: logs and receipts are parsed from the raw answer; a node answering nonsense there raised
+    web3's BadResponseFormat outside the retry, which no round catches: every ledger's round failed."""
+    from adapters.htlc import EscrowFollower
+
+    runner, url = await _node('{"jsonrpc": "2.0", "id": 0, "result": ' + result + "}")
+    chain = EvmChain("x", [url], attempts_per_url=2)
+    try:
+        with pytest.raises(RpcUnavailable):
+            if "status" in result:
+                await chain.outcome("0x" + "11" * 32)
+            else:
+                await EscrowFollower(chain, "0x" + "22" * 20, confirmations=1, start_height=0)._logs({})
+    finally:
+        await chain.close()
+        await runner.cleanup()
