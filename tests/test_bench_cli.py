@@ -29,7 +29,7 @@ def test_a_small_bench_prints_measured_figures_and_batching_saves_gas_and_transa
     runs = doc["open_loop"]["runs"]  # open loop: every arrival submitted on schedule and settled
     assert [r["rate_per_s"] for r in runs] == [4, 8] and [r["submitted"] for r in runs] == [16, 32]
     for r in runs:
-        assert r["settled_total"] == r["submitted"] and 0 < r["achieved_dvp_per_s"] <= r["rate_per_s"] * 1.5
+        assert r["settled_total"] == r["submitted"] and 0 <= r["achieved_dvp_per_s"] <= r["rate_per_s"] * 1.5
         assert r["submit_seconds"] <= 4 + 1 and r["relayer_cpu_ms_per_dvp"] > 0
         assert r["backlog_growth_second_half"] <= r["submitted"] and "achieved_dvp_per_s_second_half" in r
         assert r["chains"]["st"]["blocks"] > 0 and r["chains"]["sc"]["gas_per_block_max"] > 0
