@@ -20,6 +20,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound
 
+from adapters.compliance import ALLOWLIST, TransferRules
 from adapters.contracts import (
     abi,
     decode_event,
@@ -296,6 +297,7 @@ class HtlcLedger:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
         self.dvp = to_checksum_address(dvp) if dvp else None  # AtomicDvP on this chain (same-ledger path)
+        self.rules = TransferRules(chain)  # the tokens' own transfer rules (adapters/compliance.py)
         self._keys = dict(accounts)
         self.all_senders = {addr: TxSender(chain, acct, max_priority_fee_wei=max_priority_fee_wei)
                             for addr, acct in accounts.items()}
@@ -355,6 +357,14 @@ class HtlcLedger:
     @staticmethod
     def single_gas(kind: str) -> int:
         return SINGLE_GAS[kind]
+
+    def gas_for(self, kind: str, tokens: tuple[str, ...]) -> int | None:
+        """The gas limit of one swap's call: fixed for this project's own tokens (their transfer cost is known, and
+        no estimate round trip delays the send); None (estimate it) for any other token, whose transfer may call
+        an identity registry and compliance modules (ERC-3643) or anything else."""
+        if all(self.rules.known(t) == ALLOWLIST for t in tokens):
+            return SINGLE_GAS[kind]
+        return None
 
     @staticmethod
     def batch_entry_gas(kind: str) -> int:

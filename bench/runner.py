@@ -14,6 +14,7 @@ import asyncio
 import shutil
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ class Bench:
         self.st_node = AnvilProcess(18201, free_port(), self.cfg.block_time, log_file=d / "anvil-st.log").start()
         self.sc_node = AnvilProcess(18202, free_port(), self.cfg.block_time, log_file=d / "anvil-sc.log").start()
         self.redis = RedisProcess(free_port(), d / "redis", appendfsync="everysec").start()
-        self.doc = await _deploy(DevnetOptions(), self.st_node.url, self.sc_node.url, self.redis.url)
+        self.doc = await _deploy(DevnetOptions(st_standard="own"), self.st_node.url, self.sc_node.url, self.redis.url)
         self.st, self.sc = EvmChain("st", [self.st_node.url]), EvmChain("sc", [self.sc_node.url])
         await self.st.connect()
         await self.sc.connect()
@@ -152,12 +153,14 @@ class Bench:
             buyerStAccount=buyer, deadline=await self.st.now() + 3600)
         return sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT).model_dump_json()
 
-    async def start_worker(self, label: str, db: int, batch_max: int) -> tuple[subprocess.Popen, Any, int]:
+    async def start_worker(self, label: str, db: int, batch_max: int, extra_env: dict[str, str] | None = None
+                           ) -> tuple[subprocess.Popen, Any, int]:
         """A `dvp-relayer run` process with its API on a free port, ready to take trades."""
         port = free_port()
         exe = Path(sys.executable).with_name("dvp-relayer")
         log = open(self.cfg.workdir / f"worker-{label}.log", "wb")
-        proc = subprocess.Popen([str(exe), "run"], env=self._env(db, batch_max, port), stdout=log, stderr=log)
+        env = self._env(db, batch_max, port) | (extra_env or {})
+        proc = subprocess.Popen([str(exe), "run"], env=env, stdout=log, stderr=log)
         while not port_open(port):
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # let the worker finish its start-up round
@@ -306,11 +309,15 @@ class Bench:
         return out
 
 
-async def soak(cfg: BenchConfig, total: int, echo: Any = print, wave: int = 200) -> dict[str, Any]:
-    """Settle `total` trades in waves through one worker; sample its RSS every 1,000 settled trades."""
+async def soak(cfg: BenchConfig, total: int, echo: Any = print, wave: int = 200,
+               trace_heap: int = 0) -> dict[str, Any]:
+    """Settle `total` trades in waves through one worker; sample its RSS every 1,000 settled trades. With
+    worker logs what grew from 1,000 to `total` settled trades (relayer.diagnostics: the heap_growth lines of
+    worker-soak.log), by object type, and with `trace_heap` frames by allocation site (tracemalloc, slow)."""
     b = Bench(cfg, echo)
     await b.setup()
-    proc, log, port = await b.start_worker("soak", 5, 50)
+    proc, log, port = await b.start_worker("soak", 5, 50, extra_env={"PYTHONTRACEMALLOC": str(trace_heap)}
+                                           if trace_heap else None)
     store = Store.from_url(f"redis://127.0.0.1:{b.redis.port}/5")
     samples: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -326,6 +333,8 @@ async def soak(cfg: BenchConfig, total: int, echo: Any = print, wave: int = 200)
                     samples.append({"settled": settled, "rss_mb": round(_vm_kb(proc.pid, "VmRSS") / 1024, 1),
                                     "seconds": round(time.monotonic() - t0, 1)})
                     echo(f"  {samples[-1]}")
+                    if settled in (1000, total):
+                        proc.send_signal(signal.SIGUSR2)  # relayer.diagnostics: baseline, then growth (worker log)
     finally:
         b.stop_worker(proc, log)
         await store.close()

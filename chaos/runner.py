@@ -127,7 +127,7 @@ class Chaos:
         self.sc_node = AnvilProcess(18102, free_port(), self.cfg.block_time, state_file=d / "sc.state",
                                     log_file=d / "anvil-sc.log").start()
         self.redis = RedisProcess(free_port(), d / "redis", appendfsync="always").start()
-        self.doc = await _deploy(DevnetOptions(), self.st_node.url, self.sc_node.url, self.redis.url)
+        self.doc = await _deploy(DevnetOptions(st_standard="own"), self.st_node.url, self.sc_node.url, self.redis.url)
         self.st = EvmChain("st", [self.st_node.url])
         self.sc = EvmChain("sc", [self.sc_node.url])
         await self.st.connect()

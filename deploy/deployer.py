@@ -25,6 +25,8 @@ class ChainDeployment:
     tokens: dict[str, str] = field(default_factory=dict)  # symbol -> address
     deploy_block: int = 0
     dvp: str = ""  # AtomicDvP (ST chain only): the same-ledger path when the SC is on this chain too
+    standard: str = "own"  # the token: "own" (SecurityToken / Stablecoin) or "erc3643" (a T-REX suite)
+    trex: dict[str, Any] = field(default_factory=dict)  # the T-REX suite's addresses (deploy.trex.TrexSuite)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,12 +57,26 @@ async def deploy_chain(
     token_name: str,
     token_symbol: str,
     token_decimals: int = 0,
+    standard: str = "own",
 ) -> ChainDeployment:
-    """Deploy the escrow and one permissioned token (kind 'st' = SecurityToken, 'sc' = Stablecoin)."""
+    """Deploy the escrow and one permissioned token (kind 'st' = SecurityToken, 'sc' = Stablecoin; with
+    standard 'erc3643' on an ST chain a T-REX suite instead, the escrow registered as a verified holder)."""
     chain_id = await chain.connect()
     start_block = await chain.block_number()
     sender = TxSender(chain, deployer)
     escrow = await deploy(sender, "HashedTimelockEscrow")
+    if kind == "st" and standard == "erc3643":
+        from deploy import trex
+
+        dvp = await deploy(sender, "AtomicDvP")  # before the suite: the suite's pipeline takes the next nonces
+        suite = await trex.deploy_suite(chain, deployer, name=token_name, symbol=token_symbol,
+                                        decimals=token_decimals)
+        await trex.register(chain, deployer, suite, escrow)
+        return ChainDeployment(name=chain.name, chain_id=chain_id, rpc_url=chain.active_url, escrow=escrow,
+                               tokens={token_symbol: suite.token}, deploy_block=start_block,
+                               dvp=dvp, standard="erc3643", trex=suite.to_dict())
+    if standard != "own":
+        raise ValueError(f"unknown token standard {standard!r} for a {kind} ledger: expected 'own' or 'erc3643'")
     if kind == "st":
         token = await deploy(sender, "SecurityToken", token_name, token_symbol, deployer.address)
     elif kind == "sc":
@@ -90,7 +106,19 @@ async def onboard_holder(
     kind: str,
     issue_amount: int,
 ) -> None:
-    """Allowlist a holder, issue it tokens and let it approve the escrow (a devnet convenience)."""
+    """Allowlist a holder (ERC-3643: an ONCHAINID with a KYC claim, registered), issue it tokens and let it
+    approve the escrow (a devnet convenience)."""
+    if deployment.standard == "erc3643":
+        from deploy import trex
+
+        suite = trex.TrexSuite(**deployment.trex)
+        await trex.register(chain, issuer, suite, holder.address)
+        deployment.trex = suite.to_dict()
+        if issue_amount:
+            await trex.agent_call(chain, issuer, suite, "mint", holder.address, issue_amount)
+        await TxSender(chain, holder).transact(suite.token, trex.call_data("Token", "approve", deployment.escrow,
+                                                                           MAX_UINT256))
+        return
     token_contract = "SecurityToken" if kind == "st" else "Stablecoin"
     token = next(iter(deployment.tokens.values()))
     issuer_tx = TxSender(chain, issuer)

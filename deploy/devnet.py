@@ -47,6 +47,7 @@ class DevnetOptions:
     block_time: float | None = 1.0
     redis_port: int = 6379
     redis_url: str | None = None  # use this Redis as it is (never started, never flushed)
+    st_standard: str = "erc3643"  # the first ST platform's token: a T-REX suite, or "own" (SecurityToken)
     directory: Path = DEVNET_DIR
 
 
@@ -71,7 +72,8 @@ def is_up(opts: DevnetOptions) -> bool:
 async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str,
                   st2_url: str | None = None) -> dict[str, Any]:
     """Escrows and tokens on each chain, the demo parties onboarded and funded; with st2_url a second ST
-    platform as well (the seller holds its token too)."""
+    platform as well (the seller holds its token too). The first ST platform's token is an ERC-3643 (T-REX)
+    suite unless opts.st_standard says "own"; the second platform keeps the project's SecurityToken."""
     issuer, seller, buyer, pts = (dev_account(ROLES[r]) for r in ("issuer", "seller", "buyer", "pts"))
     st_chain, sc_chain = EvmChain("st", [st_url]), EvmChain("sc", [sc_url])
     st2 = asyncio.ensure_future(_deploy_second_platform(st2_url, issuer, seller, buyer)) if st2_url else None
@@ -82,7 +84,8 @@ async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str,
 
     try:
         st_dep, sc_dep = await both(
-            deploy_chain(st_chain, issuer, kind="st", token_name="Demo Green Bond 2030", token_symbol="DGB30"),
+            deploy_chain(st_chain, issuer, kind="st", token_name="Demo Green Bond 2030", token_symbol="DGB30",
+                         standard=opts.st_standard),
             deploy_chain(sc_chain, issuer, kind="sc", token_name="Progmat Demo JPY", token_symbol="DJPY"),
         )
         await both(

@@ -84,6 +84,13 @@ class Prepared:
         return self.to or self.ledger.escrow
 
     @property
+    def gas(self) -> int | None:
+        """The gas limit of the single call (None: estimate it), by the tokens it moves."""
+        ins = self.due.rec.signed.instruction
+        tokens = self.sort_key[:1] if self.sort_key else (ins.stToken, ins.scToken)
+        return self.ledger.gas_for(self.due.kind, tokens)
+
+    @property
     def single(self) -> str:
         """Calldata of this swap's call on its own."""
         return self.ledger.single_call(self.due.kind, self.entry)

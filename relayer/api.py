@@ -54,6 +54,7 @@ MAX_LAG_BLOCKS = web.AppKey("max_lag_blocks", int)
 _STATUS_FOR_CODE = {
     "invalid_json": 400, "invalid_field": 400, "bad_signature": 403,
     "untrusted_signer": 403, "unknown_chain": 422, "unknown_token": 422, "deadline_too_close": 422,
+    "compliance_refused": 422,
     "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
     "shutting_down": 503, "not_ready": 503,
 }

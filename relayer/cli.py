@@ -120,6 +120,7 @@ def _settings():  # noqa: ANN202
 @main.command()
 def run() -> None:
     """Run a relayer worker (engine + HTTP API) until SIGTERM/SIGINT; in-flight sends finish first."""
+    from relayer.diagnostics import install_heap_probe
     from relayer.logging import configure
     from relayer.worker import serve
 
@@ -131,6 +132,7 @@ def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        install_heap_probe(loop)
         await serve(settings, stop)
 
     asyncio.run(go())
@@ -268,12 +270,14 @@ def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workd
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
 @click.option("--soak", type=int, default=0, help="instead: settle this many trades, sampling worker RSS per 1,000")
+@click.option("--trace-heap", type=int, default=0, help="with --soak: run the worker under tracemalloc (N frames) "
+              "and log what grew from 1,000 settled trades to the end")
 @click.option("--workers", default="", help="instead: throughput with these worker counts on one Redis, e.g. 1,2,4")
 @click.option("--pairs", type=int, default=4, show_default=True, help="seller/buyer account pairs for --workers")
 @click.option("--rate", "rates", default="", help="also: open-loop runs at these arrival rates (trades/s), e.g. 50,100")
 @click.option("--duration", type=float, default=20.0, show_default=True, help="seconds of arrivals per --rate run")
 def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: float, as_json: bool,
-          workdir: Path, soak: int, workers: str, pairs: int, rates: str, duration: float) -> None:
+          workdir: Path, soak: int, trace_heap: int, workers: str, pairs: int, rates: str, duration: float) -> None:
     """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on;
     with --rate, sustained load at constant arrival rates."""
     from bench.runner import BenchConfig, run_bench
@@ -289,7 +293,7 @@ def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: floa
                       block_time=block_time, workdir=workdir, rates=rate_list, duration=duration)
     echo = (lambda _: None) if as_json else click.echo
     if soak:
-        click.echo(json.dumps(asyncio.run(run_soak(cfg, soak, echo=echo))))
+        click.echo(json.dumps(asyncio.run(run_soak(cfg, soak, echo=echo, trace_heap=trace_heap))))
         return
     if workers:
         from bench.runner import scale_out

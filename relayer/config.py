@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     rpc_timeout: float = 5.0
     max_priority_fee_gwei: float = Field(200.0, gt=0, description="the most the seller's reveal (SC claim) tips to "
                                          "win inclusion over a congested mempool")
+    compliance_checks: bool = Field(True, description="ask each token at intake whether it would make the trade's "
+                                    "transfers (ERC-3643 compliance, allowlists, pause, freezes)")
     log_level: str = "INFO"
 
     api_host: str = "127.0.0.1"

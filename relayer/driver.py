@@ -92,10 +92,7 @@ class Driver:
 
     @staticmethod
     def is_atomic(rec: TradeRecord, route: Route) -> bool:
-        """Same-ledger fast path: both legs on one chain that has an AtomicDvP, one account per party."""
-        ins = rec.signed.instruction
-        return (route.st.ledger.dvp is not None and ins.stChainId == ins.scChainId
-                and ins.sellerStAccount == ins.sellerScAccount and ins.buyerStAccount == ins.buyerScAccount)
+        return route.is_atomic(rec.signed.instruction)
 
     async def advance(self, rec: TradeRecord, rnd: Round, fence: str | None = None) -> Advanced:
         """Decide one trade. With `fence` (our trade lease) this worker drives it: it writes state, creates the

@@ -88,7 +88,7 @@ class Engine:
     # ------------------------------------------------------------------ intake (the API's entry points)
 
     async def validate(self, signed: SignedInstruction) -> None:
-        await self.intake_desk.validate(signed)
+        await self.intake_desk.check(signed)
 
     async def intake(self, signed: SignedInstruction) -> bool:
         """Validate and store a signed instruction. True if new, False if the same one was already accepted."""
@@ -130,6 +130,8 @@ class Engine:
         for side in self.sides:
             try:
                 await self.followers.start_side(side)
+                for token in side.config.token_set():  # each token's kind, once: fixed gas for known ones
+                    await side.ledger.rules.rules(token)
             except (LedgerError, OSError) as exc:
                 errors.append(exc)
                 self.log.warning("chain_not_started", chain=side.name, error=str(exc))

@@ -26,6 +26,13 @@ class UnknownChain(InvalidInstruction):
     code = "unknown_chain"
 
 
+class ComplianceRefused(InvalidInstruction):
+    """Raised when a token's own rules would refuse one of the transfers the trade needs (paused, a frozen
+    wallet or units, an unverified receiver, the compliance's canTransfer): refused at intake, nothing locked."""
+
+    code = "compliance_refused"
+
+
 class ConflictingInstruction(RelayerError):
     """Raised when a trade id is already known with different terms (replay with other terms)."""
 

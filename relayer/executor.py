@@ -45,6 +45,7 @@ class Executor:
         self.inflight: dict[DueKey, asyncio.Task[None]] = {}
         self.entry_gas: dict[tuple[str, str], float] = {}  # (chain, kind) -> measured gas per batch entry
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
+        self._withheld: dict[str, str] = {}  # trade id -> why its reveal is held back (logged once per reason)
         self._preparing = asyncio.Semaphore(PREPARE_AT_ONCE)  # a batch's checks share the Redis and RPC pools
         # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
         self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
@@ -60,6 +61,7 @@ class Executor:
         """Drop a finished trade's cooldowns and finished tasks (memory stays flat)."""
         for key in [k for k in self.not_before if k[0] == trade_id]:
             self.not_before.pop(key, None)
+        self._withheld.pop(trade_id, None)
         for key in [k for k, t in self.inflight.items() if k[0] == trade_id and t.done()]:
             self.inflight.pop(key, None)
 
@@ -143,7 +145,7 @@ class Executor:
                 return
             ledger = prepared[0].ledger
             if len(prepared) == 1:
-                await self._send_and_record(prepared, prepared[0].single, gas=ledger.single_gas(kind))
+                await self._send_and_record(prepared, prepared[0].single, gas=prepared[0].gas)
                 return
             prepared.sort(key=lambda p: p.sort_key)  # consecutive same token+counterparty: one transfer
             data = ledger.batch_call(kind, [p.entry for p in prepared])
@@ -153,7 +155,7 @@ class Executor:
                 # one entry would fail the whole batch (all-or-nothing): send them one by one instead
                 self.log.warning("batch_fallback", action=action.value, size=len(prepared), reason=exc.reason)
                 results = await asyncio.gather(
-                    *(self._send_and_record([p], p.single, gas=ledger.single_gas(kind)) for p in prepared),
+                    *(self._send_and_record([p], p.single, gas=p.gas) for p in prepared),
                     return_exceptions=True)
                 for p, res in zip(prepared, results):  # each trade gets its own outcome, not its neighbour's
                     if isinstance(res, Exception):
@@ -325,6 +327,8 @@ class Executor:
         preimage = self._preimage(rec, d.view)
         if preimage is None:
             return None
+        if action is Action.CLAIM_SC and not self._public(d.view) and not await self._st_claim_would_succeed(d):
+            return None  # do not reveal: asked again next round while the reveal window lasts, then both refund
         claim = (preimage, ev.swap_id, ev.token, ev.amount, ev.receiver, ev.timelock)
         return Prepared(d, ledger, via, claim, (ev.token, ev.receiver), expires=ev.timelock)
 
@@ -343,6 +347,31 @@ class Executor:
         terms = dvp_terms(ins)
         entry = (terms, ledger.authorise_dvp(ins.sellerStAccount, terms), ledger.authorise_dvp(ins.buyerScAccount, terms))
         return Prepared(d, ledger, via, entry, expires=ins.deadline, to=ledger.dvp)
+
+    @staticmethod
+    def _public(view: TradeView | None) -> bool:
+        return view is not None and bool(view.sc.preimage or view.st.preimage or view.seen_preimage)
+
+    async def _st_claim_would_succeed(self, d: Due) -> bool:
+        """The reveal rule's chain half: the SC claim shows the secret, after which the buyer's ST claim must go
+        through. Asked of the ST token itself, read-only (no simulated claim: that would hand the preimage to the
+        node); a chain that does not answer counts as "not established"."""
+        ins = d.rec.signed.instruction
+        route = self.routes.route(ins)
+        try:
+            reason = await route.st.ledger.rules.refusal(route.st_claim(ins))
+        except LedgerError as exc:
+            reason = f"st_chain_unanswered:{type(exc).__name__}"
+        if reason is None:
+            if self._withheld.pop(d.rec.trade_id, None) is not None:
+                await self.store.add_audit(d.rec.trade_id, ACTOR, "reveal_unblocked")
+            return True
+        metrics.REVEALS_WITHHELD.labels(reason.split(":")[0]).inc()
+        if self._withheld.get(d.rec.trade_id) != reason:
+            self._withheld[d.rec.trade_id] = reason
+            self.log.warning("reveal_withheld", trade_id=d.rec.trade_id, chain=route.st.name, reason=reason)
+            await self.store.add_audit(d.rec.trade_id, ACTOR, "reveal_withheld", reason=reason)
+        return False
 
     def _preimage(self, rec: TradeRecord, view: TradeView | None) -> bytes | None:
         public = (view.sc.preimage or view.st.preimage or view.seen_preimage) if view is not None else None

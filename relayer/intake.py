@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from adapters.compliance import Transfer, TransferRules
 from adapters.errors import LedgerError
 from relayer.config import Settings
-from relayer.errors import InvalidInstruction, NotReady, RelayerError
+from relayer.errors import ComplianceRefused, InvalidInstruction, NotReady, RelayerError
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
-from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.instruction import SignedInstruction, TradeInstruction
 from relayer.protocol.states import TradeState
-from relayer.routing import Routes
+from relayer.routing import Route, Routes
 from relayer.store import Store
 
 
@@ -28,9 +29,10 @@ class Intake:
         self.tokens = {side.name: side.config.token_set() for side in routes.sides}  # ledger name -> its tokens
         self.log = get_logger()
 
-    async def validate(self, signed: SignedInstruction, clocks: dict[str, int] | None = None) -> None:
-        """Raises InvalidInstruction (refused: the caller's mistake) or NotReady (retry shortly). `clocks`: ST
-        chain clocks by ledger name already read (bulk intake reads each once)."""
+    async def validate(self, signed: SignedInstruction, clocks: dict[str, int] | None = None) -> Route:
+        """Every check but the tokens' own rules (see refusals); returns the trade's route. Raises
+        InvalidInstruction (refused: the caller's mistake) or NotReady (retry shortly). `clocks`: ST chain clocks
+        by ledger name already read (bulk intake reads each once)."""
         ins = signed.instruction
         if not self.ready():
             raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
@@ -59,6 +61,40 @@ class Intake:
         window = route.policy.min_st_window()
         if ins.deadline - now < window:
             raise InvalidInstruction(f"deadline {ins.deadline} leaves less than {window}s", code="deadline_too_close")
+        return route
+
+    async def refusals(self, routed: list[tuple[TradeInstruction, Route]]) -> list[RelayerError | None]:
+        """Would each token make every transfer its trade needs, now? One batched read per chain for all the
+        instructions: ComplianceRefused naming the transfer and the token's reason, NotReady when that chain did
+        not answer, None when every transfer is allowed (or DVP_COMPLIANCE_CHECKS is off)."""
+        out: list[RelayerError | None] = [None] * len(routed)
+        if not self.settings.compliance_checks:
+            return out
+        by_chain: dict[int, tuple[TransferRules, list[tuple[int, Transfer]]]] = {}
+        for i, (ins, route) in enumerate(routed):
+            for side, transfer in route.transfers(ins):
+                by_chain.setdefault(id(side.ledger.rules), (side.ledger.rules, []))[1].append((i, transfer))
+        for rules, items in by_chain.values():
+            try:
+                reasons = await rules.refusals([t for _, t in items])
+            except LedgerError:
+                for i, _ in items:
+                    out[i] = out[i] or NotReady(f"{rules.chain.name} did not answer the compliance check; retry "
+                                                "shortly")
+                continue
+            for (i, t), reason in zip(items, reasons):
+                if reason is not None and not isinstance(out[i], ComplianceRefused):
+                    out[i] = ComplianceRefused(
+                        f"the token {t.token} on {rules.chain.name} would refuse {t.sender} -> {t.receiver} of "
+                        f"{t.amount}: {reason}", code="compliance_refused")
+        return out
+
+    async def check(self, signed: SignedInstruction) -> Route:
+        """validate() and the tokens' rules: every check intake makes, nothing written."""
+        route = await self.validate(signed)
+        if (err := (await self.refusals([(signed.instruction, route)]))[0]) is not None:
+            raise err
+        return route
 
     async def accept_many(self, signed: list[SignedInstruction]) -> list[bool | RelayerError]:
         """Bulk intake: each instruction validated on its own (one refused never refuses the others), the valid
@@ -67,12 +103,15 @@ class Intake:
             raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
         clocks: dict[str, int] = {}
         checked: list[RelayerError | None] = []
-        for s in signed:
+        routed: list[tuple[int, TradeInstruction, Route]] = []
+        for n, s in enumerate(signed):
             try:
-                await self.validate(s, clocks)
+                routed.append((n, s.instruction, await self.validate(s, clocks)))
                 checked.append(None)
             except (InvalidInstruction, NotReady) as exc:  # one refused or not judged yet: the others go on
                 checked.append(exc)
+        for (n, _, _), err in zip(routed, await self.refusals([(ins, r) for _, ins, r in routed])):
+            checked[n] = err
         valid = [s for s, err in zip(signed, checked) if err is None]
         stored = iter(await self.store.create_many(valid, ACTOR))
         out: list[bool | RelayerError] = [err if err is not None else next(stored) for err in checked]
@@ -83,7 +122,7 @@ class Intake:
 
     async def accept(self, signed: SignedInstruction) -> bool:
         """Validate and store. True if new, False if the same instruction was already accepted."""
-        await self.validate(signed)
+        await self.check(signed)
         created = await self.store.create(signed, TradeState.MATCHED, ACTOR)
         if created:
             await self.store.enqueue_intake(signed.instruction.tradeId)

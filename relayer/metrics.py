@@ -36,5 +36,8 @@ OWNED_TRADES = Gauge("dvp_trades_driven", "Open trades this worker holds the lea
 TRADE_ERRORS = Counter("dvp_trade_errors_total",
                        "Unexpected errors while reading or deciding one trade (that trade is set aside, the others go on)",
                        ["kind"], registry=REGISTRY)
+REVEALS_WITHHELD = Counter("dvp_reveals_withheld_total", "SC claims (reveals) not sent because the ST claim "
+                           "would fail right now (the token's compliance, pause or freeze)", ["reason"],
+                           registry=REGISTRY)
 QUARANTINED = Gauge("dvp_trades_quarantined", "Trades set aside after an unexpected error, retried after a pause",
                     registry=REGISTRY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.compliance import Transfer
 from relayer.config import Settings
 from relayer.errors import NotReady, UnknownChain
 from relayer.follow import ChainSide
@@ -23,6 +24,28 @@ class Route:
 
     def side(self, role: str) -> ChainSide:
         return self.st if role == "st" else self.sc
+
+    def is_atomic(self, ins: TradeInstruction) -> bool:
+        """Same-ledger fast path: both legs on one chain that has an AtomicDvP, one account per party."""
+        return (self.st.ledger.dvp is not None and ins.stChainId == ins.scChainId
+                and ins.sellerStAccount == ins.sellerScAccount and ins.buyerStAccount == ins.buyerScAccount)
+
+    def transfers(self, ins: TradeInstruction) -> list[tuple[ChainSide, Transfer]]:
+        """Every token movement the trade makes, on the ledger that makes it: seller -> escrow -> buyer for the ST,
+        buyer -> escrow -> seller for the SC (or seller -> buyer and buyer -> seller through the AtomicDvP)."""
+        if self.is_atomic(ins):
+            return [(self.st, Transfer(ins.stToken, ins.sellerStAccount, ins.buyerStAccount, ins.stAmount)),
+                    (self.sc, Transfer(ins.scToken, ins.buyerScAccount, ins.sellerScAccount, ins.scAmount))]
+        st_escrow, sc_escrow = self.st.ledger.escrow, self.sc.ledger.escrow
+        return [(self.st, Transfer(ins.stToken, ins.sellerStAccount, st_escrow, ins.stAmount)),
+                (self.st, self.st_claim(ins, locked=False)),
+                (self.sc, Transfer(ins.scToken, ins.buyerScAccount, sc_escrow, ins.scAmount)),
+                (self.sc, Transfer(ins.scToken, sc_escrow, ins.sellerScAccount, ins.scAmount, funded=False))]
+
+    def st_claim(self, ins: TradeInstruction, locked: bool = True) -> Transfer:
+        """The buyer's ST claim: what must still be possible when the seller reveals (`locked`: the escrow holds
+        the units by then, so its balance is checked too)."""
+        return Transfer(ins.stToken, self.st.ledger.escrow, ins.buyerStAccount, ins.stAmount, funded=locked)
 
 
 class Routes:

@@ -45,7 +45,7 @@ async def net(redis_server, tmp_path_factory):
 
     st = AnvilProcess(chain_id=17001, port=free_port(), block_time=0.5).start()
     sc = AnvilProcess(chain_id=17002, port=free_port(), block_time=0.5).start()
-    doc = await _deploy(DevnetOptions(), st.url, sc.url, redis_server.url)
+    doc = await _deploy(DevnetOptions(st_standard="own"), st.url, sc.url, redis_server.url)
     st_chain, sc_chain = EvmChain("st", [st.url]), EvmChain("sc", [sc.url])
     await st_chain.connect()
     await sc_chain.connect()
@@ -64,7 +64,7 @@ async def one_chain(redis_server):
     from tests.relayer_kit import Net
 
     node = AnvilProcess(chain_id=17003, port=free_port(), block_time=0.5).start()
-    doc = await _deploy(DevnetOptions(), node.url, node.url, redis_server.url)
+    doc = await _deploy(DevnetOptions(st_standard="own"), node.url, node.url, redis_server.url)
     chain = EvmChain("st", [node.url])
     await chain.connect()
     yield Net(doc, redis_server.port, chain, chain, generate_key())

@@ -11,6 +11,7 @@ from typing import Any
 
 from hexbytes import HexBytes
 
+from adapters.compliance import Transfer
 from adapters.errors import TransactionReverted
 from adapters.htlc import HtlcLedger, LockedEvent
 from relayer.errors import ConcurrentUpdate
@@ -118,6 +119,22 @@ class _Chain:
     chain_id: int = 1
 
 
+class FakeRules:
+    """A chain's token rules (adapters.compliance.TransferRules): every transfer allowed unless `refuse` maps its
+    (token, sender, receiver) to a reason; `asked` records every question."""
+
+    def __init__(self) -> None:
+        self.refuse: dict[tuple[str, str, str], str] = {}
+        self.asked: list[Transfer] = []
+
+    async def refusals(self, transfers: list[Transfer]) -> list[str | None]:
+        self.asked += transfers
+        return [self.refuse.get((t.token, t.sender, t.receiver)) for t in transfers]
+
+    async def refusal(self, transfer: Transfer) -> str | None:
+        return (await self.refusals([transfer]))[0]
+
+
 class FakeLedger:
     """One chain's escrow: slots by swap id; calldata from the real adapter (the ABI is not faked)."""
 
@@ -125,6 +142,9 @@ class FakeLedger:
     single_call = staticmethod(HtlcLedger.single_call)
     batch_call = staticmethod(HtlcLedger.batch_call)
     single_gas = staticmethod(HtlcLedger.single_gas)
+
+    def gas_for(self, kind: str, tokens: tuple[str, ...]) -> int:
+        return self.single_gas(kind)
     batch_entry_gas = staticmethod(HtlcLedger.batch_entry_gas)
     swap_id_of = staticmethod(HtlcLedger.swap_id_of)
 
@@ -136,6 +156,7 @@ class FakeLedger:
         self.senders = dict(self.all_senders)
         self.slots: dict[bytes, bytes] = {}
         self.allowances: list[tuple[str, str, int]] = []
+        self.rules = FakeRules()
 
     def any_sender(self, prefer: list[str] | None = None) -> FakeSender | None:
         for addr in prefer or []:

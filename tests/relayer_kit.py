@@ -159,8 +159,11 @@ class Worker:
         self.proc = subprocess.Popen([str(exe), "run"], env=self.env, stdout=self._log, stderr=self._log)
         return self
 
-    async def api_up(self, port: int, timeout: float = 30.0) -> None:
-        """Wait (bounded) until the worker's API listens on `port`; fail if the process exits first."""
+    async def api_up(self, port: int, timeout: float = 30.0, ready: bool = True) -> None:
+        """Wait (bounded) until the worker's API listens on `port` and, with `ready`, until /readyz says ready
+        (the API listens before the engine has connected); fail if the process exits first."""
+        import aiohttp
+
         from deploy.processes import port_open
 
         deadline = time.monotonic() + timeout
@@ -168,6 +171,14 @@ class Worker:
             assert time.monotonic() < deadline, f"API did not start within {timeout}s"
             assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}"
             await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            while ready:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    if r.status == 200:
+                        return
+                assert time.monotonic() < deadline, f"worker not ready within {timeout}s"
+                assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}"
+                await asyncio.sleep(0.1)
 
     def kill(self) -> None:
         self.proc.kill()

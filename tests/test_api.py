@@ -48,7 +48,7 @@ async def test_submit_settle_and_read_back(api, net: Net):
     http, store, _, _ = api
     signed = (await net.instruction(stAmount=2, scAmount=2_000)).model_dump()
     status, body = await _post(http, signed)
-    assert status == 202 and body["created"] is True
+    assert status == 202 and body["created"] is True, body
     tid = body["trade_id"]
     status, again = await _post(http, signed)  # same instruction again: same answer, nothing duplicated
     assert status == 202 and again["trade_id"] == tid and again["created"] is False
@@ -239,7 +239,7 @@ async def test_readiness_is_red_while_the_configuration_cannot_work(net: Net, tm
     settings = net.settings([net.seller], api_port=port, **over)
     worker = Worker(settings, tmp_path / "worker.log").start()
     try:
-        await worker.api_up(port)
+        await worker.api_up(port, ready=False)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             async with http.get("/readyz") as r:
                 doc = await r.json()
