@@ -483,6 +483,9 @@ class TxSender:
 
     def _done(self, sent: SentTx, receipt: TxReceipt) -> TxReceipt:
         self.in_flight.pop(sent.nonce, None)
+        # mined: never re-signed again (a revival re-sends `raw`), so the unsigned calldata copy can go; a batch's
+        # calldata is tens of KB and the history keeps hundreds of transactions per account
+        sent.params = {k: v for k, v in sent.params.items() if k != "data"}
         self.shallow[sent.nonce] = sent
         if len(self.shallow) > self._history_size:  # nobody calls revive_reorged (a one-off tool): stay bounded
             del self.shallow[min(self.shallow)]
@@ -574,6 +577,7 @@ class TxSender:
             if receipt is not None:
                 if head - int(receipt["blockNumber"]) >= depth:
                     self.shallow.pop(nonce, None)  # deep enough: final as far as the relayer is concerned
+                    self.history.pop(nonce, None)  # and no nonce gap can open below it any more
                 continue
             if await self._mined_count() > nonce:
                 self.shallow.pop(nonce, None)  # the nonce was used by another transaction of this account

@@ -1,4 +1,5 @@
-"""`dvp-relayer …`: devnet, deploy, run, submit, status, sign, demo, keygen, gas-report, chaos, bench."""
+"""`dvp-relayer …`: devnet, deploy, onboard-escrow, run, submit, status, sign, demo, keygen, gas-report, chaos,
+bench."""
 
 from __future__ import annotations
 
@@ -48,13 +49,16 @@ def devnet(ctx: click.Context, directory: Path | None) -> None:
 @click.option("--redis-port", type=int, default=6379, show_default=True,
               help="reuse a Redis listening here (nothing is flushed), else start one on it")
 @click.option("--redis-url", default=None, help="use this Redis instead (e.g. redis://127.0.0.1:6390/2)")
+@click.option("--st-standard", type=click.Choice(["erc3643", "own"]), default="erc3643", show_default=True,
+              help="the first ST platform's token: a T-REX suite, or the project's allowlist SecurityToken")
 @click.pass_obj
 def devnet_up(directory: Path, block_time: float, st_port: int, sc_port: int, st2_port: int, redis_port: int,
-              redis_url: str | None) -> None:
+              redis_url: str | None, st_standard: str) -> None:
     from deploy.devnet import DevnetOptions, up
 
     up(DevnetOptions(block_time=block_time or None, st_port=st_port, sc_port=sc_port, st2_port=st2_port,
-                     redis_port=redis_port, redis_url=redis_url, directory=directory), echo=click.echo)
+                     redis_port=redis_port, redis_url=redis_url, directory=directory, st_standard=st_standard),
+       echo=click.echo)
 
 
 @devnet.command("down")
@@ -115,6 +119,59 @@ def _settings():  # noqa: ANN202
     from relayer.config import load_settings
 
     return load_settings()
+
+
+@main.command("onboard-escrow")
+@click.option("--ledger", default="", help="the configured ledger (default: the first ST ledger)")
+@click.option("--token", "tokens", multiple=True, help="token address (default: every token of that ledger)")
+@click.option("--identity", default="", help="the escrow's ONCHAINID, once deployed and given its claims")
+@click.option("--country", type=int, default=392, show_default=True, help="ISO 3166-1 numeric, stored with it")
+@click.option("--send", is_flag=True, help="send the identity-registry registration with the agent key in "
+              "DVP_AGENT_KEY (environment)")
+def onboard_escrow(ledger: str, tokens: tuple[str, ...], identity: str, country: int, send: bool) -> None:
+    """What an issuer must still do so that the escrow may hold its token (ERC-3643: a verified identity)."""
+    import os
+
+    from eth_account import Account
+
+    from adapters.errors import LedgerError
+    from adapters.evm import EvmChain
+    from deploy.onboarding import escrow_status, send_registration
+
+    settings = _settings()
+    configs = settings.ledger_configs()
+    chosen = next((c for c in configs if c.name == ledger), None) if ledger else next(
+        (c for c in configs if c.role == "st"), None)
+    if chosen is None:
+        raise ConfigError(f"no ledger named {ledger!r}: configured are {', '.join(c.name for c in configs)}")
+    agent = None
+    if send:
+        key = os.environ.get("DVP_AGENT_KEY", "").strip()
+        if not key:
+            raise ConfigError("DVP_AGENT_KEY (environment): missing; --send needs an identity-registry agent's key")
+        try:
+            agent = Account.from_key(key)
+        except (ValueError, TypeError):
+            raise ConfigError("DVP_AGENT_KEY (environment): not a 32-byte private key") from None
+
+    async def go() -> list[dict]:
+        chain = EvmChain(chosen.name, chosen.rpc_urls)
+        out = []
+        try:
+            for token in tokens or chosen.tokens:
+                status = await escrow_status(chain, token, chosen.escrow, identity, country)
+                doc = status.to_dict()
+                if agent is not None and (tx := await send_registration(chain, agent, status)):
+                    doc["sent"] = tx
+                    doc["admitted"] = (await escrow_status(chain, token, chosen.escrow, identity, country)).admitted
+                out.append(doc)
+            return out
+        except LedgerError as exc:
+            raise click.ClickException(f"{chosen.name}: {exc}") from None
+        finally:
+            await chain.close()
+
+    click.echo(json.dumps(asyncio.run(go()), indent=2))
 
 
 @main.command()

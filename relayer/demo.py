@@ -82,10 +82,13 @@ async def run_demo(echo: Any = print, st_amount: int = 100, price: int = 98_500,
         return out
 
     before = await balances()
+    kinds = {"erc3643": "an ERC-3643 (T-REX) token", "allowlist": "an allowlist ERC-20", "erc20": "an ERC-20"}
     for t in trades:
         ins = t.signed.instruction
-        echo(f"trade {ins.tradeId} on ST platform {t.platform} (chain {ins.stChainId}) against {sc.name} "
-             f"(chain {ins.scChainId})")
+        rules = engine.routes.by_name[t.platform].ledger.rules
+        kind = kinds.get((await rules.rules(ins.stToken)).standard, "a token")
+        echo(f"trade {ins.tradeId} on ST platform {t.platform} (chain {ins.stChainId}, {kind}) against "
+             f"{sc.name} (chain {ins.scChainId})")
         echo(f"  seller {seller} delivers {st_amount} ST; buyer {buyer} pays {ins.scAmount} SC")
     t0 = time.monotonic()
     for t in trades:

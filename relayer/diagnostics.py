@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sys
 import tracemalloc
 from collections import Counter
 from typing import Any
@@ -18,6 +19,15 @@ from typing import Any
 import structlog
 
 _baseline: dict[str, Any] = {}
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return round(kb / 1024, 1)
+    except (OSError, StopIteration):  # not Linux
+        return float("nan")
 
 
 def _types() -> Counter[str]:
@@ -31,11 +41,13 @@ def _dump(log: Any, top: int = 25) -> None:
             if tracemalloc.is_tracing() else None)
     if not _baseline:
         _baseline.update(types=types, snap=snap)
-        log.warning("heap_baseline", objects=sum(types.values()))
+        log.warning("heap_baseline", objects=sum(types.values()), pymalloc_blocks=sys.getallocatedblocks(),
+                    rss_mb=_rss_mb())
         return
     grown = Counter(types)
     grown.subtract(_baseline["types"])
-    log.warning("heap_growth_by_type", objects=sum(types.values()),
+    log.warning("heap_growth_by_type", objects=sum(types.values()), pymalloc_blocks=sys.getallocatedblocks(),
+                rss_mb=_rss_mb(),
              grew={name: n for name, n in grown.most_common(top) if n > 0})
     if snap is not None and _baseline["snap"] is not None:
         for stat in snap.compare_to(_baseline["snap"], "traceback")[:top]:

@@ -285,3 +285,33 @@ def test_no_t_rex_source_is_in_the_repository():
     names = {"Token.sol", "IdentityRegistry.sol", "ModularCompliance.sol", "Identity.sol", "ClaimIssuer.sol"}
     assert not [p for p in tracked if "t-rex" in p.lower() or p.rsplit("/", 1)[-1] in names]
     assert "@tokenysolutions/t-rex" in open(REPO_ROOT / "package.json").read()  # pinned, fetched by `make setup`
+
+
+async def test_onboard_escrow_lists_the_missing_calls_and_the_agent_registration_admits_it(tnet: Net):
+    """A second escrow, not yet admitted: the tool says what is missing; once its identity has the KYC claim, the
+    agent's registration (sent by the tool) makes it a verified holder."""
+    from deploy.deployer import deploy
+    from deploy.onboarding import escrow_status, send_registration
+
+    s = _suite(tnet)
+    issuer = dev_account(0)
+    escrow = await deploy(TxSender(tnet.st, issuer), "HashedTimelockEscrow")
+    before = await escrow_status(tnet.st, s.token, escrow)
+    assert before.standard == "erc3643" and not before.admitted
+    assert before.facts["required_claim_topics"] == [trex.KYC_TOPIC]
+    assert before.facts["trusted_issuers_by_topic"] == {trex.KYC_TOPIC: [s.claim_issuer]}
+    assert "deploy an ONCHAINID" in before.steps[0].what
+    # the KYC provider's part (out of band for the tool): an identity with the claim
+    p = trex._Pipeline(tnet.st, issuer)
+    identity = await p.deploy("Identity", issuer.address, False)
+    sig, data = trex.kyc_claim(issuer, identity)
+    await p.call(identity, trex.call_data("Identity", "addClaim", trex.KYC_TOPIC, 1, s.claim_issuer, sig, data, ""))
+    await p.done()
+    ready = await escrow_status(tnet.st, s.token, escrow, identity=identity)
+    register = [st for st in ready.steps if st.to == s.identity_registry]
+    assert len(register) == 1 and register[0].data.startswith("0x")
+    assert await send_registration(tnet.st, issuer, ready)
+    after = await escrow_status(tnet.st, s.token, escrow)
+    assert after.admitted and after.steps == [] and after.facts["registered_identity"] == identity
+    own = await escrow_status(tnet.sc, tnet.sc_token, escrow)  # the coin ledger's allowlist token
+    assert own.standard == "allowlist"
