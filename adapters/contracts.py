@@ -33,6 +33,19 @@ def load_artifacts() -> dict[str, dict[str, Any]]:
 
 
 @cache
+def bytecode_for(name: str, evm_version: str = "cancun") -> str:
+    """Creation bytecode of a ledger contract built for `evm_version` (cancun, or london for pre-Shanghai chains)."""
+    if evm_version == "cancun":
+        return str(load_artifacts()[name]["bytecode"])
+    doc: dict[str, Any] = json.loads(resources.files("adapters").joinpath(ARTIFACTS).read_text())
+    try:
+        return str(doc["evm_variants"][evm_version][name]["bytecode"])
+    except KeyError:
+        raise ValueError(f"no {evm_version} build of {name}: built are cancun and "
+                         f"{', '.join(doc.get('evm_variants', {}))}") from None
+
+
+@cache
 def abi(name: str) -> list[dict[str, Any]]:
     """The ABI of a compiled contract."""
     entries: list[dict[str, Any]] = load_artifacts()[name]["abi"]

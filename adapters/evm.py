@@ -92,10 +92,18 @@ class EvmChain:
         *,
         request_timeout: float = 5.0,
         attempts_per_url: int = 3,
+        fee_mode: str = "eip1559",
+        gas_price_wei: int | None = None,
     ) -> None:
         if not rpc_urls:
             raise ValueError(f"chain {name}: at least one RPC URL is required")
+        if fee_mode not in ("eip1559", "legacy"):
+            raise ValueError(f"chain {name}: fee_mode {fee_mode!r}: expected 'eip1559' or 'legacy'")
         self.name = name
+        # how transactions pay: EIP-1559 (type 2), or legacy type-0 with a gas price (permissioned chains:
+        # GoQuorum, Besu QBFT/IBFT, often at gas price 0); gas_price_wei None = the node's eth_gasPrice
+        self.fee_mode = fee_mode
+        self.gas_price_wei = gas_price_wei
         self.rpc_urls = list(rpc_urls)
         self._w3s = [
             AsyncWeb3(
@@ -331,8 +339,22 @@ class TxSender:
         self._fee_stale = True
         self._block_seen.set()
 
+    def _fee_fields(self, max_fee: int, tip: int) -> dict[str, Any]:
+        """The fee part of a transaction in this chain's fee mode (from _fees / _urgent_fees)."""
+        if self.chain.fee_mode == "legacy":
+            return {"gasPrice": max_fee}  # no "type": eth_account signs a legacy (type-0) transaction
+        return {"maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "type": 2}
+
+    async def _legacy_price(self) -> int:
+        if self.chain.gas_price_wei is not None:
+            return self.chain.gas_price_wei
+        return int(await self.chain.rpc("eth_gasPrice", [], parse=lambda r: int(r, 16)))
+
     async def _fees(self) -> tuple[int, int]:
-        """EIP-1559 fees: 2 × base fee + tip. Cached until the next block (one RPC per block, not per send)."""
+        """EIP-1559 fees: 2 × base fee + tip. Cached until the next block (one RPC per block, not per send).
+        Legacy fee mode: (gas price, 0)."""
+        if self.chain.fee_mode == "legacy":
+            return await self._legacy_price(), 0
         cached = self._fee_cache
         if cached is not None and not self._fee_stale and time.monotonic() - cached[0] < 2.0:
             return cached[1], cached[2]
@@ -345,7 +367,11 @@ class TxSender:
     async def _urgent_fees(self) -> tuple[int, int]:
         """Fees for a transaction that must be included now (the seller's reveal): a tip above what the top payers
         of the last blocks gave (eth_feeHistory, 90th percentile, + 25%), never below the normal tip nor above
-        max_priority_fee_wei; the fee cap leaves room for the base fee to double."""
+        max_priority_fee_wei; the fee cap leaves room for the base fee to double. Legacy: the gas price, plus a
+        quarter when it is not the chain's fixed price (a permissioned chain has no fee market to outbid)."""
+        if self.chain.fee_mode == "legacy":
+            price = await self._legacy_price()
+            return (price if self.chain.gas_price_wei is not None else price * 5 // 4), 0
         hist = await self.chain.rpc("eth_feeHistory", [hex(5), "latest", [90]])
         rewards = [int(r[0], 16) for r in (hist.get("reward") or []) if r]
         base = int((hist.get("baseFeePerGas") or ["0x0"])[-1], 16)  # the next block's
@@ -381,12 +407,10 @@ class TxSender:
                 "chainId": self.chain.chain_id or await self.chain.connect(),
                 "nonce": self._next_nonce,
                 "gas": gas,
-                "maxFeePerGas": max_fee,
-                "maxPriorityFeePerGas": tip,
                 "value": value,
                 "data": HexBytes(data),
-                "type": 2,
             }
+            params |= self._fee_fields(max_fee, tip)
             if to is not None:
                 params["to"] = to
             sent = self._sign(params)
@@ -444,6 +468,14 @@ class TxSender:
         max_fee, tip = await (self._urgent_fees() if sent.urgent else self._fees())
         params = dict(sent.params)
         factor = 100 + self.fee_bump_percent
+        if "gasPrice" in params:
+            if self.chain.gas_price_wei is not None:  # a fixed price (often 0): re-sending is all there is to do
+                await self._broadcast(sent)
+                return
+            params["gasPrice"] = max(max_fee, params["gasPrice"] * factor // 100 + 1)
+            self._sign(params, previous=sent)
+            await self._broadcast(sent)
+            return
         params["maxPriorityFeePerGas"] = max(tip, params["maxPriorityFeePerGas"] * factor // 100 + 1)
         params["maxFeePerGas"] = max(max_fee, params["maxFeePerGas"] * factor // 100 + 1)
         self._sign(params, previous=sent)
@@ -555,9 +587,8 @@ class TxSender:
                     self.in_flight[nonce] = sent
                 else:
                     max_fee, tip = await self._fees()
-                    filler = self._sign({"chainId": self.chain.chain_id, "nonce": nonce, "gas": 21_000,
-                                         "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "value": 0,
-                                         "to": self.address, "data": b"", "type": 2})
+                    filler = self._sign({"chainId": self.chain.chain_id, "nonce": nonce, "gas": 21_000, "value": 0,
+                                         "to": self.address, "data": b""} | self._fee_fields(max_fee, tip))
                     await self._broadcast(filler)
                 filled += 1
             self.gaps_healed += filled

@@ -144,11 +144,14 @@ class EscrowFollower:
         max_range: int = 2000,
         hash_window: int = 256,
         dvp: str | None = None,
+        finalized_tag: bool = False,
     ) -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
         self.addresses = [self.escrow] + ([to_checksum_address(dvp)] if dvp else [])
         self.confirmations = confirmations
+        # confirmed = up to the node's `finalized` block (a chain with a finality gadget), not head - (k - 1)
+        self.finalized_tag = finalized_tag
         self.height = start_height  # last processed block
         self.max_range = max_range
         self._hashes: OrderedDict[int, str] = OrderedDict()
@@ -202,7 +205,11 @@ class EscrowFollower:
         self.last_head, self.last_head_timestamp = head, int(head_block["timestamp"])
         result = FollowResult(head=head, head_timestamp=self.last_head_timestamp,
                               head_gas_limit=int(head_block.get("gasLimit", 0)))
-        await self._confirmed(result, head)
+        if self.finalized_tag:
+            final = await self.chain.rpc("eth_getBlockByNumber", ["finalized", False])
+            await self._confirmed(result, head, int(final["number"], 16) if final else -1)
+        else:
+            await self._confirmed(result, head)
         if result.rewound_to is None and head > max(self.height, self._preimages_read_to):
             start = max(self.height, self._preimages_read_to) + 1
             logs = await self._logs({"address": self.escrow, "fromBlock": hex(start), "toBlock": hex(head),
@@ -213,12 +220,13 @@ class EscrowFollower:
             self._preimages_read_to = 0
         return result
 
-    async def _confirmed(self, result: FollowResult, head: int) -> None:
+    async def _confirmed(self, result: FollowResult, head: int, target: int | None = None) -> None:
         rewound = await self._check_reorg()
         if rewound is not None:
             result.rewound_to = rewound
             return
-        target = head - (self.confirmations - 1)
+        if target is None:
+            target = head - (self.confirmations - 1)
         if target <= self.height:
             if target < self.height:  # the chain got shorter (rollback) without a hash mismatch yet
                 result.rewound_to = self.height = max(target, 0)
@@ -413,7 +421,7 @@ class HtlcLedger:
             self._unlimited.add((owner, token, spender))
 
     def follower(self, *, confirmations: int, start_height: int, start_hash: str | None,
-                 dvp: str | None = None) -> EscrowFollower:
+                 dvp: str | None = None, finalized_tag: bool = False) -> EscrowFollower:
         return EscrowFollower(self.chain, self.escrow, confirmations=confirmations, start_height=start_height,
-                              start_hash=start_hash, dvp=dvp)
+                              start_hash=start_hash, dvp=dvp, finalized_tag=finalized_tag)
 

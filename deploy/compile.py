@@ -29,6 +29,12 @@ COMPILER_SETTINGS: dict[str, Any] = {
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
 
+# Pre-Shanghai chains (many permissioned GoQuorum / Besu networks) reject PUSH0 and later opcodes: the contracts a
+# ledger needs are also built for london, same sources and settings but the EVM version (adapters.contracts
+# .bytecode_for picks one per ledger at deploy time).
+EVM_VARIANTS = ("london",)
+LEDGER_CONTRACTS = ("AtomicDvP", "HashedTimelockEscrow", "SecurityToken", "Stablecoin")
+
 _IMPORT_RE = re.compile(r'^\s*import\s+(?:[^"\']*from\s+)?["\']([^"\']+)["\']', re.MULTILINE)
 
 
@@ -68,9 +74,10 @@ def collect_sources() -> dict[str, dict[str, str]]:
     return dict(sorted(sources.items()))
 
 
-def compile_all() -> dict[str, dict[str, Any]]:
+def compile_all(evm_version: str = "cancun") -> dict[str, dict[str, Any]]:
     """Compile and return {contract name: {abi, bytecode, deployedBytecode, source}} for our own contracts."""
-    standard_input = {"language": "Solidity", "sources": collect_sources(), "settings": COMPILER_SETTINGS}
+    settings = COMPILER_SETTINGS | {"evmVersion": evm_version}
+    standard_input = {"language": "Solidity", "sources": collect_sources(), "settings": settings}
     try:
         output = solcx.compile_standard(standard_input, solc_binary=solc_binary(), allow_empty=True)
     except solcx.exceptions.SolcError as exc:
@@ -95,23 +102,36 @@ def compile_all() -> dict[str, dict[str, Any]]:
     return dict(sorted(artifacts.items()))
 
 
-def render(artifacts: dict[str, dict[str, Any]]) -> str:
-    doc = {"compiler": {"version": SOLC_VERSION, "settings": COMPILER_SETTINGS}, "contracts": artifacts}
+def compile_variants() -> dict[str, dict[str, dict[str, str]]]:
+    """{evm version: {ledger contract: {bytecode, deployedBytecode}}} (the ABI is the cancun build's)."""
+    out = {}
+    for evm in EVM_VARIANTS:
+        built = compile_all(evm)
+        out[evm] = {n: {k: built[n][k] for k in ("bytecode", "deployedBytecode")} for n in LEDGER_CONTRACTS}
+    return out
+
+
+def render(artifacts: dict[str, dict[str, Any]], variants: dict[str, dict[str, dict[str, str]]]) -> str:
+    doc = {"compiler": {"version": SOLC_VERSION, "settings": COMPILER_SETTINGS}, "contracts": artifacts,
+           "evm_variants": variants}
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
 def write_artifacts(path: Path = ARTIFACTS_FILE) -> Path:
     """Compile and write the committed artifacts file."""
-    path.write_text(render(compile_all()))
+    path.write_text(render(compile_all(), compile_variants()))
     return path
 
 
 def check_artifacts(path: Path = ARTIFACTS_FILE) -> list[str]:
     """Names of contracts whose committed artifact differs from a fresh compile (empty list = reproducible)."""
     committed = json.loads(path.read_text())
-    fresh = json.loads(render(compile_all()))
+    fresh = json.loads(render(compile_all(), compile_variants()))
     names = set(committed["contracts"]) | set(fresh["contracts"])
     differing = [n for n in sorted(names) if committed["contracts"].get(n) != fresh["contracts"].get(n)]
+    for evm in sorted(set(committed.get("evm_variants", {})) | set(fresh["evm_variants"])):
+        if committed.get("evm_variants", {}).get(evm) != fresh["evm_variants"].get(evm):
+            differing.append(f"<{evm} builds>")
     if committed["compiler"] != fresh["compiler"]:
         differing.insert(0, "<compiler settings>")
     return differing

@@ -9,7 +9,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from adapters.evm import EvmChain, TxSender
-from adapters.contracts import load_artifacts
+from adapters.contracts import bytecode_for, load_artifacts
 
 MAX_UINT256 = 2**256 - 1
 
@@ -32,10 +32,10 @@ class ChainDeployment:
         return asdict(self)
 
 
-def contract_data(name: str, *ctor_args: Any) -> str:
-    """Creation bytecode of a compiled contract with its constructor arguments."""
+def contract_data(name: str, *ctor_args: Any, evm_version: str = "cancun") -> str:
+    """Creation bytecode of a compiled contract (built for `evm_version`) with its constructor arguments."""
     art = load_artifacts()[name]
-    factory = AsyncWeb3().eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+    factory = AsyncWeb3().eth.contract(abi=art["abi"], bytecode=bytecode_for(name, evm_version))
     return factory.constructor(*ctor_args).data_in_transaction
 
 
@@ -44,8 +44,8 @@ def encode_call(contract_name: str, fn: str, *args: Any) -> str:
     return AsyncWeb3().eth.contract(abi=art["abi"]).encode_abi(fn, args=list(args))
 
 
-async def deploy(sender: TxSender, name: str, *ctor_args: Any) -> str:
-    receipt = await sender.transact(None, contract_data(name, *ctor_args))
+async def deploy(sender: TxSender, name: str, *ctor_args: Any, evm_version: str = "cancun") -> str:
+    receipt = await sender.transact(None, contract_data(name, *ctor_args, evm_version=evm_version))
     return str(receipt["contractAddress"])
 
 
@@ -58,17 +58,19 @@ async def deploy_chain(
     token_symbol: str,
     token_decimals: int = 0,
     standard: str = "own",
+    evm_version: str = "cancun",
 ) -> ChainDeployment:
     """Deploy the escrow and one permissioned token (kind 'st' = SecurityToken, 'sc' = Stablecoin; with
-    standard 'erc3643' on an ST chain a T-REX suite instead, the escrow registered as a verified holder)."""
+    standard 'erc3643' on an ST chain a T-REX suite instead, the escrow registered as a verified holder), built
+    for the EVM the chain runs (`evm_version` london for a pre-Shanghai chain)."""
     chain_id = await chain.connect()
     start_block = await chain.block_number()
     sender = TxSender(chain, deployer)
-    escrow = await deploy(sender, "HashedTimelockEscrow")
+    escrow = await deploy(sender, "HashedTimelockEscrow", evm_version=evm_version)
     if kind == "st" and standard == "erc3643":
         from deploy import trex
 
-        dvp = await deploy(sender, "AtomicDvP")  # before the suite: the suite's pipeline takes the next nonces
+        dvp = await deploy(sender, "AtomicDvP", evm_version=evm_version)  # before the suite: the suite's pipeline takes the next nonces
         suite = await trex.deploy_suite(chain, deployer, name=token_name, symbol=token_symbol,
                                         decimals=token_decimals)
         await trex.register(chain, deployer, suite, escrow)
@@ -78,14 +80,16 @@ async def deploy_chain(
     if standard != "own":
         raise ValueError(f"unknown token standard {standard!r} for a {kind} ledger: expected 'own' or 'erc3643'")
     if kind == "st":
-        token = await deploy(sender, "SecurityToken", token_name, token_symbol, deployer.address)
+        token = await deploy(sender, "SecurityToken", token_name, token_symbol, deployer.address,
+                             evm_version=evm_version)
     elif kind == "sc":
-        token = await deploy(sender, "Stablecoin", token_name, token_symbol, token_decimals, deployer.address)
+        token = await deploy(sender, "Stablecoin", token_name, token_symbol, token_decimals, deployer.address,
+                             evm_version=evm_version)
     else:
         raise ValueError(f"unknown ledger kind {kind!r}: expected 'st' or 'sc'")
     token_contract = "SecurityToken" if kind == "st" else "Stablecoin"
     await sender.transact(token, encode_call(token_contract, "setAllowed", [escrow], True))
-    dvp = await deploy(sender, "AtomicDvP") if kind == "st" else ""
+    dvp = await deploy(sender, "AtomicDvP", evm_version=evm_version) if kind == "st" else ""
     return ChainDeployment(
         name=chain.name,
         chain_id=chain_id,

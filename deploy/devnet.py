@@ -30,6 +30,8 @@ DEVNET_DIR = Path(os.environ.get("DVP_DEVNET_DIR") or REPO_ROOT / ".devnet")  # 
 ROLES = {"issuer": 0, "seller": 1, "buyer": 2, "pts": 3, "watcher": 4}
 ST_ISSUE, SC_ISSUE = 1_000_000, 10_000_000_000
 CHAINS = ("st", "st2", "sc")  # the devnet's ledger names (deployment.json keys)
+# anvil configured like a permissioned chain: pre-Shanghai EVM (no PUSH0, no EIP-1559), zero gas price
+PERMISSIONED_ANVIL = ("--hardfork", "berlin", "--gas-price", "0")
 
 
 def dev_account(index: int) -> Any:
@@ -48,6 +50,7 @@ class DevnetOptions:
     redis_port: int = 6379
     redis_url: str | None = None  # use this Redis as it is (never started, never flushed)
     st_standard: str = "erc3643"  # the first ST platform's token: a T-REX suite, or "own" (SecurityToken)
+    st2_permissioned: bool = True  # the second ST platform runs like a GoQuorum/Besu chain (PERMISSIONED_ANVIL)
     directory: Path = DEVNET_DIR
 
 
@@ -76,7 +79,8 @@ async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str,
     suite unless opts.st_standard says "own"; the second platform keeps the project's SecurityToken."""
     issuer, seller, buyer, pts = (dev_account(ROLES[r]) for r in ("issuer", "seller", "buyer", "pts"))
     st_chain, sc_chain = EvmChain("st", [st_url]), EvmChain("sc", [sc_url])
-    st2 = asyncio.ensure_future(_deploy_second_platform(st2_url, issuer, seller, buyer)) if st2_url else None
+    st2 = asyncio.ensure_future(_deploy_second_platform(st2_url, issuer, seller, buyer, opts.st2_permissioned)
+                                ) if st2_url else None
     same_ledger = st_url == sc_url  # both tokens on one chain: deploy one after the other (one issuer nonce)
 
     async def both(a: Any, b: Any) -> tuple[Any, Any]:
@@ -112,13 +116,18 @@ async def _deploy(opts: DevnetOptions, st_url: str, sc_url: str, redis_url: str,
     return doc
 
 
-async def _deploy_second_platform(url: str, issuer: Any, seller: Any, buyer: Any) -> dict[str, Any]:
-    chain = EvmChain("st2", [url])
+async def _deploy_second_platform(url: str, issuer: Any, seller: Any, buyer: Any,
+                                  permissioned: bool) -> dict[str, Any]:
+    """The project's allowlist SecurityToken; on a permissioned profile: legacy zero-price transactions and the
+    london build of the contracts."""
+    chain = EvmChain("st2", [url], fee_mode="legacy" if permissioned else "eip1559",
+                     gas_price_wei=0 if permissioned else None)
     try:
-        dep = await deploy_chain(chain, issuer, kind="st", token_name="Demo Transition Bond 2032", token_symbol="DTB32")
+        dep = await deploy_chain(chain, issuer, kind="st", token_name="Demo Transition Bond 2032", token_symbol="DTB32",
+                                 evm_version="london" if permissioned else "cancun")
         await onboard_holder(chain, issuer, seller, dep, kind="st", issue_amount=ST_ISSUE)
         await onboard_holder(chain, issuer, buyer, dep, kind="st", issue_amount=0)
-        return dep.to_dict()
+        return dep.to_dict() | ({"profile": "permissioned"} if permissioned else {})
     finally:
         await chain.close()
 
@@ -137,6 +146,8 @@ def ledgers_toml(doc: dict[str, Any]) -> str:
                 f"tokens = [{tokens}]", f"start_block = {c['deploy_block']}"]
         if c.get("dvp") and name != "sc":
             out.append(f'dvp_contract = "{c["dvp"]}"')
+        if c.get("profile") == "permissioned":
+            out += ['fee_mode = "legacy"', "gas_price_gwei = 0", 'evm_version = "london"']
     return "\n".join(out) + "\n"
 
 
@@ -186,9 +197,11 @@ def up(opts: DevnetOptions, echo: Any = print) -> dict[str, Any]:
     started["anvil-st"] = st.pid  # type: ignore[assignment]
     sc = AnvilProcess(opts.sc_chain_id, opts.sc_port, opts.block_time, log_file=d / "anvil-sc.log").start()
     started["anvil-sc"] = sc.pid  # type: ignore[assignment]
-    st2 = AnvilProcess(opts.st2_chain_id, opts.st2_port, opts.block_time, log_file=d / "anvil-st2.log").start()
+    st2 = AnvilProcess(opts.st2_chain_id, opts.st2_port, opts.block_time, log_file=d / "anvil-st2.log",
+                       extra_args=PERMISSIONED_ANVIL if opts.st2_permissioned else ()).start()
     started["anvil-st2"] = st2.pid  # type: ignore[assignment]
-    echo(f"anvil ST chains {opts.st_chain_id} on {st.url} and {opts.st2_chain_id} on {st2.url}, "
+    echo(f"anvil ST chains {opts.st_chain_id} on {st.url} and {opts.st2_chain_id} on {st2.url}"
+         f"{' (permissioned profile: berlin, gas price 0)' if opts.st2_permissioned else ''}, "
          f"coin ledger {opts.sc_chain_id} on {sc.url}")
     if opts.redis_url:
         redis_url = opts.redis_url

@@ -54,6 +54,7 @@ class AnvilProcess:
     block_time: float | None = None
     state_file: Path | None = None
     log_file: Path | None = None
+    extra_args: tuple[str, ...] = ()  # e.g. ("--hardfork", "berlin", "--gas-price", "0"): a permissioned chain's profile
     proc: subprocess.Popen | None = None
     pid: int | None = None
 
@@ -75,7 +76,7 @@ class AnvilProcess:
             cmd += ["--block-time", str(self.block_time)]
         if self.state_file is not None:
             cmd += ["--state", str(self.state_file), "--state-interval", "1"]
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 20.0) -> AnvilProcess:
         if port_open(self.port):

@@ -83,7 +83,12 @@ def devnet_status(directory: Path) -> None:
 @click.option("--token-name", required=True)
 @click.option("--token-symbol", required=True)
 @click.option("--decimals", type=int, default=0, show_default=True)
-def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals: int) -> None:
+@click.option("--evm-version", type=click.Choice(["cancun", "london"]), default="cancun", show_default=True,
+              help="the EVM the chain runs (london: pre-Shanghai chains, no PUSH0)")
+@click.option("--fee-mode", type=click.Choice(["eip1559", "legacy"]), default="eip1559", show_default=True)
+@click.option("--gas-price-gwei", type=float, default=None, help="legacy fee mode: a fixed gas price (0 allowed)")
+def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals: int, evm_version: str,
+           fee_mode: str, gas_price_gwei: float | None) -> None:
     """Deploy the escrow and a permissioned token with the key in DVP_DEPLOYER_KEY."""
     import os
 
@@ -102,10 +107,11 @@ def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals
         raise ConfigError("DVP_DEPLOYER_KEY (environment): not a 32-byte private key (0x + 64 hex digits)") from None
 
     async def go() -> None:
-        chain = EvmChain(kind, [rpc_url])
+        chain = EvmChain(kind, [rpc_url], fee_mode=fee_mode,
+                         gas_price_wei=None if gas_price_gwei is None else int(gas_price_gwei * 10**9))
         try:
             dep = await deploy_chain(chain, deployer, kind=kind, token_name=token_name,
-                                     token_symbol=token_symbol, token_decimals=decimals)
+                                     token_symbol=token_symbol, token_decimals=decimals, evm_version=evm_version)
             click.echo(json.dumps(dep.to_dict(), indent=2))
         except LedgerError as exc:
             raise click.ClickException(f"deploy on {rpc_url} failed: {exc}") from None

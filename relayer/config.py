@@ -66,6 +66,22 @@ class LedgerConfig(BaseModel):
     confirmations: int | None = Field(None, ge=1, description="k for this chain (unset: DVP_CONFIRMATIONS)")
     block_time: float | None = Field(None, gt=0, description="seconds per block (unset: DVP_BLOCK_TIME)")
     dvp_contract: str = Field("", description="AtomicDvP on this ST chain (same-ledger trades in one transaction)")
+    fee_mode: Literal["eip1559", "legacy"] = Field("eip1559", description="eip1559: type-2 transactions; legacy: "
+                                                   "type-0 with a gas price (GoQuorum, Besu QBFT/IBFT)")
+    gas_price_gwei: float | None = Field(None, ge=0, description="legacy fee mode: a fixed gas price, 0 allowed "
+                                         "(unset: the node's eth_gasPrice)")
+    finality: Literal["confirmations", "finalized"] = Field("confirmations", description="when an event is final: "
+                                                            "k blocks deep, or at the node's `finalized` block "
+                                                            "(then set confirmations to its usual lag, for Δ)")
+    evm_version: Literal["cancun", "london"] = Field("cancun", description="the EVM the chain runs: which "
+                                                     "compiled escrow `dvp-relayer deploy` puts there (london: no "
+                                                     "PUSH0 or later opcodes, for pre-Shanghai chains)")
+
+    @model_validator(mode="after")
+    def _fees(self) -> LedgerConfig:
+        if self.gas_price_gwei is not None and self.fee_mode != "legacy":
+            raise ValueError("gas_price_gwei applies to fee_mode = \"legacy\" only")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from adapters.errors import LedgerError, LeaseLost, TransactionReverted
 from adapters.evm import TxSender
@@ -46,6 +47,7 @@ class Executor:
         self.entry_gas: dict[tuple[str, str], float] = {}  # (chain, kind) -> measured gas per batch entry
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
         self._withheld: dict[str, str] = {}  # trade id -> why its reveal is held back (logged once per reason)
+        self._reveal_ok: dict[str, bool] = {}  # trade id -> the ST claim would succeed now (set just before prepare)
         self._preparing = asyncio.Semaphore(PREPARE_AT_ONCE)  # a batch's checks share the Redis and RPC pools
         # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
         self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
@@ -62,6 +64,7 @@ class Executor:
         for key in [k for k in self.not_before if k[0] == trade_id]:
             self.not_before.pop(key, None)
         self._withheld.pop(trade_id, None)
+        self._reveal_ok.pop(trade_id, None)
         for key in [k for k, t in self.inflight.items() if k[0] == trade_id and t.done()]:
             self.inflight.pop(key, None)
 
@@ -138,6 +141,8 @@ class Executor:
         cooldown = (side.confirmations + 1) * side.block_time
         try:
             slots = await self._slots(items)
+            if action is Action.CLAIM_SC:
+                await self._gate_reveals(items)
             prepared = [p for p in await asyncio.gather(*(self._prepare_or_route(d, slot)
                                                           for d, slot in zip(items, slots)))
                         if p is not None]
@@ -327,7 +332,7 @@ class Executor:
         preimage = self._preimage(rec, d.view)
         if preimage is None:
             return None
-        if action is Action.CLAIM_SC and not self._public(d.view) and not await self._st_claim_would_succeed(d):
+        if action is Action.CLAIM_SC and not self._public(d.view) and not self._reveal_ok.pop(rec.trade_id, False):
             return None  # do not reveal: asked again next round while the reveal window lasts, then both refund
         claim = (preimage, ev.swap_id, ev.token, ev.amount, ev.receiver, ev.timelock)
         return Prepared(d, ledger, via, claim, (ev.token, ev.receiver), expires=ev.timelock)
@@ -352,26 +357,36 @@ class Executor:
     def _public(view: TradeView | None) -> bool:
         return view is not None and bool(view.sc.preimage or view.st.preimage or view.seen_preimage)
 
-    async def _st_claim_would_succeed(self, d: Due) -> bool:
+    async def _gate_reveals(self, items: list[Due]) -> None:
         """The reveal rule's chain half: the SC claim shows the secret, after which the buyer's ST claim must go
-        through. Asked of the ST token itself, read-only (no simulated claim: that would hand the preimage to the
-        node); a chain that does not answer counts as "not established"."""
-        ins = d.rec.signed.instruction
-        route = self.routes.route(ins)
-        try:
-            reason = await route.st.ledger.rules.refusal(route.st_claim(ins))
-        except LedgerError as exc:
-            reason = f"st_chain_unanswered:{type(exc).__name__}"
-        if reason is None:
-            if self._withheld.pop(d.rec.trade_id, None) is not None:
-                await self.store.add_audit(d.rec.trade_id, ACTOR, "reveal_unblocked")
-            return True
-        metrics.REVEALS_WITHHELD.labels(reason.split(":")[0]).inc()
-        if self._withheld.get(d.rec.trade_id) != reason:
-            self._withheld[d.rec.trade_id] = reason
-            self.log.warning("reveal_withheld", trade_id=d.rec.trade_id, chain=route.st.name, reason=reason)
-            await self.store.add_audit(d.rec.trade_id, ACTOR, "reveal_withheld", reason=reason)
-        return False
+        through. Asked of each ST token itself, read-only (no simulated claim: that would hand the preimage to the
+        node), in one batched request per ST chain for the whole batch; a chain that does not answer counts as
+        "not established". Fills _reveal_ok for _prepare."""
+        by_rules: dict[int, tuple[Any, list[tuple[Due, Any]]]] = {}
+        for d in items:
+            if self._public(d.view):
+                continue
+            route = self.routes.route(d.rec.signed.instruction)
+            rules = route.st.ledger.rules
+            by_rules.setdefault(id(rules), (rules, []))[1].append((d, route))
+        for rules, group in by_rules.values():
+            try:
+                reasons: list[str | None] = await rules.refusals(
+                    [route.st_claim(d.rec.signed.instruction) for d, route in group])
+            except LedgerError as exc:
+                reasons = [f"st_chain_unanswered:{type(exc).__name__}"] * len(group)
+            for (d, route), reason in zip(group, reasons):
+                tid = d.rec.trade_id
+                self._reveal_ok[tid] = reason is None
+                if reason is None:
+                    if self._withheld.pop(tid, None) is not None:
+                        await self.store.add_audit(tid, ACTOR, "reveal_unblocked")
+                    continue
+                metrics.REVEALS_WITHHELD.labels(reason.split(":")[0]).inc()
+                if self._withheld.get(tid) != reason:
+                    self._withheld[tid] = reason
+                    self.log.warning("reveal_withheld", trade_id=tid, chain=route.st.name, reason=reason)
+                    await self.store.add_audit(tid, ACTOR, "reveal_withheld", reason=reason)
 
     def _preimage(self, rec: TradeRecord, view: TradeView | None) -> bytes | None:
         public = (view.sc.preimage or view.st.preimage or view.seen_preimage) if view is not None else None

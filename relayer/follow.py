@@ -253,6 +253,7 @@ class Followers:
             height, bhash = oldest - 1, None
         side.follower = side.ledger.follower(
             confirmations=side.confirmations, start_height=max(height, -1), start_hash=bhash, dvp=side.ledger.dvp,
+            finalized_tag=side.config.finality == "finalized",
         )
 
     async def _oldest_open_block(self, side: ChainSide, chain_id: int) -> int | None:

@@ -120,6 +120,10 @@ def test_without_a_file_the_variables_are_one_st_chain_and_one_coin_ledger():
     (THREE.replace('role = "sc"', 'role = "coin"'), "ledgers[2].role"),
     (THREE + "\nsurprise = 1\n", "surprise"),
     (THREE.replace("[[ledgers]]", "[[ledgers", 1), "not valid TOML"),
+    (THREE.replace('name = "st2"', 'name = "st2"\ngas_price_gwei = 0'), 'applies to fee_mode = "legacy" only'),
+    (THREE.replace('name = "st2"', 'name = "st2"\nfee_mode = "type0"'), "ledgers[1].fee_mode"),
+    (THREE.replace('name = "st2"', 'name = "st2"\nfee_mode = "legacy"\ngas_price_gwei = -1'), "gas_price_gwei"),
+    (THREE.replace('name = "st2"', 'name = "st2"\nevm_version = "paris"'), "ledgers[1].evm_version"),
 ])
 def test_a_bad_ledgers_file_is_one_config_error_naming_the_entry(tmp_path, text, says):
     from relayer.errors import ConfigError
@@ -131,7 +135,10 @@ def test_a_bad_ledgers_file_is_one_config_error_naming_the_entry(tmp_path, text,
 
 def test_the_example_ledgers_file_parses():
     s = Settings(_env_file=None, config_file=str(ROOT / "docs" / "ledgers.example.toml"))  # type: ignore[call-arg]
-    assert sorted(lg.role for lg in s.ledger_configs()) == ["sc", "st", "st"]
+    ledgers = s.ledger_configs()
+    assert sorted(lg.role for lg in ledgers) == ["sc", "st", "st"]
+    st2 = next(lg for lg in ledgers if lg.name == "st2")
+    assert (st2.fee_mode, st2.gas_price_gwei, st2.evm_version) == ("legacy", 0, "london")
 
 
 def test_the_env_example_placeholders_do_not_override_the_ledgers_file(tmp_path):

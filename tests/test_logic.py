@@ -243,6 +243,32 @@ async def test_the_reveal_is_sent_urgent_and_other_claims_are_not():
     assert sc_tx[3] is True and st_tx[3] is False
 
 
+async def test_no_reveal_while_the_st_token_would_refuse_the_buyers_claim_and_one_once_it_would():
+    """The reveal gate (issue 16) against fakes: the ST chain's rules refuse escrow -> buyer, so the SC claim is
+    not sent (audited once); once they allow it, it is."""
+    store, st_side, sc_side, _, _, executor = world()
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    secret = os.urandom(32)
+    ev = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount,
+                                        hashlib.sha256(secret).digest(), NOW + 200))
+    rec.fields["secret"] = executor.box.seal(secret, rec.trade_id)
+    st_side.ledger.rules.refuse[(ins.stToken, st_side.ledger.escrow, ins.buyerStAccount)] = "wallet_frozen:buyer"
+    for _ in range(2):  # asked twice, audited once
+        executor.not_before.clear()
+        executor.dispatch([Due(rec, Action.CLAIM_SC, None, None, ev, time.monotonic())])
+        await _settle(executor)
+    assert not [tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]
+    assert [t.receiver for t in st_side.ledger.rules.asked] == [ins.buyerStAccount] * 2
+    assert [e["event"] for e in store.audits[rec.trade_id]].count("reveal_withheld") == 1
+    st_side.ledger.rules.refuse.clear()
+    executor.not_before.clear()
+    executor.dispatch([Due(rec, Action.CLAIM_SC, None, None, ev, time.monotonic())])
+    await _settle(executor)
+    assert len([tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]) == 1
+    assert "reveal_unblocked" in [e["event"] for e in store.audits[rec.trade_id]]
+
+
 async def _settle(executor: Executor) -> None:
     import asyncio
 

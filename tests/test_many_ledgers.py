@@ -11,7 +11,7 @@ import pytest
 
 from adapters.contracts import encode_call
 from adapters.evm import EvmChain, TxSender
-from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account, ledgers_toml
+from deploy.devnet import PERMISSIONED_ANVIL, ROLES, DevnetOptions, _deploy, dev_account, ledgers_toml
 from deploy.processes import AnvilProcess, free_port
 from relayer.errors import InvalidInstruction
 from relayer.protocol.instruction import sign_instruction
@@ -28,7 +28,8 @@ async def three(redis_server, tmp_path_factory):
     k = 2 and a 2 s block time (a slower platform: a longer Δ for its trades)."""
     from relayer.secrets import generate_key
 
-    nodes = {name: AnvilProcess(chain_id=cid, port=free_port(), block_time=0.5).start()
+    nodes = {name: AnvilProcess(chain_id=cid, port=free_port(), block_time=0.5,
+                                extra_args=PERMISSIONED_ANVIL if name == "st2" else ()).start()
              for name, cid in (("st", 17101), ("sc", 17102), ("st2", 17103))}
     try:
         doc = await _deploy(DevnetOptions(), nodes["st"].url, nodes["sc"].url, redis_server.url,
@@ -36,7 +37,8 @@ async def three(redis_server, tmp_path_factory):
         path = tmp_path_factory.mktemp("ledgers") / "ledgers.toml"
         text = ledgers_toml(doc).replace('name = "st2"', 'name = "st2"\nconfirmations = 2\nblock_time = 2.0')
         path.write_text(text.replace('ws_url = "ws://', 'ws_url = "" # ws://'))
-        chains = {name: EvmChain(name, [node.url]) for name, node in nodes.items()}
+        chains = {name: EvmChain(name, [node.url], fee_mode="legacy" if name == "st2" else "eip1559",
+                                 gas_price_wei=0 if name == "st2" else None) for name, node in nodes.items()}
         for chain in chains.values():
             await chain.connect()
         net = Net(doc, redis_server.port, chains["st"], chains["sc"], generate_key())
@@ -86,6 +88,17 @@ async def test_one_worker_settles_on_two_st_platforms_against_one_coin_ledger_ea
             assert rec.get_int("sc_timelock") == rec.get_int("st_timelock") - delta
             sent = {e["chain"] for e in await engine.store.audit(ins.tradeId) if e["event"].endswith("_sent")}
             assert sent == {ledger, "sc"}, sent  # the audit names the ledger each transaction went to
+        # st is an ERC-3643 (T-REX) platform; st2 a plain allowlist token on a permissioned profile, where every
+        # transaction of ours is legacy at gas price 0
+        kinds = {lg: (await engine.routes.by_name[lg].ledger.rules.rules(_token(net, lg))).standard
+                 for lg in ("st", "st2")}
+        assert kinds == {"st": "erc3643", "st2": "allowlist"}
+        for ledger, ins in trades:
+            if ledger == "st2":
+                for e in await engine.store.audit(ins.tradeId):
+                    if e["event"].endswith("_sent") and e["chain"] == "st2":
+                        tx = await chains["st2"].rpc("eth_getTransactionByHash", [e["tx"]])
+                        assert int(tx["type"], 16) == 0 and int(tx["gasPrice"], 16) == 0
     finally:
         await close_engine(engine)
 
