@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_abi import encode as abi_encode
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 
@@ -37,7 +38,13 @@ def _call_data(signature: str, *args: Any) -> str:
     return "0x" + (function_signature_to_4byte_selector(signature) + encoded).hex()
 
 
+BATCH_CALLS = 500  # eth_calls per JSON-RPC batch request (geth and Besu refuse batches above ~1,000)
+
+
 def _word(raw: str, kind: str = "uint256") -> Any:
+    """One ABI word; raises ValueError / DecodingError on anything else (a hostile or broken token's answer)."""
+    if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 66:
+        raise ValueError(f"not one ABI word: {str(raw)[:80]}")
     return abi_decode([kind], bytes.fromhex(raw[2:]))[0]
 
 
@@ -74,13 +81,21 @@ class TransferRules:
         return result
 
     async def _try_word(self, to: str, data: str, kind: str) -> Any:
+        """The function's one-word answer; None when the call reverts (no such function) or answers something
+        that is not one well-formed word. Any other node error (rate limit, timeout) is raised: a token's kind is
+        never decided, and cached, from a failed read."""
         try:
             raw = await self._eth_call(to, data)
-        except RpcError:  # reverted: the token has no such function
+        except RpcError as exc:
+            if not _is_revert(exc):
+                raise
             return None
         if not isinstance(raw, str) or len(raw) != 66:
             return None
-        return _word(raw, kind)
+        try:
+            return _word(raw, kind)
+        except (DecodingError, ValueError):
+            return None
 
     def known(self, token: str) -> str | None:
         """The token's kind if already read (rules() reads it), else None."""
@@ -106,32 +121,95 @@ class TransferRules:
             self._rules[token] = found
             return found
 
-    async def refusals(self, transfers: list[Transfer]) -> list[str | None]:
+    async def refusals(self, transfers: list[Transfer], _reread: bool = True) -> list[str | None]:
         """For each transfer, None if the token would make it now, else why not (a short reason code with the
-        address it concerns). One batched JSON-RPC request for all of them. Raises LedgerError (the chain did not
-        answer) — the caller decides whether that means "retry later"."""
+        address it concerns). Batched JSON-RPC requests of at most BATCH_CALLS calls; a chunk with a reverting
+        read is asked again transfer by transfer, so one hostile token or holder refuses only its own transfers
+        ("token_check_reverted"), and an answer that does not decode refuses only its own ("malformed_answer").
+        Transfers out of one sender (an escrow's claims) are judged together: its unfrozen holding must cover
+        all of them. Raises LedgerError only when the chain did not answer — "retry later"."""
         rules = [await self.rules(t.token) for t in transfers]
+        out: list[str | None] = [None] * len(transfers)
+        free: dict[int, int] = {}  # transfer index -> its sender's unfrozen units (ERC-3643, allowed so far)
+        pending = [i for i, r in enumerate(rules) if _reads(r)]
+        for start in range(0, len(pending), max(1, BATCH_CALLS // 9)):
+            chunk = pending[start:start + max(1, BATCH_CALLS // 9)]
+            try:
+                answers = await self._answers([(transfers[i], rules[i]) for i in chunk])
+            except RpcError as exc:
+                if not _is_revert(exc):
+                    raise
+                answers = []
+                for i in chunk:  # one by one: the reverting read refuses its own transfer only
+                    try:
+                        answers += await self._answers([(transfers[i], rules[i])])
+                    except RpcError as one:
+                        if not _is_revert(one):
+                            raise
+                        answers.append({"reverted": str(one)[:120]})
+            for i, seen in zip(chunk, answers):
+                out[i] = _judge_safely(transfers[i], rules[i], seen)
+                if out[i] is None and rules[i].standard == ERC3643:
+                    free[i] = int(_word(seen["balance"])) - int(_word(seen["frozen_units"]))
+        _share_holdings(transfers, rules, out, free)
+        stale = [i for i, r in enumerate(rules) if r.standard == ERC3643 and out[i] == "registry_changed"]
+        for token in {transfers[i].token for i in stale}:
+            self._rules.pop(to_checksum_address(token), None)  # the owner swapped registry or compliance
+        if stale and _reread:
+            again = await self.refusals([transfers[i] for i in stale], _reread=False)
+            for i, reason in zip(stale, again):
+                out[i] = reason
+        return out
+
+    async def _answers(self, items: list[tuple[Transfer, TokenRules]]) -> list[dict[str, Any]]:
         calls: list[tuple[str, list[Any]]] = []
         plans: list[list[str]] = []
-        for t, r in zip(transfers, rules):
+        for t, r in items:
             names = _reads(r)
             plans.append(names)
             calls += [("eth_call", [{"to": to, "data": data}, "latest"]) for to, data in
                       (_read(name, t, r) for name in names)]
-        answers = iter(await self.chain.rpc_batch(calls)) if calls else iter(())
-        out: list[str | None] = []
-        for t, r, names in zip(transfers, rules, plans):
-            seen = {name: next(answers) for name in names}
-            out.append(_judge(t, r, seen))
-        return out
+        answers = iter(await self.chain.rpc_batch(calls))
+        return [{name: next(answers) for name in names} for names in plans]
 
     async def refusal(self, transfer: Transfer) -> str | None:
         return (await self.refusals([transfer]))[0]
 
 
+def _is_revert(exc: RpcError) -> bool:
+    """A call that reverted (the function is missing or refused), as opposed to a node that could not answer."""
+    return exc.code == 3 or "revert" in str(exc).lower()
+
+
+def _judge_safely(t: Transfer, r: TokenRules, seen: dict[str, Any]) -> str | None:
+    if "reverted" in seen:
+        return "token_check_reverted"
+    try:
+        return _judge(t, r, seen)
+    except (DecodingError, ValueError, TypeError, KeyError):
+        return "malformed_answer"
+
+
+def _share_holdings(transfers: list[Transfer], rules: list[TokenRules], out: list[str | None],
+                    free: dict[int, int]) -> None:
+    """Several funded transfers out of one sender (an escrow's claims in one batch) need its unfrozen holding to
+    cover their sum, not each amount alone; the later ones beyond it are refused."""
+    left: dict[tuple[str, str], int] = {}
+    for i, t in enumerate(transfers):
+        if out[i] is not None or not t.funded or rules[i].standard != ERC3643 or i not in free:
+            continue
+        key = (to_checksum_address(t.token), to_checksum_address(t.sender))
+        left.setdefault(key, free[i])
+        if left[key] < t.amount:
+            out[i] = f"insufficient_free_units:{t.sender}"
+        else:
+            left[key] -= t.amount
+
+
 def _reads(r: TokenRules) -> list[str]:
     if r.standard == ERC3643:
-        return ["paused", "frozen_sender", "frozen_receiver", "balance", "frozen_units", "verified", "can_transfer"]
+        return ["paused", "frozen_sender", "frozen_receiver", "balance", "frozen_units", "verified", "can_transfer",
+                "registry_now", "compliance_now"]
     if r.standard == ALLOWLIST:
         return ["paused", "allowed_sender", "allowed_receiver"]
     return []
@@ -147,6 +225,8 @@ def _read(name: str, t: Transfer, r: TokenRules) -> tuple[str, str]:
         "verified": (r.identity_registry, "isVerified(address)", t.receiver),
         "can_transfer": (r.compliance, "canTransfer(address,address,uint256)", t.sender, t.receiver, t.amount),
         "allowed_sender": (t.token, "isAllowed(address)", t.sender),
+        "registry_now": (t.token, "identityRegistry()"),
+        "compliance_now": (t.token, "compliance()"),
         "allowed_receiver": (t.token, "isAllowed(address)", t.receiver),
     }
     to, signature, *args = reads[name]
@@ -166,6 +246,9 @@ def _judge(t: Transfer, r: TokenRules, seen: dict[str, str]) -> str | None:
             if not flag(name):
                 return f"not_allowed:{who}"
         return None
+    if (to_checksum_address(_word(seen["registry_now"], "address")) != r.identity_registry
+            or to_checksum_address(_word(seen["compliance_now"], "address")) != r.compliance):
+        return "registry_changed"  # refusals() reads the token's kind again and asks once more
     for who, name in ((t.sender, "frozen_sender"), (t.receiver, "frozen_receiver")):
         if flag(name):
             return f"wallet_frozen:{who}"

@@ -464,12 +464,17 @@ class TxSender:
 
         return await self.chain.call(lookup)
 
-    async def _bump(self, sent: SentTx) -> None:
+    async def _bump(self, sent: SentTx, new_hash: bool = False) -> None:
+        """Re-sign at the same nonce with higher fees. `new_hash`: the node must see another transaction (it lists
+        the old one in a block it never applied): at a chain's fixed gas price, one more unit of gas limit."""
         max_fee, tip = await (self._urgent_fees() if sent.urgent else self._fees())
         params = dict(sent.params)
         factor = 100 + self.fee_bump_percent
         if "gasPrice" in params:
-            if self.chain.gas_price_wei is not None:  # a fixed price (often 0): re-sending is all there is to do
+            if self.chain.gas_price_wei is not None:  # a fixed price (often 0): no fee to raise
+                if new_hash:
+                    params["gas"] += 1
+                    self._sign(params, previous=sent)
                 await self._broadcast(sent)
                 return
             params["gasPrice"] = max(max_fee, params["gasPrice"] * factor // 100 + 1)
@@ -515,9 +520,6 @@ class TxSender:
 
     def _done(self, sent: SentTx, receipt: TxReceipt) -> TxReceipt:
         self.in_flight.pop(sent.nonce, None)
-        # mined: never re-signed again (a revival re-sends `raw`), so the unsigned calldata copy can go; a batch's
-        # calldata is tens of KB and the history keeps hundreds of transactions per account
-        sent.params = {k: v for k, v in sent.params.items() if k != "data"}
         self.shallow[sent.nonce] = sent
         if len(self.shallow) > self._history_size:  # nobody calls revive_reorged (a one-off tool): stay bounded
             del self.shallow[min(self.shallow)]
@@ -580,7 +582,7 @@ class TxSender:
                     # the node lists it in a block, yet the account's nonce says it never ran: a node restored
                     # from an older state than its block index (seen with anvil --state). The same bytes would
                     # be refused as known; the same intent with a new fee (a new hash) goes through.
-                    await self._bump(sent)
+                    await self._bump(sent, new_hash=True)
                     self.in_flight[nonce] = sent
                 elif sent is not None:
                     await self._broadcast(sent)

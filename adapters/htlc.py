@@ -207,7 +207,8 @@ class EscrowFollower:
                               head_gas_limit=int(head_block.get("gasLimit", 0)))
         if self.finalized_tag:
             final = await self.chain.rpc("eth_getBlockByNumber", ["finalized", False])
-            await self._confirmed(result, head, int(final["number"], 16) if final else -1)
+            if final:  # a node with nothing finalized yet (null) confirms nothing this poll, never rewinds
+                await self._confirmed(result, head, min(int(final["number"], 16), head))
         else:
             await self._confirmed(result, head)
         if result.rewound_to is None and head > max(self.height, self._preimages_read_to):

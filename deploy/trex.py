@@ -99,6 +99,7 @@ class _Pipeline:
         self.address = account.address
         self.nonce: int | None = None
         self.sent: list[Any] = []
+        self.expected: dict[int, str] = {}  # index in `sent` -> the CREATE address computed for it
 
     async def _next_nonce(self) -> int:
         if self.nonce is None:
@@ -108,8 +109,13 @@ class _Pipeline:
     async def deploy(self, name: str, *ctor_args: Any) -> str:
         nonce = await self._next_nonce()
         data = _contract(name).constructor(*ctor_args).data_in_transaction
-        self.sent.append(await self.tx.send(None, data))  # a constructor depends on nothing: estimated
-        return to_checksum_address(keccak(rlp.encode([bytes.fromhex(self.address[2:]), nonce]))[12:])
+        sent = await self.tx.send(None, data)  # a constructor depends on nothing: estimated
+        if sent.nonce != nonce:
+            raise RuntimeError(f"{name}: sent with nonce {sent.nonce}, expected {nonce} (another sender of this key?)")
+        self.sent.append(sent)
+        address = to_checksum_address(keccak(rlp.encode([bytes.fromhex(self.address[2:]), nonce]))[12:])
+        self.expected[len(self.sent) - 1] = address
+        return address
 
     async def call(self, to: str, data: str, gas: int = CALL_GAS) -> None:
         await self._next_nonce()
@@ -117,8 +123,11 @@ class _Pipeline:
 
     async def done(self) -> None:
         """Every transaction mined and successful (TransactionReverted otherwise)."""
-        await asyncio.gather(*(self.tx.wait(s) for s in self.sent))
-        self.sent, self.nonce = [], None
+        receipts = await asyncio.gather(*(self.tx.wait(s) for s in self.sent))
+        for i, address in self.expected.items():
+            if to_checksum_address(str(receipts[i]["contractAddress"])) != address:
+                raise RuntimeError(f"deployed at {receipts[i]['contractAddress']}, expected {address}")
+        self.sent, self.nonce, self.expected = [], None, {}
 
 
 async def deploy_suite(chain: EvmChain, issuer: LocalAccount, *, name: str, symbol: str,

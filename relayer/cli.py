@@ -108,7 +108,7 @@ def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals
 
     async def go() -> None:
         chain = EvmChain(kind, [rpc_url], fee_mode=fee_mode,
-                         gas_price_wei=None if gas_price_gwei is None else int(gas_price_gwei * 10**9))
+                         gas_price_wei=None if gas_price_gwei is None else round(gas_price_gwei * 10**9))
         try:
             dep = await deploy_chain(chain, deployer, kind=kind, token_name=token_name,
                                      token_symbol=token_symbol, token_decimals=decimals, evm_version=evm_version)
@@ -161,7 +161,8 @@ def onboard_escrow(ledger: str, tokens: tuple[str, ...], identity: str, country:
             raise ConfigError("DVP_AGENT_KEY (environment): not a 32-byte private key") from None
 
     async def go() -> list[dict]:
-        chain = EvmChain(chosen.name, chosen.rpc_urls)
+        chain = EvmChain(chosen.name, chosen.rpc_urls, fee_mode=chosen.fee_mode,
+                         gas_price_wei=None if chosen.gas_price_gwei is None else round(chosen.gas_price_gwei * 10**9))
         out = []
         try:
             for token in tokens or chosen.tokens:

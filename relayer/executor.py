@@ -47,7 +47,7 @@ class Executor:
         self.entry_gas: dict[tuple[str, str], float] = {}  # (chain, kind) -> measured gas per batch entry
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
         self._withheld: dict[str, str] = {}  # trade id -> why its reveal is held back (logged once per reason)
-        self._reveal_ok: dict[str, bool] = {}  # trade id -> the ST claim would succeed now (set just before prepare)
+        self._reveal_ok: dict[DueKey, bool] = {}  # due -> the ST claim would succeed now (set just before prepare)
         self._preparing = asyncio.Semaphore(PREPARE_AT_ONCE)  # a batch's checks share the Redis and RPC pools
         # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
         self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
@@ -64,7 +64,8 @@ class Executor:
         for key in [k for k in self.not_before if k[0] == trade_id]:
             self.not_before.pop(key, None)
         self._withheld.pop(trade_id, None)
-        self._reveal_ok.pop(trade_id, None)
+        for key in [k for k in self._reveal_ok if k[0] == trade_id]:
+            self._reveal_ok.pop(key, None)
         for key in [k for k, t in self.inflight.items() if k[0] == trade_id and t.done()]:
             self.inflight.pop(key, None)
 
@@ -332,7 +333,7 @@ class Executor:
         preimage = self._preimage(rec, d.view)
         if preimage is None:
             return None
-        if action is Action.CLAIM_SC and not self._public(d.view) and not self._reveal_ok.pop(rec.trade_id, False):
+        if action is Action.CLAIM_SC and not self._public(d.view) and not self._reveal_ok.pop(d.key, False):
             return None  # do not reveal: asked again next round while the reveal window lasts, then both refund
         claim = (preimage, ev.swap_id, ev.token, ev.amount, ev.receiver, ev.timelock)
         return Prepared(d, ledger, via, claim, (ev.token, ev.receiver), expires=ev.timelock)
@@ -377,7 +378,7 @@ class Executor:
                 reasons = [f"st_chain_unanswered:{type(exc).__name__}"] * len(group)
             for (d, route), reason in zip(group, reasons):
                 tid = d.rec.trade_id
-                self._reveal_ok[tid] = reason is None
+                self._reveal_ok[d.key] = reason is None
                 if reason is None:
                     if self._withheld.pop(tid, None) is not None:
                         await self.store.add_audit(tid, ACTOR, "reveal_unblocked")

@@ -157,8 +157,8 @@ async def test_a_lease_held_by_a_dead_process_is_taken_over_before_its_ttl(redis
 
 async def test_the_send_history_forgets_transactions_once_they_are_deep():
     """Found by the 20,000-trade soak: every sent transaction stayed in `history` (raw bytes and calldata, tens of
-    KB for a batch) up to 512 per account, so RSS grew ~1.9 MB per 1,000 trades. A mined transaction keeps only
-    its signed bytes, and goes once it is deeper than a reorg the relayer guards against."""
+    KB for a batch) up to 512 per account, so RSS grew ~1.9 MB per 1,000 trades. A mined transaction goes once it
+    is deeper than a reorg the relayer guards against."""
     node = AnvilProcess(31341, free_port(), block_time=None).start()
     chain = EvmChain("deep", [node.url])
     try:
@@ -168,7 +168,7 @@ async def test_the_send_history_forgets_transactions_once_they_are_deep():
         sent = [await sender.send(other.address, b"\x01" * 4000, gas=200_000) for _ in range(5)]
         for s in sent:
             await sender.wait(s)
-        assert len(sender.history) == 5 and all("data" not in s.params and s.raw for s in sender.history.values())
+        assert len(sender.history) == 5
         # automine: nonce n is in block n + 1 and the head is block 5; only blocks 1-2 are 3 deep
         assert await sender.revive_reorged(depth=3) == 0 and sorted(sender.history) == [2, 3, 4]
         for _ in range(3):
