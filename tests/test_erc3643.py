@@ -233,6 +233,33 @@ async def _agent_action(tnet: Net, action: str, undo: list) -> None:
         undo.append(lambda: token_agent(tnet, "forcedTransfer", tnet.seller.address, escrow, held))
 
 
+@pytest.mark.parametrize("action", ["pause", "freeze_seller"])
+async def test_an_agent_action_between_intake_and_the_st_lock_locks_nothing_and_the_trade_aborts(tnet: Net,
+                                                                                                  action: str):
+    """Accepted, then the agent acts before the seller's lock: the lock cannot go through (its estimate reverts,
+    nothing is sent), nothing is ever locked, and the trade is ABORTED once its deadline passed."""
+    engine = await tnet.engine([tnet.seller, tnet.buyer])
+    undo = ("unpause", ()) if action == "pause" else ("setAddressFrozen", (tnet.seller.address, False))
+    try:
+        before = await _balances(tnet)
+        signed = await tnet.instruction(deadline=await tnet.st.now() + 120)
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        if action == "pause":
+            await token_agent(tnet, "pause")
+        else:
+            await token_agent(tnet, "setAddressFrozen", tnet.seller.address, True)
+        await drive(engine, [tid], until=set(), timeout=4)
+        assert (await engine.store.get(tid)).state == TradeState.MATCHED
+        assert not any(e.endswith("_mined") for e in await _events(engine, tid))
+        await tnet.warp(signed.instruction.deadline - await tnet.st.now() + 2)
+        assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.ABORTED
+        assert await _balances(tnet) == before
+    finally:
+        await close_engine(engine)
+        await token_agent(tnet, undo[0], *undo[1])
+
+
 async def test_a_pause_lifted_before_the_reveal_window_closes_settles(tnet: Net):
     engine = await tnet.engine([tnet.seller, tnet.buyer])
     try:
