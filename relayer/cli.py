@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -77,6 +78,22 @@ def devnet_status(directory: Path) -> None:
     click.echo(json.dumps(status(DevnetOptions(directory=directory)), indent=2))
 
 
+def _key_from_env(var: str, need: str) -> Any:
+    """The account whose private key is in environment variable `var` (never a CLI argument: it would show in
+    `ps`); one ConfigError line when missing or malformed."""
+    import os
+
+    from eth_account import Account
+
+    key = os.environ.get(var, "").strip()
+    if not key:
+        raise ConfigError(f"{var} (environment): missing; {need}")
+    try:
+        return Account.from_key(key)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{var} (environment): not a 32-byte private key (0x + 64 hex digits)") from None
+
+
 @main.command()
 @click.option("--rpc-url", required=True, help="any EVM JSON-RPC endpoint")
 @click.option("--kind", type=click.Choice(["st", "sc"]), required=True, help="ST chain or coin ledger")
@@ -90,25 +107,15 @@ def devnet_status(directory: Path) -> None:
 def deploy(rpc_url: str, kind: str, token_name: str, token_symbol: str, decimals: int, evm_version: str,
            fee_mode: str, gas_price_gwei: float | None) -> None:
     """Deploy the escrow and a permissioned token with the key in DVP_DEPLOYER_KEY."""
-    import os
-
-    from eth_account import Account
-
     from adapters.errors import LedgerError
     from adapters.evm import EvmChain
     from deploy.deployer import deploy_chain
+    from relayer.config import gwei_to_wei
 
-    key = os.environ.get("DVP_DEPLOYER_KEY", "").strip()
-    if not key:
-        raise ConfigError("DVP_DEPLOYER_KEY (environment): missing; set it to the deployer's private key")
-    try:
-        deployer = Account.from_key(key)
-    except (ValueError, TypeError):
-        raise ConfigError("DVP_DEPLOYER_KEY (environment): not a 32-byte private key (0x + 64 hex digits)") from None
+    deployer = _key_from_env("DVP_DEPLOYER_KEY", "set it to the deployer's private key")
 
     async def go() -> None:
-        chain = EvmChain(kind, [rpc_url], fee_mode=fee_mode,
-                         gas_price_wei=None if gas_price_gwei is None else round(gas_price_gwei * 10**9))
+        chain = EvmChain(kind, [rpc_url], fee_mode=fee_mode, gas_price_wei=gwei_to_wei(gas_price_gwei))
         try:
             dep = await deploy_chain(chain, deployer, kind=kind, token_name=token_name,
                                      token_symbol=token_symbol, token_decimals=decimals, evm_version=evm_version)
@@ -136,13 +143,10 @@ def _settings():  # noqa: ANN202
               "DVP_AGENT_KEY (environment)")
 def onboard_escrow(ledger: str, tokens: tuple[str, ...], identity: str, country: int, send: bool) -> None:
     """What an issuer must still do so that the escrow may hold its token (ERC-3643: a verified identity)."""
-    import os
-
-    from eth_account import Account
-
     from adapters.errors import LedgerError
     from adapters.evm import EvmChain
     from deploy.onboarding import escrow_status, send_registration
+    from relayer.config import gwei_to_wei
 
     settings = _settings()
     configs = settings.ledger_configs()
@@ -150,19 +154,11 @@ def onboard_escrow(ledger: str, tokens: tuple[str, ...], identity: str, country:
         (c for c in configs if c.role == "st"), None)
     if chosen is None:
         raise ConfigError(f"no ledger named {ledger!r}: configured are {', '.join(c.name for c in configs)}")
-    agent = None
-    if send:
-        key = os.environ.get("DVP_AGENT_KEY", "").strip()
-        if not key:
-            raise ConfigError("DVP_AGENT_KEY (environment): missing; --send needs an identity-registry agent's key")
-        try:
-            agent = Account.from_key(key)
-        except (ValueError, TypeError):
-            raise ConfigError("DVP_AGENT_KEY (environment): not a 32-byte private key") from None
+    agent = _key_from_env("DVP_AGENT_KEY", "--send needs an identity-registry agent's key") if send else None
 
     async def go() -> list[dict]:
         chain = EvmChain(chosen.name, chosen.rpc_urls, fee_mode=chosen.fee_mode,
-                         gas_price_wei=None if chosen.gas_price_gwei is None else round(chosen.gas_price_gwei * 10**9))
+                         gas_price_wei=gwei_to_wei(chosen.gas_price_gwei))
         out = []
         try:
             for token in tokens or chosen.tokens:

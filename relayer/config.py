@@ -48,6 +48,11 @@ def _check_addresses(value: str) -> str:
     return value
 
 
+def gwei_to_wei(gwei: float | None) -> int | None:
+    """A gas price in gwei as wei (rounded: 8.2 gwei is 8,200,000,000 wei, not one less); None stays None."""
+    return None if gwei is None else round(gwei * 10**9)
+
+
 class LedgerConfig(BaseModel):
     """One ledger the relayer follows: a `[[ledgers]]` table of the config file (DVP_CONFIG_FILE), or, without
     one, the ledger named "st" or "sc" built from the DVP_ST_* / DVP_SC_* variables."""

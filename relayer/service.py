@@ -6,7 +6,7 @@ from adapters.evm import EvmChain
 from adapters.htlc import HtlcLedger
 from adapters.progmat_coin import ProgmatCoinLedger
 from adapters.st_chain import StChainLedger
-from relayer.config import Settings
+from relayer.config import Settings, gwei_to_wei
 from relayer.engine import Engine
 from relayer.errors import ConfigError
 from relayer.follow import ChainSide
@@ -48,7 +48,7 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         chain = next((c for cid, u, c in chains if u == urls or (cid is not None and cid == lg.chain_id)), None)
         if chain is None:
             chain = EvmChain(lg.name, list(urls), request_timeout=settings.rpc_timeout, fee_mode=lg.fee_mode,
-                             gas_price_wei=None if lg.gas_price_gwei is None else round(lg.gas_price_gwei * 10**9))
+                             gas_price_wei=gwei_to_wei(lg.gas_price_gwei))
             chains.append((lg.chain_id, urls, chain))
         ledger: HtlcLedger
         if lg.role == "st":

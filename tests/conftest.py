@@ -39,21 +39,10 @@ async def net(redis_server, tmp_path_factory):
     Interval mining, like real chains: automine stamps each block at least 1 s after the previous one, so a
     burst of transactions runs one chain's clock ahead of the other's.
     """
-    from deploy.devnet import DevnetOptions, _deploy
-    from relayer.secrets import generate_key
-    from tests.relayer_kit import Net
+    from tests.relayer_kit import two_chain_net
 
-    st = AnvilProcess(chain_id=17001, port=free_port(), block_time=0.5).start()
-    sc = AnvilProcess(chain_id=17002, port=free_port(), block_time=0.5).start()
-    doc = await _deploy(DevnetOptions(st_standard="own"), st.url, sc.url, redis_server.url)
-    st_chain, sc_chain = EvmChain("st", [st.url]), EvmChain("sc", [sc.url])
-    await st_chain.connect()
-    await sc_chain.connect()
-    yield Net(doc, redis_server.port, st_chain, sc_chain, generate_key())
-    await st_chain.close()
-    await sc_chain.close()
-    st.stop()
-    sc.stop()
+    async for two in two_chain_net(redis_server, "own", 17001, 17002):
+        yield two
 
 
 @pytest.fixture(scope="session")

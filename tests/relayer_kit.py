@@ -7,6 +7,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 from adapters.contracts import encode_call
@@ -125,7 +126,28 @@ async def drive(engine: Engine, trade_ids: list[str], until: frozenset[TradeStat
     return states
 
 
-__all__ = ["Net", "drive", "close_engine", "generate_key"]
+async def two_chain_net(redis_server: Any, st_standard: str, st_chain_id: int, sc_chain_id: int
+                        ) -> AsyncIterator[Net]:
+    """An ST chain (its token: `st_standard`) and a coin ledger, deployed and funded, as a Net; stopped after."""
+    from deploy.devnet import DevnetOptions, _deploy
+    from deploy.processes import AnvilProcess, free_port
+
+    st = AnvilProcess(chain_id=st_chain_id, port=free_port(), block_time=0.5).start()
+    sc = AnvilProcess(chain_id=sc_chain_id, port=free_port(), block_time=0.5).start()
+    st_chain, sc_chain = EvmChain("st", [st.url]), EvmChain("sc", [sc.url])
+    try:
+        doc = await _deploy(DevnetOptions(st_standard=st_standard), st.url, sc.url, redis_server.url)
+        await st_chain.connect()
+        await sc_chain.connect()
+        yield Net(doc, redis_server.port, st_chain, sc_chain, generate_key())
+    finally:
+        await st_chain.close()
+        await sc_chain.close()
+        st.stop()
+        sc.stop()
+
+
+__all__ = ["Net", "drive", "close_engine", "generate_key", "two_chain_net"]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

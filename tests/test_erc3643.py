@@ -12,13 +12,12 @@ import os
 
 import pytest
 
-from adapters.evm import EvmChain, TxSender
+from adapters.evm import TxSender
 from deploy import trex
-from deploy.devnet import DevnetOptions, _deploy, dev_account
-from deploy.processes import AnvilProcess, free_port
+from deploy.devnet import dev_account
 from relayer.errors import ComplianceRefused
 from relayer.protocol.states import TradeState
-from tests.relayer_kit import Net, close_engine, drive, generate_key
+from tests.relayer_kit import Net, close_engine, drive, two_chain_net
 
 GWEI = 10**9
 AGENT_TIP = 100 * GWEI  # the agent's calls outbid the relayer's 1 gwei claims in the same block
@@ -27,17 +26,8 @@ AGENT_TIP = 100 * GWEI  # the agent's calls outbid the relayer's 1 gwei claims i
 @pytest.fixture(scope="module")
 async def tnet(redis_server):
     """A T-REX ST chain and a coin ledger (own Stablecoin), the demo parties verified and funded."""
-    st = AnvilProcess(chain_id=17201, port=free_port(), block_time=0.5).start()
-    sc = AnvilProcess(chain_id=17202, port=free_port(), block_time=0.5).start()
-    doc = await _deploy(DevnetOptions(st_standard="erc3643"), st.url, sc.url, redis_server.url)
-    st_chain, sc_chain = EvmChain("st", [st.url]), EvmChain("sc", [sc.url])
-    await st_chain.connect()
-    await sc_chain.connect()
-    yield Net(doc, redis_server.port, st_chain, sc_chain, generate_key())
-    await st_chain.close()
-    await sc_chain.close()
-    st.stop()
-    sc.stop()
+    async for two in two_chain_net(redis_server, "erc3643", 17201, 17202):
+        yield two
 
 
 def _suite(net: Net) -> trex.TrexSuite:

@@ -226,14 +226,20 @@ async def test_a_lock_whose_account_another_worker_signs_for_is_routed_not_sent(
     assert not sc_side.ledger.all_senders[BUYER].sent
 
 
-async def test_the_reveal_is_sent_urgent_and_other_claims_are_not():
-    store, st_side, sc_side, _, _, executor = world()
+def _sc_locked_with_our_secret(store, sc_side, executor):
+    """A trade whose SC the buyer locked on the fake coin ledger, the seller's secret sealed in its record."""
     rec = new_trade(store)
     ins = rec.signed.instruction
     secret = os.urandom(32)
     ev = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount,
                                         hashlib.sha256(secret).digest(), NOW + 200))
     rec.fields["secret"] = executor.box.seal(secret, rec.trade_id)
+    return rec, ev
+
+
+async def test_the_reveal_is_sent_urgent_and_other_claims_are_not():
+    store, st_side, sc_side, _, _, executor = world()
+    rec, ev = _sc_locked_with_our_secret(store, sc_side, executor)
     executor.dispatch([Due(rec, Action.CLAIM_SC, None, None, ev, time.monotonic())])
     dues = _claims(store, st_side, 1, executor.box)
     executor.dispatch(dues)
@@ -247,12 +253,8 @@ async def test_no_reveal_while_the_st_token_would_refuse_the_buyers_claim_and_on
     """The reveal gate (issue 16) against fakes: the ST chain's rules refuse escrow -> buyer, so the SC claim is
     not sent (audited once); once they allow it, it is."""
     store, st_side, sc_side, _, _, executor = world()
-    rec = new_trade(store)
+    rec, ev = _sc_locked_with_our_secret(store, sc_side, executor)
     ins = rec.signed.instruction
-    secret = os.urandom(32)
-    ev = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount,
-                                        hashlib.sha256(secret).digest(), NOW + 200))
-    rec.fields["secret"] = executor.box.seal(secret, rec.trade_id)
     st_side.ledger.rules.refuse[(ins.stToken, st_side.ledger.escrow, ins.buyerStAccount)] = "wallet_frozen:buyer"
     for _ in range(2):  # asked twice, audited once
         executor.not_before.clear()
