@@ -20,11 +20,13 @@ $(NPM_STAMP): package.json package-lock.json
 	@touch $@
 
 # Debian packages: redis-server (tests start their own on a free port, so the binary must exist even when a
-# Redis is listening) and chromium (the dashboard's browser test; playwright drives it, no browser download).
+# Redis is listening), chromium (the dashboard's browser test; playwright drives it, no browser download) and
+# softhsm2 (a real PKCS#11 software HSM for the pkcs11: signers' tests and bench).
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	 command -v chromium >/dev/null || missing="$$missing chromium"; \
+	 command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
 	 if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	   $(APT) update -qq && $(APT) install -y -qq $$missing; fi
 

@@ -18,7 +18,6 @@ from typing import Any, TypeVar, cast
 
 import aiohttp
 import structlog
-from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -35,6 +34,7 @@ from web3.types import TxReceipt
 
 from adapters.contracts import decode_error
 from adapters.errors import ReceiptTimeout, RpcError, RpcUnavailable, TransactionDropped, TransactionReverted
+from adapters.signers import Signer
 
 T = TypeVar("T")
 W3 = AsyncWeb3[Any]  # one endpoint's client (web3 8 types AsyncWeb3 by its provider)
@@ -297,7 +297,7 @@ class TxSender:
     def __init__(
         self,
         chain: EvmChain,
-        account: LocalAccount,
+        account: Signer,
         *,
         priority_fee_wei: int = 1_000_000_000,
         rebroadcast_after: float = 3.0,

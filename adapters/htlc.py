@@ -10,11 +10,11 @@ the source of truth; the cursor (height + hash) is handed in and out by the call
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
@@ -33,6 +33,7 @@ from adapters.contracts import (
 )
 from adapters.errors import LeaseLost, RpcError
 from adapters.evm import EvmChain, TxSender
+from adapters.signers import Signer
 
 ESCROW = "HashedTimelockEscrow"
 ATOMIC_DVP = "AtomicDvP"
@@ -301,7 +302,7 @@ class HtlcLedger:
 
     kind = "evm"
 
-    def __init__(self, chain: EvmChain, escrow: str, accounts: dict[str, LocalAccount], dvp: str = "",
+    def __init__(self, chain: EvmChain, escrow: str, accounts: Mapping[str, Signer], dvp: str = "",
                  max_priority_fee_wei: int = 200_000_000_000) -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)

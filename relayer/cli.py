@@ -1,5 +1,5 @@
-"""`dvp-relayer …`: devnet, deploy, onboard-escrow, run, submit, status, sign, demo, keygen, gas-report, chaos,
-bench."""
+"""`dvp-relayer …`: devnet, deploy, onboard-escrow, run, submit, status, sign, demo, keygen, keys, gas-report,
+chaos, bench."""
 
 from __future__ import annotations
 
@@ -371,6 +371,11 @@ def keygen() -> None:
     from relayer.secrets import generate_key
 
     click.echo(generate_key())
+
+
+from relayer.keys_cli import keys  # noqa: E402 - registered here, defined in its own module
+
+main.add_command(keys)
 
 
 @main.command("gas-report")

@@ -14,15 +14,17 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address, to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.signers import DEFAULT_PKCS11_MODULE, HashSigner, SignerDefaults, SignerError, env_signer, parse_reference
 from relayer.errors import ConfigError
 from relayer.protocol.rules import TimingPolicy
 
+# chain ids of local devnets (anvil and hardhat, geth --dev and ganache, `dvp-relayer devnet up`): raw env: keys
+# against any other chain id get a warning at start
+DEVNET_CHAIN_IDS = frozenset({31337, 1337, 17001, 17002, 17003})
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
@@ -188,7 +190,15 @@ class Settings(BaseSettings):
     trusted_pts_signers: str = Field("", description="comma-separated addresses of PTS keys we accept")
     pts_domain_salt: str = Field("", description="0x + 32 bytes: the `salt` of this deployment's trade-instruction "
                                  "EIP-712 domain; the PTS signs with the same value (docs/trade-instruction.md)")
-    party_keys: SecretStr = Field(SecretStr(""), description="comma-separated private keys of accounts we act for")
+    party_keys: SecretStr = Field(SecretStr(""), description="comma-separated raw private keys of accounts we act "
+                                  "for: a devnet only (same as env: signers)")
+    signers: SecretStr = Field(SecretStr(""), description="comma-separated signer references, one per account we "
+                               "act for: pkcs11:token=T;object=LABEL, keystore:/path.json, env:0x… (devnet)")
+    pkcs11_module: str = Field(DEFAULT_PKCS11_MODULE, description="PKCS#11 module for pkcs11: signers that name none")
+    pkcs11_pin_file: str = Field("", description="file holding the HSM user PIN, for pkcs11: signers without "
+                                 "pin-source=")
+    keystore_passphrase_file: str = Field("", description="file holding the passphrase of keystore: signers "
+                                          "without passphrase-file=")
     secret_key: SecretStr = Field(SecretStr(""), description="AES-256 key (url-safe base64) for secrets at rest")
 
     confirmations: int = Field(1, ge=1)
@@ -240,6 +250,14 @@ class Settings(BaseSettings):
         for i, key in enumerate(_split(v.get_secret_value()), 1):
             if not _KEY.match(key):  # never echo the value: it is (meant to be) a private key
                 raise ValueError(f"entry {i} is not a 32-byte private key (64 hex digits, 0x optional)")
+        return v
+
+    @field_validator("signers")
+    @classmethod
+    def _signer_refs(cls, v: SecretStr) -> SecretStr:
+        for i, ref in enumerate(_split(v.get_secret_value()), 1):
+            if not ref.startswith(("pkcs11:", "keystore:", "env:")):  # never echo it: it may be a raw key
+                raise ValueError(f"entry {i} is not a signer reference (pkcs11:…, keystore:…, env:0x…)")
         return v
 
     @field_validator("secret_key")
@@ -294,10 +312,27 @@ class Settings(BaseSettings):
     def sc_token_set(self) -> set[str]:
         return {to_checksum_address(a) for a in _split(self.sc_tokens)}
 
-    def accounts(self) -> dict[str, LocalAccount]:
-        """address -> signer, for every configured party key."""
-        accts = [Account.from_key(k) for k in _split(self.party_keys.get_secret_value())]
-        return {a.address: a for a in accts}
+    _signers: dict[str, HashSigner] | None = PrivateAttr(None)
+
+    def accounts(self) -> dict[str, HashSigner]:
+        """address -> signer, for every account we act for (DVP_PARTY_KEYS and DVP_SIGNERS); opened once (an HSM
+        session, a keystore's decryption). ConfigError naming the entry, never its key, when one cannot sign."""
+        if self._signers is None:
+            defaults = SignerDefaults(self.pkcs11_module, self.pkcs11_pin_file, self.keystore_passphrase_file)
+            signers: dict[str, HashSigner] = {}
+            entries = [("DVP_PARTY_KEYS", i, "env:" + k) for i, k in
+                       enumerate(_split(self.party_keys.get_secret_value()), 1)]
+            entries += [("DVP_SIGNERS", i, ref) for i, ref in enumerate(_split(self.signers.get_secret_value()), 1)]
+            for var, i, ref in entries:
+                try:
+                    signer = env_signer(ref[4:]) if var == "DVP_PARTY_KEYS" else parse_reference(ref, defaults)
+                except SignerError as exc:
+                    raise ConfigError(f"{var} entry {i}: {exc}") from None
+                if signer.address in signers:
+                    raise ConfigError(f"{var} entry {i}: account {signer.address} is configured twice")
+                signers[signer.address] = signer
+            self._signers = signers
+        return dict(self._signers)
 
     def ledger_configs(self) -> list[LedgerConfig]:
         """The ledgers to follow: the config file's, where a DVP_ST_* / DVP_SC_* value set explicitly overrides

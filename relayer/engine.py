@@ -24,7 +24,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from adapters.errors import LedgerError, RpcUnavailable
 from adapters.evm import HeadWatcher
 from relayer import metrics
-from relayer.config import Settings
+from relayer.config import DEVNET_CHAIN_IDS, Settings
 from relayer.coordination import Coordinator
 from relayer.driver import Driver, Quarantine, Round
 from relayer.errors import ConcurrentUpdate, ConfigError, CorruptRecord, FencedOut
@@ -139,6 +139,15 @@ class Engine:
             raise errors[0]
         self.started = True
         self.log.info("engine_started", ledgers={s.name: s.chain_id for s in self.sides})
+        self._warn_raw_keys()
+
+    def _warn_raw_keys(self) -> None:
+        """Raw keys in the environment are for a devnet: say so loudly when they sign for a chain that is not one."""
+        raw = sorted(a for a, signer in self.settings.accounts().items() if getattr(signer, "kind", "") == "env")
+        real = sorted({s.chain_id for s in self.sides if s.chain_id is not None and s.chain_id not in DEVNET_CHAIN_IDS})
+        if raw and real:
+            self.log.warning("raw_keys_on_a_real_chain", accounts=raw, chain_ids=real,
+                             hint="move these keys into an HSM (pkcs11:) or a keystore (keystore:); see DVP_SIGNERS")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds until `stop` is set; then waits for in-flight sends so nothing is left half-done.

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 REDACTED_KEYS = frozenset({"secret", "preimage", "private_key", "key", "party_keys", "secret_key", "sealed",
-                           "signature_key", "raw"})
+                           "signature_key", "raw", "pin", "passphrase", "signers"})
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -59,3 +59,17 @@ async def one_chain(redis_server):
     yield Net(doc, redis_server.port, chain, chain, generate_key())
     await chain.close()
     node.stop()
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory):
+    """A real SoftHSM2 with one token "dvp-test" (PIN in a mode-600 file). SoftHSM reads its config once per
+    process, so this process (and the workers it starts) keep this directory for the whole session."""
+    import os
+
+    from deploy.softhsm import SoftHsm
+
+    hsm = SoftHsm(tmp_path_factory.mktemp("softhsm"))
+    os.environ.update(hsm.env())
+    hsm.init_token("dvp-test", pin="271828", so_pin="314159")
+    return hsm

@@ -66,8 +66,10 @@ async def _claimed_preimage(settings, rec) -> bytes:
     return bytes(logs[0]["args"]["preimage"])
 
 
-async def assert_no_plaintext_secrets(store: Store, settings, tid: str, log_text: str) -> None:
-    """The HTLC secret and every private key: absent from the worker's logs and from every Redis value."""
+async def assert_no_plaintext_secrets(store: Store, settings, tid: str, log_text: str,
+                                      extra: frozenset[str] = frozenset()) -> None:
+    """The HTLC secret, every raw private key and `extra` (PINs, passphrases, keys kept elsewhere): absent from the
+    worker's logs and from every Redis value."""
     import base64
 
     from relayer.secrets import SecretBox
@@ -78,7 +80,8 @@ async def assert_no_plaintext_secrets(store: Store, settings, tid: str, log_text
     else:  # archived: the sealed copy is gone; the settled trade's secret is public in the SC Claimed event
         secret = await _claimed_preimage(settings, rec)
     needles = {secret.hex(), base64.b64encode(secret).decode().lower()}
-    needles |= {acct.key.hex().removeprefix("0x") for acct in settings.accounts().values()}
+    needles |= {k.strip().removeprefix("0x").lower() for k in settings.party_keys.get_secret_value().split(",") if k}
+    needles |= {n.lower() for n in extra}
     needles.add(settings.secret_key.get_secret_value().lower())
     haystacks = {"logs": log_text.lower(), "redis": await _redis_dump(store)}
     for where, text in haystacks.items():
