@@ -47,6 +47,7 @@ class BenchConfig:
     workdir: Path = Path(".bench")
     rates: tuple[float, ...] = ()  # open-loop arrival rates (trades/s), each for `duration` seconds
     duration: float = 20.0
+    signer: str = "env"  # where the workers' party keys are: "env" (raw) or "pkcs11" (SoftHSM2)
 
 
 async def _post_trade(http: aiohttp.ClientSession, body: str) -> str:
@@ -75,7 +76,7 @@ class Bench:
         self.cfg = cfg
         self.echo = echo
         self.out: dict[str, Any] = {"config": {"block_time_s": cfg.block_time, "confirmations": cfg.confirmations,
-                                               "trades": cfg.trades}}
+                                               "trades": cfg.trades, "signer": cfg.signer}}
 
     async def setup(self) -> None:
         d = self.cfg.workdir
@@ -86,6 +87,12 @@ class Bench:
         self.redis = RedisProcess(free_port(), d / "redis", appendfsync="everysec").start()
         self.doc = await _deploy(DevnetOptions(st_standard="own"), self.st_node.url, self.sc_node.url, self.redis.url)
         self.st, self.sc = EvmChain("st", [self.st_node.url]), EvmChain("sc", [self.sc_node.url])
+        self.signer_env: dict[str, str] = {}
+        if self.cfg.signer == "pkcs11":  # the party keys in a SoftHSM2 token, none in the workers' environment
+            from bench.signing import bench_hsm
+
+            hsm_env, refs = bench_hsm(d, {r: bytes(dev_account(ROLES[r]).key) for r in ("seller", "buyer")})
+            self.signer_env = hsm_env | {"DVP_PARTY_KEYS": "", "DVP_SIGNERS": refs}
         await self.st.connect()
         await self.sc.connect()
 
@@ -141,7 +148,7 @@ class Bench:
             "DVP_BLOCK_TIME": str(self.cfg.block_time), "DVP_POLL_INTERVAL": "0.5",
             "DVP_BATCH_MAX": str(batch_max), "DVP_API_PORT": str(api_port), "DVP_API_TOKENS": "bench",
             "DVP_LOG_LEVEL": "WARNING",
-        }
+        } | self.signer_env
 
     async def _instruction(self, i: int) -> str:
         st, sc = self.doc["st"], self.doc["sc"]
@@ -260,6 +267,12 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         await self.setup()
         try:
+            from bench.signing import signing_latency
+
+            self.echo("signing: one transaction, each signer kind side by side ...")
+            self.out["signing"] = signing_latency(self.cfg.workdir / "signing",
+                                                  hsm_refs=self.signer_env.get("DVP_SIGNERS", ""))
+            self.echo(f"  {json.dumps(self.out['signing'])}")
             self.echo("raw ceiling: pipelined ERC-20 transfers on both chains ...")
             tps = await self.raw_ceiling()
             self.echo(f"  {tps:.0f} tx/s")

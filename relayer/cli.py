@@ -336,8 +336,11 @@ def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workd
 @click.option("--pairs", type=int, default=4, show_default=True, help="seller/buyer account pairs for --workers")
 @click.option("--rate", "rates", default="", help="also: open-loop runs at these arrival rates (trades/s), e.g. 50,100")
 @click.option("--duration", type=float, default=20.0, show_default=True, help="seconds of arrivals per --rate run")
+@click.option("--signer", type=click.Choice(["env", "pkcs11"]), default="env", show_default=True,
+              help="where the workers' party keys are: raw in the environment, or in a SoftHSM2 token")
 def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: float, as_json: bool,
-          workdir: Path, soak: int, trace_heap: int, workers: str, pairs: int, rates: str, duration: float) -> None:
+          workdir: Path, soak: int, trace_heap: int, workers: str, pairs: int, rates: str, duration: float,
+          signer: str) -> None:
     """Throughput, latency, reaction time, gas, CPU/RSS and Redis memory; raw ceiling and batching off/on;
     with --rate, sustained load at constant arrival rates."""
     from bench.runner import BenchConfig, run_bench
@@ -350,7 +353,7 @@ def bench(trades: int, latency_trades: int, raw_transfers: int, block_time: floa
     if len(rate_list) > 7 or any(r <= 0 for r in rate_list):
         raise click.BadParameter("1 to 7 positive rates (each run gets its own Redis database)", param_hint="--rate")
     cfg = BenchConfig(trades=trades, latency_trades=latency_trades, raw_transfers=raw_transfers,
-                      block_time=block_time, workdir=workdir, rates=rate_list, duration=duration)
+                      block_time=block_time, workdir=workdir, rates=rate_list, duration=duration, signer=signer)
     echo = (lambda _: None) if as_json else click.echo
     if soak:
         click.echo(json.dumps(asyncio.run(run_soak(cfg, soak, echo=echo, trace_heap=trace_heap))))

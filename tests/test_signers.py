@@ -201,3 +201,57 @@ def test_keys_new_import_and_list_never_print_a_key(net: Net, softhsm, tmp_path)
     assert refused.returncode == 1 and "expected one private key" in refused.stderr
     env_kind = keys("new", "env:")
     assert env_kind.returncode == 1 and "never as env:" in env_kind.stderr
+
+
+async def test_a_worker_with_both_party_keys_in_the_hsm_settles_and_no_key_or_pin_leaks(net: Net, softhsm, tmp_path):
+    """The demo trade, settled by a `dvp-relayer run` whose environment has no key at all: the seller's and the
+    buyer's keys are in SoftHSM2 (imported: the devnet funded these accounts), the PIN in a file."""
+    from relayer.store import Store
+    from tests.relayer_kit import Worker, submit_trades, wait_all_settled
+    from tests.test_crash_recovery import assert_no_plaintext_secrets
+
+    refs = []
+    for who, acct in (("seller", net.seller), ("buyer", net.buyer)):
+        ref = softhsm.reference("dvp-test", f"worker-{who}")
+        pkcs11_import(pkcs11_reference(ref), bytes(acct.key))
+        refs.append(ref)
+    settings = net.settings([], signers=",".join(refs))
+    assert set(settings.accounts()) == {net.seller.address, net.buyer.address}
+    worker = Worker(settings, tmp_path / "worker.log")
+    assert not any(net.seller.key.hex()[2:] in v or net.buyer.key.hex()[2:] in v for v in worker.env.values())
+    store = Store.from_url(settings.redis_url)
+    st_before = await net.balance(net.st, net.st_token, net.buyer.address)
+    worker.start()
+    try:
+        ids = await submit_trades(net, settings, 2, sc_base=4_100)
+        await wait_all_settled(store, ids, timeout=90)
+    finally:
+        assert worker.terminate() == 0
+    assert await net.balance(net.st, net.st_token, net.buyer.address) == st_before + 2
+    log = (tmp_path / "worker.log").read_text()
+    assert "raw_keys_on_a_real_chain" not in log  # a devnet: no warning
+    await assert_no_plaintext_secrets(store, settings, ids[0], log,
+                                      extra=frozenset({net.seller.key.hex()[2:], net.buyer.key.hex()[2:], "271828"}))
+    await store.close()
+
+
+def test_raw_keys_against_a_chain_that_is_not_a_devnet_are_warned_about(net: Net):
+    """The warning `run` gives at start (the engine's, once the chain ids are known)."""
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from relayer.engine import Engine
+
+    logs = []
+    for chain_ids in ((17001, 17002), (1, 17002)):
+        fake = SimpleNamespace(settings=net.settings([net.seller]), log=None,
+                               sides=[SimpleNamespace(chain_id=c) for c in chain_ids])
+        with capture_logs() as captured:
+            import structlog
+
+            fake.log = structlog.get_logger()
+            Engine._warn_raw_keys(fake)  # type: ignore[arg-type]
+        logs.append([e for e in captured if e["event"] == "raw_keys_on_a_real_chain"])
+    assert logs[0] == []
+    assert logs[1] and logs[1][0]["chain_ids"] == [1] and logs[1][0]["accounts"] == [net.seller.address]
