@@ -180,22 +180,23 @@ class EscrowFollower:
             return None, 0
         return "0x" + bytes(block["hash"]).hex(), int(block["timestamp"])
 
-    async def _check_reorg(self) -> int | None:
-        """If the last processed block is gone, rewind to the newest remembered block still on chain."""
-        if not self._hashes:
-            return None
-        last = next(reversed(self._hashes))
-        if await self._block_hash(last) == self._hashes[last]:
-            return None
+    async def _check_reorg(self, head: int) -> int | None:
+        """If the last processed block is gone, or above the head (a rollback, a chain replaced under a kept
+        cursor), rewind to the newest remembered block still on chain; with none of them on chain, to a hash
+        window below the head, never to a height whose blocks were not read on this chain."""
+        if self._hashes:
+            last = next(reversed(self._hashes))
+            if last <= head and await self._block_hash(last) == self._hashes[last]:
+                return None
+        elif self.height <= head:
+            return None  # nothing remembered yet (a fresh start): nothing to compare
         for number in reversed(list(self._hashes)):
-            if await self._block_hash(number) == self._hashes[number]:
+            if number <= head and await self._block_hash(number) == self._hashes[number]:
                 break
             del self._hashes[number]
         else:
-            number = max(0, last - self._hash_window)
+            number = max(0, min(self.height, head) - self._hash_window)
         self.height = number
-        for n in [n for n in self._hashes if n > number]:
-            del self._hashes[n]
         return number
 
     async def poll(self) -> FollowResult:
@@ -223,7 +224,7 @@ class EscrowFollower:
         return result
 
     async def _confirmed(self, result: FollowResult, head: int, target: int | None = None) -> None:
-        rewound = await self._check_reorg()
+        rewound = await self._check_reorg(head)
         if rewound is not None:
             result.rewound_to = rewound
             return
@@ -421,6 +422,42 @@ class HtlcLedger:
             allowance = MAX_UINT256
         if allowance == MAX_UINT256:
             self._unlimited.add((owner, token, spender))
+
+    # ---- holder-signed locks (lockWithSig / lockWithPermit): the holder signs, any account we hold submits
+
+    async def _uint_calls(self, calls: list[tuple[str, str]]) -> list[int]:
+        """Several uint256 view calls [(contract, calldata)] at the latest block, in one round trip."""
+        results = await self.chain.rpc_batch([("eth_call", [{"to": to, "data": data}, "latest"]) for to, data in calls])
+        return [int(r, 16) if isinstance(r, str) and r not in ("0x", "") else 0 for r in results]
+
+    async def holder_state(self, holder: str, token: str) -> tuple[int, int]:
+        """(escrow lock nonce, allowance to the escrow) of `holder` for `token`, in one round trip."""
+        lock_nonce, allowance = await self._uint_calls([
+            (self.escrow, encode_call(ESCROW, "nonces", holder)),
+            (token, encode_call(ERC20, "allowance", holder, self.escrow))])
+        return lock_nonce, allowance
+
+    async def permit_nonce(self, token: str, holder: str) -> int | None:
+        """The token's ERC-2612 nonce of `holder`; None when the token has no permit (e.g. T-REX)."""
+        try:
+            return (await self._uint_calls([(token, encode_call(ERC20, "nonces", holder))]))[0]
+        except RpcError:
+            return None
+
+    async def token_name(self, token: str) -> str:
+        """The ERC-20 name (the name of its ERC-2612 permit domain)."""
+        raw = await self.chain.rpc("eth_call", [{"to": token, "data": encode_call(ERC20, "name")}, "latest"])
+        data = bytes.fromhex(raw[2:])
+        length = int.from_bytes(data[32:64], "big")
+        return data[64:64 + length].decode()
+
+    @staticmethod
+    def signed_lock_call(terms: tuple[Any, ...], sender: str, deadline: int, signature: bytes,
+                         permit: tuple[int, int, bytes, bytes] | None = None) -> str:
+        """Calldata of lockWithSig (or lockWithPermit with `permit` = (deadline, v, r, s)): terms as lockTokens."""
+        if permit is None:
+            return encode_call(ESCROW, "lockWithSig", terms, sender, deadline, signature)
+        return encode_call(ESCROW, "lockWithPermit", terms, sender, deadline, signature, *permit)
 
     def follower(self, *, confirmations: int, start_height: int, start_hash: str | None,
                  dvp: str | None = None, finalized_tag: bool = False) -> EscrowFollower:

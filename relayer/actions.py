@@ -78,6 +78,7 @@ class Prepared:
     sort_key: tuple[str, ...] = ()
     expires: int | None = None  # the chain time after which the call cannot succeed (a timelock, a deadline)
     to: str = ""  # contract called (the escrow unless set)
+    data: str = ""  # the call's own calldata when it has no batch form (a holder-signed lock: lockWithSig)
 
     @property
     def target(self) -> str:
@@ -86,6 +87,8 @@ class Prepared:
     @property
     def gas(self) -> int | None:
         """The gas limit of the single call (None: estimate it), by the tokens it moves."""
+        if self.data:
+            return None  # a signature check and maybe a permit: estimated
         ins = self.due.rec.signed.instruction
         tokens = self.sort_key[:1] if self.sort_key else (ins.stToken, ins.scToken)
         return self.ledger.gas_for(self.due.kind, tokens)
@@ -93,4 +96,4 @@ class Prepared:
     @property
     def single(self) -> str:
         """Calldata of this swap's call on its own."""
-        return self.ledger.single_call(self.due.kind, self.entry)
+        return self.data or self.ledger.single_call(self.due.kind, self.entry)

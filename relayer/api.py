@@ -20,12 +20,15 @@ from redis.exceptions import RedisError
 
 from adapters.errors import LedgerError
 
+from relayer.authorizations import LEGS, parse_authorization
 from relayer.read_model import ReadModel
 from relayer.errors import ConflictingInstruction, RelayerError
 from relayer.logging import get_logger
 from relayer.metrics import REGISTRY
 from relayer.api_models import (
     Accepted,
+    AuthorizationAccepted,
+    LockRequest,
     BulkItem,
     BulkResult,
     Health,
@@ -57,6 +60,10 @@ _STATUS_FOR_CODE = {
     "compliance_refused": 422,
     "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
     "shutting_down": 503, "not_ready": 503,
+    # holder lock authorisations (relayer/authorizations.py)
+    "wrong_terms": 422, "expired": 422, "no_allowance": 422, "not_holder_signed": 422, "wrong_signer": 403,
+    "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,
+    "concurrent_update": 409,
 }
 
 
@@ -221,9 +228,9 @@ async def get_trade(request: web.Request) -> web.Response:
     if request.app[READ_AUTH] and not _authorized(request):
         return error("unauthorized", "a valid API bearer token is required")
     model = request.app[READ_MODEL]
-    trade_id = request.match_info["trade_id"].lower()
-    if not _TRADE_ID.match(trade_id):
-        return error("invalid_field", "trade_id must be 0x followed by 64 hex digits")
+    trade_id = _trade_id(request)
+    if isinstance(trade_id, web.Response):
+        return trade_id
     found = await model.trade(trade_id)
     if found is None:
         return error("not_found", "no such trade")
@@ -246,6 +253,45 @@ async def list_trades(request: web.Request) -> web.Response:
         return error("invalid_field", f"unknown state {state!r}")
     items = [trade_summary(rec, audit, *model.clocks(rec)) for rec, audit in await model.trades(offset, limit, state)]
     return web.json_response(TradeList(items=items, offset=offset, limit=limit).model_dump(mode="json"))
+
+
+def _trade_id(request: web.Request) -> str | web.Response:
+    trade_id = request.match_info["trade_id"].lower()
+    if not _TRADE_ID.match(trade_id):
+        return error("invalid_field", "trade_id must be 0x followed by 64 hex digits")
+    return trade_id
+
+
+async def get_lock_request(request: web.Request) -> web.Response:
+    """What the holder of one leg's account should sign (EIP-712 Lock, and a Permit when needed)."""
+    if request.app[READ_AUTH] and not _authorized(request):
+        return error("unauthorized", "a valid API bearer token is required")
+    trade_id = _trade_id(request)
+    if isinstance(trade_id, web.Response):
+        return trade_id
+    leg = request.match_info["leg"]
+    if leg not in LEGS:
+        return error("invalid_field", 'leg must be "st" or "sc"')
+    doc = await request.app[READ_MODEL].lock_request(trade_id, leg)
+    if doc is None:
+        return error("not_found", "no such trade")
+    return web.json_response(LockRequest(**doc).model_dump(mode="json", exclude_none=True))
+
+
+async def post_authorization(request: web.Request) -> web.Response:
+    """A holder's signed lock for one leg: checked against the trade and kept; the relayer sends it when due."""
+    doc = await _json_body(request, MAX_BODY)
+    if isinstance(doc, web.Response):
+        return doc
+    trade_id = _trade_id(request)
+    if isinstance(trade_id, web.Response):
+        return trade_id
+    auth = parse_authorization(doc)
+    created = await request.app[READ_MODEL].authorize(trade_id, auth)
+    if created is None:
+        return error("not_found", "no such trade")
+    return web.json_response(AuthorizationAccepted(trade_id=trade_id, leg=auth.leg, created=created).model_dump(),
+                             status=202)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -277,6 +323,8 @@ ROUTES = [
     ("POST", "/v1/trades/bulk", post_trades_bulk),
     ("GET", "/v1/trades", list_trades),
     ("GET", "/v1/trades/{trade_id}", get_trade),
+    ("POST", "/v1/trades/{trade_id}/authorizations", post_authorization),
+    ("GET", "/v1/trades/{trade_id}/authorizations/{leg}", get_lock_request),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics_handler),

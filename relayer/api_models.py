@@ -104,3 +104,67 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool | str] = Field(description="redis, st, sc: true, or why not")
+
+
+_HEX32 = r"^0x[0-9a-fA-F]{64}$"
+_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+_UINT256 = 2**256
+_UINT64 = 2**64
+
+
+class LockTermsBody(BaseModel):
+    """The EIP-712 `Lock` message the holder signed (docs/holder-signed-locks.md): field for field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tradeId: str = Field(pattern=_HEX32)
+    token: str = Field(pattern=_ADDRESS)
+    amount: int = Field(ge=0, lt=_UINT256, description="base units (a decimal string is taken too)")
+    receiver: str = Field(pattern=_ADDRESS)
+    hashlock: str = Field(pattern=_HEX32)
+    timelock: int = Field(ge=0, lt=_UINT64, description="chain timestamp")
+    nonce: int = Field(ge=0, lt=_UINT256, description="the escrow's nonces(holder) this signature uses")
+    deadline: int = Field(ge=0, lt=_UINT256, description="last chain timestamp at which the lock may be sent")
+
+
+class PermitBody(BaseModel):
+    """An ERC-2612 permit of the holder for the escrow (only needed without an allowance)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: int = Field(ge=0, lt=_UINT256)
+    deadline: int = Field(ge=0, lt=_UINT256)
+    v: int = Field(ge=0, lt=256)
+    r: str = Field(pattern=_HEX32)
+    s: str = Field(pattern=_HEX32)
+
+
+class LockAuthorizationBody(BaseModel):
+    """POST /v1/trades/{trade_id}/authorizations: a holder's signed lock for one leg of the trade."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    leg: str = Field(pattern="^(st|sc)$", description="st: the seller's ST lock; sc: the buyer's SC lock")
+    lock: LockTermsBody
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$", description="65 bytes r‖s‖v over the Lock")
+    permit: PermitBody | None = None
+
+
+class AuthorizationAccepted(BaseModel):
+    """The authorisation is kept with the trade; the relayer sends the lock when it is due."""
+
+    trade_id: str
+    leg: str
+    created: bool = Field(description="false when the same authorisation had been kept before")
+
+
+class LockRequest(BaseModel):
+    """GET /v1/trades/{trade_id}/authorizations/{leg}: what the leg's holder should sign now."""
+
+    leg: str
+    signer: str = Field(description="the account whose signature the lock needs")
+    typed_data: dict[str, Any] = Field(description="the EIP-712 Lock, ready for eth_signTypedData_v4")
+    timelock_bounds: dict[str, int] = Field(description="earliest and latest timelock the relayer takes now")
+    allowance: str = Field(description="the holder's allowance to the escrow, base units")
+    permit_typed_data: dict[str, Any] | None = Field(None, description="the ERC-2612 Permit to sign when the "
+                                                     "allowance is short and the token has permits")

@@ -194,6 +194,9 @@ class Settings(BaseSettings):
                                   "for: a devnet only (same as env: signers)")
     signers: SecretStr = Field(SecretStr(""), description="comma-separated signer references, one per account we "
                                "act for: pkcs11:token=T;object=LABEL, keystore:/path.json, env:0x… (devnet)")
+    holder_signed: str = Field("", description="comma-separated accounts whose locks their holders authorise "
+                               "(EIP-712, POST /v1/trades/{id}/authorizations): this relayer holds no key of them "
+                               "and submits the lock from an account it holds")
     pkcs11_module: str = Field(DEFAULT_PKCS11_MODULE, description="PKCS#11 module for pkcs11: signers that name none")
     pkcs11_pin_file: str = Field("", description="file holding the HSM user PIN, for pkcs11: signers without "
                                  "pin-source=")
@@ -239,7 +242,8 @@ class Settings(BaseSettings):
     def _ws_urls(cls, v: str) -> str:
         return _check_urls(v, ("ws", "wss"))
 
-    @field_validator("st_escrow", "sc_escrow", "dvp_contract", "st_tokens", "sc_tokens", "trusted_pts_signers")
+    @field_validator("st_escrow", "sc_escrow", "dvp_contract", "st_tokens", "sc_tokens", "trusted_pts_signers",
+                     "holder_signed")
     @classmethod
     def _addresses(cls, v: str) -> str:
         return _check_addresses(v)
@@ -308,6 +312,15 @@ class Settings(BaseSettings):
 
     def st_token_set(self) -> set[str]:
         return {to_checksum_address(a) for a in _split(self.st_tokens)}
+
+    def holder_accounts(self) -> frozenset[str]:
+        """DVP_HOLDER_SIGNED: accounts whose locks are submitted from their holders' authorisations. An account
+        whose key is configured too is refused: one way to sign per account."""
+        holders = frozenset(to_checksum_address(a) for a in _split(self.holder_signed))
+        both = holders & set(self.accounts())
+        if both:
+            raise ConfigError(f"DVP_HOLDER_SIGNED names accounts whose keys are configured too: {sorted(both)}")
+        return holders
 
     def sc_token_set(self) -> set[str]:
         return {to_checksum_address(a) for a in _split(self.sc_tokens)}

@@ -13,6 +13,7 @@ from typing import Any
 
 from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
+from relayer.authorizations import stored_authorization
 from relayer.follow import ChainSide, LockInstance
 from relayer.janitor import StrayBook
 from relayer.leases import ACTOR
@@ -66,8 +67,9 @@ class Driver:
     """Decides and records one trade; the executor sends what it finds due."""
 
     def __init__(self, routes: Routes, store: Store, box: SecretBox, strays: StrayBook,
-                 in_flight: Callable[[DueKey], bool]) -> None:
+                 in_flight: Callable[[DueKey], bool], holders: frozenset[str] = frozenset()) -> None:
         self.routes = routes
+        self.holders = holders  # accounts whose locks come from their holders' authorisations (DVP_HOLDER_SIGNED)
         self.store = store
         self.box = box
         self.strays = strays
@@ -78,14 +80,14 @@ class Driver:
     def forget(self, trade_id: str) -> None:
         self._reported = {k for k in self._reported if k[0] != trade_id}
 
-    @staticmethod
-    def roles_for(rec: TradeRecord, route: Route) -> Roles:
+    def roles_for(self, rec: TradeRecord, route: Route) -> Roles:
         ins = rec.signed.instruction
-        # Roles are the keys this firm's workers hold; which worker signs is the account lease's business
-        # (an action needing an account leased elsewhere is routed to that worker's outbox).
+        # Roles are the keys this firm's workers hold, or the holder-signed accounts whose locks it submits; which
+        # worker signs is the account lease's business (an action needing an account leased elsewhere is routed
+        # to that worker's outbox).
         return Roles(
-            seller=ins.sellerStAccount in route.st.ledger.all_senders,
-            buyer=ins.buyerScAccount in route.sc.ledger.all_senders,
+            seller=ins.sellerStAccount in route.st.ledger.all_senders or ins.sellerStAccount in self.holders,
+            buyer=ins.buyerScAccount in route.sc.ledger.all_senders or ins.buyerScAccount in self.holders,
             st_gas=bool(route.st.ledger.all_senders),
             sc_gas=bool(route.sc.ledger.all_senders),
         )
@@ -110,11 +112,13 @@ class Driver:
         if fence is not None:
             await self._note_from_blocks(rec, route, fence)
             if roles.seller and st_leg.lock is None and not st_leg.refunded and st.fresh:
+                holder_signed = ins.sellerStAccount in self.holders  # T_st is the one its holder signs
                 if rec.get("hashlock") is None:
-                    await self._prepare_secret(rec, policy, now_st, log, fence)
-                else:
+                    await self._prepare_secret(rec, policy, now_st, log, fence, plan=not holder_signed)
+                elif not holder_signed:
                     await self._replan_lock(rec, policy, now_st, log, fence)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
+        sc_auth = stored_authorization(rec, "sc") if ins.buyerScAccount in self.holders else None
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc,
             clock_offset=rnd.offset(route), head_st=st.head_timestamp, head_sc=sc.head_timestamp,
@@ -122,6 +126,8 @@ class Driver:
             sc_confirmed_time=sc.follower.confirmed_timestamp if sc.follower else 0,
             st_fresh=st.fresh, sc_fresh=sc.fresh, revealed=rec.state is TradeState.SC_CLAIMED,
             seen_preimage=self._seen_preimage(st_leg),
+            sc_lock_authorized=ins.buyerScAccount not in self.holders or sc_auth is not None,
+            planned_t_sc=sc_auth.timelock if sc_auth is not None else None,
         )
         d = decide(view, roles, policy)
         finished = False
@@ -236,20 +242,20 @@ class Driver:
                     log.warning("timelock_near", leg=leg, seconds_left=left, state=rec.state.value)
 
     async def _prepare_secret(self, rec: TradeRecord, policy: TimingPolicy, now_st: int, log: Any,
-                              fence: str) -> None:
-        """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent)."""
+                              fence: str, plan: bool = True) -> None:
+        """Seller side, before any transaction: create s, persist it sealed with H and T_st (intent). Without
+        `plan` (a holder-signed seller) T_st is left to the holder's authorisation, which must sign H."""
         ins: TradeInstruction = rec.signed.instruction
         t_st = min(ins.deadline, now_st + policy.st_lock_duration)
         if t_st - now_st < policy.min_st_window():
             return  # decide() will abort the trade once the deadline passes; nothing was locked
         secret = os.urandom(32)
-        await self.store.update(
-            rec,
-            {"hashlock": hashlib.sha256(secret).hexdigest(), "secret": self.box.seal(secret, ins.tradeId),
-             "t_st": t_st},
-            actor=ACTOR, event="secret_created", fence=fence, t_st=t_st,
-        )
-        log.info("secret_created", t_st=t_st)
+        fields: dict[str, Any] = {"hashlock": hashlib.sha256(secret).hexdigest(),
+                                  "secret": self.box.seal(secret, ins.tradeId)}
+        said: dict[str, Any] = {"t_st": t_st} if plan else {"awaiting": "holder_authorization"}
+        fields.update(said if plan else {})
+        await self.store.update(rec, fields, actor=ACTOR, event="secret_created", fence=fence, **said)
+        log.info("secret_created", **said)
 
     async def _replan_lock(self, rec: TradeRecord, policy: TimingPolicy, now_st: int, log: Any, fence: str) -> None:
         """The ST lock never went out in its window (the ST chain or this worker was down for long): give it a

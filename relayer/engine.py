@@ -30,6 +30,7 @@ from relayer.driver import Driver, Quarantine, Round
 from relayer.errors import ConcurrentUpdate, ConfigError, CorruptRecord, FencedOut
 from relayer.executor import Executor
 from relayer.follow import ChainSide, Followers
+from relayer.authorizations import HolderLocks
 from relayer.intake import Intake
 from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
 from relayer.leases import ACTOR
@@ -62,17 +63,19 @@ class Engine:
         self.followers = Followers(sides, settings, store, self._in_background)
         self.coordinator = Coordinator(sides, settings, store)
         self.intake_desk = Intake(self.routes, settings, store, ready=lambda: self.started)
-        self.executor = Executor(self.routes, settings, store, box, self.coordinator)
+        holders = settings.holder_accounts()
+        self.executor = Executor(self.routes, settings, store, box, self.coordinator, holders)
         strays = StrayBook(store)
         self.janitor = Janitor(sides, settings, store, strays, self._in_background)
-        self.driver = Driver(self.routes, store, box, strays, self.executor.in_flight)
+        self.driver = Driver(self.routes, store, box, strays, self.executor.in_flight, holders)
         self.quarantine = Quarantine()
         self.schedule = Schedule()
+        self.holder_locks = HolderLocks(self.routes, store, holders, on_accepted=self.schedule.mark)
         self.executor.on_settled = self._action_done
         self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
         self._fresh: tuple[bool, ...] = ()
         self._skew_ok: tuple[bool, ...] = ()
-        self.read_model = ReadModel(store, self.intake_desk, self.routes)
+        self.read_model = ReadModel(store, self.intake_desk, self.routes, self.holder_locks)
         self._next_sweep = 0.0
 
     @property

@@ -33,6 +33,13 @@ class ComplianceRefused(InvalidInstruction):
     code = "compliance_refused"
 
 
+class AuthorizationRefused(RelayerError):
+    """Raised when a holder's lock authorisation is not the one this trade needs: wrong terms, expired, a nonce
+    already used (replayed), signed by someone else. Nothing is stored, nothing is sent."""
+
+    code = "authorization_refused"
+
+
 class ConflictingInstruction(RelayerError):
     """Raised when a trade id is already known with different terms (replay with other terms)."""
 

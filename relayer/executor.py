@@ -15,6 +15,7 @@ from adapters.evm import TxSender
 from adapters.htlc import HtlcLedger
 from relayer import metrics
 from relayer.actions import Due, DueKey, NeedsAccount, Prepared, dvp_terms
+from relayer.authorizations import stored_authorization
 from relayer.config import Settings
 from relayer.coordination import Coordinator
 from relayer.follow import ChainSide
@@ -36,8 +37,9 @@ class Executor:
     lock)."""
 
     def __init__(self, routes: Routes, settings: Settings, store: Store, box: SecretBox,
-                 coordinator: Coordinator) -> None:
+                 coordinator: Coordinator, holders: frozenset[str] = frozenset()) -> None:
         self.routes = routes
+        self.holders = holders  # accounts whose locks are sent from their holders' authorisations
         self.settings = settings
         self.store = store
         self.box = box
@@ -63,7 +65,8 @@ class Executor:
         """Drop a finished trade's cooldowns and finished tasks (memory stays flat)."""
         for key in [k for k in self.not_before if k[0] == trade_id]:
             self.not_before.pop(key, None)
-        self._withheld.pop(trade_id, None)
+        for reason_key in [k for k in self._withheld if k.startswith(trade_id)]:  # the reveal's, the legs' (id:leg)
+            self._withheld.pop(reason_key, None)
         for key in [k for k in self._reveal_ok if k[0] == trade_id]:
             self._reveal_ok.pop(key, None)
         for key in [k for k, t in self.inflight.items() if k[0] == trade_id and t.done()]:
@@ -119,6 +122,8 @@ class Executor:
         ins = d.rec.signed.instruction
         side = self.side_of(d)
         chain = f"{side.name}:dvp" if d.action is Action.SETTLE_DVP else side.name
+        if self._holder_of(d) is not None:
+            return (chain, "lock-signed", d.rec.trade_id)  # lockWithSig has no batch form: one call each
         if d.action is Action.LOCK_ST:
             return (chain, d.kind, ins.sellerStAccount)
         if d.action is Action.LOCK_SC:
@@ -126,6 +131,12 @@ class Executor:
         prefer = [ins.sellerStAccount, ins.buyerScAccount] if d.action is Action.SETTLE_DVP else self._prefer(d)
         via = side.ledger.any_sender(prefer)
         return (chain, d.kind, via.address if via else "")
+
+    def _holder_of(self, d: Due) -> str | None:
+        """The holder-signed account whose lock this is (None: not a lock, or one we sign ourselves)."""
+        ins = d.rec.signed.instruction
+        account = {Action.LOCK_ST: ins.sellerStAccount, Action.LOCK_SC: ins.buyerScAccount}.get(d.action)
+        return account if account in self.holders else None
 
     @staticmethod
     def _prefer(d: Due) -> list[str]:
@@ -300,6 +311,8 @@ class Executor:
         tid = ins.trade_id_bytes
         if action is Action.SETTLE_DVP:
             return await self._prepare_settle(d, slot)
+        if self._holder_of(d) is not None:
+            return await self._prepare_signed_lock(d, slot)
         if action is Action.LOCK_ST:
             st = self.side_of(d).ledger
             if slot != bytes(32):
@@ -337,6 +350,36 @@ class Executor:
             return None  # do not reveal: asked again next round while the reveal window lasts, then both refund
         claim = (preimage, ev.swap_id, ev.token, ev.amount, ev.receiver, ev.timelock)
         return Prepared(d, ledger, via, claim, (ev.token, ev.receiver), expires=ev.timelock)
+
+    async def _prepare_signed_lock(self, d: Due, slot: bytes) -> Prepared | None:
+        """A holder-signed lock: the holder's kept authorisation, sent by any account we hold, once the chain
+        shows it can succeed (its nonce is the holder's next, the allowance or the permit covers the amount)."""
+        rec = d.rec
+        leg = "st" if d.action is Action.LOCK_ST else "sc"
+        auth = stored_authorization(rec, leg)
+        side = self.side_of(d)
+        ledger = side.ledger
+        if auth is None or slot != bytes(32):
+            return None  # no authorisation yet, or locked already: wait
+        holder = self._holder_of(d)
+        assert holder is not None
+        nonce, allowance = await ledger.holder_state(holder, auth.token)
+        if nonce != auth.nonce or side.now() >= auth.deadline:
+            reason = (f"the holder's next nonce is {nonce}, the authorisation's {auth.nonce}" if nonce != auth.nonce
+                      else f"its deadline {auth.deadline} has passed")
+            if self._withheld.get(f"{rec.trade_id}:{leg}") != reason:
+                self._withheld[f"{rec.trade_id}:{leg}"] = reason
+                self.log.warning("authorization_unusable", trade_id=rec.trade_id, leg=leg, reason=reason)
+                await self.store.add_audit(rec.trade_id, ACTOR, "authorization_unusable", leg=leg, reason=reason)
+            return None
+        permit = auth.permit_args if allowance < auth.amount else None
+        via = self._gas_sender(ledger, [holder])
+        if d.action is Action.LOCK_SC and rec.get("t_sc") is None:
+            await self.store.update(rec, {"t_sc": auth.timelock}, actor=ACTOR, event="sc_lock_planned",
+                                    t_sc=auth.timelock)
+        data = ledger.signed_lock_call(auth.terms, holder, auth.deadline, auth.signature, permit)
+        return Prepared(d, ledger, via, auth.terms, (auth.token,), expires=min(auth.timelock, auth.deadline),
+                        data=data)
 
     async def _prepare_settle(self, d: Due, slot: bytes) -> Prepared | None:
         """Same-ledger path: both parties' authorisations over the exact terms, one AtomicDvP call."""

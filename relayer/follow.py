@@ -246,8 +246,13 @@ class Followers:
             where = f"DVP_{side.name.upper()}_CHAIN_ID" if side.name in ("st", "sc") else f"chain_id of ledger {side.name}"
             raise ConfigError(f"{side.name} RPC {side.ledger.chain.active_url} serves chain {chain_id}, "
                               f"not the configured {where}={expected}")
+        height, bhash = side.config.start_block - 1, None
         cursor = await self.store.get_cursor(side.name)
-        height, bhash = (cursor if cursor else (side.config.start_block - 1, None))
+        if cursor and cursor[2] not in (None, chain_id):  # this ledger's name was used for another chain
+            self.log.warning("cursor_of_another_chain", chain=side.name, cursor_chain_id=cursor[2],
+                             chain_id=chain_id, start_block=side.config.start_block)
+        elif cursor:
+            height, bhash = cursor[0], cursor[1]
         oldest = await self._oldest_open_block(side, chain_id)
         if oldest is not None and oldest - 1 < height:
             height, bhash = oldest - 1, None
@@ -335,8 +340,8 @@ class Followers:
         metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
         metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
         metrics.RPC_ERRORS.labels(side.name).set(side.ledger.chain.rpc_errors)
-        if bhash:
-            await self.store.set_cursor(side.name, height, bhash)
+        if bhash and side.ledger.chain.chain_id is not None:
+            await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)
         side.gas_limit = res.head_gas_limit or side.gas_limit
         if res.head != side.head:
             if side.head_seen_at and res.head_timestamp > side.now() + 2 * side.block_time + 1:

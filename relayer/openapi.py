@@ -11,6 +11,9 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relayer.api_models import (
     Accepted,
+    AuthorizationAccepted,
+    LockAuthorizationBody,
+    LockRequest,
     BulkResult,
     BulkSubmission,
     ErrorBody,
@@ -27,12 +30,14 @@ MAX_LIMIT = 500
 TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
 
 _MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, BulkSubmission, BulkResult, ErrorBody, TradeDocument,
-                                  TradeList, Health, Readiness]
+                                  TradeList, Health, Readiness, LockAuthorizationBody, AuthorizationAccepted,
+                                  LockRequest]
+_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody)
 
 
 def _schemas() -> dict[str, Any]:
     modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (m, "validation" if m is SignedInstruction else "serialization") for m in _MODELS]
+        (m, "validation" if m in _REQUEST_BODIES else "serialization") for m in _MODELS]
     _, top = models_json_schema(modes, ref_template="#/components/schemas/{model}")
     defs: dict[str, Any] = top["$defs"]
     return defs
@@ -112,6 +117,35 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_TRADE_ID_PARAM],
                 "responses": {"200": _json(TradeDocument, "the trade"), "400": _err("not a trade id"),
                               "401": _err("unauthorized"), "404": _err("no such trade")},
+            }
+        },
+        "/v1/trades/{trade_id}/authorizations": {
+            "post": {**_submit("Submit a holder's signed lock (EIP-712 Lock) for one leg of the trade; the relayer "
+                               "sends lockWithSig from an account it holds (docs/holder-signed-locks.md)",
+                               LockAuthorizationBody, {
+                    "202": _json(AuthorizationAccepted, "kept with the trade (or the same one was kept before)"),
+                    "400": _err("malformed JSON, wrong types or values"),
+                    "401": _err("missing or wrong bearer token"),
+                    "403": _err("wrong_signer: the signature is not the holder's, or signs other terms"),
+                    "404": _err("no such trade"),
+                    "409": _err("replayed (nonce used), nonce_in_use, conflicting_authorization, too_early, "
+                                "trade_finished"),
+                    "413": _err("body too large"),
+                    "415": _err("not application/json"),
+                    "422": _err("wrong_terms, expired, no_allowance, not_holder_signed"),
+                    "503": _err("shutting down, or a chain or Redis is not answering"),
+            }), "parameters": [_TRADE_ID_PARAM]},
+        },
+        "/v1/trades/{trade_id}/authorizations/{leg}": {
+            "get": {
+                "summary": "What the holder of the leg's account should sign now: the EIP-712 Lock (and a Permit)",
+                "parameters": [_TRADE_ID_PARAM, {"name": "leg", "in": "path", "required": True,
+                                                 "schema": {"type": "string", "enum": ["st", "sc"]}}],
+                "responses": {"200": _json(LockRequest, "the messages to sign"), "400": _err("not a trade id"),
+                              "401": _err("unauthorized"), "404": _err("no such trade"),
+                              "409": _err("too_early, trade_finished"),
+                              "422": _err("not_holder_signed"),
+                              "503": _err("a chain or Redis is not answering")},
             }
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "alive")}}},

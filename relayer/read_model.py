@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relayer.errors import RelayerError
+from relayer.authorizations import HolderLocks, LockAuthorization
+from relayer.errors import ConcurrentUpdate, RelayerError
 from relayer.intake import Intake
 from relayer.protocol.instruction import SignedInstruction
 from relayer.routing import Routes
@@ -18,10 +19,29 @@ TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
 class ReadModel:
     """The worker's read side and its one write (intake), for the API."""
 
-    def __init__(self, store: Store, intake: Intake, routes: Routes) -> None:
+    def __init__(self, store: Store, intake: Intake, routes: Routes, holder_locks: HolderLocks) -> None:
         self.store = store
         self.intake = intake
         self.routes = routes
+        self.holder_locks = holder_locks
+
+    async def lock_request(self, trade_id: str, leg: str) -> dict[str, Any] | None:
+        """What the leg's holder should sign now (None: no such trade)."""
+        rec = await self.store.get(trade_id)
+        return None if rec is None else await self.holder_locks.request(rec, leg)
+
+    async def authorize(self, trade_id: str, auth: LockAuthorization) -> bool | None:
+        """Check and keep a holder's lock authorisation: True (kept), False (the same one was kept already), None
+        (no such trade). A record that changed while checking is read again (bounded)."""
+        for _ in range(5):
+            rec = await self.store.get(trade_id)
+            if rec is None:
+                return None
+            try:
+                return await self.holder_locks.accept(rec, auth)
+            except ConcurrentUpdate:
+                continue  # the driver wrote the trade in between: check against the new record
+        raise ConcurrentUpdate(f"trade {trade_id} kept changing while its authorisation was checked; retry")
 
     async def accept(self, signed: SignedInstruction) -> tuple[bool, TradeRecord]:
         """Admit an instruction; (created, the stored record)."""

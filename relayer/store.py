@@ -9,7 +9,7 @@ Keys (prefix `dvp:`):
   dvp:counts          hash: terminal state -> number of trades that reached it
   dvp:lease:{name}    string: the token of the worker holding the lease (SET NX PX; renewed with a Lua
                       compare-token script). Account leases make one worker the only signer of an account.
-  dvp:cursor:{chain}  hash: height and hash of the last block the follower processed
+  dvp:cursor:{chain}  hash: height, hash and chain id of the last block the follower processed
   dvp:intake          stream: one entry per accepted trade id; consumer group `dvp:workers` hands each entry
                       to one worker, which takes the trade's lease and acks (XAUTOCLAIM recovers a dead
                       reader's entries)
@@ -21,6 +21,9 @@ Keys (prefix `dvp:`):
                       re-lock, a lock by someone else, a lock made after the trade finished), as JSON of every term;
                       score = timelock. The watcher refunds each once its timelock passes and drops it once its
                       slot no longer holds it: every lock the relayer has seen ends claimed or refunded.
+  dvp:locknonce:{chain id}:{holder}:{nonce}  string: the trade whose kept lock authorisation (lockWithSig) uses
+                      this escrow nonce of a holder-signed account, so two trades never hold the same one (SET NX,
+                      expires after a week: by then the nonce is used on chain or the trade is over)
 State changes are compare-and-set on `version` (Lua), and the audit entry is written in the same script.
 Delivery: at-least-once; every action the engine takes is idempotent and checked against the chain.
 """
@@ -66,6 +69,13 @@ def cursor_key(chain: str) -> str:
 
 def strays_key(chain: str) -> str:
     return f"{PREFIX}strays:{chain}"
+
+
+def lock_nonce_key(chain_id: int, holder: str, nonce: int) -> str:
+    return f"{PREFIX}locknonce:{chain_id}:{holder}:{nonce}"
+
+
+LOCK_NONCE_TTL = 7 * 24 * 3600
 
 
 # KEYS: trade, audit, open, all, counts. ARGV: digest, record JSON, audit JSON, now
@@ -526,12 +536,27 @@ class Store:
     async def count_strays(self, chain: str) -> int:
         return int(await self.r.zcard(strays_key(chain)))
 
-    async def get_cursor(self, chain: str) -> tuple[int, str] | None:
+    async def get_cursor(self, chain: str) -> tuple[int, str, int | None] | None:
+        """(height, hash, chain id) of the ledger's last processed block; the chain id is None in a cursor
+        written before it was kept."""
         data = await self.r.hgetall(cursor_key(chain))
-        return (int(data["height"]), data["hash"]) if data else None
+        if not data:
+            return None
+        return int(data["height"]), data["hash"], (int(data["chain_id"]) if data.get("chain_id") else None)
 
-    async def set_cursor(self, chain: str, height: int, block_hash: str) -> None:
-        await self.r.hset(cursor_key(chain), mapping={"height": height, "hash": block_hash})
+    async def reserve_lock_nonce(self, chain_id: int, holder: str, nonce: int, trade_id: str) -> bool:
+        """Hold a holder's escrow nonce for one trade's authorisation; True when it is this trade's (now or before)."""
+        key = lock_nonce_key(chain_id, holder, nonce)
+        if await self.r.set(key, trade_id, nx=True, ex=LOCK_NONCE_TTL):
+            return True
+        return bool(await self.r.get(key) == trade_id)
+
+    async def lock_nonce_holder(self, chain_id: int, holder: str, nonce: int) -> str | None:
+        value = await self.r.get(lock_nonce_key(chain_id, holder, nonce))
+        return str(value) if value is not None else None
+
+    async def set_cursor(self, chain: str, height: int, block_hash: str, chain_id: int) -> None:
+        await self.r.hset(cursor_key(chain), mapping={"height": height, "hash": block_hash, "chain_id": chain_id})
 
 
 # A preset dictionary of what every archive repeats makes zlib effective on ~3 KB documents.

@@ -147,6 +147,7 @@ class FakeLedger:
         return self.single_gas(kind)
     batch_entry_gas = staticmethod(HtlcLedger.batch_entry_gas)
     swap_id_of = staticmethod(HtlcLedger.swap_id_of)
+    signed_lock_call = staticmethod(HtlcLedger.signed_lock_call)
 
     def __init__(self, name: str, escrow: str, keys: list[str]) -> None:
         self.chain = _Chain(name)
@@ -157,6 +158,10 @@ class FakeLedger:
         self.slots: dict[bytes, bytes] = {}
         self.allowances: list[tuple[str, str, int]] = []
         self.rules = FakeRules()
+        self.holders: dict[str, tuple[int, int]] = {}  # holder -> (escrow lock nonce, allowance): holder-signed
+
+    async def holder_state(self, holder: str, token: str) -> tuple[int, int]:
+        return self.holders.get(holder, (0, 0))
 
     def any_sender(self, prefer: list[str] | None = None) -> FakeSender | None:
         for addr in prefer or []:

@@ -203,3 +203,26 @@ async def test_worker_started_while_a_chain_is_down_runs_the_other_with_readines
         assert '"chain_not_started"' in log and '"engine_started"' in log
     finally:
         assert worker.terminate() == 0
+
+
+async def test_a_cursor_another_chain_left_under_the_ledger_name_is_not_trusted(net: Net):
+    """A devnet redeployed (or a ledger renamed) under a kept Redis: the `st` cursor was written on chain 999.
+    The follower starts at the configured start block, not at that foreign height; a cursor of this chain is
+    resumed from."""
+    from relayer.service import build_engine, close_engine
+
+    settings = net.settings([net.seller])
+    store = Store.from_url(settings.redis_url)
+    await store.r.flushdb()
+    st_chain_id = net.doc["st"]["chain_id"]
+    for cursor_chain_id, expected in ((999, settings.st_start_block - 1), (st_chain_id, 7)):
+        await store.set_cursor("st", 7 if cursor_chain_id == st_chain_id else 10**6, "0x" + "ab" * 32,
+                               cursor_chain_id)
+        engine = build_engine(settings, Store.from_url(settings.redis_url))
+        await engine.start()
+        try:
+            side = next(s for s in engine.followers.sides if s.name == "st")
+            assert side.follower is not None and side.follower.height == expected
+        finally:
+            await close_engine(engine)
+    await store.close()

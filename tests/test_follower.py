@@ -144,3 +144,18 @@ async def test_our_transaction_reorged_out_within_k_is_sent_again(chain_env):
     for _ in range(3):
         await chain.rpc("evm_mine", [])
     assert await s_tx.revive_reorged(depth=3) == 0 and not s_tx.shallow  # deep enough now: forgotten
+
+
+async def test_a_cursor_above_a_shorter_chain_it_never_saw_rewinds_far_enough_to_read_its_events(chain_env):
+    """A devnet restarted under a kept Redis (or any chain replaced below the cursor): the follower's cursor is
+    above the new head and none of its remembered hashes is on chain. It must not take the blocks up to the new
+    head as processed: the lock in them is delivered."""
+    chain, escrow, token, s_tx, buyer = chain_env
+    head = await chain.block_number()
+    stale = EscrowFollower(chain, escrow, confirmations=1, start_height=head + 400, start_hash="0x" + "ab" * 32)
+    trade = await _lock(chain, escrow, token, s_tx, buyer)
+    seen = []
+    for _ in range(4):
+        seen += (await stale.poll()).events
+    assert trade in [e.trade_id for e in seen if isinstance(e, LockedEvent)]
+

@@ -44,15 +44,15 @@ SETTINGS = Settings(_env_file=None, confirmations=POLICY.confirmations, block_ti
                     st_lock_duration=POLICY.st_lock_duration, batch_max=1000)
 
 
-def world(keys_st=(SELLER, BUYER), keys_sc=(SELLER, BUYER)):
+def world(keys_st=(SELLER, BUYER), keys_sc=(SELLER, BUYER), holders=()):
     store = FakeStore()
     st_led, sc_led = FakeLedger("st", ST_ESCROW, list(keys_st)), FakeLedger("sc", SC_ESCROW, list(keys_sc))
     st_side, sc_side = side("st", st_led, NOW, chain_id=1), side("sc", sc_led, NOW, chain_id=2)
     routes = Routes([st_side, sc_side], SETTINGS)
     assert routes.route(instruction()).policy == POLICY  # the fakes decide with the protocol tests' timing
     box = SecretBox(generate_key())
-    executor = Executor(routes, SETTINGS, store, box, _Coordinator(store))  # type: ignore[arg-type]
-    driver = Driver(routes, store, box, StrayBook(store), executor.in_flight)  # type: ignore[arg-type]
+    executor = Executor(routes, SETTINGS, store, box, _Coordinator(store), frozenset(holders))  # type: ignore[arg-type]
+    driver = Driver(routes, store, box, StrayBook(store), executor.in_flight, frozenset(holders))  # type: ignore[arg-type]
     return store, st_side, sc_side, box, driver, executor
 
 
@@ -224,6 +224,37 @@ async def test_a_lock_whose_account_another_worker_signs_for_is_routed_not_sent(
     await _settle(executor)
     assert store.routed == [(BUYER, rec.trade_id)]
     assert not sc_side.ledger.all_senders[BUYER].sent
+
+
+async def test_a_holder_signed_seller_waits_for_its_authorisation_then_its_lock_goes_out_as_lock_with_sig():
+    """DVP_HOLDER_SIGNED: no seller key here. The secret is made, T_st is left to the holder; once an authorisation
+    is kept (HolderLocks, tested on anvil), the lock is due and goes out as lockWithSig from the gas account, only
+    while the holder's escrow nonce is the authorisation's."""
+    from relayer.authorizations import LockAuthorization
+
+    store, st_side, sc_side, _, driver, executor = world(keys_st=(BUYER,), keys_sc=(BUYER,), holders=(SELLER,))
+    rec = new_trade(store)
+    tid = rec.trade_id
+    assert not (await driver.advance(rec, rnd(), fence="f")).due
+    fields = store.fields[tid]
+    assert fields.get("hashlock") and "t_st" not in fields
+    ins = rec.signed.instruction
+    auth = LockAuthorization("st", ins.trade_id_bytes, ST_TOKEN, ins.stAmount, ins.buyerStAccount,
+                             bytes.fromhex(fields["hashlock"]), NOW + 600, 3, NOW + 300, bytes(64) + b"\x1b")
+    fields.update({"auth_st": auth.to_json(), "t_st": str(auth.timelock)})
+    due = (await driver.advance(store.get(tid), rnd(), fence="f")).due
+    assert [d.action for d in due] == [Action.LOCK_ST]
+    gas = st_side.ledger.all_senders[BUYER]
+    st_side.ledger.holders[SELLER] = (2, 10**18)  # an earlier authorisation of the holder is not used yet
+    executor.dispatch(due)
+    await _settle(executor)
+    assert not gas.sent and "authorization_unusable" in store.events(tid)
+    st_side.ledger.holders[SELLER] = (3, 10**18)
+    executor.not_before.clear()
+    executor.dispatch(due)
+    await _settle(executor)
+    with_sig = HtlcLedger.signed_lock_call(auth.terms, SELLER, auth.deadline, auth.signature)
+    assert [tx[1] for tx in gas.sent] == [with_sig]
 
 
 def _sc_locked_with_our_secret(store, sc_side, executor):

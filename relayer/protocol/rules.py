@@ -131,6 +131,10 @@ class TradeView:
     # the ST lock's secret, read from a claim not yet k blocks deep: enough for the ST claim (a secret stays valid
     # whatever happens to the block that revealed it), never for a state change
     seen_preimage: bytes | None = None
+    # a holder-signed buyer (DVP_HOLDER_SIGNED): its SC lock waits for the holder's authorisation, whose
+    # timelock it takes
+    sc_lock_authorized: bool = True
+    planned_t_sc: int | None = None
 
 
 @dataclass
@@ -291,8 +295,9 @@ def decide(view: TradeView, roles: Roles, policy: TimingPolicy) -> Decision:
             d.actions.append(Action.LOCK_ST)
         else:
             d.notes.append(f"chain clocks differ by {view.clock_offset:.0f}s > {policy.max_clock_skew}s: not locking")
-    if roles.buyer and st.lock is not None and st.active and not st_problems and sc.lock is None and not sc.refunded:
-        t_sc = sc_timelock_for(st.lock.timelock, delta)
+    if roles.buyer and st.lock is not None and st.active and not st_problems and sc.lock is None and not sc.refunded \
+            and view.sc_lock_authorized:
+        t_sc = view.planned_t_sc if view.planned_t_sc is not None else sc_timelock_for(st.lock.timelock, delta)
         # 3Δ left on T_st = 2Δ left on T_sc: Δ for this lock to be confirmed and seen, Δ for the seller's reveal
         if t_sc - view.now_sc >= policy.min_st_window() - delta and skew_ok:
             d.actions.append(Action.LOCK_SC)
