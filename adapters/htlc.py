@@ -406,15 +406,19 @@ class HtlcLedger:
         """`party`'s EIP-712 signature over the DvP terms; only for accounts whose key we hold."""
         return bytes(self._keys[party].sign_typed_data(full_message=self.dvp_message(terms)).signature)
 
+    async def allowance(self, owner: str, token: str, spender: str | None = None) -> int:
+        """`owner`'s allowance of `token` to the escrow (or `spender`) at the latest block."""
+        data = encode_call(ERC20, "allowance", owner, spender or self.escrow)
+        raw = await self.chain.call(lambda w3: w3.eth.call({"to": to_checksum_address(token), "data": HexStr(data)}))
+        return int.from_bytes(bytes(raw)[-32:], "big")
+
     async def ensure_allowance(self, owner: str, token: str, amount: int, spender: str | None = None) -> None:
         """Approve the escrow (or `spender`) without limit when the owner's allowance is short; we hold the
         owner's key. An unlimited allowance is remembered (OpenZeppelin never decrements it), saving a call."""
         spender = spender or self.escrow
         if (owner, token, spender) in self._unlimited:
             return
-        data = encode_call(ERC20, "allowance", owner, spender)
-        raw = await self.chain.call(lambda w3: w3.eth.call({"to": to_checksum_address(token), "data": HexStr(data)}))
-        allowance = int.from_bytes(bytes(raw)[-32:], "big")
+        allowance = await self.allowance(owner, token, spender)
         if allowance < amount:
             if owner not in self.senders:
                 raise LeaseLost(f"{self.chain.name}: approving {spender} needs {owner}'s lease", account=owner)

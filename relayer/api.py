@@ -28,6 +28,7 @@ from relayer.metrics import REGISTRY
 from relayer.api_models import (
     Accepted,
     AuthorizationAccepted,
+    DvpRequest,
     LockRequest,
     BulkItem,
     BulkResult,
@@ -63,7 +64,7 @@ _STATUS_FOR_CODE = {
     # holder lock authorisations (relayer/authorizations.py)
     "wrong_terms": 422, "expired": 422, "no_allowance": 422, "not_holder_signed": 422, "wrong_signer": 403,
     "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,
-    "concurrent_update": 409,
+    "concurrent_update": 409, "not_same_ledger": 422,
 }
 
 
@@ -270,12 +271,13 @@ async def get_lock_request(request: web.Request) -> web.Response:
     if isinstance(trade_id, web.Response):
         return trade_id
     leg = request.match_info["leg"]
-    if leg not in LEGS:
-        return error("invalid_field", 'leg must be "st" or "sc"')
+    if leg not in (*LEGS, "dvp"):
+        return error("invalid_field", 'leg must be "st", "sc" or "dvp"')
     doc = await request.app[READ_MODEL].lock_request(trade_id, leg)
     if doc is None:
         return error("not_found", "no such trade")
-    return web.json_response(LockRequest(**doc).model_dump(mode="json", exclude_none=True))
+    model = DvpRequest if leg == "dvp" else LockRequest
+    return web.json_response(model(**doc).model_dump(mode="json", exclude_none=True))
 
 
 async def post_authorization(request: web.Request) -> web.Response:

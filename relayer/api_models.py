@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relayer.protocol.instruction import TradeInstruction
+from relayer.protocol.instruction import Address, TradeInstruction
 from relayer.protocol.states import TradeState
 
 
@@ -107,7 +107,6 @@ class Readiness(BaseModel):
 
 
 _HEX32 = r"^0x[0-9a-fA-F]{64}$"
-_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 _UINT256 = 2**256
 _UINT64 = 2**64
 
@@ -118,9 +117,9 @@ class LockTermsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tradeId: str = Field(pattern=_HEX32)
-    token: str = Field(pattern=_ADDRESS)
+    token: Address
     amount: int = Field(ge=0, lt=_UINT256, description="base units (a decimal string is taken too)")
-    receiver: str = Field(pattern=_ADDRESS)
+    receiver: Address
     hashlock: str = Field(pattern=_HEX32)
     timelock: int = Field(ge=0, lt=_UINT64, description="chain timestamp")
     nonce: int = Field(ge=0, lt=_UINT256, description="the escrow's nonces(holder) this signature uses")
@@ -168,3 +167,23 @@ class LockRequest(BaseModel):
     allowance: str = Field(description="the holder's allowance to the escrow, base units")
     permit_typed_data: dict[str, Any] | None = Field(None, description="the ERC-2612 Permit to sign when the "
                                                      "allowance is short and the token has permits")
+
+
+class DvpAuthorizationBody(BaseModel):
+    """POST /v1/trades/{trade_id}/authorizations, same-ledger trades: one party's EIP-712 `DvP` signature (from
+    its own firm's relayer, its custody system or the back office), so that two firms' signatures meet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    leg: str = Field(pattern="^dvp$")
+    party: Address = Field(description="the seller or the buyer of the trade")
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$", description="65 bytes r‖s‖v over the DvP terms")
+
+
+class DvpRequest(BaseModel):
+    """GET /v1/trades/{trade_id}/authorizations/dvp: the DvP terms, and the parties' signatures this relayer has."""
+
+    leg: str
+    typed_data: dict[str, Any] = Field(description="the EIP-712 DvP message both parties sign")
+    signatures: dict[str, str] = Field(description="party address -> its signature, for the parties whose key this "
+                                       "relayer holds or whose signature it was given")

@@ -28,7 +28,8 @@ from eth_utils import is_checksum_address, to_checksum_address
 from pydantic import ValidationError
 
 from adapters.contracts import lock_typed_data
-from relayer.api_models import LockAuthorizationBody
+from relayer.actions import dvp_terms
+from relayer.api_models import DvpAuthorizationBody, LockAuthorizationBody
 from relayer.errors import AuthorizationRefused, InvalidInstruction
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
@@ -96,19 +97,36 @@ class LockAuthorization:
         return self.to_json() == other.to_json()
 
 
-def parse_authorization(doc: Any) -> LockAuthorization:
-    """The POST body (api_models.LockAuthorizationBody) as a LockAuthorization; InvalidInstruction (invalid_field)
-    naming what is malformed."""
+@dataclass(frozen=True)
+class DvpSignature:
+    """One party's EIP-712 `DvP` signature for a same-ledger trade (AtomicDvP.settle needs both)."""
+
+    party: str
+    signature: bytes
+    leg: str = "dvp"
+
+
+def _validated(model: Any, doc: Any) -> Any:
     try:
-        body = LockAuthorizationBody.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInstruction(f"{where}: {first['msg']}", code="invalid_field") from None
+
+
+def parse_authorization(doc: Any) -> LockAuthorization | DvpSignature:
+    """The POST body (api_models.LockAuthorizationBody, or DvpAuthorizationBody for leg "dvp") as a
+    LockAuthorization or a DvpSignature; InvalidInstruction (invalid_field) naming what is malformed."""
+    if isinstance(doc, dict) and doc.get("leg") == "dvp":
+        dvp = _validated(DvpAuthorizationBody, doc)
+        if not _checksum_ok(dvp.party):
+            raise InvalidInstruction("party: bad EIP-55 checksum", code="invalid_field")
+        return DvpSignature(to_checksum_address(dvp.party), bytes.fromhex(dvp.signature[2:]))
+    body = _validated(LockAuthorizationBody, doc)
     lock, p = body.lock, body.permit
     for name in ("token", "receiver"):
-        value = getattr(lock, name)
-        if value[2:] != value[2:].lower() and value[2:] != value[2:].upper() and not is_checksum_address(value):
+        if not _checksum_ok(getattr(lock, name)):
             raise InvalidInstruction(f"lock.{name}: bad EIP-55 checksum", code="invalid_field")
     permit = None if p is None else Permit(p.value, p.deadline, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]))
     return LockAuthorization(
@@ -118,10 +136,26 @@ def parse_authorization(doc: Any) -> LockAuthorization:
         signature=bytes.fromhex(body.signature[2:]), permit=permit)
 
 
+def _checksum_ok(address: str) -> bool:
+    """All lower case, all upper case, or a correct EIP-55 mix."""
+    hexpart = address[2:]
+    return hexpart in (hexpart.lower(), hexpart.upper()) or is_checksum_address(address)
+
+
 def stored_authorization(rec: TradeRecord, leg: str) -> LockAuthorization | None:
     """The authorisation kept with the trade for this leg, if any."""
     raw = rec.get(f"auth_{leg}")
-    return parse_authorization(json.loads(raw)) if raw else None
+    if not raw:
+        return None
+    auth = parse_authorization(json.loads(raw))
+    assert isinstance(auth, LockAuthorization)
+    return auth
+
+
+def kept_dvp_signature(rec: TradeRecord, party: str) -> bytes | None:
+    """A party's DvP signature given to this relayer for the trade (None: not given)."""
+    raw = rec.get(f"dvp_sig_{party}")
+    return bytes.fromhex(raw) if raw else None
 
 
 def permit_typed_data(token: str, name: str, chain_id: int, owner: str, spender: str, value: int, nonce: int,
@@ -360,6 +394,64 @@ class HolderLocks:
         if _recover(message, signature) != sender:
             raise AuthorizationRefused(f"the permit is not {sender}'s for the escrow at the token's nonce "
                                        f"{token_nonce}", code="wrong_signer")
+
+
+class SettlementAuthorizations:
+    """Same-ledger trades between two firms: each firm's relayer signs for its own party only; the parties' DvP
+    signatures meet here (handed over by the back office from the other firm's GET), and whichever relayer has
+    both sends the one AtomicDvP.settle."""
+
+    def __init__(self, routes: Routes, store: Store, on_accepted: Callable[[str], None] = lambda t: None) -> None:
+        self.routes = routes
+        self.store = store
+        self.on_accepted = on_accepted
+        self.log = get_logger()
+
+    def _route(self, rec: TradeRecord) -> Route:
+        route = self.routes.route(rec.signed.instruction)
+        if not route.is_atomic(rec.signed.instruction):
+            raise AuthorizationRefused("this trade does not settle through an AtomicDvP contract (not a same-ledger "
+                                       "trade, or none configured): its legs take lock authorisations",
+                                       code="not_same_ledger")
+        if rec.state in TERMINAL:
+            raise AuthorizationRefused(f"the trade is {rec.state.value}", code="trade_finished")
+        return route
+
+    async def request(self, rec: TradeRecord) -> dict[str, Any]:
+        """The DvP terms as EIP-712 and every party signature this relayer can give: its own parties' (made now with
+        their keys) and those it was given."""
+        route = self._route(rec)
+        ins = rec.signed.instruction
+        ledger = route.st.ledger
+        terms = dvp_terms(ins)
+        signatures: dict[str, str] = {}
+        for party in (ins.sellerStAccount, ins.buyerScAccount):
+            sig = ledger.authorise_dvp(party, terms) if party in ledger.all_senders else kept_dvp_signature(rec, party)
+            if sig is not None:
+                signatures[party] = "0x" + sig.hex()
+        return {"leg": "dvp", "typed_data": _jsonable(ledger.dvp_message(terms)), "signatures": signatures}
+
+    async def accept(self, rec: TradeRecord, given: DvpSignature) -> bool:
+        """Keep a party's DvP signature (True), or find it kept already (False); AuthorizationRefused otherwise."""
+        route = self._route(rec)
+        ins = rec.signed.instruction
+        if given.party not in (ins.sellerStAccount, ins.buyerScAccount):
+            raise AuthorizationRefused(f"{given.party} is neither the seller nor the buyer of this trade",
+                                       code="wrong_terms")
+        if route.st.now() >= ins.deadline:
+            raise AuthorizationRefused(f"the trade's deadline {ins.deadline} has passed", code="expired")
+        kept = kept_dvp_signature(rec, given.party)
+        if kept == given.signature:
+            return False
+        signer = _recover(route.st.ledger.dvp_message(dvp_terms(ins)), given.signature)
+        if signer != given.party:
+            raise AuthorizationRefused(f"the signature is {signer or 'nobody'}'s, not {given.party}'s over these "
+                                       "terms", code="wrong_signer")
+        await self.store.update(rec, {f"dvp_sig_{given.party}": given.signature.hex()}, actor=ACTOR,
+                                event="authorization_accepted", leg="dvp", party=given.party)
+        self.log.info("authorization_accepted", trade_id=rec.trade_id, leg="dvp", party=given.party)
+        self.on_accepted(rec.trade_id)
+        return True
 
 
 def _jsonable(message: dict[str, Any]) -> dict[str, Any]:

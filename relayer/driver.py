@@ -13,7 +13,7 @@ from typing import Any
 
 from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
-from relayer.authorizations import stored_authorization
+from relayer.authorizations import kept_dvp_signature, stored_authorization
 from relayer.follow import ChainSide, LockInstance
 from relayer.janitor import StrayBook
 from relayer.leases import ACTOR
@@ -191,7 +191,12 @@ class Driver:
         settlements = st.index.settlements.get(ins.trade_id_bytes, [])
         view = AtomicView(ins, settled=any(e.digest == digest for e in settlements), now=rnd.now(st),
                           confirmed_time=st.follower.confirmed_timestamp if st.follower else 0)
-        d = decide_atomic(view, self.roles_for(rec, route), route.policy)
+        roles = self.roles_for(rec, route)
+        # a party whose key another firm holds takes part through the signature that firm gave (authorizations.py)
+        roles = Roles(seller=roles.seller or kept_dvp_signature(rec, ins.sellerStAccount) is not None,
+                      buyer=roles.buyer or kept_dvp_signature(rec, ins.buyerScAccount) is not None,
+                      st_gas=roles.st_gas, sc_gas=roles.sc_gas)
+        d = decide_atomic(view, roles, route.policy)
         if not st.fresh:
             d.actions = []
         finished = False

@@ -30,7 +30,7 @@ from relayer.driver import Driver, Quarantine, Round
 from relayer.errors import ConcurrentUpdate, ConfigError, CorruptRecord, FencedOut
 from relayer.executor import Executor
 from relayer.follow import ChainSide, Followers
-from relayer.authorizations import HolderLocks
+from relayer.authorizations import HolderLocks, SettlementAuthorizations
 from relayer.intake import Intake
 from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
 from relayer.leases import ACTOR
@@ -75,7 +75,8 @@ class Engine:
         self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
         self._fresh: tuple[bool, ...] = ()
         self._skew_ok: tuple[bool, ...] = ()
-        self.read_model = ReadModel(store, self.intake_desk, self.routes, self.holder_locks)
+        settlements = SettlementAuthorizations(self.routes, store, on_accepted=self.schedule.mark)
+        self.read_model = ReadModel(store, self.intake_desk, self.routes, self.holder_locks, settlements)
         self._next_sweep = 0.0
 
     @property

@@ -15,7 +15,7 @@ from adapters.evm import TxSender
 from adapters.htlc import HtlcLedger
 from relayer import metrics
 from relayer.actions import Due, DueKey, NeedsAccount, Prepared, dvp_terms
-from relayer.authorizations import stored_authorization
+from relayer.authorizations import kept_dvp_signature, stored_authorization
 from relayer.config import Settings
 from relayer.coordination import Coordinator
 from relayer.follow import ChainSide
@@ -390,12 +390,20 @@ class Executor:
         if ledger.dvp is None:
             return None
         via = self._gas_sender(ledger, [ins.sellerStAccount, ins.buyerScAccount])
-        await asyncio.gather(  # first trade of a pair only: both approvals in the same block
-            ledger.ensure_allowance(ins.sellerStAccount, ins.stToken, ins.stAmount, spender=ledger.dvp),
-            ledger.ensure_allowance(ins.buyerScAccount, ins.scToken, ins.scAmount, spender=ledger.dvp))
         terms = dvp_terms(ins)
-        entry = (terms, ledger.authorise_dvp(ins.sellerStAccount, terms), ledger.authorise_dvp(ins.buyerScAccount, terms))
-        return Prepared(d, ledger, via, entry, expires=ins.deadline, to=ledger.dvp)
+        parties = ((ins.sellerStAccount, ins.stToken, ins.stAmount), (ins.buyerScAccount, ins.scToken, ins.scAmount))
+        signatures = []
+        for party, token, amount in parties:
+            if party in ledger.all_senders:  # ours: sign, and approve the contract on the pair's first trade
+                signatures.append(ledger.authorise_dvp(party, terms))
+                continue
+            given = kept_dvp_signature(d.rec, party)  # another firm's party: its signature, its approval
+            if given is None or await ledger.allowance(party, token, ledger.dvp) < amount:
+                return None  # its firm has not signed or approved yet: asked again next round
+            signatures.append(given)
+        await asyncio.gather(*(ledger.ensure_allowance(p, t, a, spender=ledger.dvp) for p, t, a in parties
+                               if p in ledger.all_senders))  # both in the same block when both are ours
+        return Prepared(d, ledger, via, (terms, *signatures), expires=ins.deadline, to=ledger.dvp)
 
     @staticmethod
     def _public(view: TradeView | None) -> bool:

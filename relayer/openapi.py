@@ -12,6 +12,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from relayer.api_models import (
     Accepted,
     AuthorizationAccepted,
+    DvpAuthorizationBody,
+    DvpRequest,
     LockAuthorizationBody,
     LockRequest,
     BulkResult,
@@ -30,9 +32,9 @@ MAX_LIMIT = 500
 TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
 
 _MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, BulkSubmission, BulkResult, ErrorBody, TradeDocument,
-                                  TradeList, Health, Readiness, LockAuthorizationBody, AuthorizationAccepted,
-                                  LockRequest]
-_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody)
+                                  TradeList, Health, Readiness, LockAuthorizationBody, DvpAuthorizationBody,
+                                  AuthorizationAccepted, LockRequest, DvpRequest]
+_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody, DvpAuthorizationBody)
 
 
 def _schemas() -> dict[str, Any]:
@@ -43,16 +45,18 @@ def _schemas() -> dict[str, Any]:
     return defs
 
 
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
 def _submit(summary: str, body: type[BaseModel], responses: dict[str, Any]) -> dict[str, Any]:
     """A POST with a bearer token and a JSON body of `body`."""
     return {"summary": summary, "security": [{"bearer": []}],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
             "responses": responses}
 
 
@@ -120,31 +124,41 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/v1/trades/{trade_id}/authorizations": {
-            "post": {**_submit("Submit a holder's signed lock (EIP-712 Lock) for one leg of the trade; the relayer "
-                               "sends lockWithSig from an account it holds (docs/holder-signed-locks.md)",
-                               LockAuthorizationBody, {
+            "post": {
+                "summary": "Submit a holder's signed lock for one leg (EIP-712 Lock: the relayer sends lockWithSig from "
+                           "an account it holds), or one party's DvP signature for a same-ledger trade "
+                           "(docs/holder-signed-locks.md)",
+                "security": [{"bearer": []}], "parameters": [_TRADE_ID_PARAM],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    _ref(LockAuthorizationBody), _ref(DvpAuthorizationBody)]}}}},
+                "responses": {
                     "202": _json(AuthorizationAccepted, "kept with the trade (or the same one was kept before)"),
                     "400": _err("malformed JSON, wrong types or values"),
                     "401": _err("missing or wrong bearer token"),
-                    "403": _err("wrong_signer: the signature is not the holder's, or signs other terms"),
+                    "403": _err("wrong_signer: the signature is not the holder's (party's), or signs other terms"),
                     "404": _err("no such trade"),
                     "409": _err("replayed (nonce used), nonce_in_use, conflicting_authorization, too_early, "
                                 "trade_finished"),
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
-                    "422": _err("wrong_terms, expired, no_allowance, not_holder_signed"),
+                    "422": _err("wrong_terms, expired, no_allowance, not_holder_signed, not_same_ledger"),
                     "503": _err("shutting down, or a chain or Redis is not answering"),
-            }), "parameters": [_TRADE_ID_PARAM]},
+                },
+            },
         },
         "/v1/trades/{trade_id}/authorizations/{leg}": {
             "get": {
-                "summary": "What the holder of the leg's account should sign now: the EIP-712 Lock (and a Permit)",
+                "summary": "st / sc: what the holder of the leg's account should sign now (EIP-712 Lock, and a "
+                           "Permit); dvp: the same-ledger terms and the party signatures this relayer can give",
                 "parameters": [_TRADE_ID_PARAM, {"name": "leg", "in": "path", "required": True,
-                                                 "schema": {"type": "string", "enum": ["st", "sc"]}}],
-                "responses": {"200": _json(LockRequest, "the messages to sign"), "400": _err("not a trade id"),
+                                                 "schema": {"type": "string", "enum": ["st", "sc", "dvp"]}}],
+                "responses": {"200": {"description": "the messages to sign (st, sc) or the DvP signatures (dvp)",
+                                      "content": {"application/json": {"schema": {"oneOf": [
+                                          _ref(LockRequest), _ref(DvpRequest)]}}}},
+                              "400": _err("not a trade id"),
                               "401": _err("unauthorized"), "404": _err("no such trade"),
                               "409": _err("too_early, trade_finished"),
-                              "422": _err("not_holder_signed"),
+                              "422": _err("not_holder_signed, not_same_ledger"),
                               "503": _err("a chain or Redis is not answering")},
             }
         },

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relayer.authorizations import HolderLocks, LockAuthorization
+from relayer.authorizations import DvpSignature, HolderLocks, LockAuthorization, SettlementAuthorizations
 from relayer.errors import ConcurrentUpdate, RelayerError
 from relayer.intake import Intake
 from relayer.protocol.instruction import SignedInstruction
@@ -19,18 +19,25 @@ TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
 class ReadModel:
     """The worker's read side and its one write (intake), for the API."""
 
-    def __init__(self, store: Store, intake: Intake, routes: Routes, holder_locks: HolderLocks) -> None:
+    def __init__(self, store: Store, intake: Intake, routes: Routes, holder_locks: HolderLocks,
+                 settlements: SettlementAuthorizations) -> None:
         self.store = store
         self.intake = intake
         self.routes = routes
         self.holder_locks = holder_locks
+        self.settlements = settlements
 
     async def lock_request(self, trade_id: str, leg: str) -> dict[str, Any] | None:
-        """What the leg's holder should sign now (None: no such trade)."""
+        """What the leg's holder should sign now, or for "dvp" the settlement's terms and the party signatures this
+        relayer can give (None: no such trade)."""
         rec = await self.store.get(trade_id)
-        return None if rec is None else await self.holder_locks.request(rec, leg)
+        if rec is None:
+            return None
+        if leg == "dvp":
+            return await self.settlements.request(rec)
+        return await self.holder_locks.request(rec, leg)
 
-    async def authorize(self, trade_id: str, auth: LockAuthorization) -> bool | None:
+    async def authorize(self, trade_id: str, auth: LockAuthorization | DvpSignature) -> bool | None:
         """Check and keep a holder's lock authorisation: True (kept), False (the same one was kept already), None
         (no such trade). A record that changed while checking is read again (bounded)."""
         for _ in range(5):
@@ -38,6 +45,8 @@ class ReadModel:
             if rec is None:
                 return None
             try:
+                if isinstance(auth, DvpSignature):
+                    return await self.settlements.accept(rec, auth)
                 return await self.holder_locks.accept(rec, auth)
             except ConcurrentUpdate:
                 continue  # the driver wrote the trade in between: check against the new record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -147,7 +148,28 @@ async def two_chain_net(redis_server: Any, st_standard: str, st_chain_id: int, s
         sc.stop()
 
 
-__all__ = ["Net", "drive", "close_engine", "generate_key", "two_chain_net"]
+@contextlib.asynccontextmanager
+async def api_session(engine: Engine, token: str) -> AsyncIterator[Any]:
+    """The engine's HTTP API (relayer.api.make_app) served in this event loop on a free port, and a client session
+    for it; the engine keeps being driven by the test."""
+    import aiohttp
+    from aiohttp import web
+
+    from deploy.processes import free_port
+    from relayer.api import make_app
+
+    runner = web.AppRunner(make_app(engine.read_model, api_tokens=[token]))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            yield http
+    finally:
+        await runner.cleanup()
+
+
+__all__ = ["Net", "api_session", "drive", "close_engine", "generate_key", "two_chain_net"]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

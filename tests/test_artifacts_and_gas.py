@@ -12,6 +12,7 @@ from deploy.gas_report import REPORT_FILE, measure
 TOLERANCE = 1.02
 
 
+@pytest.mark.slow  # in `make test-slow` (CI runs it): keeps `make test` near 10 minutes
 def test_committed_artifacts_match_a_fresh_compile():
     assert ARTIFACTS_FILE.exists()
     assert check_artifacts() == []

@@ -266,6 +266,7 @@ async def test_a_pause_lifted_before_the_reveal_window_closes_settles(tnet: Net)
         await close_engine(engine)
 
 
+@pytest.mark.slow  # in `make test-slow` (CI runs it): keeps `make test` near 10 minutes
 async def test_an_agent_acting_between_the_reveal_and_the_st_claim_is_one_sided_and_alerted(tnet: Net, caplog):
     """The one case the relayer cannot prevent: the secret is public, then the agent freezes the buyer before the
     ST claim is mined (here: in the same block, tipped above it). Every retry fails; at T_st the seller's ST is

@@ -14,14 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from adapters.contracts import encode_call
-from deploy.processes import free_port
-from relayer.api import make_app
 from relayer.protocol.states import TradeState
 from relayer.store import Store
-from tests.relayer_kit import Net, close_engine, drive
+from tests.relayer_kit import Net, api_session, close_engine, drive
 
 TOKEN = "holder-test-token-" + "y" * 16
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -52,15 +49,10 @@ async def _api(net: Net, keys: list[Any], holders: list[Any]) -> AsyncIterator[A
     await store.r.flushdb()
     engine = build_engine(settings, store)
     await engine.start()
-    runner = web.AppRunner(make_app(engine.read_model, api_tokens=[TOKEN]))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        async with api_session(engine, TOKEN) as http:
             yield Api(engine, http)
     finally:
-        await runner.cleanup()
         await close_engine(engine)
 
 

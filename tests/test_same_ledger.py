@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive
 
@@ -89,6 +91,7 @@ async def test_the_htlc_path_is_kept_when_no_atomic_contract_is_configured(one_c
         await close_engine(engine)
 
 
+@pytest.mark.slow  # in `make test-slow` (CI runs it): keeps `make test` near 10 minutes
 async def test_the_same_ledger_demo_never_flushes_a_redis_it_did_not_start(net):
     """`make demo` reused a Redis listening on 6379 and ran FLUSHDB on its db 1: someone else's data was gone."""
     from relayer.demo import _same_ledger
@@ -103,3 +106,74 @@ async def test_the_same_ledger_demo_never_flushes_a_redis_it_did_not_start(net):
     finally:
         await other.r.delete("someone-else:data")
         await other.close()
+
+
+TOKEN = "two-firms-token-" + "z" * 16
+
+
+async def test_two_firms_settle_a_same_ledger_trade_once_their_dvp_signatures_meet(one_chain: Net, tmp_path):
+    """Each firm's relayer holds only its own party's key and its own Redis; the back office hands each firm's DvP
+    signature (GET …/authorizations/dvp) to the other (POST …/authorizations); one settle moves both legs."""
+    import json
+
+    from deploy.processes import RedisProcess, free_port
+    from tests.relayer_kit import api_session
+
+    net = one_chain
+    dvp = net.doc["st"]["dvp"]
+    own_redis = RedisProcess(port=free_port(), data_dir=tmp_path).start()
+    seller_firm = await net.engine([net.seller], dvp_contract=dvp)
+    buyer_firm = await net.engine([net.buyer], dvp_contract=dvp, redis_url=own_redis.url)
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    try:
+        async with api_session(seller_firm, TOKEN) as seller_api, api_session(buyer_firm, TOKEN) as buyer_api:
+            async def get(api, tid):
+                async with api.get(f"/v1/trades/{tid}/authorizations/dvp", headers=auth) as r:
+                    return r.status, await r.json()
+
+            async def post(api, tid, body):
+                async with api.post(f"/v1/trades/{tid}/authorizations", data=json.dumps(body), headers=auth) as r:
+                    return r.status, await r.json()
+
+            signed = await net.instruction(stAmount=4, scAmount=4_000, deadline=await net.st.now() + 120)
+            tid = signed.instruction.tradeId
+            before = await _balances(net)
+            assert await seller_firm.intake(signed) and await buyer_firm.intake(signed)
+            for _ in range(10):  # alone, neither can settle
+                await seller_firm.step()
+                await buyer_firm.step()
+            assert await _balances(net) == before
+            status, from_seller = await get(seller_api, tid)
+            assert status == 200 and list(from_seller["signatures"]) == [net.seller.address]
+            status, from_buyer = await get(buyer_api, tid)
+            assert status == 200 and list(from_buyer["signatures"]) == [net.buyer.address]
+            seller_sig = from_seller["signatures"][net.seller.address]
+            buyer_sig = from_buyer["signatures"][net.buyer.address]
+            # refusals first: nothing kept
+            wrong = await post(seller_api, tid, {"leg": "dvp", "party": net.buyer.address, "signature": seller_sig})
+            assert wrong[0] == 403 and wrong[1]["error"] == "wrong_signer"
+            outsider = await post(seller_api, tid, {"leg": "dvp", "party": net.pts.address, "signature": buyer_sig})
+            assert outsider[0] == 422 and outsider[1]["error"] == "wrong_terms"
+            assert (await post(buyer_api, tid, {"leg": "dvp", "party": net.seller.address,
+                                                "signature": seller_sig}))[0] == 202
+            assert (await post(seller_api, tid, {"leg": "dvp", "party": net.buyer.address,
+                                                 "signature": buyer_sig}))[0] == 202
+            states = {}
+            for _ in range(600):
+                await seller_firm.step()
+                await buyer_firm.step()
+                states = {(await f.store.get(tid)).state for f in (seller_firm, buyer_firm)}
+                if states == {TradeState.SETTLED}:
+                    break
+                await asyncio.sleep(0.05)
+            assert states == {TradeState.SETTLED}
+            await seller_firm.drain()
+            await buyer_firm.drain()
+            assert await _balances(net) == (before[0] - 4, before[1] + 4, before[2] + 4_000, before[3] - 4_000)
+            mined = [e for f in (seller_firm, buyer_firm) for e in await f.store.audit(tid)
+                     if e["event"] == "settle_dvp_mined"]
+            assert len(mined) == 1  # one settle moved both legs; the other firm saw it done
+    finally:
+        await close_engine(seller_firm)
+        await close_engine(buyer_firm)
+        own_redis.stop()
