@@ -94,6 +94,7 @@ class EvmChain:
         attempts_per_url: int = 3,
         fee_mode: str = "eip1559",
         gas_price_wei: int | None = None,
+        auth_header: str = "",
     ) -> None:
         if not rpc_urls:
             raise ValueError(f"chain {name}: at least one RPC URL is required")
@@ -105,11 +106,16 @@ class EvmChain:
         self.fee_mode = fee_mode
         self.gas_price_wei = gas_price_wei
         self.rpc_urls = list(rpc_urls)
+        # a node provider's credentials (Bearer or Basic), sent with every request and the WebSocket handshake
+        self.auth_headers = {"Authorization": auth_header} if auth_header else {}
         self._w3s = [
             AsyncWeb3(
                 AsyncHTTPProvider(
                     url,
-                    request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout)},
+                    request_kwargs={"timeout": aiohttp.ClientTimeout(total=request_timeout),
+                                    # headers given replace web3's defaults: Content-Type is said again
+                                    **({"headers": {"Content-Type": "application/json", **self.auth_headers}}
+                                       if self.auth_headers else {})},
                     exception_retry_configuration=None,  # retries and failover are ours, below
                 )
             )
@@ -634,9 +640,10 @@ class HeadWatcher:
     failure it reconnects with backoff; meanwhile the caller's own polling interval keeps things moving.
     """
 
-    def __init__(self, name: str, ws_url: str, wake: asyncio.Event) -> None:
+    def __init__(self, name: str, ws_url: str, wake: asyncio.Event, headers: dict[str, str] | None = None) -> None:
         self.name = name
         self.ws_url = ws_url
+        self._headers = dict(headers or {})
         self.wake = wake
         self.connected = False
         self.heads_seen = 0
@@ -648,7 +655,8 @@ class HeadWatcher:
         backoff = 0.2
         while not stop.is_set():
             try:
-                async with AsyncWeb3(WebSocketProvider(self.ws_url)) as w3:
+                provider = WebSocketProvider(self.ws_url, websocket_kwargs={"additional_headers": self._headers})
+                async with AsyncWeb3(provider) as w3:
                     await w3.eth.subscribe("newHeads")
                     self.connected, backoff = True, 0.2
                     async for _ in w3.socket.process_subscriptions():

@@ -158,26 +158,34 @@ class RedisProcess:
     appendfsync: str = "always"
     proc: subprocess.Popen | None = None
     pid: int | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key): TLS only, on `port` (no plain port)
+    extra_args: tuple[str, ...] = ()  # e.g. ACL users: ("--user", "dvp", "on", ">password", "~dvp:*", ...)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         if port_open(self.port):
             raise ProcessStartError(f"port {self.port} is already in use")
         self.data_dir = self.data_dir.resolve()  # redis chdirs to --dir before opening --logfile
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            cert, key = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file",
+                     str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
         cmd = [
             redis_server_binary(),
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *ports,
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from adapters.errors import LedgerError
 
 from relayer.authorizations import LEGS, parse_authorization
+from relayer.config import API_ROLES
 from relayer.read_model import ReadModel
 from relayer.errors import ConflictingInstruction, RelayerError
 from relayer.logging import get_logger
@@ -44,7 +45,7 @@ from relayer.protocol.states import TradeState
 from relayer.store import TradeRecord
 
 READ_MODEL = web.AppKey("read_model", ReadModel)
-API_TOKENS = web.AppKey("api_tokens", list)
+API_TOKENS = web.AppKey("api_tokens", dict)
 READ_AUTH = web.AppKey("read_auth", bool)
 ACCEPTING = web.AppKey("accepting", dict)
 MAX_BODY = 64 * 1024  # one instruction
@@ -59,7 +60,7 @@ _STATUS_FOR_CODE = {
     "invalid_json": 400, "invalid_field": 400, "bad_signature": 403,
     "untrusted_signer": 403, "unknown_chain": 422, "unknown_token": 422, "deadline_too_close": 422,
     "compliance_refused": 422,
-    "conflicting_trade_id": 409, "unauthorized": 401, "not_found": 404, "body_too_large": 413,
+    "conflicting_trade_id": 409, "unauthorized": 401, "forbidden": 403, "not_found": 404, "body_too_large": 413,
     "shutting_down": 503, "not_ready": 503,
     # holder lock authorisations (relayer/authorizations.py)
     "wrong_terms": 422, "expired": 422, "no_allowance": 422, "not_holder_signed": 422, "wrong_signer": 403,
@@ -84,14 +85,30 @@ def error(code: str, message: str, status: int | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status or _STATUS_FOR_CODE.get(code, 400))
 
 
-def _authorized(request: web.Request) -> bool:
-    tokens: list[str] = request.app[API_TOKENS]
+def _grants(request: web.Request) -> frozenset[str]:
+    """What the request's bearer token may do (empty: no valid token). Every token is compared, in constant time."""
+    tokens: dict[str, frozenset[str]] = request.app[API_TOKENS]
     header = request.headers.get("Authorization", "")
-    presented = header[7:] if header.startswith("Bearer ") else ""
-    ok = False
-    for token in tokens:  # compare against every token, in constant time each
-        ok |= hmac.compare_digest(presented.encode(), token.encode())
-    return ok
+    presented = (header[7:] if header.startswith("Bearer ") else "").encode()
+    found: frozenset[str] = frozenset()
+    for token, grants in tokens.items():
+        if hmac.compare_digest(presented, token.encode()):
+            found = grants
+    return found
+
+
+def _refused(request: web.Request, need: str) -> web.Response | None:
+    """None when the request's token grants `need` (read | submit); else the 401 or 403 answer."""
+    grants = _grants(request)
+    if not grants:
+        return error("unauthorized", "a valid API bearer token is required")
+    if need not in grants:
+        return error("forbidden", f"this token's role may not {need} (DVP_API_TOKENS: read, submit, operator)")
+    return None
+
+
+def _read_refused(request: web.Request) -> web.Response | None:
+    return _refused(request, "read") if request.app[READ_AUTH] else None
 
 
 @web.middleware
@@ -123,8 +140,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
 
 async def _json_body(request: web.Request, limit: int) -> Any:
     """The request's JSON document, or an error Response (auth, shutdown, type, size, nesting, syntax)."""
-    if not _authorized(request):
-        return error("unauthorized", "a valid API bearer token is required")
+    if (refused := _refused(request, "submit")) is not None:
+        return refused
     if not request.app[ACCEPTING]["on"]:
         return error("shutting_down", "this worker is shutting down; retry on another")
     if request.content_type != "application/json":
@@ -226,8 +243,8 @@ def trade_document(rec: TradeRecord, audit: list[dict[str, Any]], now_st: int, n
 
 
 async def get_trade(request: web.Request) -> web.Response:
-    if request.app[READ_AUTH] and not _authorized(request):
-        return error("unauthorized", "a valid API bearer token is required")
+    if (refused := _read_refused(request)) is not None:
+        return refused
     model = request.app[READ_MODEL]
     trade_id = _trade_id(request)
     if isinstance(trade_id, web.Response):
@@ -239,8 +256,8 @@ async def get_trade(request: web.Request) -> web.Response:
 
 
 async def list_trades(request: web.Request) -> web.Response:
-    if request.app[READ_AUTH] and not _authorized(request):
-        return error("unauthorized", "a valid API bearer token is required")
+    if (refused := _read_refused(request)) is not None:
+        return refused
     model = request.app[READ_MODEL]
     try:
         offset = int(request.query.get("offset", "0"))
@@ -265,14 +282,16 @@ def _trade_id(request: web.Request) -> str | web.Response:
 
 async def get_lock_request(request: web.Request) -> web.Response:
     """What the holder of one leg's account should sign (EIP-712 Lock, and a Permit when needed)."""
-    if request.app[READ_AUTH] and not _authorized(request):
-        return error("unauthorized", "a valid API bearer token is required")
+    if (refused := _read_refused(request)) is not None:
+        return refused
     trade_id = _trade_id(request)
     if isinstance(trade_id, web.Response):
         return trade_id
     leg = request.match_info["leg"]
     if leg not in (*LEGS, "dvp"):
         return error("invalid_field", 'leg must be "st", "sc" or "dvp"')
+    if leg == "dvp" and (refused := _refused(request, "submit")) is not None:
+        return refused  # it hands out the parties' settlement signatures
     doc = await request.app[READ_MODEL].lock_request(trade_id, leg)
     if doc is None:
         return error("not_found", "no such trade")
@@ -335,12 +354,14 @@ ROUTES = [
 ]
 
 
-def make_app(model: ReadModel, *, api_tokens: list[str], read_auth: bool = False,
+def make_app(model: ReadModel, *, api_tokens: list[str] | dict[str, str], read_auth: bool = False,
              max_lag_blocks: int = 20) -> web.Application:
-    """The API over a worker's read model (`Engine.read_model`)."""
+    """The API over a worker's read model (`Engine.read_model`). api_tokens: token -> role (read, submit,
+    operator), or a list of operator tokens."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BULK_BODY)
     app[READ_MODEL] = model
-    app[API_TOKENS] = [t for t in api_tokens if t]
+    roles = api_tokens if isinstance(api_tokens, dict) else dict.fromkeys(api_tokens, "operator")
+    app[API_TOKENS] = {t: API_ROLES[role] for t, role in roles.items() if t}
     app[READ_AUTH] = read_auth
     app[ACCEPTING] = {"on": True}
     app[MAX_LAG_BLOCKS] = max_lag_blocks

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from adapters.signers import DEFAULT_PKCS11_MODULE, HashSigner, SignerDefaults, SignerError, env_signer, parse_reference
 from relayer.errors import ConfigError
 from relayer.protocol.rules import TimingPolicy
+from relayer.secrets import SecretBox
 
 # chain ids of local devnets (anvil and hardhat, geth --dev and ganache, `dvp-relayer devnet up`): raw env: keys
 # against any other chain id get a warning at start
@@ -50,6 +51,11 @@ def _check_addresses(value: str) -> str:
     return value
 
 
+# what each API role may do: read (GETs), submit (read + every POST), operator (everything, today the same)
+API_ROLES: dict[str, frozenset[str]] = {"read": frozenset({"read"}), "submit": frozenset({"read", "submit"}),
+                                        "operator": frozenset({"read", "submit", "operator"})}
+
+
 def gwei_to_wei(gwei: float | None) -> int | None:
     """A gas price in gwei as wei (rounded: 8.2 gwei is 8,200,000,000 wei, not one less); None stays None."""
     return None if gwei is None else round(gwei * 10**9)
@@ -67,6 +73,9 @@ class LedgerConfig(BaseModel):
                                  "serve it (unset: learned on connect, single-pair deployments only)")
     rpc_urls: list[str] = Field(min_length=1, description="primary RPC first, then standbys")
     ws_url: str = Field("", description="optional WebSocket URL: new blocks wake the worker at once")
+    rpc_auth_env: str = Field("", pattern=r"^([A-Z_][A-Z0-9_]*)?$", description="name of the environment variable "
+                              "holding the Authorization header value for its RPC and WebSocket URLs (Bearer …, "
+                              "Basic …): the secret stays out of the file")
     escrow: str = Field(description="the HTLC escrow contract")
     tokens: list[str] = Field(default_factory=list, description="token addresses this relayer settles on it")
     start_block: int = Field(0, ge=0, description="where the first follow starts (the escrow's deploy block)")
@@ -168,6 +177,8 @@ class Settings(BaseSettings):
     st_rpc_url: str = Field("http://127.0.0.1:8545", description="ST chain RPC (primary)")
     st_rpc_standby_urls: str = Field("", description="comma-separated standby RPC URLs for the ST chain")
     st_ws_url: str = Field("", description="optional WebSocket URL: new-block notifications wake the worker at once")
+    st_rpc_auth: SecretStr = Field(SecretStr(""), description="Authorization header value for the ST chain's RPC "
+                                   "and WebSocket URLs (a node provider's `Bearer …` or `Basic …`)")
     st_chain_id: int | None = None
     st_escrow: str = ""
     st_tokens: str = Field("", description="comma-separated ST token addresses this relayer settles")
@@ -176,6 +187,7 @@ class Settings(BaseSettings):
     sc_rpc_url: str = Field("http://127.0.0.1:8546", description="coin ledger RPC (primary)")
     sc_rpc_standby_urls: str = ""
     sc_ws_url: str = ""
+    sc_rpc_auth: SecretStr = Field(SecretStr(""), description="as DVP_ST_RPC_AUTH, for the coin ledger")
     sc_chain_id: int | None = None
     sc_escrow: str = ""
     sc_tokens: str = ""
@@ -203,6 +215,9 @@ class Settings(BaseSettings):
     keystore_passphrase_file: str = Field("", description="file holding the passphrase of keystore: signers "
                                           "without passphrase-file=")
     secret_key: SecretStr = Field(SecretStr(""), description="AES-256 key (url-safe base64) for secrets at rest")
+    previous_secret_keys: SecretStr = Field(SecretStr(""), description="comma-separated older DVP_SECRET_KEY "
+                                            "values: they still open the secrets they sealed (rotation; "
+                                            "`dvp-relayer keys rotate` re-seals under the current key)")
 
     confirmations: int = Field(1, ge=1)
     block_time: float = Field(1.0, gt=0)
@@ -223,7 +238,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, description="HTTP API + dashboard port; 0 disables the API in this worker")
-    api_tokens: SecretStr = Field(SecretStr(""), description="comma-separated bearer tokens for POST /v1/trades")
+    api_tokens: SecretStr = Field(SecretStr(""), description="comma-separated bearer tokens, each `role:token` "
+                                  "(read: GETs; submit: read and every POST; operator: everything) or a bare "
+                                  "token (operator)")
     api_read_auth: bool = Field(False, description="require a bearer token on the read endpoints too")
     api_max_lag_blocks: int = Field(20, description="readiness fails when a follower lags more blocks than this")
 
@@ -264,11 +281,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"entry {i} is not a signer reference (pkcs11:…, keystore:…, env:0x…)")
         return v
 
-    @field_validator("secret_key")
+    @field_validator("secret_key", "previous_secret_keys")
     @classmethod
     def _secret_key(cls, v: SecretStr) -> SecretStr:
-        raw = v.get_secret_value()
-        if raw:
+        for raw in _split(v.get_secret_value()):
             try:
                 key = base64.urlsafe_b64decode(raw)
             except (binascii.Error, ValueError):
@@ -284,8 +300,34 @@ class Settings(BaseSettings):
             raise ValueError("must be 0x followed by 64 hex digits (32 bytes)")
         return v
 
+    def secret_box(self) -> SecretBox:
+        """The key that seals new HTLC secrets (DVP_SECRET_KEY) and the older ones that still open theirs."""
+        return SecretBox(self.secret_key.get_secret_value(), _split(self.previous_secret_keys.get_secret_value()))
+
+    def rpc_auth(self, lg: LedgerConfig) -> str:
+        """The Authorization header value for a ledger's RPC ("" = none): DVP_ST_RPC_AUTH / DVP_SC_RPC_AUTH for
+        the ledgers named st / sc, else the environment variable its rpc_auth_env names."""
+        if lg.rpc_auth_env:
+            value = os.environ.get(lg.rpc_auth_env, "")
+            if not value:
+                raise ConfigError(f"ledger {lg.name}: rpc_auth_env names {lg.rpc_auth_env}, which is not set")
+            return value
+        if lg.name in ("st", "sc"):
+            return str(getattr(self, f"{lg.name}_rpc_auth").get_secret_value())
+        return ""
+
+    def api_token_roles(self) -> dict[str, str]:
+        """bearer token -> its role (read, submit, operator); a token without a role prefix is an operator's."""
+        roles: dict[str, str] = {}
+        for entry in _split(self.api_tokens.get_secret_value()):
+            role, sep, token = entry.partition(":")
+            if not sep or role not in API_ROLES:
+                role, token = "operator", entry
+            roles[token] = role
+        return roles
+
     def api_token_list(self) -> list[str]:
-        return _split(self.api_tokens.get_secret_value())
+        return list(self.api_token_roles())
 
     def st_urls(self) -> list[str]:
         return [self.st_rpc_url, *_split(self.st_rpc_standby_urls)]

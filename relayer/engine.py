@@ -165,7 +165,7 @@ class Engine:
                 return  # stopped before the dependencies came up
         wake = asyncio.Event()
         watchers: list[asyncio.Task[Any]] = [
-            asyncio.create_task(HeadWatcher(side.name, side.config.ws_url, wake).run(stop))
+            asyncio.create_task(HeadWatcher(side.name, side.config.ws_url, wake, side.ledger.chain.auth_headers).run(stop))
             for side in self.sides if side.config.ws_url
         ]
         watchers.append(asyncio.create_task(self.coordinator.keep_leases(stop)))

@@ -96,3 +96,34 @@ def _store(reference: str, key: bytes | None) -> dict[str, str]:
     except SignerError as exc:
         raise _fail(exc) from None
     raise click.ClickException("keys are made in an HSM (pkcs11:…) or a keystore (keystore:…), never as env:")
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-seal the secrets of every open trade under the current DVP_SECRET_KEY (the old key in
+    DVP_PREVIOUS_SECRET_KEYS opens them). Safe while workers run: each write is compare-and-set. Once it reports
+    nothing left under an old key, that key can leave DVP_PREVIOUS_SECRET_KEYS."""
+    import asyncio
+
+    from relayer.config import load_settings
+    from relayer.errors import RelayerError
+    from relayer.secret_rotation import reseal_open_trades
+    from relayer.service import store_for
+
+    settings = load_settings()
+    try:
+        box = settings.secret_box()
+    except RelayerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> dict[str, object]:
+        store = store_for(settings)
+        try:
+            return await reseal_open_trades(store, box)
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    click.echo(json.dumps(report))
+    if report["unopened"] or report["busy"]:
+        raise SystemExit(1)

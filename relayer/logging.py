@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -10,13 +11,18 @@ from typing import Any
 import structlog
 
 REDACTED_KEYS = frozenset({"secret", "preimage", "private_key", "key", "party_keys", "secret_key", "sealed",
-                           "signature_key", "raw", "pin", "passphrase", "signers"})
+                           "signature_key", "raw", "pin", "passphrase", "signers", "previous_secret_keys",
+                           "authorization", "rpc_auth", "auth_header", "api_tokens", "token", "password"})
+# credentials inside a URL (redis://user:password@host, https://user:key@node): the part before @ is hidden
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k in list(event_dict):
         if k.lower() in REDACTED_KEYS:
             event_dict[k] = "[redacted]"
+        elif isinstance(event_dict[k], str) and "@" in event_dict[k]:
+            event_dict[k] = _URL_CREDENTIALS.sub(r"\1[redacted]@", event_dict[k])
     return event_dict
 
 

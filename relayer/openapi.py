@@ -82,7 +82,7 @@ OPENAPI: dict[str, Any] = {
                     "400": _err("malformed JSON, wrong types or values, bad address checksums"),
                     "401": _err("missing or wrong bearer token"),
                     "403": _err("a signature that recovers no key, or one from an untrusted key (another "
-                                "deployment's domain salt included)"),
+                                "deployment's domain salt included); forbidden: a read token"),
                     "409": _err("same trade id with other terms"),
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
@@ -100,7 +100,8 @@ OPENAPI: dict[str, Any] = {
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
                 ],
                 "responses": {"200": _json(TradeList, "a page of trades"),
-                              "400": _err("bad paging or state"), "401": _err("unauthorized")},
+                              "400": _err("bad paging or state"), "401": _err("unauthorized"),
+                              "403": _err("forbidden: the token's role may not read")},
             },
         },
         "/v1/trades/bulk": {
@@ -110,6 +111,7 @@ OPENAPI: dict[str, Any] = {
                                              "created) or refused (error, message, as POST /v1/trades would answer)"),
                     "400": _err("malformed JSON, or not {\"trades\": [1 to 500 items]}"),
                     "401": _err("missing or wrong bearer token"),
+                    "403": _err("forbidden: the token's role may not submit (a read token)"),
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
                     "503": _err("shutting down, or not connected to its chains and Redis yet"),
@@ -120,7 +122,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One trade: state, legs, timelocks, audit timeline",
                 "parameters": [_TRADE_ID_PARAM],
                 "responses": {"200": _json(TradeDocument, "the trade"), "400": _err("not a trade id"),
-                              "401": _err("unauthorized"), "404": _err("no such trade")},
+                              "401": _err("unauthorized"), "403": _err("forbidden: the token's role may not read"),
+                              "404": _err("no such trade")},
             }
         },
         "/v1/trades/{trade_id}/authorizations": {
@@ -156,7 +159,9 @@ OPENAPI: dict[str, Any] = {
                                       "content": {"application/json": {"schema": {"oneOf": [
                                           _ref(LockRequest), _ref(DvpRequest)]}}}},
                               "400": _err("not a trade id"),
-                              "401": _err("unauthorized"), "404": _err("no such trade"),
+                              "401": _err("unauthorized (dvp always needs a submit or operator token)"),
+                              "403": _err("forbidden: the token's role may not read (dvp: may not submit)"),
+                              "404": _err("no such trade"),
                               "409": _err("too_early, trade_finished"),
                               "422": _err("not_holder_signed, not_same_ledger"),
                               "503": _err("a chain or Redis is not answering")},

@@ -10,7 +10,6 @@ from relayer.config import Settings, gwei_to_wei
 from relayer.engine import Engine
 from relayer.errors import ConfigError
 from relayer.follow import ChainSide
-from relayer.secrets import SecretBox
 from relayer.store import Store
 
 
@@ -48,7 +47,7 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         chain = next((c for cid, u, c in chains if u == urls or (cid is not None and cid == lg.chain_id)), None)
         if chain is None:
             chain = EvmChain(lg.name, list(urls), request_timeout=settings.rpc_timeout, fee_mode=lg.fee_mode,
-                             gas_price_wei=gwei_to_wei(lg.gas_price_gwei))
+                             gas_price_wei=gwei_to_wei(lg.gas_price_gwei), auth_header=settings.rpc_auth(lg))
             chains.append((lg.chain_id, urls, chain))
         ledger: HtlcLedger
         if lg.role == "st":
@@ -60,7 +59,7 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         else:
             first_ledger[id(chain)] = ledger
         sides.append(ChainSide(lg.name, ledger, lg))
-    return Engine(settings, store or store_for(settings), sides, SecretBox(settings.secret_key.get_secret_value()))
+    return Engine(settings, store or store_for(settings), sides, settings.secret_box())
 
 
 async def close_engine(engine: Engine) -> None:

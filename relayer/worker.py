@@ -19,7 +19,7 @@ async def serve(settings: Settings, stop: asyncio.Event, engine: Engine | None =
     runner: web.AppRunner | None = None
     app: web.Application | None = None
     if settings.api_port:
-        app = make_app(engine.read_model, api_tokens=settings.api_token_list(), read_auth=settings.api_read_auth,
+        app = make_app(engine.read_model, api_tokens=settings.api_token_roles(), read_auth=settings.api_read_auth,
                        max_lag_blocks=settings.api_max_lag_blocks)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()

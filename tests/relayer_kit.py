@@ -149,7 +149,8 @@ async def two_chain_net(redis_server: Any, st_standard: str, st_chain_id: int, s
 
 
 @contextlib.asynccontextmanager
-async def api_session(engine: Engine, token: str) -> AsyncIterator[Any]:
+async def api_session(engine: Engine, token: str, tokens: dict[str, str] | None = None,
+                      read_auth: bool = False) -> AsyncIterator[Any]:
     """The engine's HTTP API (relayer.api.make_app) served in this event loop on a free port, and a client session
     for it; the engine keeps being driven by the test."""
     import aiohttp
@@ -158,7 +159,7 @@ async def api_session(engine: Engine, token: str) -> AsyncIterator[Any]:
     from deploy.processes import free_port
     from relayer.api import make_app
 
-    runner = web.AppRunner(make_app(engine.read_model, api_tokens=[token]))
+    runner = web.AppRunner(make_app(engine.read_model, api_tokens=tokens or [token], read_auth=read_auth))
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
