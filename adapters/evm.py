@@ -419,7 +419,7 @@ class TxSender:
             params |= self._fee_fields(max_fee, tip)
             if to is not None:
                 params["to"] = to
-            sent = self._sign(params)
+            sent = await self._sign(params)
             sent.urgent = urgent
             await self._broadcast(sent)
             self._next_nonce += 1
@@ -429,8 +429,13 @@ class TxSender:
                 del self.history[min(self.history)]
             return sent
 
-    def _sign(self, params: dict[str, Any], previous: SentTx | None = None) -> SentTx:
-        signed = self.account.sign_transaction(params)
+    async def _sign(self, params: dict[str, Any], previous: SentTx | None = None) -> SentTx:
+        """Sign at this nonce. A signer that waits on a device or the network (an HSM: `blocking`) signs in a
+        thread, so the event loop (the other accounts, the followers, the API) runs meanwhile."""
+        if getattr(self.account, "blocking", False):
+            signed = await asyncio.to_thread(self.account.sign_transaction, params)
+        else:
+            signed = self.account.sign_transaction(params)
         sent = previous or SentTx(nonce=params["nonce"], params=params, raw=b"")
         sent.params, sent.raw = params, bytes(signed.raw_transaction)
         sent.hashes.append(HexBytes(signed.hash))
@@ -480,16 +485,16 @@ class TxSender:
             if self.chain.gas_price_wei is not None:  # a fixed price (often 0): no fee to raise
                 if new_hash:
                     params["gas"] += 1
-                    self._sign(params, previous=sent)
+                    await self._sign(params, previous=sent)
                 await self._broadcast(sent)
                 return
             params["gasPrice"] = max(max_fee, params["gasPrice"] * factor // 100 + 1)
-            self._sign(params, previous=sent)
+            await self._sign(params, previous=sent)
             await self._broadcast(sent)
             return
         params["maxPriorityFeePerGas"] = max(tip, params["maxPriorityFeePerGas"] * factor // 100 + 1)
         params["maxFeePerGas"] = max(max_fee, params["maxFeePerGas"] * factor // 100 + 1)
-        self._sign(params, previous=sent)
+        await self._sign(params, previous=sent)
         await self._broadcast(sent)
 
     async def wait(self, sent: SentTx, *, timeout: float = 120.0, poll: float = 0.25) -> TxReceipt:
@@ -595,8 +600,9 @@ class TxSender:
                     self.in_flight[nonce] = sent
                 else:
                     max_fee, tip = await self._fees()
-                    filler = self._sign({"chainId": self.chain.chain_id, "nonce": nonce, "gas": 21_000, "value": 0,
-                                         "to": self.address, "data": b""} | self._fee_fields(max_fee, tip))
+                    filler = await self._sign({"chainId": self.chain.chain_id, "nonce": nonce, "gas": 21_000,
+                                               "value": 0, "to": self.address, "data": b""}
+                                              | self._fee_fields(max_fee, tip))
                     await self._broadcast(filler)
                 filled += 1
             self.gaps_healed += filled

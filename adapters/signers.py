@@ -203,10 +203,12 @@ def _ec_point_to_public_key(ec_point: bytes) -> PublicKey:
 class Pkcs11Signer(HashSigner):
     """A secp256k1 key that lives in an HSM; this process holds a logged-in session and the key's handle only.
 
-    Signing calls are serialised (one PKCS#11 session is not safe to share between threads); each is a local
-    call to the module (SoftHSM2: about 0.6 ms)."""
+    Signing calls are serialised (one PKCS#11 session is not safe to share between threads); each is a call to
+    the module (SoftHSM2: about 2 ms per transaction, measured by the bench; a network HSM: a round trip), so
+    TxSender signs with it in a thread (`blocking`) and the event loop goes on meanwhile."""
 
     kind = "pkcs11"
+    blocking = True
 
     def __init__(self, ref: Pkcs11Reference) -> None:
         import pkcs11
