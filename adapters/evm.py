@@ -180,6 +180,24 @@ class EvmChain:
         self._unreachable = True
         raise RpcUnavailable(f"{self.name}: no RPC endpoint answered ({type(last).__name__}: {last})") from last
 
+    async def heads(self, timeout: float = 2.0) -> list[int | None]:
+        """Every endpoint's latest block number, each asked directly, at once (None: it did not answer in time)."""
+        async def one(w3: W3) -> int | None:
+            try:
+                return int(await asyncio.wait_for(w3.eth.block_number, timeout))
+            except Exception:  # noqa: BLE001 - any failure means "no answer" here; call() handles the real errors
+                return None
+
+        return list(await asyncio.gather(*(one(w3) for w3 in self._w3s)))
+
+    @property
+    def active_index(self) -> int:
+        return self._active
+
+    def use(self, index: int) -> None:
+        """Send every call to endpoint `index` from now on (a standby found ahead of a stalled primary)."""
+        self._active = index
+
     async def connect(self) -> int:
         """Read and remember the chain id (also a reachability check)."""
         self.chain_id = await self.call(lambda w3: w3.eth.chain_id)

@@ -9,6 +9,7 @@ the source of truth; the cursor (height + hash) is handed in and out by the call
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -402,9 +403,17 @@ class HtlcLedger:
         """The settlement's key on chain (the EIP-712 hash of the terms)."""
         return typed_data_digest(self.dvp_message(terms))
 
-    def authorise_dvp(self, party: str, terms: tuple[Any, ...]) -> bytes:
-        """`party`'s EIP-712 signature over the DvP terms; only for accounts whose key we hold."""
-        return bytes(self._keys[party].sign_typed_data(full_message=self.dvp_message(terms)).signature)
+    async def authorise_dvp(self, party: str, terms: tuple[Any, ...]) -> bytes:
+        """`party`'s EIP-712 signature over the DvP terms; only for accounts whose key we hold. An HSM signs in a
+        thread (the event loop goes on)."""
+        if self.chain.chain_id is None:
+            await self.chain.connect()
+        signer, message = self._keys[party], self.dvp_message(terms)
+        if getattr(signer, "blocking", False):
+            signed = await asyncio.to_thread(signer.sign_typed_data, full_message=message)
+        else:
+            signed = signer.sign_typed_data(full_message=message)
+        return bytes(signed.signature)
 
     async def allowance(self, owner: str, token: str, spender: str | None = None) -> int:
         """`owner`'s allowance of `token` to the escrow (or `spender`) at the latest block."""

@@ -40,6 +40,7 @@ from relayer.routing import Route, Routes
 from relayer.store import Store, TradeRecord
 
 LEGS = ("st", "sc")
+NONCE_WINDOW = 64  # how far ahead of a holder's on-chain nonce an authorisation may be
 LOCK_FIELDS = ("tradeId", "token", "amount", "receiver", "hashlock", "timelock", "nonce", "deadline")
 
 
@@ -136,6 +137,17 @@ def parse_authorization(doc: Any) -> LockAuthorization | DvpSignature:
         signature=bytes.fromhex(body.signature[2:]), permit=permit)
 
 
+_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0  # secp256k1 n / 2
+
+
+def _strict(signature: bytes, where: str) -> None:
+    """Only the form the contracts' ECDSA (OpenZeppelin tryRecover) accepts: low s, v 27 or 28. eth-account
+    recovers the same address from a high-s or v=0/1 copy, which the chain would refuse."""
+    if int.from_bytes(signature[32:64], "big") > _HALF_N or signature[64] not in (27, 28):
+        raise AuthorizationRefused(f"{where}: not in the form the contract takes (s in the lower half of the "
+                                   "curve order, v 27 or 28)", code="wrong_signer")
+
+
 def _checksum_ok(address: str) -> bool:
     """All lower case, all upper case, or a correct EIP-55 mix."""
     hexpart = address[2:]
@@ -218,14 +230,12 @@ class HolderLocks:
         now = side.now()
         sender = self.sender(ins, leg)
         hashlock, earliest, latest = self._expected(rec, route, leg, now)
-        if leg == "st":
-            suggested = min(latest, now + policy.st_lock_duration)
-        else:
-            suggested = latest
+        suggested = max(earliest, min(latest, now + policy.st_lock_duration)) if leg == "st" else latest
         token, amount, receiver = self._asset(ins, leg)
         nonce, allowance = await side.ledger.holder_state(sender, token)
         nonce = await self._free_nonce(side, sender, nonce, rec.trade_id)
-        deadline = min(suggested, now + 600)
+        last_use = suggested - (policy.min_st_window() if leg == "st" else policy.min_st_window() - policy.delta())
+        deadline = min(last_use, now + 600)
         chain_id = side.ledger.chain.chain_id or await side.ledger.chain.connect()
         terms = (ins.trade_id_bytes, token, amount, receiver, hashlock, suggested)
         doc: dict[str, Any] = {
@@ -255,12 +265,13 @@ class HolderLocks:
         now = side.now()
         sender = self.sender(ins, leg)
         kept = stored_authorization(rec, leg)
-        if kept is not None:
-            if kept.same_as(auth):
-                return False
-            if not await self._unusable(side, kept, sender, ins, now):
-                raise AuthorizationRefused(f"the {leg} leg of this trade has a usable authorisation already (nonce "
-                                           f"{kept.nonce}); it is not replaced", code="conflicting_authorization")
+        if kept is not None and kept.same_as(auth):
+            return False
+        if await side.ledger.swap_slot(side.ledger.swap_id_of(sender, ins.trade_id_bytes)) != bytes(32):
+            raise AuthorizationRefused(f"the {leg} leg is locked already", code="conflicting_authorization")
+        if kept is not None and not await self._unusable(side, kept, sender):
+            raise AuthorizationRefused(f"the {leg} leg of this trade has a usable authorisation already (nonce "
+                                       f"{kept.nonce}); it is not replaced", code="conflicting_authorization")
         hashlock, earliest, latest = self._expected(rec, route, leg, now)
         token, amount, receiver = self._asset(ins, leg)
         wrong = [f"{name} is {got}, the trade needs {want}" for name, got, want in (
@@ -270,6 +281,12 @@ class HolderLocks:
         if not earliest <= auth.timelock <= latest:
             wrong.append(f"timelock is {auth.timelock}, the trade needs one from {earliest} to {latest} "
                          f"(chain time now {now})")
+        # after this the protocol would not send the lock any more (3Δ left on T_st, 2Δ on T_sc): a later
+        # deadline would only keep an authorisation that can no longer be used from being replaced
+        last_use = auth.timelock - (route.policy.min_st_window() if leg == "st"
+                                    else route.policy.min_st_window() - route.policy.delta())
+        if auth.deadline > last_use:
+            wrong.append(f"deadline is {auth.deadline}, after the last moment the lock may be sent ({last_use})")
         if wrong:
             raise AuthorizationRefused("; ".join(wrong), code="wrong_terms")
         # the lock must be mined before the signature's deadline: one inclusion delay and a block, at least
@@ -278,6 +295,7 @@ class HolderLocks:
             raise AuthorizationRefused(f"deadline {auth.deadline} leaves no time to mine the lock (chain time now "
                                        f"{now}; at least {usable_until} needed)", code="expired")
         chain_id = side.ledger.chain.chain_id or await side.ledger.chain.connect()
+        _strict(auth.signature, "signature")
         message = lock_typed_data(side.ledger.escrow, chain_id, auth.terms, auth.nonce, auth.deadline)
         signer = _recover(message, auth.signature)
         if signer != sender:
@@ -287,20 +305,51 @@ class HolderLocks:
         if auth.nonce < nonce:
             raise AuthorizationRefused(f"nonce {auth.nonce} is used on chain already (the holder's next is "
                                        f"{nonce}): a replayed authorisation", code="replayed")
+        if auth.nonce >= nonce + NONCE_WINDOW:
+            raise AuthorizationRefused(f"nonce {auth.nonce} is {auth.nonce - nonce} ahead of the holder's next "
+                                       f"({nonce}): at most {NONCE_WINDOW - 1}", code="wrong_terms")
         if allowance < amount:
             await self._check_permit(side, auth, sender, chain_id, amount)
-        if not await self.store.reserve_lock_nonce(chain_id, sender, auth.nonce, rec.trade_id):
+        if not await self._reserve(chain_id, sender, auth.nonce, rec.trade_id):
             raise AuthorizationRefused(f"nonce {auth.nonce} of {sender} is held by another trade's authorisation; "
                                        f"sign with the next free nonce", code="nonce_in_use")
         fields: dict[str, Any] = {f"auth_{leg}": auth.to_json()}
         if leg == "st":
             fields["t_st"] = auth.timelock  # the holder's timelock is the plan
-        await self.store.update(rec, fields, actor=ACTOR, event="authorization_accepted", leg=leg,
-                                nonce=auth.nonce, deadline=auth.deadline, timelock=auth.timelock,
-                                permit=auth.permit is not None)
+        try:
+            await self.store.update(rec, fields, actor=ACTOR, event="authorization_accepted", leg=leg,
+                                    nonce=auth.nonce, deadline=auth.deadline, timelock=auth.timelock,
+                                    permit=auth.permit is not None)
+        except BaseException:
+            if kept is None or kept.nonce != auth.nonce:
+                await self.store.release_lock_nonce(chain_id, sender, auth.nonce, rec.trade_id)
+            raise
+        if kept is not None and kept.nonce != auth.nonce:
+            await self.store.release_lock_nonce(chain_id, sender, kept.nonce, rec.trade_id)
         self.log.info("authorization_accepted", trade_id=rec.trade_id, leg=leg, nonce=auth.nonce)
         self.on_accepted(rec.trade_id)
         return True
+
+    async def _reserve(self, chain_id: int, holder: str, nonce: int, trade_id: str) -> bool:
+        """Hold the nonce for this trade; a reservation of a trade that is over or no longer keeps that nonce is
+        stale and taken over."""
+        if await self.store.reserve_lock_nonce(chain_id, holder, nonce, trade_id):
+            return True
+        other = await self.store.lock_nonce_holder(chain_id, holder, nonce)
+        if other is None or await self._holds(other, holder, nonce):
+            return other is None and await self.store.reserve_lock_nonce(chain_id, holder, nonce, trade_id)
+        return await self.store.take_lock_nonce(chain_id, holder, nonce, other, trade_id)
+
+    async def _holds(self, trade_id: str, holder: str, nonce: int) -> bool:
+        """Whether that trade, still open, keeps an authorisation of `holder` with this nonce."""
+        rec = await self.store.get(trade_id)
+        if rec is None or rec.state in TERMINAL:
+            return False
+        for leg in LEGS:
+            auth = stored_authorization(rec, leg)
+            if auth is not None and auth.nonce == nonce and self.sender(rec.signed.instruction, leg) == holder:
+                return True
+        return False
 
     # ---- pieces
 
@@ -311,6 +360,9 @@ class HolderLocks:
         if not self.serves(ins, leg):
             raise AuthorizationRefused(f"this relayer does not submit {leg} locks for {self.sender(ins, leg)} "
                                        "(not in DVP_HOLDER_SIGNED)", code="not_holder_signed")
+        if self.routes.route(ins).is_atomic(ins):
+            raise AuthorizationRefused("a same-ledger trade settles through AtomicDvP, without locks: post its DvP "
+                                       "signature (leg dvp)", code="not_htlc")
 
     @staticmethod
     def _asset(ins: TradeInstruction, leg: str) -> tuple[str, int, str]:
@@ -352,22 +404,20 @@ class HolderLocks:
         return leg.lock
 
     @staticmethod
-    async def _unusable(side: Any, kept: LockAuthorization, sender: str, ins: TradeInstruction, now: int) -> bool:
-        """A kept authorisation may be replaced only once it can never be sent: its nonce was used by another
-        lock of the holder, or its deadline passed, while this leg is still not locked."""
+    async def _unusable(side: Any, kept: LockAuthorization, sender: str) -> bool:
+        """A kept authorisation may be replaced only once it can never be sent: its nonce was used by another lock
+        of the holder, or a mined block is stamped after its deadline (a lock still pending then cannot land)."""
         nonce, _ = await side.ledger.holder_state(sender, kept.token)
-        if nonce <= kept.nonce and now < kept.deadline:
-            return False
-        return bool(await side.ledger.swap_slot(side.ledger.swap_id_of(sender, ins.trade_id_bytes)) == bytes(32))
+        return bool(nonce > kept.nonce or side.head_timestamp > kept.deadline)
 
     async def _free_nonce(self, side: Any, sender: str, onchain: int, trade_id: str) -> int:
-        """The first nonce from the on-chain one that no other trade's kept authorisation holds."""
+        """The first nonce from the on-chain one that no other open trade's kept authorisation holds."""
         chain_id = side.ledger.chain.chain_id or await side.ledger.chain.connect()
-        for n in range(onchain, onchain + 64):
+        for n in range(onchain, onchain + NONCE_WINDOW):
             holder = await self.store.lock_nonce_holder(chain_id, sender, n)
-            if holder is None or holder == trade_id:
+            if holder is None or holder == trade_id or not await self._holds(holder, sender, n):
                 return n
-        return onchain + 64
+        return onchain + NONCE_WINDOW - 1
 
     async def _check_permit(self, side: Any, auth: LockAuthorization, sender: str, chain_id: int,
                             amount: int) -> None:
@@ -381,8 +431,8 @@ class HolderLocks:
         if token_nonce is None:
             raise AuthorizationRefused(f"the token {auth.token} has no ERC-2612 permit: approve the escrow instead",
                                        code="no_allowance")
-        if p.value < amount:
-            raise AuthorizationRefused(f"the permit's value {p.value} is below the amount {amount}",
+        if p.value != amount:  # lockWithPermit calls permit(…, amount, …): another value never verifies
+            raise AuthorizationRefused(f"the permit's value {p.value} is not the amount {amount}",
                                        code="wrong_terms")
         if p.deadline < auth.deadline:
             raise AuthorizationRefused(f"the permit expires ({p.deadline}) before the lock authorisation "
@@ -391,6 +441,7 @@ class HolderLocks:
         message = permit_typed_data(auth.token, name, chain_id, sender, side.ledger.escrow, p.value, token_nonce,
                                     p.deadline)
         signature = p.r + p.s + bytes([p.v])
+        _strict(signature, "permit")
         if _recover(message, signature) != sender:
             raise AuthorizationRefused(f"the permit is not {sender}'s for the escrow at the token's nonce "
                                        f"{token_nonce}", code="wrong_signer")
@@ -426,7 +477,8 @@ class SettlementAuthorizations:
         terms = dvp_terms(ins)
         signatures: dict[str, str] = {}
         for party in (ins.sellerStAccount, ins.buyerScAccount):
-            sig = ledger.authorise_dvp(party, terms) if party in ledger.all_senders else kept_dvp_signature(rec, party)
+            sig = (await ledger.authorise_dvp(party, terms) if party in ledger.all_senders
+                   else kept_dvp_signature(rec, party))
             if sig is not None:
                 signatures[party] = "0x" + sig.hex()
         return {"leg": "dvp", "typed_data": _jsonable(ledger.dvp_message(terms)), "signatures": signatures}
@@ -443,6 +495,7 @@ class SettlementAuthorizations:
         kept = kept_dvp_signature(rec, given.party)
         if kept == given.signature:
             return False
+        _strict(given.signature, "signature")
         signer = _recover(route.st.ledger.dvp_message(dvp_terms(ins)), given.signature)
         if signer != given.party:
             raise AuthorizationRefused(f"the signature is {signer or 'nobody'}'s, not {given.party}'s over these "

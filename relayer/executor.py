@@ -364,22 +364,41 @@ class Executor:
         holder = self._holder_of(d)
         assert holder is not None
         nonce, allowance = await ledger.holder_state(holder, auth.token)
-        if nonce != auth.nonce or side.now() >= auth.deadline:
-            reason = (f"the holder's next nonce is {nonce}, the authorisation's {auth.nonce}" if nonce != auth.nonce
-                      else f"its deadline {auth.deadline} has passed")
-            if self._withheld.get(f"{rec.trade_id}:{leg}") != reason:
+        event, reason = "authorization_unusable", self._signed_lock_problem(d, auth, leg)  # checked again here
+        if reason is None and nonce > auth.nonce:
+            reason = f"the holder's nonce {auth.nonce} was used by another lock (next is {nonce})"
+        elif reason is None and side.now() >= auth.deadline:
+            reason = f"its deadline {auth.deadline} has passed"
+        elif reason is None and nonce < auth.nonce:  # an earlier authorisation of the holder goes first
+            event, reason = "authorization_waiting", f"the holder's nonce {nonce} is not used yet"
+        if reason is not None:
+            if self._withheld.get(f"{rec.trade_id}:{leg}") != reason:  # logged and audited once per reason
                 self._withheld[f"{rec.trade_id}:{leg}"] = reason
-                self.log.warning("authorization_unusable", trade_id=rec.trade_id, leg=leg, reason=reason)
-                await self.store.add_audit(rec.trade_id, ACTOR, "authorization_unusable", leg=leg, reason=reason)
+                self.log.warning(event, trade_id=rec.trade_id, leg=leg, reason=reason)
+                await self.store.add_audit(rec.trade_id, ACTOR, event, leg=leg, reason=reason)
             return None
         permit = auth.permit_args if allowance < auth.amount else None
         via = self._gas_sender(ledger, [holder])
-        if d.action is Action.LOCK_SC and rec.get("t_sc") is None:
+        if d.action is Action.LOCK_SC and rec.get_int("t_sc") != auth.timelock:
             await self.store.update(rec, {"t_sc": auth.timelock}, actor=ACTOR, event="sc_lock_planned",
                                     t_sc=auth.timelock)
         data = ledger.signed_lock_call(auth.terms, holder, auth.deadline, auth.signature, permit)
         return Prepared(d, ledger, via, auth.terms, (auth.token,), expires=min(auth.timelock, auth.deadline),
                         data=data)
+
+    def _signed_lock_problem(self, d: Due, auth: Any, leg: str) -> str | None:
+        """Why a kept authorisation must not be sent now: its terms no longer match the trade's plan (the ST
+        lock's hashlock, T_sc <= T_st - Δ, our hashlock and T_st); None when they do."""
+        rec = d.rec
+        if leg == "st":
+            if auth.hashlock.hex() != rec.get("hashlock") or auth.timelock != rec.get_int("t_st"):
+                return "its hashlock or timelock is not the trade's plan"
+            return None
+        st_ev = d.st_ev
+        delta = self.routes.route(rec.signed.instruction).policy.delta()
+        if st_ev is None or auth.hashlock != st_ev.hashlock or auth.timelock > sc_timelock_for(st_ev.timelock, delta):
+            return "its hashlock or timelock does not fit the ST lock (T_sc <= T_st - Δ)"
+        return None
 
     async def _prepare_settle(self, d: Due, slot: bytes) -> Prepared | None:
         """Same-ledger path: both parties' authorisations over the exact terms, one AtomicDvP call."""
@@ -395,7 +414,7 @@ class Executor:
         signatures = []
         for party, token, amount in parties:
             if party in ledger.all_senders:  # ours: sign, and approve the contract on the pair's first trade
-                signatures.append(ledger.authorise_dvp(party, terms))
+                signatures.append(await ledger.authorise_dvp(party, terms))
                 continue
             given = kept_dvp_signature(d.rec, party)  # another firm's party: its signature, its approval
             if given is None or await ledger.allowance(party, token, ledger.dvp) < amount:

@@ -166,6 +166,9 @@ def _position(ev: LockedEvent | ClaimedEvent | RefundedEvent) -> tuple[int, int]
     return (ev.block, ev.log_index)
 
 
+STALL_BLOCKS = 5  # block times without a new head after which the other endpoints are asked for theirs
+
+
 @dataclass
 class ChainSide:
     """One ledger as the engine follows it: adapter, follower, confirmed index, head and freshness."""
@@ -182,6 +185,7 @@ class ChainSide:
     fresh: bool = False  # followed successfully this round
     gas_limit: int = 0  # the latest block's gas limit (0 until seen)
     reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
+    stall_checked_at: float = 0.0  # monotonic time the endpoints' heads were last compared (a stalled head)
     following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round, see Followers)
 
     @property
@@ -354,6 +358,30 @@ class Followers:
         if side.ledger.chain.reconnects != side.reconnects_seen:
             side.reconnects_seen = side.ledger.chain.reconnects
             self.spawn(self._heal(side))
+        await self._leave_a_stalled_endpoint(side)
+
+    async def _leave_a_stalled_endpoint(self, side: ChainSide) -> None:
+        """An endpoint can answer and still lie: its head stops while the chain goes on (out of sync, stuck on a
+        fork). When the head has not moved for STALL_BLOCKS block times, ask every endpoint for its head; one that
+        is ahead becomes the active endpoint, with an alert. Both stuck: a chain that stopped (nothing to do)."""
+        chain = side.ledger.chain
+        now = time.monotonic()
+        patience = STALL_BLOCKS * side.block_time
+        if len(chain.rpc_urls) < 2 or not side.head_seen_at or time.time() - side.head_seen_at < patience \
+                or now - side.stall_checked_at < patience:
+            return
+        side.stall_checked_at = now
+        heads = [-1 if h is None else h for h in await chain.heads()]
+        best = max(range(len(heads)), key=heads.__getitem__)
+        ahead = heads[best]
+        if best == chain.active_index or ahead <= side.head + 1:
+            return
+        stalled_url = chain.active_url
+        chain.use(best)
+        metrics.RPC_HEAD_STALLS.labels(side.name).inc()
+        self.log.warning("rpc_head_stalled", chain=side.name, head=side.head, other_head=ahead,
+                         stalled_seconds=round(time.time() - side.head_seen_at, 1), left=stalled_url,
+                         now_using=chain.active_url)
 
     async def _revive(self, side: ChainSide) -> None:
         """After each new block: re-send any transaction of ours that a reorg within k took out of the chain."""

@@ -18,6 +18,9 @@ FOLLOWER_HEIGHT = Gauge("dvp_follower_height", "Last block processed by the foll
                         registry=REGISTRY)
 RPC_ERRORS = Gauge("dvp_rpc_errors", "Transport errors seen talking to the chain's RPC endpoints", ["chain"],
                    registry=REGISTRY)
+RPC_HEAD_STALLS = Counter("dvp_rpc_head_stalls_total", "Times the active RPC endpoint's head stopped advancing while "
+                          "a standby's went on (the worker then switched to the standby)", ["chain"],
+                          registry=REGISTRY)
 GAS = Counter("dvp_gas_used_total", "Gas used by transactions this worker sent", ["leg", "action"],
               registry=REGISTRY)
 TX_SENT = Counter("dvp_transactions_sent_total", "Transactions broadcast", ["leg", "action"], registry=REGISTRY)

@@ -551,6 +551,18 @@ class Store:
             return True
         return bool(await self.r.get(key) == trade_id)
 
+    async def take_lock_nonce(self, chain_id: int, holder: str, nonce: int, stale: str, trade_id: str) -> bool:
+        """Move a reservation from a trade that no longer uses it to `trade_id` (only if `stale` still holds it)."""
+        script = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                  "redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 end return 0")
+        return bool(await self.r.eval(script, 1, lock_nonce_key(chain_id, holder, nonce), stale, trade_id,
+                                      LOCK_NONCE_TTL))
+
+    async def release_lock_nonce(self, chain_id: int, holder: str, nonce: int, trade_id: str) -> None:
+        """Drop the reservation if `trade_id` holds it."""
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0"
+        await self.r.eval(script, 1, lock_nonce_key(chain_id, holder, nonce), trade_id)
+
     async def lock_nonce_holder(self, chain_id: int, holder: str, nonce: int) -> str | None:
         value = await self.r.get(lock_nonce_key(chain_id, holder, nonce))
         return str(value) if value is not None else None

@@ -165,7 +165,8 @@ async def test_fuzz_with_every_schemathesis_check_against_the_served_openapi_doc
 
     _, _, port, _ = api
     exe = Path(sys.executable).with_name("schemathesis")
-    cmd = [str(exe), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "-H",
+    cmd = [str(exe), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
+           f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "-H",
            f"Authorization: Bearer {TOKEN}", "--max-examples", "25", "--seed", "13", "--max-time", "60",
            "--generation-deterministic", "--no-color"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(Path(__file__).parents[1])}

@@ -179,6 +179,8 @@ async def test_each_refusal_has_its_code_and_leaves_nothing_stored_or_sent(net: 
         (await sign(request_b, net.seller, timelock=signed_deadline(second) + 1), 422, "wrong_terms"),
         (await sign(request_b, net.seller, timelock=now + 5), 422, "wrong_terms"),  # less than 4Δ left
         (await sign(request_b, net.seller, deadline=now), 422, "expired"),
+        (await sign(request_b, net.seller, deadline=int(msg["timelock"])), 422, "wrong_terms"),  # past last use
+        (high_s(await sign(request_b, net.seller)), 403, "wrong_signer"),  # the same signer, a form ecrecover refuses
         (await sign(request_b, net.seller, nonce=used_nonce), 409, "replayed"),
         (await sign(request_b, net.buyer), 403, "wrong_signer"),
         ({**(await sign(request_b, net.seller)), "signature": body_a["signature"]}, 403, "wrong_signer"),  # A's
@@ -194,6 +196,17 @@ async def test_each_refusal_has_its_code_and_leaves_nothing_stored_or_sent(net: 
     assert not [e for e in await _events(engine, b) if e["event"].startswith(("lock_st", "authorization"))]
     # the honest one is still taken after all that
     assert (await api.post(b, await sign(request_b, net.seller)))[0] == 202
+
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def high_s(body: dict[str, Any]) -> dict[str, Any]:
+    """The same signature in its other form (s -> n - s, v flipped): eth-account recovers the same address from it,
+    OpenZeppelin's ECDSA on chain refuses it."""
+    raw = bytes.fromhex(body["signature"][2:])
+    s = SECP256K1_N - int.from_bytes(raw[32:64], "big")
+    return {**body, "signature": "0x" + (raw[:32] + s.to_bytes(32, "big") + bytes([55 - raw[64]])).hex()}
 
 
 def signed_deadline(signed: Any) -> int:

@@ -248,7 +248,7 @@ async def test_a_holder_signed_seller_waits_for_its_authorisation_then_its_lock_
     st_side.ledger.holders[SELLER] = (2, 10**18)  # an earlier authorisation of the holder is not used yet
     executor.dispatch(due)
     await _settle(executor)
-    assert not gas.sent and "authorization_unusable" in store.events(tid)
+    assert not gas.sent and "authorization_waiting" in store.events(tid)
     st_side.ledger.holders[SELLER] = (3, 10**18)
     executor.not_before.clear()
     executor.dispatch(due)

@@ -154,6 +154,10 @@ async def test_two_firms_settle_a_same_ledger_trade_once_their_dvp_signatures_me
             assert wrong[0] == 403 and wrong[1]["error"] == "wrong_signer"
             outsider = await post(seller_api, tid, {"leg": "dvp", "party": net.pts.address, "signature": buyer_sig})
             assert outsider[0] == 422 and outsider[1]["error"] == "wrong_terms"
+            from tests.test_holder_signed import high_s
+
+            malleated = high_s({"leg": "dvp", "party": net.buyer.address, "signature": buyer_sig})
+            assert (await post(seller_api, tid, malleated))[1]["error"] == "wrong_signer"  # the chain would refuse
             assert (await post(buyer_api, tid, {"leg": "dvp", "party": net.seller.address,
                                                 "signature": seller_sig}))[0] == 202
             assert (await post(seller_api, tid, {"leg": "dvp", "party": net.buyer.address,

@@ -1,0 +1,85 @@
+"""A primary RPC endpoint that answers but stops advancing its head while the chain moves on (issue 18): the
+worker notices a head that has not moved for several block times, finds the standby ahead, fails over to it,
+alerts (log + metric) and settles. The primary is a proxy in front of the real anvil that freezes `latest`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from deploy.processes import free_port
+from relayer import metrics
+from relayer.protocol.states import TradeState
+from tests.relayer_kit import Net, close_engine, drive
+
+_HEAD_METHODS = {"eth_blockNumber", "eth_getBlockByNumber"}
+
+
+class FrozenHeadProxy:
+    """Forwards JSON-RPC to `upstream`, except that once frozen it answers the head as it was then: eth_blockNumber
+    and eth_getBlockByNumber("latest") stay at the frozen block (a node stuck on its fork or out of sync)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.frozen: int | None = None
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _forward(self, http: aiohttp.ClientSession, doc: Any) -> Any:
+        async with http.post(self.upstream, json=doc) as r:
+            return await r.json()
+
+    async def _one(self, http: aiohttp.ClientSession, doc: dict[str, Any]) -> Any:
+        method, params = doc.get("method"), doc.get("params") or []
+        if self.frozen is not None and method in _HEAD_METHODS:
+            if method == "eth_blockNumber":
+                return {"jsonrpc": "2.0", "id": doc.get("id"), "result": hex(self.frozen)}
+            if params and params[0] in ("latest", "pending", "safe", "finalized"):
+                doc = {**doc, "params": [hex(self.frozen), *params[1:]]}
+        return await self._forward(http, doc)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        doc = json.loads(await request.read())
+        async with aiohttp.ClientSession() as http:
+            if isinstance(doc, list):
+                out: Any = [await self._one(http, d) for d in doc]
+            else:
+                out = await self._one(http, doc)
+        return web.json_response(out)
+
+    async def start(self) -> FrozenHeadProxy:
+        app = web.Application()
+        app.router.add_post("/", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def test_a_primary_whose_head_stops_is_left_for_the_standby_that_is_ahead(net: Net):
+    real = net.doc["st"]["rpc_url"]
+    proxy = await FrozenHeadProxy(real).start()
+    engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url, st_rpc_standby_urls=real)
+    try:
+        side = next(s for s in engine.sides if s.name == "st")
+        assert side.ledger.chain.active_url == proxy.url
+        stalls = metrics.RPC_HEAD_STALLS.labels("st")._value.get()
+        proxy.frozen = await net.st.block_number()  # from now on the primary lies about the head
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED
+        assert side.ledger.chain.active_url == real
+        assert metrics.RPC_HEAD_STALLS.labels("st")._value.get() == stalls + 1
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
