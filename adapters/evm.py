@@ -330,6 +330,7 @@ class TxSender:
         gas_margin_percent: int = 20,
         max_priority_fee_wei: int = 200_000_000_000,
         urgent_bump_after: float = 2.0,
+        max_fee_wei: int | None = None,
     ) -> None:
         self.chain = chain
         self.account = account
@@ -340,6 +341,8 @@ class TxSender:
         self.fee_bump_percent = fee_bump_percent
         self.gas_margin_percent = gas_margin_percent
         self.max_priority_fee_wei = max_priority_fee_wei  # the most an urgent transaction tips (config)
+        self.max_fee_wei = max_fee_wei  # the most any transaction pays per gas, bumps included (None: no ceiling)
+        self.fee_ceiling_hits = 0  # fees held at the ceiling (exported as a metric)
         self.urgent_bump_after = urgent_bump_after
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
@@ -364,10 +367,25 @@ class TxSender:
         self._block_seen.set()
 
     def _fee_fields(self, max_fee: int, tip: int) -> dict[str, Any]:
-        """The fee part of a transaction in this chain's fee mode (from _fees / _urgent_fees)."""
+        """The fee part of a transaction in this chain's fee mode (from _fees / _urgent_fees), held at the ceiling."""
         if self.chain.fee_mode == "legacy":
-            return {"gasPrice": max_fee}  # no "type": eth_account signs a legacy (type-0) transaction
-        return {"maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "type": 2}
+            return self._ceiling({"gasPrice": max_fee})  # no "type": eth_account signs a legacy (type-0) transaction
+        return self._ceiling({"maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "type": 2})
+
+    def _ceiling(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Hold every per-gas price at max_fee_wei (DVP_MAX_FEE_GWEI): the transaction then waits for the fees to
+        come back under it rather than paying more; each hold is counted and logged."""
+        cap = self.max_fee_wei
+        if cap is None:
+            return fields
+        held = {k: v for k, v in fields.items() if k in ("gasPrice", "maxFeePerGas", "maxPriorityFeePerGas")
+                and v > cap}
+        if held:
+            self.fee_ceiling_hits += 1
+            _log.warning("fee_ceiling_reached", chain=self.chain.name, account=self.address, ceiling_wei=cap,
+                         wanted_wei=max(held.values()))
+            fields = {**fields, **dict.fromkeys(held, cap)}
+        return fields
 
     async def _legacy_price(self) -> int:
         if self.chain.gas_price_wei is not None:
@@ -493,9 +511,11 @@ class TxSender:
 
         return await self.chain.call(lookup)
 
-    async def _bump(self, sent: SentTx, new_hash: bool = False) -> None:
-        """Re-sign at the same nonce with higher fees. `new_hash`: the node must see another transaction (it lists
-        the old one in a block it never applied): at a chain's fixed gas price, one more unit of gas limit."""
+    async def _bump(self, sent: SentTx, new_hash: bool = False, node_lost_it: bool = False) -> bool:
+        """Re-sign at the same nonce with higher fees (never above the ceiling). `new_hash`: the node must see
+        another transaction (it lists the old one in a block it never applied): at a chain's fixed gas price, one
+        more unit of gas limit. False when nothing new was accepted (held at the ceiling, or refused: the
+        version the node has is kept, or with `node_lost_it` the new one, to be offered again)."""
         max_fee, tip = await (self._urgent_fees() if sent.urgent else self._fees())
         params = dict(sent.params)
         factor = 100 + self.fee_bump_percent
@@ -505,15 +525,25 @@ class TxSender:
                     params["gas"] += 1
                     await self._sign(params, previous=sent)
                 await self._broadcast(sent)
-                return
+                return True
             params["gasPrice"] = max(max_fee, params["gasPrice"] * factor // 100 + 1)
-            await self._sign(params, previous=sent)
-            await self._broadcast(sent)
-            return
-        params["maxPriorityFeePerGas"] = max(tip, params["maxPriorityFeePerGas"] * factor // 100 + 1)
-        params["maxFeePerGas"] = max(max_fee, params["maxFeePerGas"] * factor // 100 + 1)
+        else:
+            params["maxPriorityFeePerGas"] = max(tip, params["maxPriorityFeePerGas"] * factor // 100 + 1)
+            params["maxFeePerGas"] = max(max_fee, params["maxFeePerGas"] * factor // 100 + 1)
+        params = self._ceiling(params)
+        if params == sent.params:
+            return False  # held at the ceiling already: the same transaction waits on
+        before = (sent.params, sent.raw, list(sent.hashes))
         await self._sign(params, previous=sent)
-        await self._broadcast(sent)
+        try:
+            await self._broadcast(sent)
+        except TransactionReverted as exc:
+            if not node_lost_it:  # the node keeps the version it has (a replacement below the base fee): wait on it
+                sent.params, sent.raw, sent.hashes = before[0], before[1], before[2]
+            _log.warning("fee_bump_refused", chain=self.chain.name, account=self.address, nonce=sent.nonce,
+                         reason=str(exc)[:200])
+            return False
+        return True
 
     async def wait(self, sent: SentTx, *, timeout: float = 120.0, poll: float = 0.25) -> TxReceipt:
         """Wait for the receipt, keeping the transaction alive until `timeout`.
@@ -572,7 +602,23 @@ class TxSender:
         if time.monotonic() - sent.sent_at > (self.urgent_bump_after if sent.urgent else self.bump_after):
             await self._bump(sent)
         elif not await self._known_to_node(sent):
+            await self._offer(sent)
+
+    async def _offer(self, sent: SentTx) -> None:
+        """Broadcast a transaction the node does not have. Refused now (a node that drops what a base-fee jump
+        priced out): offered at today's fees, up to the ceiling; held there and still refused, it is offered again
+        at the next check, until the fees come down. Any other refusal raises TransactionReverted."""
+        try:
             await self._broadcast(sent)
+        except TransactionReverted:
+            if not await self._bump(sent, node_lost_it=True) and not self._at_ceiling(sent):
+                raise
+            if self._at_ceiling(sent):
+                _log.warning("waiting_at_fee_ceiling", chain=self.chain.name, account=self.address, nonce=sent.nonce)
+
+    def _at_ceiling(self, sent: SentTx) -> bool:
+        cap = self.max_fee_wei
+        return cap is not None and cap in (sent.params.get("maxFeePerGas"), sent.params.get("gasPrice"))
 
     async def _mined_count(self) -> int:
         return await self.chain.call(lambda w3: w3.eth.get_transaction_count(self.address, "latest"))
@@ -614,7 +660,7 @@ class TxSender:
                     await self._bump(sent, new_hash=True)
                     self.in_flight[nonce] = sent
                 elif sent is not None:
-                    await self._broadcast(sent)
+                    await self._offer(sent)
                     self.in_flight[nonce] = sent
                 else:
                     max_fee, tip = await self._fees()

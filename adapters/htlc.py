@@ -305,13 +305,14 @@ class HtlcLedger:
     kind = "evm"
 
     def __init__(self, chain: EvmChain, escrow: str, accounts: Mapping[str, Signer], dvp: str = "",
-                 max_priority_fee_wei: int = 200_000_000_000) -> None:
+                 max_priority_fee_wei: int = 200_000_000_000, max_fee_wei: int | None = None) -> None:
         self.chain = chain
         self.escrow = to_checksum_address(escrow)
         self.dvp = to_checksum_address(dvp) if dvp else None  # AtomicDvP on this chain (same-ledger path)
         self.rules = TransferRules(chain)  # the tokens' own transfer rules (adapters/compliance.py)
         self._keys = dict(accounts)
-        self.all_senders = {addr: TxSender(chain, acct, max_priority_fee_wei=max_priority_fee_wei)
+        self.all_senders = {addr: TxSender(chain, acct, max_priority_fee_wei=max_priority_fee_wei,
+                                           max_fee_wei=max_fee_wei)
                             for addr, acct in accounts.items()}
         self.senders = dict(self.all_senders)  # the accounts this process may sign for right now
         self._unlimited: set[tuple[str, str, str]] = set()

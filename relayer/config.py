@@ -232,6 +232,9 @@ class Settings(BaseSettings):
     rpc_timeout: float = 5.0
     max_priority_fee_gwei: float = Field(200.0, gt=0, description="the most the seller's reveal (SC claim) tips to "
                                          "win inclusion over a congested mempool")
+    max_fee_gwei: float | None = Field(None, gt=0, description="the most any transaction pays per gas (EIP-1559 max "
+                                       "fee, or legacy gas price), bumps included: a fee above is held at it, "
+                                       "counted (dvp_fee_ceiling_hits) and logged fee_ceiling_reached")
     compliance_checks: bool = Field(True, description="ask each token at intake whether it would make the trade's "
                                     "transfers (ERC-3643 compliance, allowlists, pause, freezes)")
     log_level: str = "INFO"

@@ -344,6 +344,7 @@ class Followers:
         metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
         metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
         metrics.RPC_ERRORS.labels(side.name).set(side.ledger.chain.rpc_errors)
+        metrics.FEE_CEILING_HITS.labels(side.name).set(sum(s.fee_ceiling_hits for s in side.ledger.all_senders.values()))
         if bhash and side.ledger.chain.chain_id is not None:
             await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)
         side.gas_limit = res.head_gas_limit or side.gas_limit

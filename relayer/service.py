@@ -51,9 +51,11 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
             chains.append((lg.chain_id, urls, chain))
         ledger: HtlcLedger
         if lg.role == "st":
-            ledger = StChainLedger(chain, lg.escrow, accounts, dvp=lg.dvp_contract, max_priority_fee_wei=fee_cap)
+            ledger = StChainLedger(chain, lg.escrow, accounts, dvp=lg.dvp_contract, max_priority_fee_wei=fee_cap,
+                                   max_fee_wei=gwei_to_wei(settings.max_fee_gwei))
         else:
-            ledger = ProgmatCoinLedger(chain, lg.escrow, accounts, max_priority_fee_wei=fee_cap)
+            ledger = ProgmatCoinLedger(chain, lg.escrow, accounts, max_priority_fee_wei=fee_cap,
+                                       max_fee_wei=gwei_to_wei(settings.max_fee_gwei))
         if id(chain) in first_ledger:
             ledger.share_senders(first_ledger[id(chain)])  # one nonce ledger per account per chain, whichever leg sends
         else:

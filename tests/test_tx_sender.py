@@ -178,3 +178,44 @@ async def test_the_send_history_forgets_transactions_once_they_are_deep():
     finally:
         await chain.close()
         node.stop()
+
+
+async def test_a_base_fee_spike_above_the_fee_ceiling_holds_the_transaction_at_the_ceiling_and_counts_it():
+    """DVP_MAX_FEE_GWEI: the fee never goes above the ceiling, however the base fee jumps or bumps pile up. A
+    pending transaction is bumped up to the ceiling and waits there; a new one the node refuses at the ceiling
+    uses no nonce. Each hold is counted (and logged fee_ceiling_reached)."""
+    from adapters.errors import TransactionReverted
+
+    node = AnvilProcess(31339, free_port()).start()
+    chain = EvmChain("spike", [node.url])
+    gwei = 10**9
+    try:
+        await chain.connect()
+        me, other = dev_accounts(2)
+        sender = TxSender(chain, me, bump_after=0.3, max_fee_wei=40 * gwei)
+        await chain.rpc("evm_setAutomine", [False])
+        await chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(10 * gwei)])
+        await chain.rpc("evm_mine", [])
+        sent = await sender.send(other.address, b"", gas=21_000, value=1)  # 2 x 10 gwei + tip: under the ceiling
+        assert sent.params["maxFeePerGas"] < 40 * gwei and sender.fee_ceiling_hits == 0
+        waiting = asyncio.create_task(sender.wait(sent, timeout=60, poll=0.1))
+        for _ in range(8):  # the base fee jumps to 100 gwei: every block too dear for it, bumps pile up
+            await chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(100 * gwei)])
+            await chain.rpc("evm_mine", [])
+            await asyncio.sleep(0.4)
+            assert sent.params["maxFeePerGas"] <= 40 * gwei and not waiting.done()
+        assert sent.params["maxFeePerGas"] == 40 * gwei and sender.fee_ceiling_hits >= 1
+        nonce = sender._next_nonce
+        with pytest.raises(TransactionReverted):  # a new one: held at 40 gwei, under the base fee, refused
+            await sender.send(other.address, b"", gas=21_000, value=2)
+        assert sender._next_nonce == nonce  # no nonce used, no gap
+        for _ in range(100):  # the fees come down: it is offered again (at most rebroadcast_after later), mined
+            await chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(10 * gwei)])
+            await chain.rpc("evm_mine", [])
+            if waiting.done():
+                break
+            await asyncio.sleep(0.3)
+        assert (await waiting)["status"] == 1
+    finally:
+        await chain.close()
+        node.stop()
