@@ -330,12 +330,16 @@ class Followers:
 
     async def _follow(self, side: ChainSide) -> None:
         assert side.follower is not None
-        before = side.follower.last_head
+        before, before_height = side.follower.last_head, side.follower.height
         res = await side.follower.poll()
         if res.rewound_to is not None:
             side.index.rewind(res.rewound_to)
-            self.rewound = True
-            self.log.warning("reorg_rewind", chain=side.name, to_height=res.rewound_to)
+            self.rewound = True  # every trade is decided again from the new chain
+            # the blocks it replaced were k deep: processed as final. Beyond the guarantee: an alert, with its depth
+            metrics.DEEP_REORGS.labels(side.name).inc()
+            self.log.error("reorg_beyond_confirmations", chain=side.name, to_height=res.rewound_to,
+                           processed_to=before_height, depth_at_least=max(0, before_height - res.rewound_to),
+                           confirmations=side.confirmations)
         self.touched |= side.index.apply(res.events)
         for h in side.index.learn_preimages(res.preimages):  # the secret of a lock on either chain
             for s in self.sides:

@@ -21,6 +21,8 @@ RPC_ERRORS = Gauge("dvp_rpc_errors", "Transport errors seen talking to the chain
 RPC_HEAD_STALLS = Counter("dvp_rpc_head_stalls_total", "Times the active RPC endpoint's head stopped advancing while "
                           "a standby's went on (the worker then switched to the standby)", ["chain"],
                           registry=REGISTRY)
+DEEP_REORGS = Counter("dvp_reorgs_beyond_confirmations_total", "Reorgs that replaced blocks the follower had taken "
+                      "as final (deeper than k): beyond the protocol's guarantee", ["chain"], registry=REGISTRY)
 FEE_CEILING_HITS = Gauge("dvp_fee_ceiling_hits", "Times a transaction's fee was held at DVP_MAX_FEE_GWEI (it then "
                          "waits for the fees to come down)", ["chain"], registry=REGISTRY)
 GAS = Counter("dvp_gas_used_total", "Gas used by transactions this worker sent", ["leg", "action"],

@@ -1,0 +1,41 @@
+"""A reorg deeper than the confirmation depth (issue 18): beyond the protocol's guarantee, so it is detected from
+the block hashes, alerted (log + metric, with its depth) and every trade is derived again from the new chain. The
+relayer's own ST lock, taken out of the chain by it, is sent again (the same signed bytes) and followed again.""" 
+
+from __future__ import annotations
+
+import time
+
+from relayer import metrics
+from relayer.protocol.states import TradeState
+from tests.relayer_kit import Net, close_engine, drive
+
+
+async def test_a_reorg_deeper_than_k_that_removes_our_lock_is_alerted_and_the_lock_sent_again(net: Net):
+    engine = await net.engine([net.seller])  # the seller's firm: the trade stays at its ST lock (no buyer here)
+    try:
+        before = metrics.DEEP_REORGS.labels("st")._value.get()
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], until={TradeState.ST_LOCKED}, timeout=30))[tid] == TradeState.ST_LOCKED
+        lock_block = next(e["block"] for e in await engine.store.audit(tid) if e["event"] == "lock_st_mined")
+        started = time.monotonic()
+        await net.st.rpc("anvil_reorg", [await net.st.block_number() - lock_block + 1, []])  # the lock's block on
+        assert time.monotonic() - started < 10
+
+        ledger = next(side.ledger for side in engine.sides if side.name == "st")
+        swap = ledger.swap_id_of(net.seller.address, signed.instruction.trade_id_bytes)
+        deadline = time.monotonic() + 30
+        while await ledger.swap_slot(swap) == bytes(32):  # our lock, dropped with its block, is mined again
+            assert time.monotonic() < deadline
+            await drive(engine, [tid], until=set(), timeout=0.5)
+        side = next(side for side in engine.sides if side.name == "st")
+        deadline = time.monotonic() + 30
+        while not side.index.instances(signed.instruction.trade_id_bytes):  # and followed again, k deep
+            assert time.monotonic() < deadline
+            await drive(engine, [tid], until=set(), timeout=0.5)
+        assert (await engine.store.get(tid)).state == TradeState.ST_LOCKED
+        assert metrics.DEEP_REORGS.labels("st")._value.get() == before + 1  # alerted once
+    finally:
+        await close_engine(engine)
