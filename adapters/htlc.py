@@ -170,6 +170,15 @@ class EscrowFollower:
     def cursor(self) -> tuple[int, str | None]:
         return self.height, self._hashes.get(self.height)
 
+    def rewind_to(self, height: int) -> None:
+        """Process the blocks above `height` again (what a node left out is asked for again)."""
+        if height >= self.height:
+            return
+        self.height = height
+        for n in [n for n in self._hashes if n > height]:
+            del self._hashes[n]
+        self._preimages_read_to = 0
+
     async def _block_hash(self, number: int) -> str | None:
         return (await self._block(number))[0]
 

@@ -76,6 +76,8 @@ class Driver:
         self.in_flight = in_flight  # the executor's: is this action's transaction still out?
         self.log = get_logger()
         self._reported: set[tuple[str, str]] = set()  # (trade id, what) already logged or audited once
+        # read a ledger again from a block (a node gave no event for a lock its escrow holds): the followers'
+        self.reread: Callable[[str, int], None] = lambda chain, from_block: None
 
     def forget(self, trade_id: str) -> None:
         self._reported = {k for k in self._reported if k[0] != trade_id}
@@ -131,6 +133,8 @@ class Driver:
         )
         d = decide(view, roles, policy)
         finished = False
+        if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
+            d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
@@ -205,6 +209,30 @@ class Driver:
             await self._report_anomalies(rec, d, [], log)
             finished = await self._apply(rec, d, {}, log, fence)
         return Advanced([Due(rec, action, None, None, None, rnd.observed_at) for action in d.actions], finished)
+
+    async def _lock_without_event(self, rec: TradeRecord, route: Route, log: Any) -> bool:
+        """Before a trade is ABORTED for want of a lock event: does either escrow hold the expected swap anyway? A
+        node that drops logs would otherwise make the relayer give up on a live lock (never refunded). If so:
+        alert, and read that chain again from the trade's first block (the followers switch endpoints)."""
+        ins = rec.signed.instruction
+        tid = ins.trade_id_bytes
+        found = False
+        for side, sender, role in ((route.st, ins.sellerStAccount, "st"), (route.sc, ins.buyerScAccount, "sc")):
+            if side.index.instances(tid):
+                continue  # events seen for it: its lock's end decides, not its absence
+            if await side.ledger.swap_slot(side.ledger.swap_id_of(sender, tid)) == bytes(32):
+                continue
+            found = True
+            from_block = rec.get_int(f"{role}_from_block") or side.config.start_block
+            metrics.LOCKS_WITHOUT_EVENT.labels(side.name).inc()
+            key = (rec.trade_id, f"no-event-{side.name}")
+            if key not in self._reported:
+                self._reported.add(key)
+                log.error("lock_without_event", chain=side.name, swap_sender=sender, reread_from=from_block)
+                await self.store.add_audit(rec.trade_id, ACTOR, "lock_without_event", chain=side.name,
+                                           reread_from=from_block)
+            self.reread(side.name, from_block)
+        return found
 
     async def _note_from_blocks(self, rec: TradeRecord, route: Route, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""

@@ -68,6 +68,7 @@ class Engine:
         strays = StrayBook(store)
         self.janitor = Janitor(sides, settings, store, strays, self._in_background)
         self.driver = Driver(self.routes, store, box, strays, self.executor.in_flight, holders)
+        self.driver.reread = self.followers.reread
         self.quarantine = Quarantine()
         self.schedule = Schedule()
         self.holder_locks = HolderLocks(self.routes, store, holders, on_accepted=self.schedule.mark)

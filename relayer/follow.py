@@ -186,6 +186,7 @@ class ChainSide:
     gas_limit: int = 0  # the latest block's gas limit (0 until seen)
     reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
     stall_checked_at: float = 0.0  # monotonic time the endpoints' heads were last compared (a stalled head)
+    reread_at: float = 0.0  # monotonic time of the last re-read asked for (a lock the node gave no event for)
     following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round, see Followers)
 
     @property
@@ -364,6 +365,23 @@ class Followers:
             side.reconnects_seen = side.ledger.chain.reconnects
             self.spawn(self._heal(side))
         await self._leave_a_stalled_endpoint(side)
+
+    def reread(self, name: str, from_block: int) -> None:
+        """Read a ledger again from `from_block`, from its next endpoint when it has standbys: its current one gave
+        no event for a lock the escrow holds (a node dropping logs). At most once per STALL_BLOCKS block times."""
+        side = next((s for s in self.sides if s.name == name), None)
+        if side is None or side.follower is None or time.monotonic() - side.reread_at < STALL_BLOCKS * side.block_time:
+            return
+        side.reread_at = time.monotonic()
+        chain = side.ledger.chain
+        if len(chain.rpc_urls) > 1:
+            chain.use((chain.active_index + 1) % len(chain.rpc_urls))
+        target = max(-1, from_block - 1)
+        if target < side.follower.height:
+            side.follower.rewind_to(target)
+            side.index.rewind(target)
+            self.rewound = True
+        self.log.warning("chain_reread", chain=name, from_block=from_block, now_using=chain.active_url)
 
     async def _leave_a_stalled_endpoint(self, side: ChainSide) -> None:
         """An endpoint can answer and still lie: its head stops while the chain goes on (out of sync, stuck on a

@@ -23,6 +23,9 @@ RPC_HEAD_STALLS = Counter("dvp_rpc_head_stalls_total", "Times the active RPC end
                           registry=REGISTRY)
 DEEP_REORGS = Counter("dvp_reorgs_beyond_confirmations_total", "Reorgs that replaced blocks the follower had taken "
                       "as final (deeper than k): beyond the protocol's guarantee", ["chain"], registry=REGISTRY)
+LOCKS_WITHOUT_EVENT = Counter("dvp_locks_without_event_total", "Trades about to be aborted whose lock the escrow holds "
+                              "though the node gave no event for it (a node dropping logs)", ["chain"],
+                              registry=REGISTRY)
 FEE_CEILING_HITS = Gauge("dvp_fee_ceiling_hits", "Times a transaction's fee was held at DVP_MAX_FEE_GWEI (it then "
                          "waits for the fees to come down)", ["chain"], registry=REGISTRY)
 GAS = Counter("dvp_gas_used_total", "Gas used by transactions this worker sent", ["leg", "action"],

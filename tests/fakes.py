@@ -172,6 +172,9 @@ class FakeLedger:
     async def swap_slots(self, sids: list[bytes], contract: str | None = None) -> list[bytes]:
         return [self.slots.get(s, bytes(32)) for s in sids]
 
+    async def swap_slot(self, sid: bytes) -> bytes:
+        return self.slots.get(sid, bytes(32))
+
     async def ensure_allowance(self, owner: str, token: str, amount: int, spender: str | None = None) -> None:
         self.allowances.append((owner, token, amount))
 

@@ -57,7 +57,7 @@ def world(keys_st=(SELLER, BUYER), keys_sc=(SELLER, BUYER), holders=()):
 
 
 def new_trade(store: FakeStore, **over):
-    ins = instruction(tradeId="0x" + os.urandom(32).hex(), deadline=NOW + 3600, **over)
+    ins = instruction(**{"tradeId": "0x" + os.urandom(32).hex(), "deadline": NOW + 3600, **over})
     return store.put(sign_instruction(ins, PTS.key, SALT))
 
 
@@ -255,6 +255,25 @@ async def test_a_holder_signed_seller_waits_for_its_authorisation_then_its_lock_
     await _settle(executor)
     with_sig = HtlcLedger.signed_lock_call(auth.terms, SELLER, auth.deadline, auth.signature)
     assert [tx[1] for tx in gas.sent] == [with_sig]
+
+
+async def test_a_lock_the_chain_holds_but_the_node_gave_no_event_for_never_aborts_the_trade():
+    """A node that drops logs (issue 18): the trade's deadline passed with no ST lock event, yet the escrow's slot
+    for the seller's swap holds one. The trade is not ABORTED (the lock would be left unrefunded); it is alerted
+    and that chain is read again from the trade's first block."""
+    store, st_side, sc_side, _, driver, _ = world(keys_st=(BUYER,), keys_sc=(BUYER,))
+    asked: list[tuple[str, int]] = []
+    driver.reread = lambda chain, from_block: asked.append((chain, from_block))
+    rec = new_trade(store, deadline=NOW - 1)  # past: with no lock seen anywhere, decide() says ABORTED
+    ins = rec.signed.instruction
+    store.fields[rec.trade_id]["st_from_block"] = "40"
+    st_side.ledger.slots[HtlcLedger.swap_id_of(ins.sellerStAccount, ins.trade_id_bytes)] = b"\x01" * 32
+    await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert store.fields[rec.trade_id]["state"] == "MATCHED"
+    assert "lock_without_event" in store.events(rec.trade_id) and asked == [("st", 40)]
+    st_side.ledger.slots.clear()  # the slot is empty too: nothing was ever locked, the trade aborts
+    await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert store.fields[rec.trade_id]["state"] == "ABORTED"
 
 
 def _sc_locked_with_our_secret(store, sc_side, executor):

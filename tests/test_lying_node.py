@@ -1,6 +1,9 @@
-"""A primary RPC endpoint that answers but stops advancing its head while the chain moves on (issue 18): the
-worker notices a head that has not moved for several block times, finds the standby ahead, fails over to it,
-alerts (log + metric) and settles. The primary is a proxy in front of the real anvil that freezes `latest`."""
+"""RPC endpoints that answer but lie (issue 18), as a proxy in front of the real anvil:
+- a primary whose head stops advancing while the chain moves on: the worker notices a head that has not moved for
+  several block times, finds the standby ahead, fails over to it, alerts (log + metric) and settles;
+- a primary that drops logs: the seller's ST lock is on chain but no event says so. At T_st the trade is not
+  aborted with the lock left in the escrow: the escrow's slot shows the lock, the chain is read again from the
+  standby, and the lock is refunded."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class FrozenHeadProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.frozen: int | None = None
+        self.drop_logs = False  # answer every eth_getLogs with no logs (a node that lost its log index)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -34,6 +38,8 @@ class FrozenHeadProxy:
 
     async def _one(self, http: aiohttp.ClientSession, doc: dict[str, Any]) -> Any:
         method, params = doc.get("method"), doc.get("params") or []
+        if self.drop_logs and method == "eth_getLogs":
+            return {"jsonrpc": "2.0", "id": doc.get("id"), "result": []}
         if self.frozen is not None and method in _HEAD_METHODS:
             if method == "eth_blockNumber":
                 return {"jsonrpc": "2.0", "id": doc.get("id"), "result": hex(self.frozen)}
@@ -80,6 +86,37 @@ async def test_a_primary_whose_head_stops_is_left_for_the_standby_that_is_ahead(
         assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED
         assert side.ledger.chain.active_url == real
         assert metrics.RPC_HEAD_STALLS.labels("st")._value.get() == stalls + 1
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
+
+
+async def test_a_node_that_drops_logs_never_makes_a_live_lock_look_absent(net: Net):
+    real = net.doc["st"]["rpc_url"]
+    proxy = await FrozenHeadProxy(real).start()
+    proxy.drop_logs = True
+    engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url, st_rpc_standby_urls=real)
+    try:
+        missed = metrics.LOCKS_WITHOUT_EVENT.labels("st")._value.get()
+        before = await net.balance(net.st, net.st_token, net.seller.address)
+        signed = await net.instruction(deadline=await net.st.now() + 40)  # T_st = the deadline: soon
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        rec = None
+        for _ in range(200):  # the lock goes out and is mined; the follower hears nothing of it
+            await drive(engine, [tid], until=set(), timeout=0.2)
+            rec = await engine.store.get(tid)
+            if any(e["event"] == "lock_st_mined" for e in await engine.store.audit(tid)):
+                break
+        assert rec is not None and rec.state == TradeState.MATCHED
+        assert await net.balance(net.st, net.st_token, net.seller.address) == before - signed.instruction.stAmount
+        await net.warp(45)  # past T_st: with no lock event, decide() would call it ABORTED
+        final = (await drive(engine, [tid], timeout=60))[tid]
+        events = [e["event"] for e in await engine.store.audit(tid)]
+        assert "lock_without_event" in events and final == TradeState.ABORTED, events
+        assert "refund_st_mined" in events  # the lock was found again and refunded, not left in the escrow
+        assert await net.balance(net.st, net.st_token, net.seller.address) == before
+        assert metrics.LOCKS_WITHOUT_EVENT.labels("st")._value.get() > missed
     finally:
         await close_engine(engine)
         await proxy.stop()
