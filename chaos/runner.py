@@ -9,6 +9,12 @@ Faults (chosen by a seeded RNG, at random moments, one at a time, every kind as 
   duplicate         re-post an accepted instruction (must answer 202, created=false)
   replay_conflict   post the same trade id with other terms (must answer 409)
   clock_skew        set one chain's clock 0..max_skew s ahead of wall time (evm_setTime)
+Network faults between the worker and a chain (chaos/netproxy.py; the worker reaches each chain through a primary
+and a standby proxy, the chain itself never stops):
+  net_delay         the primary path delays every chunk 0.2-3 s (+ jitter) for a while
+  net_blackhole     the primary path swallows everything, connections open (the worker must fail over)
+  net_reset         the primary path resets every connection for a while
+  net_partition     both paths of one chain go dark for 0.5 s to 1.3 Δ (the chain goes on producing blocks)
 Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
   bot_wrong_terms   the bot buyer locks SC with a wrong amount, receiver, hashlock or timelock
   bot_late_lock     the bot buyer locks SC when less than Δ is left on T_st
@@ -41,6 +47,7 @@ import aiohttp
 from adapters.contracts import encode_call, swap_id
 from adapters.evm import EvmChain, TxSender
 from chaos.checker import VIOLATIONS, classify_all, legs, read_both
+from chaos.netproxy import BLACKHOLE, DELAY, PASS, RESET, NetProxy
 from chaos.timeline import BEYOND_GUARANTEE, ClockLog, Outage, claim_window
 from deploy.deployer import MAX_UINT256
 from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
@@ -52,8 +59,9 @@ from relayer.secrets import generate_key
 DOMAIN_SALT = os.urandom(32)
 
 E = "HashedTimelockEscrow"
+NET_FAULTS = ("net_delay", "net_blackhole", "net_reset", "net_partition")
 FAULTS = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "duplicate",
-          "replay_conflict", "clock_skew")
+          "replay_conflict", "clock_skew", *NET_FAULTS)
 BOT_KINDS = ("bot_wrong_terms", "bot_late_lock", "bot_never_locks", "bot_never_claims", "bot_late_claim")
 BOT_SELLER, BOT_BUYER = 5, 6
 
@@ -127,6 +135,11 @@ class Chaos:
         self.sc_node = AnvilProcess(18102, free_port(), self.cfg.block_time, state_file=d / "sc.state",
                                     log_file=d / "anvil-sc.log").start()
         self.redis = RedisProcess(free_port(), d / "redis", appendfsync="always").start()
+        # the worker's paths to each chain: a primary and a standby proxy, both to the same node
+        self.paths: dict[str, tuple[NetProxy, NetProxy]] = {}
+        for name, node in (("st", self.st_node), ("sc", self.sc_node)):
+            self.paths[name] = (await NetProxy("127.0.0.1", node.port, free_port()).start(),
+                                await NetProxy("127.0.0.1", node.port, free_port()).start())
         self.doc = await _deploy(DevnetOptions(st_standard="own"), self.st_node.url, self.sc_node.url, self.redis.url)
         self.st = EvmChain("st", [self.st_node.url])
         self.sc = EvmChain("sc", [self.sc_node.url])
@@ -159,9 +172,11 @@ class Chaos:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DVP_")} | {
             "DVP_ENV_FILE": "/nonexistent",
             "DVP_REDIS_URL": self.redis.url,
-            "DVP_ST_RPC_URL": self.st_node.url, "DVP_ST_ESCROW": self.doc["st"]["escrow"],
+            "DVP_ST_RPC_URL": self.paths["st"][0].url, "DVP_ST_RPC_STANDBY_URLS": self.paths["st"][1].url,
+            "DVP_ST_ESCROW": self.doc["st"]["escrow"],
             "DVP_ST_TOKENS": self.st_token, "DVP_ST_START_BLOCK": str(self.doc["st"]["deploy_block"]),
-            "DVP_SC_RPC_URL": self.sc_node.url, "DVP_SC_ESCROW": self.doc["sc"]["escrow"],
+            "DVP_SC_RPC_URL": self.paths["sc"][0].url, "DVP_SC_RPC_STANDBY_URLS": self.paths["sc"][1].url,
+            "DVP_SC_ESCROW": self.doc["sc"]["escrow"],
             "DVP_SC_TOKENS": self.sc_token, "DVP_SC_START_BLOCK": str(self.doc["sc"]["deploy_block"]),
             "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
             "DVP_PTS_DOMAIN_SALT": "0x" + DOMAIN_SALT.hex(),
@@ -194,6 +209,9 @@ class Chaos:
                 self.worker.kill()
         await self.st.close()
         await self.sc.close()
+        for primary, standby in self.paths.values():
+            await primary.stop()
+            await standby.stop()
         self.st_node.stop()
         self.sc_node.stop()
         self.redis.stop()
@@ -411,7 +429,8 @@ class Chaos:
     async def faults(self) -> None:
         """Faults one at a time, in shuffled rounds of every kind (each kind as often). Chain outages take
         most of a run's time; more of them at once would leave the chains down most of it."""
-        kinds = ["worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "clock_skew"]
+        kinds = ["worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "clock_skew",
+                 *NET_FAULTS]
         deck: list[str] = []
         while not self.stop.is_set():
             await asyncio.sleep(self.rng.expovariate(1 / self.cfg.fault_interval))
@@ -467,6 +486,8 @@ class Chaos:
                         continue
                     await chain.rpc("anvil_reorg", [self.rng.randint(1, self.cfg.confirmations - 1) or 1, []])
                     await self._set_clock(chain.name)  # anvil_reorg sets the chain's clock back ~0.5-1 s each time
+                elif fault in NET_FAULTS:
+                    await self._net_fault(fault)
                 elif fault == "redis_restart":
                     started = time.time()
                     self.redis.stop(kill=True)
@@ -488,6 +509,29 @@ class Chaos:
             except Exception as exc:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
                 self.stats.api_errors[f"inject:{fault}:{type(exc).__name__}"] += 1
 
+    async def _net_fault(self, fault: str) -> None:
+        """One network fault on one chain's paths, for a while, then the paths are clear again. A partition
+        counts as that chain's outage (from the worker's side it is one); the others leave the standby path."""
+        name = self.rng.choice(["st", "sc"])
+        primary, standby = self.paths[name]
+        if fault == "net_delay":
+            primary.set(DELAY, latency=self.rng.uniform(0.2, 3.0), jitter=0.5)
+            await asyncio.sleep(self.rng.uniform(1.0, self.delta * 0.6))
+        elif fault == "net_blackhole":
+            primary.set(BLACKHOLE)
+            await asyncio.sleep(self.rng.uniform(1.0, self.delta))
+        elif fault == "net_reset":
+            primary.set(RESET)
+            await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+        else:  # net_partition
+            started = time.time()
+            primary.set(BLACKHOLE)
+            standby.set(BLACKHOLE)
+            await asyncio.sleep(self.rng.uniform(0.5, self.delta * 1.3))
+            standby.set(PASS)
+            self.outages.append(Outage(f"{name} chain", started, time.time()))
+        primary.set(PASS)
+
     # ------------------------------------------------------------------ run
 
     async def run(self) -> int:
@@ -502,6 +546,9 @@ class Chaos:
             for proc in ("st_node", "sc_node", "redis"):
                 if hasattr(self, proc):
                     getattr(self, proc).stop()
+            for paths in getattr(self, "paths", {}).values():
+                for proxy in paths:
+                    await proxy.stop()
             raise
 
     async def _run(self, t0: float) -> int:

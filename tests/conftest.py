@@ -27,7 +27,10 @@ async def kit(anvil_auto) -> Kit:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisProcess(port=free_port(), data_dir=tmp_path_factory.mktemp("redis")).start()
+    from tests.relayer_kit import TEST_DATABASES
+
+    server = RedisProcess(port=free_port(), data_dir=tmp_path_factory.mktemp("redis"),
+                          extra_args=("--databases", str(TEST_DATABASES))).start()
     yield server
     server.stop()
 

@@ -22,7 +22,14 @@ from relayer.secrets import generate_key
 from relayer.service import build_engine, close_engine
 from relayer.store import Store
 
-_db = itertools.count(1)
+# a database of its own for every engine (0 and 1 are for the tests that name them)
+_db = itertools.count(2)
+TEST_DATABASES = 2048
+
+
+def fresh_db() -> int:
+    """A Redis database no engine of this session used: no trade, cursor or lease of another test in it."""
+    return next(_db) % TEST_DATABASES
 
 
 @dataclass
@@ -56,7 +63,7 @@ class Net:
 
     def settings(self, party_keys: list[Any], db: int | None = None, **over: Any) -> Settings:
         fields: dict[str, Any] = dict(
-            redis_url=f"redis://127.0.0.1:{self.redis_port}/{db if db is not None else next(_db) % 16}",
+            redis_url=f"redis://127.0.0.1:{self.redis_port}/{db if db is not None else fresh_db()}",
             st_rpc_url=self.doc["st"]["rpc_url"], st_escrow=self.doc["st"]["escrow"],
             st_tokens=self.st_token, st_start_block=self.doc["st"]["deploy_block"],
             sc_rpc_url=self.doc["sc"]["rpc_url"], sc_escrow=self.doc["sc"]["escrow"],

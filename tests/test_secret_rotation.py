@@ -12,7 +12,7 @@ from pathlib import Path
 from relayer.protocol.states import TradeState
 from relayer.secrets import SecretBox, SecretDecryptError, generate_key
 from relayer.store import Store
-from tests.relayer_kit import Net, close_engine, drive, worker_env
+from tests.relayer_kit import Net, close_engine, drive, fresh_db, worker_env
 
 
 async def _st_locked(net: Net, db: int, key: str) -> str:
@@ -45,7 +45,7 @@ def test_a_sealed_secret_names_its_key_and_only_a_configured_key_opens_it():
 
 async def test_a_worker_restarted_with_a_new_key_settles_the_trades_the_old_key_sealed(net: Net):
     old, new = generate_key(), generate_key()
-    db = 14
+    db = fresh_db()
     store = Store.from_url(f"redis://127.0.0.1:{net.redis_port}/{db}")
     await store.r.flushdb()
     tid = await _st_locked(net, db, old)
@@ -59,7 +59,7 @@ async def test_a_worker_restarted_with_a_new_key_settles_the_trades_the_old_key_
 
 async def test_keys_rotate_reseals_an_open_trade_so_the_old_key_can_go(net: Net):
     old, new = generate_key(), generate_key()
-    db = 15
+    db = fresh_db()
     store = Store.from_url(f"redis://127.0.0.1:{net.redis_port}/{db}")
     await store.r.flushdb()
     tid = await _st_locked(net, db, old)
