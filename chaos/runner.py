@@ -21,6 +21,10 @@ Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
   bot_never_locks   the bot buyer never locks
   bot_never_claims  the bot seller locks ST and never claims the SC
   bot_late_claim    the bot seller claims the SC just before T_sc
+  bot_relock        the bot buyer locks SC with a wrong amount and a short timelock, and once that lock is
+                    refunded locks the same trade id again with the right terms
+  bot_front_run     an honest trade, and a third party that claims the ST for the buyer with the secret the
+                    seller revealed, tipping to land before the relayer's own claim
 At the end every timelock is made to pass, the relayer refunds what is left, and the independent checker
 (chaos.checker, chain reads only) classifies every trade. Exit status 1 on any violation or stuck trade.
 """
@@ -62,8 +66,9 @@ E = "HashedTimelockEscrow"
 NET_FAULTS = ("net_delay", "net_blackhole", "net_reset", "net_partition")
 FAULTS = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "duplicate",
           "replay_conflict", "clock_skew", *NET_FAULTS)
-BOT_KINDS = ("bot_wrong_terms", "bot_late_lock", "bot_never_locks", "bot_never_claims", "bot_late_claim")
-BOT_SELLER, BOT_BUYER = 5, 6
+BOT_KINDS = ("bot_wrong_terms", "bot_late_lock", "bot_never_locks", "bot_never_claims", "bot_late_claim", "bot_relock",
+             "bot_front_run")
+BOT_SELLER, BOT_BUYER, FRONT_RUNNER = 5, 6, 7
 
 
 @dataclass
@@ -162,6 +167,9 @@ class Chaos:
             ("sc", "seller"): TxSender(self.sc, self.bot_seller, rebroadcast_after=1.0),
             ("sc", "buyer"): TxSender(self.sc, self.bot_buyer, rebroadcast_after=1.0),
         }
+        # a third party with its own account, tipping 50 gwei: its claims land before the relayer's 1 gwei ones
+        self.front_runner = TxSender(self.st, dev_account(FRONT_RUNNER), priority_fee_wei=50 * 10**9,
+                                     rebroadcast_after=1.0)
         await self.bot_tx[("st", "seller")].transact(self.st_token, encode_call("SecurityToken", "approve",
                                                                                  self.doc["st"]["escrow"], MAX_UINT256))
         await self.bot_tx[("sc", "buyer")].transact(self.sc_token, encode_call("Stablecoin", "approve",
@@ -252,7 +260,7 @@ class Chaos:
         seller, buyer = dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address
         if kind in ("bot_never_claims", "bot_late_claim"):
             seller = self.bot_seller.address
-        elif kind != "honest":
+        elif kind not in ("honest", "bot_front_run"):  # a front-runner is a third party to an honest trade
             buyer = self.bot_buyer.address
         now = await self._chain_now(self.st)
         ins = TradeInstruction(
@@ -363,6 +371,12 @@ class Chaos:
         st_lock = await self._wait_lock(self.st, st_escrow, ins, ins.sellerStAccount, self.cfg.st_lock_duration)
         if st_lock is None:
             return
+        if kind == "bot_front_run":
+            await self._front_run(ins, st_lock)
+            return
+        if kind == "bot_relock":
+            await self._relock(ins, st_lock)
+            return
         amount, receiver, hashlock = ins.scAmount, ins.sellerScAccount, st_lock["hashlock"]
         timelock = st_lock["timelock"] - self.delta
         if kind == "bot_wrong_terms":
@@ -384,6 +398,54 @@ class Chaos:
             return
         await self.bot_tx[("sc", "buyer")].transact(sc_escrow, encode_call(
             E, "lockTokens", ins.trade_id_bytes, ins.scToken, amount, receiver, hashlock, timelock), timeout=30)
+
+    async def _front_run(self, ins: TradeInstruction, st_lock: dict[str, Any]) -> None:
+        """Wait for the seller's SC claim to show the secret, then claim the ST for the buyer first (any account may
+        claim; the ST goes to the buyer all the same), tipping high. The relayer's own claim then finds it done."""
+        sc_swap = swap_id(ins.buyerScAccount, ins.trade_id_bytes)
+        limit = time.monotonic() + self.cfg.st_lock_duration
+        while time.monotonic() < limit:
+            preimage = await self._revealed(sc_swap)
+            if preimage is not None:
+                await self.front_runner.transact(self.doc["st"]["escrow"], encode_call(
+                    E, "claimTokens", preimage, swap_id(ins.sellerStAccount, ins.trade_id_bytes), ins.stToken,
+                    ins.stAmount, ins.buyerStAccount, st_lock["timelock"]), timeout=30)
+                return
+            await asyncio.sleep(0.2)
+
+    async def _revealed(self, sc_swap: bytes) -> bytes | None:
+        """The preimage of a Claimed event of this coin-ledger swap, once there is one."""
+        from web3 import AsyncWeb3
+
+        from adapters.contracts import abi
+
+        c = AsyncWeb3().eth.contract(abi=abi(E))
+        try:
+            logs = await self.sc.call(lambda w3: w3.eth.get_logs({
+                "address": self.doc["sc"]["escrow"], "fromBlock": self.doc["sc"]["deploy_block"],
+                "topics": [c.events.Claimed().topic, "0x" + sc_swap.hex()]}))
+        except Exception:  # noqa: BLE001 - the chain may be down for a moment
+            return None
+        return bytes(c.events.Claimed().process_log(logs[0])["args"]["preimage"]) if logs else None
+
+    async def _relock(self, ins: TradeInstruction, st_lock: dict[str, Any]) -> None:
+        """A wrong-terms SC lock with a short timelock; once it is refunded (by the relayer, watching), the same trade
+        id locked again with the right terms while they are still acceptable."""
+        sc_escrow = self.doc["sc"]["escrow"]
+        sid = swap_id(self.bot_buyer.address, ins.trade_id_bytes)
+        now = await self._chain_now(self.sc)
+        await self.bot_tx[("sc", "buyer")].transact(sc_escrow, encode_call(
+            E, "lockTokens", ins.trade_id_bytes, ins.scToken, ins.scAmount + 1, ins.sellerScAccount,
+            st_lock["hashlock"], now + 4), timeout=30)
+        limit = time.monotonic() + self.cfg.st_lock_duration
+        while time.monotonic() < limit and await self._slot(self.sc, sc_escrow, sid) != bytes(32):
+            await asyncio.sleep(0.5)
+        timelock = st_lock["timelock"] - self.delta
+        if await self._slot(self.sc, sc_escrow, sid) != bytes(32) or timelock <= await self._chain_now(self.sc) + 1:
+            return  # not refunded in time, or no time left: the trade aborts, both refunded
+        await self.bot_tx[("sc", "buyer")].transact(sc_escrow, encode_call(
+            E, "lockTokens", ins.trade_id_bytes, ins.scToken, ins.scAmount, ins.sellerScAccount,
+            st_lock["hashlock"], timelock), timeout=30)
 
     # ------------------------------------------------------------------ faults
 

@@ -65,7 +65,7 @@ _STATUS_FOR_CODE = {
     # holder lock authorisations (relayer/authorizations.py)
     "wrong_terms": 422, "expired": 422, "no_allowance": 422, "not_holder_signed": 422, "wrong_signer": 403,
     "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,
-    "concurrent_update": 409, "not_same_ledger": 422,
+    "concurrent_update": 409, "not_same_ledger": 422, "not_htlc": 422,
 }
 
 

@@ -138,13 +138,14 @@ OPENAPI: dict[str, Any] = {
                     "202": _json(AuthorizationAccepted, "kept with the trade (or the same one was kept before)"),
                     "400": _err("malformed JSON, wrong types or values"),
                     "401": _err("missing or wrong bearer token"),
-                    "403": _err("wrong_signer: the signature is not the holder's (party's), or signs other terms"),
+                    "403": _err("wrong_signer: the signature is not the holder's (party's), or signs other terms; "
+                                "forbidden: the token's role may not submit"),
                     "404": _err("no such trade"),
                     "409": _err("replayed (nonce used), nonce_in_use, conflicting_authorization, too_early, "
-                                "trade_finished"),
+                                "trade_finished, concurrent_update"),
                     "413": _err("body too large"),
                     "415": _err("not application/json"),
-                    "422": _err("wrong_terms, expired, no_allowance, not_holder_signed, not_same_ledger"),
+                    "422": _err("wrong_terms, expired, no_allowance, not_holder_signed, not_htlc, not_same_ledger"),
                     "503": _err("shutting down, or a chain or Redis is not answering"),
                 },
             },

@@ -4,11 +4,15 @@ relayer's own ST lock, taken out of the chain by it, is sent again (the same sig
 
 from __future__ import annotations
 
+import pytest
+
 import time
 
 from relayer import metrics
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive
+
+pytestmark = pytest.mark.slow  # fault injection: `make test-slow` (CI runs it after `make test`)
 
 
 async def test_a_reorg_deeper_than_k_that_removes_our_lock_is_alerted_and_the_lock_sent_again(net: Net):

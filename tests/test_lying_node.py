@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from typing import Any
 
@@ -17,6 +19,8 @@ from deploy.processes import free_port
 from relayer import metrics
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive
+
+pytestmark = pytest.mark.slow  # fault injection: `make test-slow` (CI runs it after `make test`)
 
 _HEAD_METHODS = {"eth_blockNumber", "eth_getBlockByNumber"}
 

@@ -5,6 +5,8 @@ the secret, and reveals once the path is back."""
 
 from __future__ import annotations
 
+import pytest
+
 import time
 from urllib.parse import urlparse
 
@@ -12,6 +14,8 @@ from chaos.netproxy import BLACKHOLE, DELAY, PASS, NetProxy
 from deploy.processes import free_port
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive
+
+pytestmark = pytest.mark.slow  # fault injection: `make test-slow` (CI runs it after `make test`)
 
 
 async def _proxy(url: str) -> NetProxy:

@@ -3,11 +3,15 @@ nothing of the refused trade; once memory is free again the same instruction is 
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from deploy.processes import RedisProcess, free_port
 from relayer.store import ALL, INTAKE, OPEN, trade_key
 from tests.relayer_kit import Net, api_session, close_engine
+
+pytestmark = pytest.mark.slow  # fault injection: `make test-slow` (CI runs it after `make test`)
 
 TOKEN = "full-redis-token-" + "q" * 16
 
