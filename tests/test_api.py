@@ -167,7 +167,7 @@ async def test_fuzz_with_every_schemathesis_check_against_the_served_openapi_doc
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [str(exe), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
            f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "-H",
-           f"Authorization: Bearer {TOKEN}", "--max-examples", "25", "--seed", "13", "--max-time", "60",
+           f"Authorization: Bearer {TOKEN}", "--max-examples", "25", "--seed", "13", "--max-time", "45",
            "--generation-deterministic", "--no-color"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(Path(__file__).parents[1])}
     out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=300, env=env)

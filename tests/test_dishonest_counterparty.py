@@ -3,6 +3,8 @@ while filling the coin ledger's blocks, re-locks a trade id, or locks the ST wit
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import hashlib
 import os
@@ -43,6 +45,7 @@ async def _seller_plan(engine, tid: str) -> tuple[bytes, int]:
     return engine.box.open(rec.fields["secret"], tid), int(rec.fields["t_st"])
 
 
+@pytest.mark.slow  # an attack with congestion (16 s): `make test-slow`; the reveal rule itself is in test_reveal_rule
 async def test_a_right_lock_made_too_late_is_never_claimed_and_the_secret_never_leaves_even_under_congestion(net: Net):
     """The attack: the buyer locks the right terms 6 s before T_sc and fills the coin ledger's blocks. A seller that
     claimed then would sit in the mempool past T_sc with its secret public: the buyer takes the ST and refunds."""

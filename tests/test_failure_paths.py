@@ -186,7 +186,7 @@ async def test_the_counterparty_secret_is_kept_sealed_as_soon_as_it_is_seen(net:
         await close_engine(engine)
 
 
-@pytest.mark.parametrize("coin_ledger", ["refusing", "hanging"])
+@pytest.mark.parametrize("coin_ledger", ["refusing", pytest.param("hanging", marks=pytest.mark.slow)])
 async def test_a_worker_restarted_while_the_coin_ledger_is_down_claims_the_st_from_the_kept_secret(net: Net,
                                                                                                   coin_ledger: str):
     """A worker that restarts while the revealing chain is down (or still being replayed) cannot read the secret
