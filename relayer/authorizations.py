@@ -25,7 +25,6 @@ from typing import Any
 
 from eth_account import Account
 from eth_utils import is_checksum_address, to_checksum_address
-from pydantic import ValidationError
 
 from adapters.contracts import lock_typed_data
 from relayer.actions import dvp_terms
@@ -33,7 +32,7 @@ from relayer.api_models import DvpAuthorizationBody, LockAuthorizationBody
 from relayer.errors import AuthorizationRefused, InvalidInstruction
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
-from relayer.protocol.instruction import TradeInstruction
+from relayer.protocol.instruction import TradeInstruction, validated
 from relayer.protocol.rules import check_st_lock, choose_lock, sc_timelock_for
 from relayer.protocol.states import TERMINAL
 from relayer.routing import Route, Routes
@@ -107,24 +106,15 @@ class DvpSignature:
     leg: str = "dvp"
 
 
-def _validated(model: Any, doc: Any) -> Any:
-    try:
-        return model.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInstruction(f"{where}: {first['msg']}", code="invalid_field") from None
-
-
 def parse_authorization(doc: Any) -> LockAuthorization | DvpSignature:
     """The POST body (api_models.LockAuthorizationBody, or DvpAuthorizationBody for leg "dvp") as a
     LockAuthorization or a DvpSignature; InvalidInstruction (invalid_field) naming what is malformed."""
     if isinstance(doc, dict) and doc.get("leg") == "dvp":
-        dvp = _validated(DvpAuthorizationBody, doc)
+        dvp = validated(DvpAuthorizationBody, doc)
         if not _checksum_ok(dvp.party):
             raise InvalidInstruction("party: bad EIP-55 checksum", code="invalid_field")
         return DvpSignature(to_checksum_address(dvp.party), bytes.fromhex(dvp.signature[2:]))
-    body = _validated(LockAuthorizationBody, doc)
+    body = validated(LockAuthorizationBody, doc)
     lock, p = body.lock, body.permit
     for name in ("token", "receiver"):
         if not _checksum_ok(getattr(lock, name)):

@@ -134,6 +134,20 @@ async def drive(engine: Engine, trade_ids: list[str], until: frozenset[TradeStat
     return states
 
 
+async def drive_together(engines: list[Engine], trade_id: str, until: TradeState = TradeState.SETTLED,
+                         rounds: int = 600) -> set[TradeState]:
+    """Rounds of several relayers (two firms) in turn until every one sees the trade in `until`; their states."""
+    states: set[TradeState] = set()
+    for _ in range(rounds):
+        for engine in engines:
+            await engine.step()
+        states = {rec.state for e in engines if (rec := await e.store.get(trade_id)) is not None}
+        if states == {until}:
+            break
+        await asyncio.sleep(0.05)
+    return states
+
+
 async def two_chain_net(redis_server: Any, st_standard: str, st_chain_id: int, sc_chain_id: int
                         ) -> AsyncIterator[Net]:
     """An ST chain (its token: `st_standard`) and a coin ledger, deployed and funded, as a Net; stopped after."""
@@ -177,7 +191,7 @@ async def api_session(engine: Engine, token: str, tokens: dict[str, str] | None 
         await runner.cleanup()
 
 
-__all__ = ["Net", "api_session", "drive", "close_engine", "generate_key", "two_chain_net"]
+__all__ = ["Net", "api_session", "drive", "drive_together", "close_engine", "generate_key", "two_chain_net"]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

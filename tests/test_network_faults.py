@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from chaos.netproxy import BLACKHOLE, DELAY, PASS, NetProxy
 from deploy.processes import free_port
 from relayer.protocol.states import TradeState
-from tests.relayer_kit import Net, close_engine, drive
+from tests.relayer_kit import Net, close_engine, drive, drive_together
 
 pytestmark = pytest.mark.slow  # fault injection: `make test-slow` (CI runs it after `make test`)
 
@@ -74,13 +74,8 @@ async def test_a_seller_cut_off_from_the_st_chain_never_reveals_and_reveals_once
         assert not [e for e in await _events(seller_firm, tid) if e.startswith("claim_sc")]
         assert (await buyer_firm.store.get(tid)).state == TradeState.SC_LOCKED  # nothing revealed on chain
         proxy.set(PASS)
-        for _ in range(600):
-            await seller_firm.step()
-            await buyer_firm.step()
-            states = {(await f.store.get(tid)).state for f in (seller_firm, buyer_firm)}
-            if states == {TradeState.SETTLED}:
-                break
-        assert states == {TradeState.SETTLED}, await _events(seller_firm, tid)
+        assert await drive_together([seller_firm, buyer_firm], tid) == {TradeState.SETTLED}, \
+            await _events(seller_firm, tid)
     finally:
         await close_engine(seller_firm)
         await close_engine(buyer_firm)

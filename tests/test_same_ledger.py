@@ -117,7 +117,7 @@ async def test_two_firms_settle_a_same_ledger_trade_once_their_dvp_signatures_me
     import json
 
     from deploy.processes import RedisProcess, free_port
-    from tests.relayer_kit import api_session
+    from tests.relayer_kit import api_session, drive_together
 
     net = one_chain
     dvp = net.doc["st"]["dvp"]
@@ -162,15 +162,7 @@ async def test_two_firms_settle_a_same_ledger_trade_once_their_dvp_signatures_me
                                                 "signature": seller_sig}))[0] == 202
             assert (await post(seller_api, tid, {"leg": "dvp", "party": net.buyer.address,
                                                  "signature": buyer_sig}))[0] == 202
-            states = {}
-            for _ in range(600):
-                await seller_firm.step()
-                await buyer_firm.step()
-                states = {(await f.store.get(tid)).state for f in (seller_firm, buyer_firm)}
-                if states == {TradeState.SETTLED}:
-                    break
-                await asyncio.sleep(0.05)
-            assert states == {TradeState.SETTLED}
+            assert await drive_together([seller_firm, buyer_firm], tid) == {TradeState.SETTLED}
             await seller_firm.drain()
             await buyer_firm.drain()
             assert await _balances(net) == (before[0] - 4, before[1] + 4, before[2] + 4_000, before[3] - 4_000)

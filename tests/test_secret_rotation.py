@@ -43,12 +43,14 @@ def test_a_sealed_secret_names_its_key_and_only_a_configured_key_opens_it():
     assert SecretBox(new).reseal(resealed, "0xab") is None
 
 
+async def _sealed_by_an_old_key(net: Net) -> tuple[str, str, int, Store, str]:
+    """(old key, new key, database, its store, trade id): a trade in flight whose secret the old key sealed."""
+    old, new, db = generate_key(), generate_key(), fresh_db()
+    return old, new, db, Store.from_url(f"redis://127.0.0.1:{net.redis_port}/{db}"), await _st_locked(net, db, old)
+
+
 async def test_a_worker_restarted_with_a_new_key_settles_the_trades_the_old_key_sealed(net: Net):
-    old, new = generate_key(), generate_key()
-    db = fresh_db()
-    store = Store.from_url(f"redis://127.0.0.1:{net.redis_port}/{db}")
-    await store.r.flushdb()
-    tid = await _st_locked(net, db, old)
+    old, new, db, store, tid = await _sealed_by_an_old_key(net)
     engine = await net.engine([net.seller, net.buyer], db=db, secret_key=new, previous_secret_keys=old)
     try:
         assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED
@@ -58,11 +60,7 @@ async def test_a_worker_restarted_with_a_new_key_settles_the_trades_the_old_key_
 
 
 async def test_keys_rotate_reseals_an_open_trade_so_the_old_key_can_go(net: Net):
-    old, new = generate_key(), generate_key()
-    db = fresh_db()
-    store = Store.from_url(f"redis://127.0.0.1:{net.redis_port}/{db}")
-    await store.r.flushdb()
-    tid = await _st_locked(net, db, old)
+    old, new, db, store, tid = await _sealed_by_an_old_key(net)
     sealed_before = (await store.get(tid)).fields["secret"]
     settings = net.settings([net.seller, net.buyer], db=db, secret_key=new, previous_secret_keys=old)
     exe = Path(sys.executable).with_name("dvp-relayer")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relayer.protocol.states import TradeState
-from tests.relayer_kit import Net, close_engine, drive
+from tests.relayer_kit import Net, close_engine, drive, drive_together
 
 
 async def test_seller_firm_and_buyer_firm_settle_together(net: Net):
@@ -14,13 +14,7 @@ async def test_seller_firm_and_buyer_firm_settle_together(net: Net):
         tid = signed.instruction.tradeId
         assert await seller_firm.intake(signed) and await buyer_firm.intake(signed)
         before = await net.balance(net.st, net.st_token, net.buyer.address)
-        for _ in range(400):
-            await seller_firm.step()
-            await buyer_firm.step()
-            a, b = await seller_firm.store.get(tid), await buyer_firm.store.get(tid)
-            if a.state == TradeState.SETTLED and b.state == TradeState.SETTLED:
-                break
-        assert (a.state, b.state) == (TradeState.SETTLED, TradeState.SETTLED)
+        assert await drive_together([seller_firm, buyer_firm], tid) == {TradeState.SETTLED}
         await seller_firm.drain()
         await buyer_firm.drain()
         assert await net.balance(net.st, net.st_token, net.buyer.address) == before + 6

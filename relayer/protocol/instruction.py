@@ -143,13 +143,19 @@ def sign_instruction(instruction: TradeInstruction, private_key: bytes | str, sa
     return SignedInstruction(instruction=instruction, signature="0x" + bytes(signed.signature).hex())
 
 
-def parse_signed(doc: Any) -> SignedInstruction:
-    """Validate a decoded JSON document; raises InvalidInstruction with a field-level message."""
+def validated(model: Any, doc: Any) -> Any:
+    """`model` validated from a decoded JSON document; InvalidInstruction (invalid_field) naming the first bad field."""
     from pydantic import ValidationError
 
     try:
-        return SignedInstruction.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInstruction(f"{where}: {first['msg']}", code="invalid_field") from exc
+
+
+def parse_signed(doc: Any) -> SignedInstruction:
+    """Validate a decoded JSON document; raises InvalidInstruction with a field-level message."""
+    signed: SignedInstruction = validated(SignedInstruction, doc)
+    return signed
