@@ -212,3 +212,105 @@ class RedisProcess:
             while _alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.pid = None
+
+
+@dataclass
+class SentinelGroup:
+    """A Redis master, one replica and one Sentinel on 127.0.0.1: the production layout, small enough for tests
+    and the chaos run. The master refuses writes without a replica (min-replicas-to-write 1), so together with
+    DVP_REDIS_MIN_REPLICAS=1 a trade answered 202 is on two nodes before a failover can happen."""
+
+    data_dir: Path
+    master_name: str = "dvp"
+    down_after_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        self.nodes = [RedisProcess(free_port(), self.data_dir / name) for name in ("a", "b")]
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen | None = None
+
+    @staticmethod
+    def _guard() -> tuple[str, ...]:
+        return ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10")
+
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
+        first, second = self.nodes
+        first.extra_args = self._guard()
+        second.extra_args = (*self._guard(), "--replicaof", "127.0.0.1", str(first.port))
+        first.start()
+        second.start()
+        conf = self.data_dir / "sentinel.conf"
+        conf.write_text(f"bind 127.0.0.1\nport {self.sentinel_port}\ndir {self.data_dir.resolve()}\n"
+                        f"sentinel monitor {self.master_name} 127.0.0.1 {first.port} 1\n"
+                        f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {self.master_name} 5000\n"
+                        f"logfile {(self.data_dir / 'sentinel.log').resolve()}\n")
+        self.sentinel = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        # the Sentinel learns the replica from the master's INFO (every 10 s); until then no failover can happen
+        while not (port_open(self.sentinel_port) and self._ask("SENTINEL", "REPLICAS", self.master_name)):
+            if time.monotonic() > deadline:
+                raise ProcessStartError("the Sentinel never saw the replica")
+            time.sleep(0.2)
+        self.wait_writable(first, deadline - time.monotonic())
+        return self
+
+    @staticmethod
+    def wait_writable(node: RedisProcess, timeout: float) -> None:
+        """Until `node` counts a good replica (its min-replicas-to-write check passes once a second)."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with redis.Redis(port=node.port, socket_timeout=2) as r:
+                    if int(r.info("replication").get("min_slaves_good_slaves", 0)) >= 1:
+                        return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise ProcessStartError(f"redis-server on port {node.port} has no good replica")
+            time.sleep(0.2)
+
+    def _ask(self, *cmd: str) -> object:
+        import redis
+
+        try:
+            with redis.Redis(port=self.sentinel_port, socket_timeout=2) as r:
+                return r.execute_command(*cmd)
+        except redis.RedisError:
+            return None
+
+    @property
+    def sentinels(self) -> str:
+        """DVP_REDIS_SENTINELS for a worker."""
+        return f"127.0.0.1:{self.sentinel_port}"
+
+    def master(self) -> RedisProcess:
+        """The node the Sentinel names master now."""
+        addr = self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        port = int(addr[1]) if isinstance(addr, list) else self.nodes[0].port
+        return next(n for n in self.nodes if n.port == port)
+
+    def fail_over(self, timeout: float = 30.0) -> float:
+        """SIGKILL the master, wait until the Sentinel promotes the replica, bring the old master back as the new
+        master's replica. Returns the seconds without a master that takes writes."""
+        old = self.master()
+        new = next(n for n in self.nodes if n is not old)
+        started = time.monotonic()
+        old.stop(kill=True)
+        while self.master() is not new:
+            if time.monotonic() - started > timeout:
+                raise ProcessStartError("the Sentinel did not promote the replica")
+            time.sleep(0.1)
+        old.extra_args = (*self._guard(), "--replicaof", "127.0.0.1", str(new.port))
+        old.start()
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.terminate()
+            self.sentinel.wait(10)
+        for node in self.nodes:
+            node.stop()

@@ -61,7 +61,7 @@ _STATUS_FOR_CODE = {
     "untrusted_signer": 403, "unknown_chain": 422, "unknown_token": 422, "deadline_too_close": 422,
     "compliance_refused": 422,
     "conflicting_trade_id": 409, "unauthorized": 401, "forbidden": 403, "not_found": 404, "body_too_large": 413,
-    "shutting_down": 503, "not_ready": 503,
+    "shutting_down": 503, "not_ready": 503, "not_replicated": 503,
     # holder lock authorisations (relayer/authorizations.py)
     "wrong_terms": 422, "expired": 422, "no_allowance": 422, "not_holder_signed": 422, "wrong_signer": 403,
     "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     redis_sentinels: str = Field("", description="comma-separated host:port of Redis Sentinels (overrides redis_url)")
     redis_sentinel_master: str = Field("dvp", description="the master name the Sentinels monitor")
     redis_db: int = 0
+    redis_min_replicas: int = Field(0, ge=0, description="replicas that must acknowledge an accepted trade (Redis "
+                                    "WAIT) before intake answers 202; pair it with min-replicas-to-write on the master")
+    redis_replica_wait_ms: int = Field(1000, ge=1, description="how long intake waits for those acknowledgements "
+                                       "before answering 503 not_replicated")
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         out = []

@@ -64,6 +64,14 @@ class NotReady(RelayerError):
     code = "not_ready"
 
 
+class NotReplicated(RelayerError):
+    """Raised when an accepted trade was written to the Redis master but fewer replicas than
+    DVP_REDIS_MIN_REPLICAS acknowledged it in time: a failover now could lose it, so it is not answered as
+    accepted (the PTS retries; the same instruction again is idempotent)."""
+
+    code = "not_replicated"
+
+
 class FencedOut(ConcurrentUpdate):
     """Raised when a state write carries a trade lease value this worker no longer holds: another worker took
     the trade over (fencing), so this one must stop acting on it."""

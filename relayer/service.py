@@ -16,8 +16,11 @@ from relayer.store import Store
 def store_for(settings: Settings) -> Store:
     """Redis through Sentinel when DVP_REDIS_SENTINELS is set, else DVP_REDIS_URL."""
     if settings.redis_sentinels:
-        return Store.from_sentinels(settings.sentinel_addresses(), settings.redis_sentinel_master, settings.redis_db)
-    return Store.from_url(settings.redis_url)
+        store = Store.from_sentinels(settings.sentinel_addresses(), settings.redis_sentinel_master, settings.redis_db)
+    else:
+        store = Store.from_url(settings.redis_url)
+    store.min_replicas, store.replica_wait_ms = settings.redis_min_replicas, settings.redis_replica_wait_ms
+    return store
 
 
 def build_engine(settings: Settings, store: Store | None = None) -> Engine:

@@ -38,7 +38,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from relayer.errors import ConcurrentUpdate, ConflictingInstruction, CorruptRecord, FencedOut
+from relayer.errors import ConcurrentUpdate, ConflictingInstruction, CorruptRecord, FencedOut, NotReplicated
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
 
@@ -203,6 +203,9 @@ class Store:
         self._release = client.register_script(_RELEASE)
         self._trade_lease = client.register_script(_TRADE_LEASE)
         self._parsed: dict[str, SignedInstruction] = {}
+        # intake durability across a failover (store_for sets them from DVP_REDIS_MIN_REPLICAS): an accepted
+        # trade is answered only once this many replicas have it
+        self.min_replicas, self.replica_wait_ms = 0, 1000
 
     @classmethod
     def from_sentinels(cls, sentinels: list[tuple[str, int]], master: str, db: int = 0) -> Store:
@@ -237,7 +240,11 @@ class Store:
         """
         ins = signed.instruction
         keys, args = _create_call(signed, state, actor, time.time(), note)
-        res = await self._create(keys=keys, args=args)
+        async with self.r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers this write
+            await self._create(keys=keys, args=args, client=pipe)
+            self._wait_replicas(pipe)
+            res, *acks = await pipe.execute()
+        self._check_replicated(acks)
         if int(res) == -1:
             raise ConflictingInstruction(f"trade {ins.tradeId} already exists with different terms")
         return int(res) == 1
@@ -253,7 +260,10 @@ class Store:
             for s in signed:
                 keys, args = _create_call(s, TradeState.MATCHED, actor, now)
                 await self._create(keys=keys, args=args, client=pipe)
-            codes = [int(c) for c in await pipe.execute()]
+            self._wait_replicas(pipe)
+            replies = await pipe.execute()
+        codes = [int(c) for c in replies[:len(signed)]]
+        self._check_replicated(replies[len(signed):])
         created = [s.instruction.tradeId for s, c in zip(signed, codes) if c == 1]
         if created:
             async with self.r.pipeline(transaction=False) as pipe:
@@ -262,6 +272,16 @@ class Store:
                 await pipe.execute()
         return [ConflictingInstruction(f"trade {s.instruction.tradeId} already exists with different terms")
                 if c == -1 else c == 1 for s, c in zip(signed, codes)]
+
+    def _wait_replicas(self, pipe: Any) -> None:
+        """WAIT on the pipeline's own connection (WAIT covers the writes of the connection it is sent on)."""
+        if self.min_replicas:
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)
+
+    def _check_replicated(self, acks: list[Any]) -> None:
+        if self.min_replicas and int(acks[0]) < self.min_replicas:
+            raise NotReplicated(f"{acks[0]} of {self.min_replicas} Redis replicas acknowledged the trade within "
+                                f"{self.replica_wait_ms} ms; retry (the same instruction again is idempotent)")
 
     async def get(self, trade_id: str) -> TradeRecord | None:
         return self._record(trade_id, await self.r.hgetall(trade_key(trade_id)))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 
-from deploy.processes import RedisProcess, free_port, port_open, redis_server_binary
+import pytest
+
+from deploy.processes import RedisProcess, SentinelGroup, free_port
+from relayer.api import _STATUS_FOR_CODE
+from relayer.errors import NotReplicated
 from relayer.config import Settings
 from relayer.protocol.instruction import TradeInstruction, sign_instruction
 from relayer.protocol.states import TradeState
@@ -23,53 +26,64 @@ def _instruction(n: int):
     return sign_instruction(ins, a[0].key, bytes(32))
 
 
+async def _create_until_accepted(store, n: int, timeout: float = 30.0) -> None:
+    """The client keeps asking the Sentinel for the master until the replica is promoted and takes writes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert await store.create(_instruction(n), TradeState.MATCHED, "test")
+            return
+        except Exception:  # noqa: BLE001 - connection errors, READONLY and NOREPLICAS until the group is whole
+            assert time.monotonic() < deadline, "no master taking writes within the time"
+            await asyncio.sleep(0.5)
+
+
 async def test_store_follows_a_sentinel_failover(tmp_path):
-    master = RedisProcess(free_port(), tmp_path / "master").start()
-    replica_port = free_port()
-    replica = subprocess.Popen([redis_server_binary(), "--bind", "127.0.0.1", "--port", str(replica_port),
-                                "--replicaof", "127.0.0.1", str(master.port), "--appendonly", "yes",
-                                "--dir", str(tmp_path), "--save", ""], stdout=subprocess.DEVNULL)
-    s_port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"bind 127.0.0.1\nport {s_port}\ndir {tmp_path}\n"
-                    f"sentinel monitor dvp 127.0.0.1 {master.port} 1\n"
-                    "sentinel down-after-milliseconds dvp 1000\nsentinel failover-timeout dvp 5000\n"
-                    f"logfile {tmp_path}/sentinel.log\n")
-    sentinel = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    group = SentinelGroup(tmp_path).start()
     store = None
     try:
-        for port in (replica_port, s_port):
-            limit = time.monotonic() + 10
-            while not port_open(port):
-                assert time.monotonic() < limit
-                await asyncio.sleep(0.05)
-        import redis.asyncio as aioredis
-
-        probe = aioredis.Redis(port=s_port)
-        limit = time.monotonic() + 25  # the sentinel learns replicas from the master's INFO (every 10 s)
-        while not await probe.sentinel_slaves("dvp"):
-            assert time.monotonic() < limit, "the sentinel never saw the replica"
-            await asyncio.sleep(0.25)
-        await probe.aclose()
-        settings = Settings(_env_file=None, redis_sentinels=f"127.0.0.1:{s_port}", redis_sentinel_master="dvp")
+        settings = Settings(_env_file=None, redis_sentinels=group.sentinels, redis_sentinel_master="dvp",
+                            redis_min_replicas=1)
         store = store_for(settings)
-        assert await store.create(_instruction(1), TradeState.MATCHED, "test")
-        assert await store.r.wait(1, 5000) >= 1  # replicated before the master dies
-        master.stop(kill=True)
-        deadline = time.monotonic() + 30
-        while True:  # the client keeps asking the sentinel for the master until the replica is promoted
-            try:
-                assert await store.create(_instruction(2), TradeState.MATCHED, "test")
-                break
-            except Exception:  # noqa: BLE001 - connection errors and READONLY until promoted
-                assert time.monotonic() < deadline, "no failover within 30 s"
-                await asyncio.sleep(0.5)
+        assert store.min_replicas == 1
+        assert await store.create(_instruction(1), TradeState.MATCHED, "test")  # answered once the replica has it
+        old = group.master()
+        group.fail_over()
+        assert group.master() is not old
+        await _create_until_accepted(store, 2)
         assert (await store.get("0x" + f"{1:064x}")) is not None  # written before the failover
         assert sorted(await store.open_trades()) == ["0x" + f"{n:064x}" for n in (1, 2)]
     finally:
         if store is not None:
             await store.close()
-        for p in (sentinel, replica):
-            p.terminate()
-            p.wait(10)
+        group.stop()
+
+
+async def test_a_trade_no_replica_acknowledged_is_not_answered_as_accepted(tmp_path):
+    """DVP_REDIS_MIN_REPLICAS=1 and the replica gone: intake does not say 202 for what a failover could lose
+    (NotReplicated, answered 503 not_replicated); once a replica is back the same instruction is accepted."""
+    master = RedisProcess(free_port(), tmp_path / "master").start()
+    replica = RedisProcess(free_port(), tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1",
+                                                                          str(master.port)))
+    store = store_for(Settings(_env_file=None, redis_url=master.url, redis_min_replicas=1,
+                               redis_replica_wait_ms=300))
+    try:
+        with pytest.raises(NotReplicated, match="0 of 1"):
+            await store.create(_instruction(3), TradeState.MATCHED, "test")
+        with pytest.raises(NotReplicated):
+            await store.create_many([_instruction(4)], "test")
+        assert _STATUS_FOR_CODE[NotReplicated.code] == 503
+        replica.start()
+        deadline = time.monotonic() + 20
+        while True:  # the replica's first sync
+            try:
+                assert await store.create(_instruction(3), TradeState.MATCHED, "test") is False  # written before
+                break
+            except NotReplicated:
+                assert time.monotonic() < deadline, "the replica never acknowledged"
+                await asyncio.sleep(0.2)
+        assert await store.create_many([_instruction(4), _instruction(5)], "test") == [False, True]
+    finally:
+        await store.close()
+        replica.stop()
         master.stop()
