@@ -9,12 +9,22 @@ Faults (chosen by a seeded RNG, at random moments, one at a time, every kind as 
   duplicate         re-post an accepted instruction (must answer 202, created=false)
   replay_conflict   post the same trade id with other terms (must answer 409)
   clock_skew        set one chain's clock 0..max_skew s ahead of wall time (evm_setTime)
+  reorg_deep        anvil_reorg deeper than the confirmations (k+1 to k+4): beyond the guarantee, reported apart
+  fee_spike         the next block's base fee jumps to 20-500 gwei (anvil_setNextBlockBaseFeePerGas), then decays
+  issuer_action     the ERC-3643 issuer's agent pauses the token, freezes the buyer or the escrow, deletes the
+                    buyer's identity or force-transfers out of the escrow, and undoes it after 1 s to 1.5 Δ
+                    (chaos/issuer.py)
+  redis_failover    Redis runs as a master, a replica and a Sentinel (min-replicas-to-write 1, intake waits for the
+                    replica): the master is SIGKILLed, the Sentinel promotes the replica, the old master rejoins as
+                    its replica. redis_restart then SIGKILLs and restarts the replica (writes refused meanwhile)
 Network faults between the worker and a chain (chaos/netproxy.py; the worker reaches each chain through a primary
 and a standby proxy, the chain itself never stops):
   net_delay         the primary path delays every chunk 0.2-3 s (+ jitter) for a while
   net_blackhole     the primary path swallows everything, connections open (the worker must fail over)
   net_reset         the primary path resets every connection for a while
   net_partition     both paths of one chain go dark for 0.5 s to 1.3 Δ (the chain goes on producing blocks)
+  node_stalled      the primary endpoint keeps answering the head it had, for 3 s to Δ (chaos/lying_node.py)
+  node_drops_logs   the primary endpoint answers every eth_getLogs with no logs, for 1 s to Δ
 Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
   bot_wrong_terms   the bot buyer locks SC with a wrong amount, receiver, hashlock or timelock
   bot_late_lock     the bot buyer locks SC when less than Δ is left on T_st
@@ -25,8 +35,11 @@ Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
                     refunded locks the same trade id again with the right terms
   bot_front_run     an honest trade, and a third party that claims the ST for the buyer with the secret the
                     seller revealed, tipping to land before the relayer's own claim
+  bot_congest       the bot buyer locks the right terms 6 s before T_sc while filling the coin ledger's blocks
+                    (chaos/congestion.py) for 6-12 s, its own lock tipping above the filler
 At the end every timelock is made to pass, the relayer refunds what is left, and the independent checker
-(chaos.checker, chain reads only) classifies every trade. Exit status 1 on any violation or stuck trade.
+(chaos.checker, chain reads only) classifies every trade, and every trade answered 202 is looked up through the
+API (an accepted trade the relayer no longer knows is LOST). Exit status 1 on any violation, lost or stuck trade.
 """
 
 from __future__ import annotations
@@ -51,11 +64,15 @@ import aiohttp
 from adapters.contracts import encode_call, swap_id
 from adapters.evm import EvmChain, TxSender
 from chaos.checker import VIOLATIONS, classify_all, legs, read_both
+from chaos.congestion import BlockFiller
+from chaos.issuer import ACTIONS, IssuerAgent
+from chaos.lying_node import LyingNode
 from chaos.netproxy import BLACKHOLE, DELAY, PASS, RESET, NetProxy
-from chaos.timeline import BEYOND_GUARANTEE, ClockLog, Outage, claim_window
-from deploy.deployer import MAX_UINT256
+from chaos.timeline import BEYOND_GUARANTEE, DEEP_REORG, ISSUER_ACTED, ClockLog, Outage, claim_window
+from deploy import trex
+from deploy.deployer import ChainDeployment, deploy, onboard_holder
 from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
-from deploy.processes import AnvilProcess, RedisProcess, free_port, port_open
+from deploy.processes import AnvilProcess, RedisProcess, SentinelGroup, free_port, port_open
 from relayer.protocol.instruction import TradeInstruction, sign_instruction
 from relayer.secrets import generate_key
 
@@ -63,12 +80,15 @@ from relayer.secrets import generate_key
 DOMAIN_SALT = os.urandom(32)
 
 E = "HashedTimelockEscrow"
-NET_FAULTS = ("net_delay", "net_blackhole", "net_reset", "net_partition")
-FAULTS = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "duplicate",
-          "replay_conflict", "clock_skew", *NET_FAULTS)
+NET_FAULTS = ("net_delay", "net_blackhole", "net_reset", "net_partition", "node_stalled", "node_drops_logs")
+INJECTED = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "reorg_deep", "redis_restart",
+            "redis_failover", "clock_skew", "fee_spike", "issuer_action", *NET_FAULTS)  # by the fault loop
+FAULTS = (*INJECTED, "duplicate", "replay_conflict")
 BOT_KINDS = ("bot_wrong_terms", "bot_late_lock", "bot_never_locks", "bot_never_claims", "bot_late_claim", "bot_relock",
-             "bot_front_run")
+             "bot_front_run", "bot_congest")
 BOT_SELLER, BOT_BUYER, FRONT_RUNNER = 5, 6, 7
+FILLERS = (8, 9)  # the congesting bot's accounts (coin ledger only)
+FILLER_TIP, BOT_CONGEST_TIP = 50 * 10**9, 100 * 10**9
 
 
 @dataclass
@@ -87,6 +107,9 @@ class ChaosConfig:
     margin: int = 6
     workdir: Path = Path(".chaos")
     max_seconds: float = 3600
+    st_standard: str = "erc3643"  # the ST: a T-REX suite (issuer actions injected) or "own" (SecurityToken)
+    sentinel: bool = True  # Redis as master + replica + Sentinel (redis_failover injected), else one redis-server
+    max_fee_gwei: float = 2000.0  # DVP_MAX_FEE_GWEI: above every injected base-fee spike
 
 
 @dataclass
@@ -117,6 +140,15 @@ class Chaos:
         self._background: set[asyncio.Task[None]] = set()
         self.max_skew_seen = 0  # largest |ST - SC| latest-block time difference sampled
         self.lost_blocks: list[tuple[str, int]] = []  # (chain, depth) when a restart did not keep the head
+        self.deep_reorgs: list[tuple[str, float, int]] = []  # (chain, wall time, depth) of each reorg deeper than k
+        self.issuer_acts: list[tuple[str, float, float]] = []  # (action, start, end), wall clock
+        self.accepted: set[str] = set()  # trade ids answered 202
+        self.refused: Counter[str] = Counter()  # submissions refused with a 4xx code the run expects
+        self.lost: list[str] = []
+        self.evidence: dict[str, str] = {}  # trade -> why it is set apart (deep reorg, issuer action)
+        self.reorged_out: dict[bytes, str] = {}  # tradeId / swapId topics of escrow events a deep reorg removed
+        self._congesting = False
+        self.issuer_until = 0.0  # wall time until which intake may refuse on compliance (an issuer action, + 3 s)
         self._kind_deck: list[str] = []
 
     def _draw(self, deck: list[str], make: Any) -> str:
@@ -139,13 +171,24 @@ class Chaos:
                                     log_file=d / "anvil-st.log").start()
         self.sc_node = AnvilProcess(18102, free_port(), self.cfg.block_time, state_file=d / "sc.state",
                                     log_file=d / "anvil-sc.log").start()
-        self.redis = RedisProcess(free_port(), d / "redis", appendfsync="always").start()
-        # the worker's paths to each chain: a primary and a standby proxy, both to the same node
+        self.group: SentinelGroup | None = None
+        if self.cfg.sentinel:
+            self.group = await asyncio.to_thread(SentinelGroup(d / "redis").start)
+            redis_url, redis_env = self.group.master().url, {"DVP_REDIS_SENTINELS": self.group.sentinels,
+                                                             "DVP_REDIS_MIN_REPLICAS": "1"}
+        else:
+            self.redis = RedisProcess(free_port(), d / "redis", appendfsync="always").start()
+            redis_url, redis_env = self.redis.url, {"DVP_REDIS_URL": self.redis.url}
+        # the worker's paths to each chain: a primary (a node that may lie, behind a proxy that may misbehave) and
+        # a standby proxy, both to the same node
         self.paths: dict[str, tuple[NetProxy, NetProxy]] = {}
+        self.liars: dict[str, LyingNode] = {}
         for name, node in (("st", self.st_node), ("sc", self.sc_node)):
             self.paths[name] = (await NetProxy("127.0.0.1", node.port, free_port()).start(),
                                 await NetProxy("127.0.0.1", node.port, free_port()).start())
-        self.doc = await _deploy(DevnetOptions(st_standard="own"), self.st_node.url, self.sc_node.url, self.redis.url)
+            self.liars[name] = await LyingNode(self.paths[name][0].url).start()
+        self.doc = await _deploy(DevnetOptions(st_standard=self.cfg.st_standard), self.st_node.url, self.sc_node.url,
+                                 redis_url)
         self.st = EvmChain("st", [self.st_node.url])
         self.sc = EvmChain("sc", [self.sc_node.url])
         await self.st.connect()
@@ -154,14 +197,17 @@ class Chaos:
         self.bot_seller, self.bot_buyer = dev_account(BOT_SELLER), dev_account(BOT_BUYER)
         self.st_token = next(iter(self.doc["st"]["tokens"].values()))
         self.sc_token = next(iter(self.doc["sc"]["tokens"].values()))
-        holders = [self.bot_seller.address, self.bot_buyer.address]
-        for chain, token, kind in ((self.st, self.st_token, "SecurityToken"), (self.sc, self.sc_token, "Stablecoin")):
-            tx = TxSender(chain, issuer)
-            await tx.transact(token, encode_call(kind, "setAllowed", holders, True))
-            if kind == "SecurityToken":
-                await tx.transact(token, encode_call(kind, "issue", self.bot_seller.address, 10**9))
-            else:
-                await tx.transact(token, encode_call(kind, "issue", self.bot_buyer.address, 10**15, b"\0" * 32))
+        st_dep, sc_dep = ChainDeployment(**self.doc["st"]), ChainDeployment(**self.doc["sc"])
+        # the bots hold, may receive and have approved the escrow (ERC-3643: an identity each, registered)
+        await onboard_holder(self.st, issuer, self.bot_seller, st_dep, kind="st", issue_amount=10**9)
+        await onboard_holder(self.st, issuer, self.bot_buyer, st_dep, kind="st", issue_amount=0)
+        await onboard_holder(self.sc, issuer, self.bot_buyer, sc_dep, kind="sc", issue_amount=10**15)
+        await onboard_holder(self.sc, issuer, self.bot_seller, sc_dep, kind="sc", issue_amount=0)
+        self.agent: IssuerAgent | None = None
+        if st_dep.standard == "erc3643":
+            self.agent = IssuerAgent(self.st, issuer, trex.TrexSuite(**st_dep.trex), st_dep.escrow,
+                                     dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address)
+        self.burner = await deploy(TxSender(self.sc, dev_account(FILLERS[0])), "GasBurner")
         self.bot_tx = {
             ("st", "seller"): TxSender(self.st, self.bot_seller, rebroadcast_after=1.0),
             ("sc", "seller"): TxSender(self.sc, self.bot_seller, rebroadcast_after=1.0),
@@ -170,20 +216,15 @@ class Chaos:
         # a third party with its own account, tipping 50 gwei: its claims land before the relayer's 1 gwei ones
         self.front_runner = TxSender(self.st, dev_account(FRONT_RUNNER), priority_fee_wei=50 * 10**9,
                                      rebroadcast_after=1.0)
-        await self.bot_tx[("st", "seller")].transact(self.st_token, encode_call("SecurityToken", "approve",
-                                                                                 self.doc["st"]["escrow"], MAX_UINT256))
-        await self.bot_tx[("sc", "buyer")].transact(self.sc_token, encode_call("Stablecoin", "approve",
-                                                                                self.doc["sc"]["escrow"], MAX_UINT256))
         self.api_port = free_port()
         self.api_token = "chaos-" + os.urandom(8).hex()
         seller, buyer = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"])
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DVP_")} | {
-            "DVP_ENV_FILE": "/nonexistent",
-            "DVP_REDIS_URL": self.redis.url,
-            "DVP_ST_RPC_URL": self.paths["st"][0].url, "DVP_ST_RPC_STANDBY_URLS": self.paths["st"][1].url,
+            "DVP_ENV_FILE": "/nonexistent", **redis_env,
+            "DVP_ST_RPC_URL": self.liars["st"].url, "DVP_ST_RPC_STANDBY_URLS": self.paths["st"][1].url,
             "DVP_ST_ESCROW": self.doc["st"]["escrow"],
             "DVP_ST_TOKENS": self.st_token, "DVP_ST_START_BLOCK": str(self.doc["st"]["deploy_block"]),
-            "DVP_SC_RPC_URL": self.paths["sc"][0].url, "DVP_SC_RPC_STANDBY_URLS": self.paths["sc"][1].url,
+            "DVP_SC_RPC_URL": self.liars["sc"].url, "DVP_SC_RPC_STANDBY_URLS": self.paths["sc"][1].url,
             "DVP_SC_ESCROW": self.doc["sc"]["escrow"],
             "DVP_SC_TOKENS": self.sc_token, "DVP_SC_START_BLOCK": str(self.doc["sc"]["deploy_block"]),
             "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
@@ -195,7 +236,7 @@ class Chaos:
             "DVP_MARGIN": str(self.cfg.margin),
             "DVP_ST_LOCK_DURATION": str(self.cfg.st_lock_duration), "DVP_POLL_INTERVAL": "0.1",
             "DVP_RPC_TIMEOUT": "2", "DVP_API_PORT": str(self.api_port), "DVP_API_TOKENS": self.api_token,
-            "DVP_LOG_LEVEL": "WARNING",
+            "DVP_MAX_FEE_GWEI": str(self.cfg.max_fee_gwei), "DVP_LOG_LEVEL": "WARNING",
         }
         # Δ as the relayer computes it: k × block time + inclusion + skew + margin
         import math
@@ -220,9 +261,18 @@ class Chaos:
         for primary, standby in self.paths.values():
             await primary.stop()
             await standby.stop()
+        for liar in self.liars.values():
+            await liar.stop()
         self.st_node.stop()
         self.sc_node.stop()
-        self.redis.stop()
+        self._stop_redis()
+
+    def _stop_redis(self) -> None:
+        group = getattr(self, "group", None)
+        if group is not None:
+            group.stop()
+        elif hasattr(self, "redis"):
+            self.redis.stop()
 
     # ------------------------------------------------------------------ trades
 
@@ -232,18 +282,20 @@ class Chaos:
                                       "Content-Type": "application/json"}) as r:
             return r.status, await r.json()
 
-    async def submit(self, http: aiohttp.ClientSession, body: str, deadline: float) -> int | None:
-        """Post until the worker answers (a PTS retries while the worker is down)."""
+    async def submit(self, http: aiohttp.ClientSession, body: str, deadline: float) -> tuple[int | None, str, str]:
+        """Post until the worker answers (a PTS retries while the worker is down, or Redis is failing over):
+        the status, and the error code and message, if any."""
         while time.monotonic() < deadline and not self.stop.is_set():
             try:
                 status, doc = await self._post(http, body)
                 if status < 500:
-                    return status
-                self.stats.api_errors[f"http_{status}"] += 1
+                    doc = doc if isinstance(doc, dict) else {}
+                    return status, str(doc.get("error", "")), str(doc.get("message", ""))
+                self.stats.api_errors[f"http_{status}:{doc.get('error', '') if isinstance(doc, dict) else ''}"] += 1
             except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
                 self.stats.api_errors[type(exc).__name__] += 1
             await asyncio.sleep(0.3)
-        return None
+        return None, "", ""
 
     async def _chain_now(self, chain: EvmChain) -> int:
         while True:
@@ -262,31 +314,39 @@ class Chaos:
             seller = self.bot_seller.address
         elif kind not in ("honest", "bot_front_run"):  # a front-runner is a third party to an honest trade
             buyer = self.bot_buyer.address
-        now = await self._chain_now(self.st)
-        ins = TradeInstruction(
-            tradeId="0x" + os.urandom(32).hex(), stChainId=self.st.chain_id, stToken=self.st_token,
-            stAmount=rng.randint(1, 50), scChainId=self.sc.chain_id, scToken=self.sc_token,
-            scAmount=rng.randint(1, 10**6), sellerStAccount=seller, sellerScAccount=seller,
-            buyerScAccount=buyer, buyerStAccount=buyer, deadline=now + 3 * self.cfg.st_lock_duration,
-        )
-        signed = sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT)
-        body = signed.model_dump_json()
+        deadline = time.monotonic() + 120
+        while True:
+            now = await self._chain_now(self.st)
+            ins = TradeInstruction(
+                tradeId="0x" + os.urandom(32).hex(), stChainId=self.st.chain_id, stToken=self.st_token,
+                stAmount=rng.randint(1, 50), scChainId=self.sc.chain_id, scToken=self.sc_token,
+                scAmount=rng.randint(1, 10**6), sellerStAccount=seller, sellerScAccount=seller,
+                buyerScAccount=buyer, buyerStAccount=buyer, deadline=now + 3 * self.cfg.st_lock_duration,
+            )
+            signed = sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT)
+            body = signed.model_dump_json()
+            status, code, message = await self.submit(http, body, deadline)
+            if not (status == 422 and code == "compliance_refused" and time.time() < self.issuer_until):
+                break
+            # refused at intake while the issuer's agent acts on the token: not accepted, nothing locked; the
+            # exchange matches a new trade a little later
+            self.refused[code] += 1
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
         self.instructions.append(ins.model_dump())
         self.kind_of[ins.tradeId] = kind
-        deadline = time.monotonic() + 120
-        status = await self.submit(http, body, deadline)
         if status != 202:
-            self.stats.checks_failed.append(f"trade {i}: submission answered {status}")
+            self.stats.checks_failed.append(f"trade {i}: submission answered {status} {code}: {message}")
             return
+        self.accepted.add(ins.tradeId)
         if rng.random() < 0.15:
             self.stats.faults["duplicate"] += 1
-            if await self.submit(http, body, deadline) != 202:
+            if (await self.submit(http, body, deadline))[0] != 202:
                 self.stats.checks_failed.append(f"trade {i}: duplicate not answered 202")
         if rng.random() < 0.15:
             self.stats.faults["replay_conflict"] += 1
             other = sign_instruction(ins.model_copy(update={"scAmount": ins.scAmount + 1}),
                                      dev_account(ROLES["pts"]).key, DOMAIN_SALT)
-            if await self.submit(http, other.model_dump_json(), deadline) != 409:
+            if (await self.submit(http, other.model_dump_json(), deadline))[0] != 409:
                 self.stats.checks_failed.append(f"trade {i}: conflicting replay not answered 409")
         if kind != "honest":
             try:
@@ -377,6 +437,9 @@ class Chaos:
         if kind == "bot_relock":
             await self._relock(ins, st_lock)
             return
+        if kind == "bot_congest":
+            await self._congested_late_lock(ins, st_lock)
+            return
         amount, receiver, hashlock = ins.scAmount, ins.sellerScAccount, st_lock["hashlock"]
         timelock = st_lock["timelock"] - self.delta
         if kind == "bot_wrong_terms":
@@ -427,6 +490,33 @@ class Chaos:
         except Exception:  # noqa: BLE001 - the chain may be down for a moment
             return None
         return bytes(c.events.Claimed().process_log(logs[0])["args"]["preimage"]) if logs else None
+
+    async def _congested_late_lock(self, ins: TradeInstruction, st_lock: dict[str, Any]) -> None:
+        """The attack of the safety-fixes issue: the right terms locked 6 s before T_sc while the coin ledger's
+        blocks are full (one filler at a time), the bot's own lock priced to get in. A seller that revealed now
+        would sit in the mempool past T_sc with its secret public."""
+        t_sc = st_lock["timelock"] - self.delta
+        while await self._chain_now(self.sc) < t_sc - 6:
+            await asyncio.sleep(0.5)
+        stop = asyncio.Event()
+        filling = None
+        if not self._congesting:
+            self._congesting = True
+            filler = BlockFiller(self.sc, self.burner, [dev_account(a) for a in FILLERS], tip_wei=FILLER_TIP,
+                                 max_txs=60)
+            filling = asyncio.create_task(filler.run(stop))
+        try:
+            tx = self.bot_tx[("sc", "buyer")]
+            sent = await tx.send(self.doc["sc"]["escrow"], encode_call(
+                E, "lockTokens", ins.trade_id_bytes, ins.scToken, ins.scAmount, ins.sellerScAccount,
+                st_lock["hashlock"], t_sc), urgent=True)
+            await asyncio.sleep(self.rng.uniform(6.0, 12.0))
+            await tx.wait(sent, timeout=30)
+        finally:
+            if filling is not None:
+                stop.set()
+                await asyncio.gather(filling, return_exceptions=True)
+                self._congesting = False
 
     async def _relock(self, ins: TradeInstruction, st_lock: dict[str, Any]) -> None:
         """A wrong-terms SC lock with a short timelock; once it is refunded (by the relayer, watching), the same trade
@@ -491,8 +581,8 @@ class Chaos:
     async def faults(self) -> None:
         """Faults one at a time, in shuffled rounds of every kind (each kind as often). Chain outages take
         most of a run's time; more of them at once would leave the chains down most of it."""
-        kinds = ["worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "redis_restart", "clock_skew",
-                 *NET_FAULTS]
+        kinds = [k for k in INJECTED if (k != "issuer_action" or self.agent is not None)
+                 and (k != "redis_failover" or self.group is not None)]
         deck: list[str] = []
         while not self.stop.is_set():
             await asyncio.sleep(self.rng.expovariate(1 / self.cfg.fault_interval))
@@ -548,13 +638,51 @@ class Chaos:
                         continue
                     await chain.rpc("anvil_reorg", [self.rng.randint(1, self.cfg.confirmations - 1) or 1, []])
                     await self._set_clock(chain.name)  # anvil_reorg sets the chain's clock back ~0.5-1 s each time
+                elif fault == "reorg_deep":
+                    chain = self.rng.choice([self.st, self.sc])
+                    if self.chain_down[chain.name]:
+                        continue
+                    depth = self.rng.randint(self.cfg.confirmations + 1, self.cfg.confirmations + 4)
+                    head = await chain.block_number()
+                    # what the reorg takes out (one block more, in case one is mined before it): the evidence
+                    window = {"address": self.doc[chain.name]["escrow"], "fromBlock": max(0, head - depth),
+                              "toBlock": head}
+                    removed = await chain.call(lambda w3, window=window: w3.eth.get_logs(window))
+                    await chain.rpc("anvil_reorg", [depth, []])
+                    self.deep_reorgs.append((chain.name, time.time(), depth))
+                    for lg in removed:
+                        if len(lg["topics"]) > 1:
+                            self.reorged_out.setdefault(bytes(lg["topics"][1]), f"{chain.name} reorg of depth "
+                                                        f"{depth} at {time.time():.0f}")
+                    await self._set_clock(chain.name)
+                elif fault == "fee_spike":
+                    chain = self.rng.choice([self.st, self.sc])
+                    if self.chain_down[chain.name]:
+                        continue
+                    gwei = self.rng.uniform(20, 500)
+                    await chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(int(gwei * 10**9))])
+                elif fault == "issuer_action":
+                    await self._issuer_action()
                 elif fault in NET_FAULTS:
                     await self._net_fault(fault)
                 elif fault == "redis_restart":
                     started = time.time()
-                    self.redis.stop(kill=True)
+                    # one redis-server: SIGKILL and restart it; a Sentinel group: the replica (the master
+                    # refuses writes until it is back: min-replicas-to-write)
+                    group = self.group
+                    redis_node = self.redis if group is None else next(
+                        n for n in group.nodes if n is not group.master())
+                    redis_node.stop(kill=True)
                     await asyncio.sleep(self.rng.uniform(0.2, 2.0))
-                    self.redis.start()
+                    redis_node.start()
+                    if self.group is not None:
+                        await asyncio.to_thread(self.group.wait_writable, self.group.master(), 30)
+                    self.outages.append(Outage("redis", started, time.time()))
+                elif fault == "redis_failover":
+                    assert self.group is not None
+                    started = time.time()
+                    await asyncio.to_thread(self.group.fail_over)
+                    await asyncio.to_thread(self.group.wait_writable, self.group.master(), 30)
                     self.outages.append(Outage("redis", started, time.time()))
                 elif fault == "clock_skew":
                     # each chain's clock runs 0..max_skew s ahead of wall time, so the two never differ by more
@@ -585,6 +713,15 @@ class Chaos:
         elif fault == "net_reset":
             primary.set(RESET)
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+        elif fault == "node_stalled":
+            liar = self.liars[name]
+            liar.frozen = await (self.st if name == "st" else self.sc).block_number()
+            await asyncio.sleep(self.rng.uniform(3.0, self.delta))
+            liar.frozen = None
+        elif fault == "node_drops_logs":
+            self.liars[name].drop_logs = True
+            await asyncio.sleep(self.rng.uniform(1.0, self.delta))
+            self.liars[name].drop_logs = False
         else:  # net_partition
             started = time.time()
             primary.set(BLACKHOLE)
@@ -593,6 +730,24 @@ class Chaos:
             standby.set(PASS)
             self.outages.append(Outage(f"{name} chain", started, time.time()))
         primary.set(PASS)
+
+    async def _issuer_action(self) -> None:
+        """One agent action on the ERC-3643 ST, held for 1 s to 1.5 Δ, then undone (an interval "st issuer")."""
+        assert self.agent is not None
+        action = self.rng.choice(ACTIONS)
+        started = time.time()
+        self.issuer_until = float("inf")
+        try:
+            undo = await self.agent.act(action, self.rng)
+            try:
+                await asyncio.sleep(self.rng.uniform(1.0, 1.5 * self.delta))
+            finally:
+                await undo()
+        finally:
+            self.issuer_until = time.time() + 3.0
+        self.issuer_acts.append((action, started, time.time()))
+        self.outages.append(Outage("st issuer", started, time.time()))
+        self.stats.faults[f"issuer:{action}"] += 1
 
     # ------------------------------------------------------------------ run
 
@@ -605,12 +760,15 @@ class Chaos:
             # state into the workdir, and the next run's restarted chain or Redis would load it
             if self.worker is not None and self.worker.poll() is None:
                 self.worker.kill()
-            for proc in ("st_node", "sc_node", "redis"):
+            for proc in ("st_node", "sc_node"):
                 if hasattr(self, proc):
                     getattr(self, proc).stop()
+            self._stop_redis()
             for paths in getattr(self, "paths", {}).values():
                 for proxy in paths:
                     await proxy.stop()
+            for liar in getattr(self, "liars", {}).values():
+                await liar.stop()
             raise
 
     async def _run(self, t0: float) -> int:
@@ -646,15 +804,21 @@ class Chaos:
         for node in (self.st_node, self.sc_node):
             if not port_open(node.port):
                 node.start()
-        if not port_open(self.redis.port):
-            self.redis.start()
+        for redis_node in (self.group.nodes if self.group is not None else [self.redis]):
+            if not port_open(redis_node.port):
+                redis_node.start()
         if self.worker is None or self.worker.poll() is not None:
             self.start_worker()
+        if self.agent is not None:
+            lifted = await self.agent.lift_all()
+            if lifted:
+                self.echo(f"issuer actions still in force at the end (a reorg brought them back), lifted: {lifted}")
         # make every timelock pass, give the relayer time to refund what is left
         for chain in (self.st, self.sc):
             await chain.rpc("evm_increaseTime", [4 * self.cfg.st_lock_duration])
             await chain.rpc("evm_mine", [])
         result = await self.settle_out()
+        await self._find_lost()
         await self.teardown()
         self.report(result, time.monotonic() - t0)
         (self.cfg.workdir / "outcomes.json").write_text(json.dumps({
@@ -662,9 +826,29 @@ class Chaos:
                        for t, o in self.outcomes.items()},
             "outages": [[o.what, o.start, o.end] for o in self.outages], "clock_offsets": self.clocks.changes,
             "budget_seconds": self.delta - self.cfg.margin, "lost_blocks": self.lost_blocks,
+            "lost_trades": self.lost, "evidence": self.evidence, "deep_reorgs": self.deep_reorgs,
+            "issuer_actions": self.issuer_acts, "refused": dict(self.refused),
             "faults": dict(self.stats.faults)}, indent=1))
-        bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"]
+        bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"] + len(self.lost)
         return 1 if bad else 0
+
+    async def _find_lost(self) -> None:
+        """Every trade answered 202 must still be known to the relayer (a Redis failover must not lose one)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for tid in sorted(self.accepted):
+                for _ in range(30):
+                    try:
+                        async with http.get(f"http://127.0.0.1:{self.api_port}/v1/trades/{tid}", headers={
+                                "Authorization": f"Bearer {self.api_token}"}) as r:
+                            if r.status == 404:
+                                self.lost.append(tid)
+                            if r.status in (200, 404):
+                                break
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        pass
+                    await asyncio.sleep(1.0)
+                else:
+                    self.stats.checks_failed.append(f"trade {tid}: the API never answered its lookup")
 
     async def settle_out(self, timeout: float = 120.0) -> Counter[str]:
         limit = time.monotonic() + timeout
@@ -687,17 +871,35 @@ class Chaos:
             if self.outcomes.get(tid) != "ONE-SIDED":
                 continue
             st_leg, sc_leg = legs(ins, st, sc)
+            trade_id = bytes.fromhex(tid[2:])
+            touched = [self.reorged_out[t] for t in (trade_id, swap_id(ins["sellerStAccount"], trade_id),
+                                                     swap_id(ins["buyerScAccount"], trade_id))
+                       if t in self.reorged_out]
             done, done_logs, missing, name = ((sc_leg, sc, st_leg, "st") if sc_leg.claimed
                                               else (st_leg, st, sc_leg, "sc"))
             if done.claimed_block is None or missing.locked is None:
+                if touched:
+                    self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(touched)
                 continue
             revealed = await done_logs.block_time(done.claimed_block)
+            observe = self.cfg.confirmations * self.cfg.block_time
             window = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
-                                  self.clocks, self.outages, budget,
-                                  observe=self.cfg.confirmations * self.cfg.block_time)
+                                  self.clocks, self.outages, budget, observe=observe)
             self.windows[tid] = window.as_dict()
+            with_issuer = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
+                                       self.clocks, self.outages, budget, observe=observe,
+                                       also=frozenset({"st issuer"}) if name == "st" else frozenset())
             if window.beyond_guarantee:
                 self.outcomes[tid] = BEYOND_GUARANTEE
+            elif with_issuer.beyond_guarantee:
+                acts = [f"{a} {max(s0, with_issuer.start) - with_issuer.start:+.1f}s to "
+                        f"{min(e0, with_issuer.end) - with_issuer.start:+.1f}s"
+                        for a, s0, e0 in self.issuer_acts if s0 < with_issuer.end and e0 > with_issuer.start]
+                self.outcomes[tid] = ISSUER_ACTED
+                self.evidence[tid] = (f"reveal to T_st {with_issuer.end - with_issuer.start:.1f}s, issuer "
+                                      f"{', '.join(acts)} (after the reveal), {with_issuer.up:.1f}s left to claim")
+            elif touched:
+                self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(touched)
 
     def report(self, result: Counter[str], seconds: float) -> None:
         self.echo("")
@@ -705,12 +907,22 @@ class Chaos:
         for k in ("SETTLED", "ABORTED", "ONE-SIDED", "STUCK", "BAD-TERMS-CLAIMED", "PENDING"):
             self.echo(f"  {k:<38}{result.get(k, 0):>8}")
         budget = self.delta - self.cfg.margin
+        self.echo(f"  {'LOST (accepted, unknown to the API)':<38}{len(self.lost):>8}")
         self.echo(f"  {'ONE-SIDED, outages left < Δ-margin':<38}{result.get(BEYOND_GUARANTEE, 0):>8}")
         self.echo(f"    (< {budget}s of service between the reveal and the other leg's timelock: the HTLC limit, not "
                   "counted as a violation; see docs/failure-modes.md)")
         for tid, w in self.windows.items():
-            self.echo(f"    {self.outcomes[tid]:<10} {self.kind_of.get(tid)}: {w['unclaimed']} claim missing, window "
-                      f"{w['end'] - w['start']:.1f}s, down {w['down']:.1f}s, up {w['up']:.1f}s")
+            if self.outcomes[tid] == BEYOND_GUARANTEE:
+                self.echo(f"    {tid[:12]} {self.kind_of.get(tid)}: {w['unclaimed']} claim missing, window "
+                          f"{w['end'] - w['start']:.1f}s, down {w['down']:.1f}s, up {w['up']:.1f}s")
+        for label in (ISSUER_ACTED, DEEP_REORG):
+            self.echo(f"  {label:<38}{result.get(label, 0):>8}")
+            for tid, why in self.evidence.items():
+                if self.outcomes[tid] == label:
+                    self.echo(f"    {tid[:12]} {self.kind_of.get(tid)}: {why}")
+        if self.refused:
+            self.echo("refused at intake while the issuer acted (not accepted, nothing locked): " + ", ".join(
+                f"{k}={v}" for k, v in sorted(self.refused.items())))
         self.echo(f"{'trade kind':<24}{'count':>7}{'SETTLED':>9}{'ABORTED':>9}{'other':>7}")
         for k, v in sorted(self.stats.kinds.items()):
             outs = Counter(o for t, o in self.outcomes.items() if self.kind_of.get(t) == k)
@@ -719,6 +931,9 @@ class Chaos:
         self.echo(f"{'fault injected':<40}{'count':>8}")
         for k in FAULTS + BOT_KINDS:
             self.echo(f"  {k:<38}{self.stats.faults.get(k, 0):>8}")
+            if k == "issuer_action":
+                for action in ACTIONS:
+                    self.echo(f"    {action:<36}{self.stats.faults.get(f'issuer:{action}', 0):>8}")
         if self.stats.api_errors:
             self.echo("transient errors seen by the runner: " + ", ".join(
                 f"{k}={v}" for k, v in sorted(self.stats.api_errors.items())))

@@ -17,6 +17,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 BEYOND_GUARANTEE = "ONE-SIDED (outages in claim window > margin)"
+# the other cases beyond the guarantee, each printed with its evidence: the issuer's agent blocked the ST claim
+# after the reveal (issue 16: the one case compliance-aware atomicity cannot prevent), or a reorg deeper than the
+# confirmation depth Δ is built on happened while the trade was open
+ISSUER_ACTED = "ONE-SIDED (issuer acted after the reveal)"
+DEEP_REORG = "ONE-SIDED (reorg deeper than k)"
 
 
 @dataclass
@@ -93,8 +98,10 @@ def observable_from(revealed: float, chain: str, outages: list[Outage], observe:
 
 
 def claim_window(unclaimed: str, revealed_chain_time: int, revealed_on: str, timelock: int, clocks: ClockLog,
-                 outages: list[Outage], budget: float, observe: float = 0.0) -> ClaimWindow:
+                 outages: list[Outage], budget: float, observe: float = 0.0,
+                 also: frozenset[str] = frozenset()) -> ClaimWindow:
+    """`also`: further outage kinds that kept the claim from going through (e.g. "st issuer": an agent action)."""
     start = observable_from(clocks.to_wall(revealed_on, revealed_chain_time), revealed_on, outages, observe)
     end = clocks.to_wall(unclaimed, timelock)
-    down = down_seconds(outages, start, end, {"worker", "redis", f"{unclaimed} chain"})
+    down = down_seconds(outages, start, end, {"worker", "redis", f"{unclaimed} chain", *also})
     return ClaimWindow(unclaimed, start, end, down, budget)

@@ -312,13 +312,18 @@ def demo(same_ledger: bool) -> None:
               help="mean pause before the next fault (one at a time)")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".chaos"), show_default=True)
 @click.option("--max-seconds", type=float, default=3600, show_default=True)
-def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workdir: Path, max_seconds: float) -> None:
+@click.option("--st-standard", type=click.Choice(["erc3643", "own"]), default="erc3643", show_default=True,
+              help="the ST: a T-REX suite (issuer actions injected) or the project's SecurityToken")
+@click.option("--sentinel/--single-redis", default=True, show_default=True,
+              help="Redis as master + replica + Sentinel (failovers injected), or one redis-server")
+def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workdir: Path, max_seconds: float,
+          st_standard: str, sentinel: bool) -> None:
     """Settle N randomized trades on a private devnet while injecting faults; check both chains; exit 1 on any
-    one-sided or stuck trade."""
+    one-sided, stuck or lost trade."""
     from chaos.runner import ChaosConfig, run_chaos
 
     cfg = ChaosConfig(trades=trades, seed=seed, concurrency=concurrency, fault_interval=fault_interval,
-                      workdir=workdir, max_seconds=max_seconds)
+                      workdir=workdir, max_seconds=max_seconds, st_standard=st_standard, sentinel=sentinel)
     sys.exit(run_chaos(cfg, echo=click.echo))
 
 

@@ -14,7 +14,7 @@ from adapters.evm import TxSender
 from deploy.deployer import deploy
 from deploy.devnet import dev_account
 from relayer.protocol.states import TradeState
-from tests.congestion import GWEI, BlockFiller, SecretWatch
+from chaos.congestion import GWEI, BlockFiller, SecretWatch
 from tests.relayer_kit import Net, close_engine, drive
 from tests.test_failure_paths import _bot_lock
 

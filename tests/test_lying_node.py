@@ -1,4 +1,4 @@
-"""RPC endpoints that answer but lie (issue 18), as a proxy in front of the real anvil:
+"""RPC endpoints that answer but lie (issue 18), as a proxy in front of the real anvil (chaos.lying_node):
 - a primary whose head stops advancing while the chain moves on: the worker notices a head that has not moved for
   several block times, finds the standby ahead, fails over to it, alerts (log + metric) and settles;
 - a primary that drops logs: the seller's ST lock is on chain but no event says so. At T_st the trade is not
@@ -9,75 +9,17 @@ from __future__ import annotations
 
 import pytest
 
-import json
-from typing import Any
-
-import aiohttp
-from aiohttp import web
-
-from deploy.processes import free_port
+from chaos.lying_node import LyingNode
 from relayer import metrics
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive
 
 pytestmark = pytest.mark.slow  # fault injection: `make test-slow` (CI runs it after `make test`)
 
-_HEAD_METHODS = {"eth_blockNumber", "eth_getBlockByNumber"}
-
-
-class FrozenHeadProxy:
-    """Forwards JSON-RPC to `upstream`, except that once frozen it answers the head as it was then: eth_blockNumber
-    and eth_getBlockByNumber("latest") stay at the frozen block (a node stuck on its fork or out of sync)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.frozen: int | None = None
-        self.drop_logs = False  # answer every eth_getLogs with no logs (a node that lost its log index)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _forward(self, http: aiohttp.ClientSession, doc: Any) -> Any:
-        async with http.post(self.upstream, json=doc) as r:
-            return await r.json()
-
-    async def _one(self, http: aiohttp.ClientSession, doc: dict[str, Any]) -> Any:
-        method, params = doc.get("method"), doc.get("params") or []
-        if self.drop_logs and method == "eth_getLogs":
-            return {"jsonrpc": "2.0", "id": doc.get("id"), "result": []}
-        if self.frozen is not None and method in _HEAD_METHODS:
-            if method == "eth_blockNumber":
-                return {"jsonrpc": "2.0", "id": doc.get("id"), "result": hex(self.frozen)}
-            if params and params[0] in ("latest", "pending", "safe", "finalized"):
-                doc = {**doc, "params": [hex(self.frozen), *params[1:]]}
-        return await self._forward(http, doc)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        doc = json.loads(await request.read())
-        async with aiohttp.ClientSession() as http:
-            if isinstance(doc, list):
-                out: Any = [await self._one(http, d) for d in doc]
-            else:
-                out = await self._one(http, doc)
-        return web.json_response(out)
-
-    async def start(self) -> FrozenHeadProxy:
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}/"
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
 
 async def test_a_primary_whose_head_stops_is_left_for_the_standby_that_is_ahead(net: Net):
     real = net.doc["st"]["rpc_url"]
-    proxy = await FrozenHeadProxy(real).start()
+    proxy = await LyingNode(real).start()
     engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url, st_rpc_standby_urls=real)
     try:
         side = next(s for s in engine.sides if s.name == "st")
@@ -97,7 +39,7 @@ async def test_a_primary_whose_head_stops_is_left_for_the_standby_that_is_ahead(
 
 async def test_a_node_that_drops_logs_never_makes_a_live_lock_look_absent(net: Net):
     real = net.doc["st"]["rpc_url"]
-    proxy = await FrozenHeadProxy(real).start()
+    proxy = await LyingNode(real).start()
     proxy.drop_logs = True
     engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url, st_rpc_standby_urls=real)
     try:

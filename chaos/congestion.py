@@ -1,4 +1,4 @@
-"""Test helpers for a dishonest counterparty on a real anvil: fill a chain's blocks, and watch for a secret.
+"""A dishonest counterparty's tools on a real anvil (the chaos run and the tests): fill a chain's blocks, watch for a secret.
 
 `BlockFiller` keeps the mempool stocked with GasBurner calls of 15M gas each at a high tip, so every 30M-gas block
 holds two of them and nothing that bids less gets in. Measured on anvil 1.7.1: its pool orders by maxFeePerGas, not

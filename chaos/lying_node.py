@@ -1,0 +1,68 @@
+"""An RPC endpoint that answers but lies, as an HTTP proxy in front of a real node (the chaos run and the tests).
+
+Frozen: eth_blockNumber and eth_getBlockByNumber("latest"/"pending"/"safe"/"finalized") keep answering the head
+as it was when frozen, while the chain moves on (a node stuck on its fork or out of sync). Dropping logs: every
+eth_getLogs answers no logs (a node that lost its log index). Everything else is forwarded as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from deploy.processes import free_port
+
+_HEAD_METHODS = {"eth_blockNumber", "eth_getBlockByNumber"}
+
+
+class LyingNode:
+    """Forwards JSON-RPC to `upstream`; `frozen` (a block number) and `drop_logs` make it lie."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.frozen: int | None = None
+        self.drop_logs = False
+        self.runner: web.AppRunner | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def _one(self, doc: dict[str, Any]) -> Any:
+        method, params = doc.get("method"), doc.get("params") or []
+        if self.drop_logs and method == "eth_getLogs":
+            return {"jsonrpc": "2.0", "id": doc.get("id"), "result": []}
+        if self.frozen is not None and method in _HEAD_METHODS:
+            if method == "eth_blockNumber":
+                return {"jsonrpc": "2.0", "id": doc.get("id"), "result": hex(self.frozen)}
+            if params and params[0] in ("latest", "pending", "safe", "finalized"):
+                doc = {**doc, "params": [hex(self.frozen), *params[1:]]}
+        assert self.http is not None
+        async with self.http.post(self.upstream, json=doc) as r:
+            return await r.json(content_type=None)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        doc = json.loads(await request.read())
+        try:
+            out: Any = [await self._one(d) for d in doc] if isinstance(doc, list) else await self._one(doc)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return web.Response(status=502, text="upstream unreachable")  # the path behind it is down
+        return web.json_response(out)
+
+    async def start(self) -> LyingNode:
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
