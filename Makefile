@@ -43,7 +43,7 @@ test-slow: setup
 
 # Long fault-injection run (not part of `make test`): 1000 trades, every fault kind many times.
 chaos-long: setup
-	.venv/bin/dvp-relayer chaos --trades 1200 --seed 42 --concurrency 40 --fault-interval 0.55 --workdir .chaos
+	.venv/bin/dvp-relayer chaos --trades 2000 --seed $(or $(SEED),42) --concurrency 40 --fault-interval 0.55 --fault-rounds 50 --max-seconds 9000 --workdir .chaos
 
 # Benchmark (not part of `make test`): raw ceiling, latency, batching off/on, side by side in one run.
 bench: setup

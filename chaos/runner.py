@@ -110,6 +110,7 @@ class ChaosConfig:
     st_standard: str = "erc3643"  # the ST: a T-REX suite (issuer actions injected) or "own" (SecurityToken)
     sentinel: bool = True  # Redis as master + replica + Sentinel (redis_failover injected), else one redis-server
     max_fee_gwei: float = 2000.0  # DVP_MAX_FEE_GWEI: above every injected base-fee spike
+    fault_rounds: int = 0  # go on with more trades until every fault and bot kind came up this many times
 
 
 @dataclass
@@ -581,8 +582,7 @@ class Chaos:
     async def faults(self) -> None:
         """Faults one at a time, in shuffled rounds of every kind (each kind as often). Chain outages take
         most of a run's time; more of them at once would leave the chains down most of it."""
-        kinds = [k for k in INJECTED if (k != "issuer_action" or self.agent is not None)
-                 and (k != "redis_failover" or self.group is not None)]
+        kinds = [k for k in self.covered_kinds() if k in INJECTED]
         deck: list[str] = []
         while not self.stop.is_set():
             await asyncio.sleep(self.rng.expovariate(1 / self.cfg.fault_interval))
@@ -773,27 +773,33 @@ class Chaos:
 
     async def _run(self, t0: float) -> int:
         await self.setup()
-        self.echo(f"chaos: {self.cfg.trades} trades, seed {self.cfg.seed}, Δ={self.delta}s, "
+        self.echo(f"chaos: {self.cfg.trades} trades (more until every kind came up {self.cfg.fault_rounds} times), "
+                  f"seed {self.cfg.seed}, Δ={self.delta}s, "
                   f"k={self.cfg.confirmations}, workdir {self.cfg.workdir}")
         injector = asyncio.create_task(self.faults())
-        sem = asyncio.Semaphore(self.cfg.concurrency)
+        started = 0
         done = 0
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async def slot(i: int) -> None:
-                nonlocal done
-                async with sem:
+            async def slot() -> None:
+                """One of `concurrency` lanes: trades one after another, until N are started and every fault and
+                bot kind has come up `fault_rounds` times (a run's length follows from what it must cover)."""
+                nonlocal started, done
+                while started < self.cfg.trades or not self.rounds_done():
+                    i = started
+                    started += 1
                     try:
                         await self.one_trade(http, i)
                     except Exception as exc:  # noqa: BLE001 - the harness reports, the checker judges the chains
                         self.stats.checks_failed.append(f"trade {i}: runner error {type(exc).__name__}: {exc}")
                     done += 1
                     if done % max(1, self.cfg.trades // 20) == 0:
-                        self.echo(f"  {done}/{self.cfg.trades} trades resolved, {time.monotonic() - t0:.0f}s, "
-                                  f"faults so far {sum(self.stats.faults.values())}")
+                        self.echo(f"  {done} trades resolved ({self.cfg.trades} asked), {time.monotonic() - t0:.0f}s,"
+                                  f" faults so far {sum(self.stats.faults.values())}, fewest of a kind "
+                                  f"{self.fewest()}")
 
             try:
-                await asyncio.wait_for(asyncio.gather(*(slot(i) for i in range(self.cfg.trades))),
+                await asyncio.wait_for(asyncio.gather(*(slot() for _ in range(self.cfg.concurrency))),
                                        self.cfg.max_seconds)
             except asyncio.TimeoutError:
                 self.echo("chaos: time bound reached; finishing")
@@ -831,6 +837,18 @@ class Chaos:
             "faults": dict(self.stats.faults)}, indent=1))
         bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"] + len(self.lost)
         return 1 if bad else 0
+
+    def covered_kinds(self) -> list[str]:
+        """The fault and bot kinds this run injects (issuer actions only on an ERC-3643 ST, failovers only with
+        a Sentinel group); duplicates and conflicting replays ride along with trades at random."""
+        return [k for k in (*INJECTED, *BOT_KINDS) if (k != "issuer_action" or self.agent is not None)
+                and (k != "redis_failover" or self.group is not None)]
+
+    def fewest(self) -> tuple[str, int]:
+        return min(((k, self.stats.faults[k]) for k in self.covered_kinds()), key=lambda kv: kv[1])
+
+    def rounds_done(self) -> bool:
+        return self.fewest()[1] >= self.cfg.fault_rounds
 
     async def _find_lost(self) -> None:
         """Every trade answered 202 must still be known to the relayer (a Redis failover must not lose one)."""

@@ -316,14 +316,17 @@ def demo(same_ledger: bool) -> None:
               help="the ST: a T-REX suite (issuer actions injected) or the project's SecurityToken")
 @click.option("--sentinel/--single-redis", default=True, show_default=True,
               help="Redis as master + replica + Sentinel (failovers injected), or one redis-server")
+@click.option("--fault-rounds", type=int, default=0, show_default=True,
+              help="go on with more trades until every fault and bot kind came up this many times")
 def chaos(trades: int, seed: int, concurrency: int, fault_interval: float, workdir: Path, max_seconds: float,
-          st_standard: str, sentinel: bool) -> None:
+          st_standard: str, sentinel: bool, fault_rounds: int) -> None:
     """Settle N randomized trades on a private devnet while injecting faults; check both chains; exit 1 on any
     one-sided, stuck or lost trade."""
     from chaos.runner import ChaosConfig, run_chaos
 
     cfg = ChaosConfig(trades=trades, seed=seed, concurrency=concurrency, fault_interval=fault_interval,
-                      workdir=workdir, max_seconds=max_seconds, st_standard=st_standard, sentinel=sentinel)
+                      workdir=workdir, max_seconds=max_seconds, st_standard=st_standard, sentinel=sentinel,
+                      fault_rounds=fault_rounds)
     sys.exit(run_chaos(cfg, echo=click.echo))
 
 
