@@ -142,7 +142,7 @@ class Chaos:
         self.max_skew_seen = 0  # largest |ST - SC| latest-block time difference sampled
         self.lost_blocks: list[tuple[str, int]] = []  # (chain, depth) when a restart did not keep the head
         self.deep_reorgs: list[tuple[str, float, int]] = []  # (chain, wall time, depth) of each reorg deeper than k
-        self.issuer_acts: list[tuple[str, float, float]] = []  # (action, start, end), wall clock
+        self.issuer_acts: list[tuple[str, float, float, str]] = []  # (action, start, end, the one holder it hit or "")
         self.accepted: set[str] = set()  # trade ids answered 202
         self.refused: Counter[str] = Counter()  # submissions refused with a 4xx code the run expects
         self.lost: list[str] = []
@@ -174,7 +174,8 @@ class Chaos:
                                     log_file=d / "anvil-sc.log").start()
         self.group: SentinelGroup | None = None
         if self.cfg.sentinel:
-            self.group = await asyncio.to_thread(SentinelGroup(d / "redis").start)
+            self.group = SentinelGroup(d / "redis")  # set first: an interrupted start is still stopped
+            await asyncio.to_thread(self.group.start)
             redis_url, redis_env = self.group.master().url, {"DVP_REDIS_SENTINELS": self.group.sentinels,
                                                              "DVP_REDIS_MIN_REPLICAS": "1"}
         else:
@@ -681,9 +682,11 @@ class Chaos:
                 elif fault == "redis_failover":
                     assert self.group is not None
                     started = time.time()
-                    await asyncio.to_thread(self.group.fail_over)
-                    await asyncio.to_thread(self.group.wait_writable, self.group.master(), 30)
-                    self.outages.append(Outage("redis", started, time.time()))
+                    try:
+                        await asyncio.to_thread(self.group.fail_over)
+                        await asyncio.to_thread(self.group.wait_writable, self.group.master(), 30)
+                    finally:  # a failover that went wrong is downtime all the same
+                        self.outages.append(Outage("redis", started, time.time()))
                 elif fault == "clock_skew":
                     # each chain's clock runs 0..max_skew s ahead of wall time, so the two never differ by more
                     # than the bound Δ is built on, and a restart's first block (anvil stamps it before the
@@ -745,8 +748,9 @@ class Chaos:
                 await undo()
         finally:
             self.issuer_until = time.time() + 3.0
-        self.issuer_acts.append((action, started, time.time()))
-        self.outages.append(Outage("st issuer", started, time.time()))
+            # only actions on every holder, or on this run's relayer buyer, can block a given trade's ST claim
+            self.issuer_acts.append((action, started, time.time(),
+                                     self.agent.buyer if action in ("freeze_buyer", "delete_buyer_identity") else ""))
         self.stats.faults[f"issuer:{action}"] += 1
 
     # ------------------------------------------------------------------ run
@@ -803,6 +807,10 @@ class Chaos:
                                        self.cfg.max_seconds)
             except asyncio.TimeoutError:
                 self.echo("chaos: time bound reached; finishing")
+            if not self.rounds_done():
+                kind, count = self.fewest()
+                self.stats.checks_failed.append(f"coverage: {kind} came up {count} times, fewer than the "
+                                                f"{self.cfg.fault_rounds} asked (time bound {self.cfg.max_seconds}s)")
         self.stop.set()
         await injector
         if self._background:
@@ -852,9 +860,10 @@ class Chaos:
 
     async def _find_lost(self) -> None:
         """Every trade answered 202 must still be known to the relayer (a Redis failover must not lose one)."""
+        limit = time.monotonic() + 300  # the whole lookup is bounded; a worker that never answers fails the run
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             for tid in sorted(self.accepted):
-                for _ in range(30):
+                while time.monotonic() < limit:
                     try:
                         async with http.get(f"http://127.0.0.1:{self.api_port}/v1/trades/{tid}", headers={
                                 "Authorization": f"Bearer {self.api_token}"}) as r:
@@ -904,15 +913,21 @@ class Chaos:
             window = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
                                   self.clocks, self.outages, budget, observe=observe)
             self.windows[tid] = window.as_dict()
+            # an issuer action excuses a missing ST claim only if it hit this trade (every holder, or its buyer) and
+            # began after the relayer's last look before revealing (≈ the reveal block; 2 s for the check, the
+            # inclusion and the clocks): one in force before the reveal should have held the secret back
+            reveal_wall = self.clocks.to_wall("sc", revealed)
+            hits = [(a, s0, e0) for a, s0, e0, who in self.issuer_acts
+                    if name == "st" and who in ("", ins["buyerStAccount"]) and s0 >= reveal_wall - 2.0]
             with_issuer = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
-                                       self.clocks, self.outages, budget, observe=observe,
-                                       also=frozenset({"st issuer"}) if name == "st" else frozenset())
+                                       self.clocks, self.outages + [Outage("st issuer", s0, e0) for _, s0, e0 in hits],
+                                       budget, observe=observe, also=frozenset({"st issuer"}))
             if window.beyond_guarantee:
                 self.outcomes[tid] = BEYOND_GUARANTEE
             elif with_issuer.beyond_guarantee:
                 acts = [f"{a} {max(s0, with_issuer.start) - with_issuer.start:+.1f}s to "
                         f"{min(e0, with_issuer.end) - with_issuer.start:+.1f}s"
-                        for a, s0, e0 in self.issuer_acts if s0 < with_issuer.end and e0 > with_issuer.start]
+                        for a, s0, e0 in hits if s0 < with_issuer.end and e0 > with_issuer.start]
                 self.outcomes[tid] = ISSUER_ACTED
                 self.evidence[tid] = (f"reveal to T_st {with_issuer.end - with_issuer.start:.1f}s, issuer "
                                       f"{', '.join(acts)} (after the reveal), {with_issuer.up:.1f}s left to claim")

@@ -47,6 +47,9 @@ OPEN = PREFIX + "open"
 ALL = PREFIX + "all"
 COUNTS = PREFIX + "counts"
 INTAKE = PREFIX + "intake"
+# a counter intake bumps before WAIT: a retried create writes nothing (the trade is known), and WAIT only waits for
+# what its connection wrote, so without a write of its own it could return before the replica has the trade
+REPLICATION_FENCE = PREFIX + "replication_fence"
 INTAKE_GROUP = "relayers"  # the consumer group of the intake stream (a group name, not a key)
 WORKERS = PREFIX + "workers"
 
@@ -243,8 +246,8 @@ class Store:
         async with self.r.pipeline(transaction=False) as pipe:  # one connection: WAIT covers this write
             await self._create(keys=keys, args=args, client=pipe)
             self._wait_replicas(pipe)
-            res, *acks = await pipe.execute()
-        self._check_replicated(acks)
+            res, *replies = await pipe.execute()
+        self._check_replicated(replies)
         if int(res) == -1:
             raise ConflictingInstruction(f"trade {ins.tradeId} already exists with different terms")
         return int(res) == 1
@@ -276,11 +279,13 @@ class Store:
     def _wait_replicas(self, pipe: Any) -> None:
         """WAIT on the pipeline's own connection (WAIT covers the writes of the connection it is sent on)."""
         if self.min_replicas:
+            pipe.incr(REPLICATION_FENCE)
             pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)
 
-    def _check_replicated(self, acks: list[Any]) -> None:
-        if self.min_replicas and int(acks[0]) < self.min_replicas:
-            raise NotReplicated(f"{acks[0]} of {self.min_replicas} Redis replicas acknowledged the trade within "
+    def _check_replicated(self, replies: list[Any]) -> None:
+        """`replies`: the fence's and WAIT's."""
+        if self.min_replicas and int(replies[-1]) < self.min_replicas:
+            raise NotReplicated(f"{replies[-1]} of {self.min_replicas} Redis replicas acknowledged the trade within "
                                 f"{self.replica_wait_ms} ms; retry (the same instruction again is idempotent)")
 
     async def get(self, trade_id: str) -> TradeRecord | None:

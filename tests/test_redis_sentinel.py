@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -65,8 +67,8 @@ async def test_a_trade_no_replica_acknowledged_is_not_answered_as_accepted(tmp_p
     master = RedisProcess(free_port(), tmp_path / "master").start()
     replica = RedisProcess(free_port(), tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1",
                                                                           str(master.port)))
-    store = store_for(Settings(_env_file=None, redis_url=master.url, redis_min_replicas=1,
-                               redis_replica_wait_ms=300))
+    settings = Settings(_env_file=None, redis_url=master.url, redis_min_replicas=1, redis_replica_wait_ms=300)
+    store = store_for(settings)
     try:
         with pytest.raises(NotReplicated, match="0 of 1"):
             await store.create(_instruction(3), TradeState.MATCHED, "test")
@@ -83,6 +85,24 @@ async def test_a_trade_no_replica_acknowledged_is_not_answered_as_accepted(tmp_p
                 assert time.monotonic() < deadline, "the replica never acknowledged"
                 await asyncio.sleep(0.2)
         assert await store.create_many([_instruction(4), _instruction(5)], "test") == [False, True]
+        # a replica that lags (stopped): a retried create writes nothing new, yet must not pass WAIT on the
+        # strength of its connection's older writes
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated):
+                await store.create(_instruction(6), TradeState.MATCHED, "test")
+            # the PTS retries, through another worker (a fresh connection): the trade is known now, and still
+            # on no replica
+            other = store_for(settings)
+            try:
+                with pytest.raises(NotReplicated):
+                    await other.create(_instruction(6), TradeState.MATCHED, "test")
+                with pytest.raises(NotReplicated):
+                    await other.create_many([_instruction(6)], "test")
+            finally:
+                await other.close()
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
     finally:
         await store.close()
         replica.stop()
