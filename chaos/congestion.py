@@ -42,8 +42,12 @@ class BlockFiller:
               "data": encode_call("GasBurner", "burn"), "gas": BURN_GAS, "value": 0, "type": 2,
               "maxFeePerGas": 3 * self._base + self.tip_wei, "maxPriorityFeePerGas": self.tip_wei}
         raw = acct.sign_transaction(tx).raw_transaction
+        try:
+            await self.chain.call(lambda w3: w3.eth.send_raw_transaction(raw))
+        except Exception:
+            del self._nonces[acct.address]  # read the pending count again: a failed send must leave no gap
+            raise
         self._nonces[acct.address] += 1
-        await self.chain.call(lambda w3: w3.eth.send_raw_transaction(raw))
         self.sent += 1
 
     async def run(self, stop: asyncio.Event) -> None:

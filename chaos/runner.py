@@ -87,6 +87,7 @@ FAULTS = (*INJECTED, "duplicate", "replay_conflict")
 BOT_KINDS = ("bot_wrong_terms", "bot_late_lock", "bot_never_locks", "bot_never_claims", "bot_late_claim", "bot_relock",
              "bot_front_run", "bot_congest")
 BOT_SELLER, BOT_BUYER, FRONT_RUNNER = 5, 6, 7
+CONGESTING_BUYER = 7  # the bot_congest buyer: its own account (its urgent lock must not queue behind the bot buyer's)
 FILLERS = (8, 9)  # the congesting bot's accounts (coin ledger only)
 FILLER_TIP, BOT_CONGEST_TIP = 50 * 10**9, 100 * 10**9
 
@@ -147,7 +148,8 @@ class Chaos:
         self.refused: Counter[str] = Counter()  # submissions refused with a 4xx code the run expects
         self.lost: list[str] = []
         self.evidence: dict[str, str] = {}  # trade -> why it is set apart (deep reorg, issuer action)
-        self.reorged_out: dict[bytes, str] = {}  # tradeId / swapId topics of escrow events a deep reorg removed
+        # (chain, swap id) of final escrow events a deep reorg removed -> (wall time, evidence)
+        self.reorged_out: dict[tuple[str, bytes], tuple[float, str]] = {}
         self._congesting = False
         self.issuer_until = 0.0  # wall time until which intake may refuse on compliance (an issuer action, + 3 s)
         self._kind_deck: list[str] = []
@@ -205,6 +207,12 @@ class Chaos:
         await onboard_holder(self.st, issuer, self.bot_buyer, st_dep, kind="st", issue_amount=0)
         await onboard_holder(self.sc, issuer, self.bot_buyer, sc_dep, kind="sc", issue_amount=10**15)
         await onboard_holder(self.sc, issuer, self.bot_seller, sc_dep, kind="sc", issue_amount=0)
+        congesting = dev_account(CONGESTING_BUYER)
+        await onboard_holder(self.st, issuer, congesting, st_dep, kind="st", issue_amount=0)
+        await onboard_holder(self.sc, issuer, congesting, sc_dep, kind="sc", issue_amount=10**15)
+        # its lock tips above the filler, and its fee cap (2 × base + tip) beats the filler's (3 × base + 50 gwei)
+        # while the base fee is under 50 gwei: anvil orders its pool by fee cap
+        self.congesting_tx = TxSender(self.sc, congesting, priority_fee_wei=BOT_CONGEST_TIP, rebroadcast_after=1.0)
         self.agent: IssuerAgent | None = None
         if st_dep.standard == "erc3643":
             self.agent = IssuerAgent(self.st, issuer, trex.TrexSuite(**st_dep.trex), st_dep.escrow,
@@ -314,6 +322,8 @@ class Chaos:
         seller, buyer = dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address
         if kind in ("bot_never_claims", "bot_late_claim"):
             seller = self.bot_seller.address
+        elif kind == "bot_congest":
+            buyer = dev_account(CONGESTING_BUYER).address
         elif kind not in ("honest", "bot_front_run"):  # a front-runner is a third party to an honest trade
             buyer = self.bot_buyer.address
         deadline = time.monotonic() + 120
@@ -502,18 +512,22 @@ class Chaos:
             await asyncio.sleep(0.5)
         stop = asyncio.Event()
         filling = None
-        if not self._congesting:
+        tx = self.congesting_tx
+        sent = await tx.send(self.doc["sc"]["escrow"], encode_call(
+            E, "lockTokens", ins.trade_id_bytes, ins.scToken, ins.scAmount, ins.sellerScAccount,
+            st_lock["hashlock"], t_sc))
+        if not self._congesting:  # the blocks fill up behind the bot's own lock
             self._congesting = True
             filler = BlockFiller(self.sc, self.burner, [dev_account(a) for a in FILLERS], tip_wei=FILLER_TIP,
                                  max_txs=60)
             filling = asyncio.create_task(filler.run(stop))
         try:
-            tx = self.bot_tx[("sc", "buyer")]
-            sent = await tx.send(self.doc["sc"]["escrow"], encode_call(
-                E, "lockTokens", ins.trade_id_bytes, ins.scToken, ins.scAmount, ins.sellerScAccount,
-                st_lock["hashlock"], t_sc), urgent=True)
+            mined = asyncio.create_task(tx.wait(sent, timeout=30))
             await asyncio.sleep(self.rng.uniform(6.0, 12.0))
-            await tx.wait(sent, timeout=30)
+            receipt = await mined
+            block = await self.sc.get_block(int(receipt["blockNumber"]))
+            if int(block["timestamp"]) < t_sc:  # the attack happened: a right lock in time, under congestion
+                self.stats.faults["bot_congest:locked_in_time"] += 1
         finally:
             if filling is not None:
                 stop.set()
@@ -644,18 +658,13 @@ class Chaos:
                     if self.chain_down[chain.name]:
                         continue
                     depth = self.rng.randint(self.cfg.confirmations + 1, self.cfg.confirmations + 4)
-                    head = await chain.block_number()
-                    # what the reorg takes out (one block more, in case one is mined before it): the evidence
-                    window = {"address": self.doc[chain.name]["escrow"], "fromBlock": max(0, head - depth),
-                              "toBlock": head}
-                    removed = await chain.call(lambda w3, window=window: w3.eth.get_logs(window))
-                    await chain.rpc("anvil_reorg", [depth, []])
-                    self.deep_reorgs.append((chain.name, time.time(), depth))
-                    for lg in removed:
-                        if len(lg["topics"]) > 1:
-                            self.reorged_out.setdefault(bytes(lg["topics"][1]), f"{chain.name} reorg of depth "
-                                                        f"{depth} at {time.time():.0f}")
-                    await self._set_clock(chain.name)
+                    await self._reorg_deep(chain, depth)
+                    if chain is self.st and self.agent is not None:  # an undo taken out puts an action back
+                        started = time.time()
+                        lifted = await self.agent.lift_all()
+                        if lifted:
+                            self.issuer_acts += [(f"{a} (back after a reorg)", started - 1.0, time.time(), "")
+                                                 for a in lifted]
                 elif fault == "fee_spike":
                     chain = self.rng.choice([self.st, self.sc])
                     if self.chain_down[chain.name]:
@@ -733,6 +742,34 @@ class Chaos:
             standby.set(PASS)
             self.outages.append(Outage(f"{name} chain", started, time.time()))
         primary.set(PASS)
+
+    async def _reorg_deep(self, chain: EvmChain, depth: int) -> None:
+        """anvil_reorg deeper than k, with the evidence of what it took out: the escrow events of blocks that were
+        already final (k deep) and that the new chain does not have, keyed by (chain, swap id)."""
+        k = self.cfg.confirmations
+        head = await chain.block_number()
+        span = {"address": self.doc[chain.name]["escrow"], "fromBlock": max(0, head - depth + 1), "toBlock": head}
+        before = await chain.call(lambda w3: w3.eth.get_logs(span))
+        await chain.rpc("anvil_reorg", [depth, []])
+        at = time.time()
+        await self._set_clock(chain.name)
+        self.deep_reorgs.append((chain.name, at, depth))
+        after = {bytes(lg["transactionHash"]) for lg in await chain.call(lambda w3: w3.eth.get_logs(
+            {**span, "toBlock": "latest"}))}
+        from web3 import AsyncWeb3
+
+        from adapters.contracts import abi
+
+        escrow = AsyncWeb3().eth.contract(abi=abi(E))
+        for lg in before:
+            if bytes(lg["transactionHash"]) in after or int(lg["blockNumber"]) > head - k + 1 or len(lg["topics"]) < 2:
+                continue  # still there, or not final yet when it went (within the guarantee)
+            topic = bytes(lg["topics"][1])
+            if bytes(lg["topics"][0]) == bytes(escrow.events.Locked().topic):
+                sender = escrow.events.Locked().process_log(lg)["args"]["sender"]
+                topic = swap_id(sender, topic)
+            self.reorged_out.setdefault((chain.name, topic), (at, f"{chain.name} reorg of depth {depth} took out "
+                                                                  f"block {int(lg['blockNumber'])} (head {head})"))
 
     async def _issuer_action(self) -> None:
         """One agent action on the ERC-3643 ST, held for 1 s to 1.5 Δ, then undone (an interval "st issuer")."""
@@ -899,14 +936,16 @@ class Chaos:
                 continue
             st_leg, sc_leg = legs(ins, st, sc)
             trade_id = bytes.fromhex(tid[2:])
-            touched = [self.reorged_out[t] for t in (trade_id, swap_id(ins["sellerStAccount"], trade_id),
-                                                     swap_id(ins["buyerScAccount"], trade_id))
-                       if t in self.reorged_out]
+            # a deep reorg took out a final event of this trade's own swaps (its seller's ST swap, its buyer's SC
+            # swap; not a bot's or a stray lock under the same trade id)
+            touched = [self.reorged_out[key] for key in (("st", swap_id(ins["sellerStAccount"], trade_id)),
+                                                         ("sc", swap_id(ins["buyerScAccount"], trade_id)))
+                       if key in self.reorged_out]
             done, done_logs, missing, name = ((sc_leg, sc, st_leg, "st") if sc_leg.claimed
                                               else (st_leg, st, sc_leg, "sc"))
             if done.claimed_block is None or missing.locked is None:
-                if touched:
-                    self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(touched)
+                if touched:  # the missing leg's lock or claim is gone from the final chain
+                    self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(why for _, why in touched)
                 continue
             revealed = await done_logs.block_time(done.claimed_block)
             observe = self.cfg.confirmations * self.cfg.block_time
@@ -931,8 +970,9 @@ class Chaos:
                 self.outcomes[tid] = ISSUER_ACTED
                 self.evidence[tid] = (f"reveal to T_st {with_issuer.end - with_issuer.start:.1f}s, issuer "
                                       f"{', '.join(acts)} (after the reveal), {with_issuer.up:.1f}s left to claim")
-            elif touched:
-                self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(touched)
+            elif any(window.start - 2 * self.delta <= at <= window.end for at, _ in touched):
+                # only a reorg around the claim window: one long before it the relayer had time to recover from
+                self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(why for _, why in touched)
 
     def report(self, result: Counter[str], seconds: float) -> None:
         self.echo("")
@@ -967,6 +1007,9 @@ class Chaos:
             if k == "issuer_action":
                 for action in ACTIONS:
                     self.echo(f"    {action:<36}{self.stats.faults.get(f'issuer:{action}', 0):>8}")
+            if k == "bot_congest":
+                self.echo(f"    {'its right lock mined before T_sc':<36}"
+                          f"{self.stats.faults.get('bot_congest:locked_in_time', 0):>8}")
         if self.stats.api_errors:
             self.echo("transient errors seen by the runner: " + ", ".join(
                 f"{k}={v}" for k, v in sorted(self.stats.api_errors.items())))

@@ -289,9 +289,12 @@ class SentinelGroup:
 
     def master(self) -> RedisProcess:
         """The node the Sentinel names master now."""
-        addr = self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-        port = int(addr[1]) if isinstance(addr, list) else self.nodes[0].port
-        return next(n for n in self.nodes if n.port == port)
+        deadline = time.monotonic() + 10
+        while not isinstance(addr := self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name), list):
+            if time.monotonic() > deadline:  # never guess: a wrong guess kills the master instead of the replica
+                raise ProcessStartError("the Sentinel does not name a master")
+            time.sleep(0.2)
+        return next(n for n in self.nodes if n.port == int(addr[1]))
 
     def fail_over(self, timeout: float = 30.0) -> float:
         """SIGKILL the master, wait until the Sentinel promotes the replica, bring the old master back as the new
@@ -300,17 +303,27 @@ class SentinelGroup:
         new = next(n for n in self.nodes if n is not old)
         started = time.monotonic()
         old.stop(kill=True)
-        while self.master() is not new:
-            if time.monotonic() - started > timeout:
-                raise ProcessStartError("the Sentinel did not promote the replica")
-            time.sleep(0.1)
-        old.extra_args = (*self._guard(), "--replicaof", "127.0.0.1", str(new.port))
-        old.start()
+        try:
+            while self.master() is not new:
+                if time.monotonic() - started > timeout:
+                    raise ProcessStartError("the Sentinel did not promote the replica")
+                time.sleep(0.1)
+            new.extra_args = self._guard()  # a master now: restarted, it must not follow its old master again
+        finally:  # back as a replica of whichever node the Sentinel names, even when the promotion failed
+            old.extra_args = (*self._guard(), "--replicaof", "127.0.0.1", str(self.master().port))
+            if self.master() is old:
+                old.extra_args = self._guard()
+            old.start()
         return time.monotonic() - started
 
     def stop(self) -> None:
-        if self.sentinel is not None and self.sentinel.poll() is None:
-            self.sentinel.terminate()
-            self.sentinel.wait(10)
-        for node in self.nodes:
-            node.stop()
+        try:
+            if self.sentinel is not None and self.sentinel.poll() is None:
+                self.sentinel.terminate()
+                try:
+                    self.sentinel.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.sentinel.kill()
+        finally:
+            for node in self.nodes:
+                node.stop()
