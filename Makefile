@@ -20,13 +20,16 @@ $(NPM_STAMP): package.json package-lock.json
 	@touch $@
 
 # Debian packages: redis-server (tests start their own on a free port, so the binary must exist even when a
-# Redis is listening), chromium (the dashboard's browser test; playwright drives it, no browser download) and
-# softhsm2 (a real PKCS#11 software HSM for the pkcs11: signers' tests and bench).
+# Redis is listening), chromium (the dashboard's browser test; playwright drives it, no browser download),
+# softhsm2 (a real PKCS#11 software HSM for the pkcs11: signers' tests and bench), prometheus (its promtool checks
+# and unit-tests the shipped alert rules) and systemd (systemd-analyze verifies the shipped unit).
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	 command -v chromium >/dev/null || missing="$$missing chromium"; \
 	 command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	 command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	 command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	 if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	   $(APT) update -qq && $(APT) install -y -qq $$missing; fi
 

@@ -46,6 +46,7 @@ class Round:
     clocks: dict[str, int]  # ledger name -> its clock this round (ChainSide.now)
     observed_at: float  # monotonic time the round finished reading the chains
     min_left: dict[str, float] = field(default_factory=lambda: {"st": float("inf"), "sc": float("inf")})
+    claims_due_near: dict[str, int] = field(default_factory=lambda: {"st": 0, "sc": 0})  # see _watch_timelocks
 
     def now(self, side: ChainSide) -> int:
         return self.clocks[side.name]
@@ -268,6 +269,10 @@ class Driver:
                 continue
             left = view.lock.timelock - now
             rnd.min_left[leg] = min(rnd.min_left[leg], left)
+            # the claim is due once the other leg's claim made the secret public: under Δ left it races the refund
+            due = sc_leg.claimed if leg == "st" else st_leg.claimed
+            if due and left < route.policy.delta():
+                rnd.claims_due_near[leg] += 1
             if 0 < left < 2 * route.policy.delta():
                 key = (rec.trade_id, f"near-{leg}")
                 if key not in self._reported:

@@ -359,3 +359,5 @@ class Engine:
             metrics.TRADES.labels(terminal).set(n)
         for leg, left in rnd.min_left.items():
             metrics.TIMELOCK_MIN_LEFT.labels(leg).set(left)
+        for leg, near in rnd.claims_due_near.items():
+            metrics.CLAIMS_DUE_NEAR.labels(leg).set(near)

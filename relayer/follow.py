@@ -242,6 +242,7 @@ class Followers:
         # clock (timers set from it are off): every trade may differ
         self.rewound = False
         self.misconfigured: set[str] = set()  # ledgers whose RPC serves another chain than configured
+        self._rpc_errors_exported: dict[str, int] = {}  # per chain: how many of its RPC errors the metric counts
 
     async def start_side(self, side: ChainSide) -> None:
         """Connect to one chain and place its follower where no open trade's events can be missed."""
@@ -348,7 +349,9 @@ class Followers:
         height, bhash = side.follower.cursor
         metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
         metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
-        metrics.RPC_ERRORS.labels(side.name).set(side.ledger.chain.rpc_errors)
+        seen = side.ledger.chain.rpc_errors  # the chain counts; the metric is a Counter (rate() in alert rules)
+        metrics.RPC_ERRORS.labels(side.name).inc(max(0, seen - self._rpc_errors_exported.get(side.name, 0)))
+        self._rpc_errors_exported[side.name] = seen
         metrics.FEE_CEILING_HITS.labels(side.name).set(sum(s.fee_ceiling_hits for s in side.ledger.all_senders.values()))
         if bhash and side.ledger.chain.chain_id is not None:
             await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)

@@ -16,8 +16,8 @@ FOLLOWER_LAG = Gauge("dvp_follower_lag_blocks", "Chain head minus the last block
                      ["chain"], registry=REGISTRY)
 FOLLOWER_HEIGHT = Gauge("dvp_follower_height", "Last block processed by the follower", ["chain"],
                         registry=REGISTRY)
-RPC_ERRORS = Gauge("dvp_rpc_errors", "Transport errors seen talking to the chain's RPC endpoints", ["chain"],
-                   registry=REGISTRY)
+RPC_ERRORS = Counter("dvp_rpc_errors", "Transport errors seen talking to the chain's RPC endpoints (exported as "
+                     "dvp_rpc_errors_total)", ["chain"], registry=REGISTRY)
 RPC_HEAD_STALLS = Counter("dvp_rpc_head_stalls_total", "Times the active RPC endpoint's head stopped advancing while "
                           "a standby's went on (the worker then switched to the standby)", ["chain"],
                           registry=REGISTRY)
@@ -36,6 +36,9 @@ ACTION_FAILURES = Counter("dvp_action_failures_total", "Actions that failed (ret
 TIMELOCK_MIN_LEFT = Gauge("dvp_timelock_min_seconds_left",
                           "Least time left on any live lock this worker must still claim or refund",
                           ["leg"], registry=REGISTRY)
+CLAIMS_DUE_NEAR = Gauge("dvp_claims_due_within_delta", "Live locks whose claim is due (the secret is public) with "
+                        "less than Δ left on their timelock: the claim is racing the refund", ["leg"],
+                        registry=REGISTRY)
 CLOCK_OFFSET = Gauge("dvp_chain_clock_offset_seconds", "ST chain clock minus coin ledger clock",
                      registry=REGISTRY)
 REACTION_SECONDS = Histogram("dvp_reaction_seconds", "Chain event observed -> resulting transaction broadcast",

@@ -145,7 +145,7 @@ async def test_health_readiness_and_metrics(api):
         assert r.status == 200 and body["ready"] is True and body["checks"]["redis"] is True
     async with http.get("/metrics") as r:
         text = await r.text()
-    for name in ("dvp_trades", "dvp_settlement_seconds_bucket", "dvp_follower_lag_blocks", "dvp_rpc_errors",
+    for name in ("dvp_trades", "dvp_settlement_seconds_bucket", "dvp_follower_lag_blocks", "dvp_rpc_errors_total",
                  "dvp_gas_used_total"):
         assert name in text, name
     assert 'dvp_gas_used_total{action="lock_st",leg="st"}' in text

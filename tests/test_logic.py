@@ -377,3 +377,31 @@ async def test_batches_are_sized_by_the_block_gas_limit_and_the_measured_gas_per
     assert executor.batch_size(dues[0]) == 15_000_000 // 9_000
     st_side.gas_limit = 1_000_000  # a permissioned chain with small blocks
     assert executor.batch_size(dues[0]) == 500_000 // 9_000
+
+
+def test_a_claim_due_with_less_than_delta_left_is_counted_and_a_lock_counting_down_to_its_refund_is_not():
+    """dvp_claims_due_within_delta (the alert "a timelock with less than Δ left"): only a claim that is due
+    because the secret is public races its refund; a lock waiting for its refund is no alarm."""
+    from relayer.logging import get_logger
+    from relayer.protocol.rules import LegView, ObservedLock
+
+    store, _, _, _, driver, _ = world()
+    rec = new_trade(store)
+    route = driver.routes.route(rec.signed.instruction)
+    delta = route.policy.delta()
+
+    def lock(timelock: int) -> ObservedLock:
+        return ObservedLock(SELLER, BUYER, ST_TOKEN, 1, b"h" * 32, timelock)
+
+    racing = rnd()
+    driver._watch_timelocks(rec, route, LegView(lock(NOW + delta // 2)), LegView(lock(NOW + 1), claimed=True),
+                            racing, get_logger())
+    assert racing.claims_due_near == {"st": 1, "sc": 0}
+    early = rnd()
+    driver._watch_timelocks(rec, route, LegView(lock(NOW + 2 * delta)), LegView(lock(NOW + 1), claimed=True),
+                            early, get_logger())
+    assert early.claims_due_near == {"st": 0, "sc": 0}
+    refunding = rnd()
+    driver._watch_timelocks(rec, route, LegView(lock(NOW + delta // 2)), LegView(lock(NOW + delta // 4)),
+                            refunding, get_logger())
+    assert refunding.claims_due_near == {"st": 0, "sc": 0} and refunding.min_left["st"] == delta // 2
