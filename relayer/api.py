@@ -33,14 +33,19 @@ from relayer.api_models import (
     LockRequest,
     BulkItem,
     BulkResult,
+    CancelBody,
+    Cancelled,
     Health,
+    IntakeControl,
+    IntakeStatus,
     Readiness,
     TradeDocument,
     TradeList,
     TradeSummary,
 )
 from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
-from relayer.protocol.instruction import parse_signed
+from relayer.operator import token_actor
+from relayer.protocol.instruction import parse_signed, validated
 from relayer.protocol.states import TradeState
 from relayer.store import TradeRecord
 
@@ -66,6 +71,8 @@ _STATUS_FOR_CODE = {
     "wrong_terms": 422, "expired": 422, "no_allowance": 422, "not_holder_signed": 422, "wrong_signer": 403,
     "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,
     "concurrent_update": 409, "not_same_ledger": 422, "not_htlc": 422,
+    # operator actions (relayer/operator.py)
+    "intake_paused": 503, "not_cancellable": 409,
 }
 
 
@@ -138,9 +145,9 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return error("internal", "internal error", 500)
 
 
-async def _json_body(request: web.Request, limit: int) -> Any:
+async def _json_body(request: web.Request, limit: int, need: str = "submit") -> Any:
     """The request's JSON document, or an error Response (auth, shutdown, type, size, nesting, syntax)."""
-    if (refused := _refused(request, "submit")) is not None:
+    if (refused := _refused(request, need)) is not None:
         return refused
     if not request.app[ACCEPTING]["on"]:
         return error("shutting_down", "this worker is shutting down; retry on another")
@@ -315,6 +322,47 @@ async def post_authorization(request: web.Request) -> web.Response:
                              status=202)
 
 
+def _actor(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return token_actor(header[7:] if header.startswith("Bearer ") else "")
+
+
+async def get_intake(request: web.Request) -> web.Response:
+    """Whether intake is paused, by whom and why (read role)."""
+    if (refused := _read_refused(request)) is not None:
+        return refused
+    state = await request.app[READ_MODEL].operator.intake_pause(fresh=True)
+    return web.json_response(IntakeStatus(paused=state is not None, **(state or {})).model_dump())
+
+
+async def post_intake(request: web.Request) -> web.Response:
+    """An operator pauses or resumes intake for every worker sharing this Redis (operator role)."""
+    doc = await _json_body(request, MAX_BODY, need="operator")
+    if isinstance(doc, web.Response):
+        return doc
+    body = validated(IntakeControl, doc)
+    desk = request.app[READ_MODEL].operator
+    if body.paused:
+        await desk.pause_intake(_actor(request), body.reason)
+    else:
+        await desk.resume_intake(_actor(request))
+    state = await desk.intake_pause(fresh=True)
+    return web.json_response(IntakeStatus(paused=state is not None, **(state or {})).model_dump())
+
+
+async def post_cancel(request: web.Request) -> web.Response:
+    """An operator cancels a MATCHED trade nothing was locked for (operator role): ABORTED, with who did it."""
+    doc = await _json_body(request, MAX_BODY, need="operator")
+    if isinstance(doc, web.Response):
+        return doc
+    trade_id = _trade_id(request)
+    if isinstance(trade_id, web.Response):
+        return trade_id
+    body = validated(CancelBody, doc)
+    state = await request.app[READ_MODEL].cancel(trade_id, _actor(request), body.reason)
+    return web.json_response(Cancelled(trade_id=trade_id, state=state).model_dump(mode="json"))
+
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response(Health(status="ok").model_dump())
 
@@ -346,6 +394,9 @@ ROUTES = [
     ("GET", "/v1/trades/{trade_id}", get_trade),
     ("POST", "/v1/trades/{trade_id}/authorizations", post_authorization),
     ("GET", "/v1/trades/{trade_id}/authorizations/{leg}", get_lock_request),
+    ("GET", "/v1/operator/intake", get_intake),
+    ("POST", "/v1/operator/intake", post_intake),
+    ("POST", "/v1/trades/{trade_id}/cancel", post_cancel),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics_handler),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,3 +48,14 @@ class ApiClient:
     async def trade(self, trade_id: str) -> tuple[int, Any]:
         """GET /v1/trades/{id}: (status, JSON answer)."""
         return await self._request("GET", f"/v1/trades/{trade_id}")
+
+    async def intake(self, paused: bool | None = None, reason: str = "") -> tuple[int, Any]:
+        """GET /v1/operator/intake, or POST it to pause (True) or resume (False)."""
+        if paused is None:
+            return await self._request("GET", "/v1/operator/intake")
+        return await self._request("POST", "/v1/operator/intake",
+                                   json.dumps({"paused": paused, "reason": reason}).encode())
+
+    async def cancel(self, trade_id: str, reason: str) -> tuple[int, Any]:
+        """POST /v1/trades/{id}/cancel."""
+        return await self._request("POST", f"/v1/trades/{trade_id}/cancel", json.dumps({"reason": reason}).encode())

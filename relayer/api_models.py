@@ -149,6 +149,33 @@ class LockAuthorizationBody(BaseModel):
     permit: PermitBody | None = None
 
 
+class IntakeControl(BaseModel):
+    """An operator pauses or resumes intake for every worker of this firm."""
+
+    model_config = ConfigDict(extra="forbid")
+    paused: bool
+    reason: str = Field("", max_length=500, description="shown to whoever is refused meanwhile, and in the log")
+
+
+class IntakeStatus(BaseModel):
+    paused: bool
+    by: str | None = Field(None, description="who paused it: api:<token fingerprint> or cli:<user>@<host>")
+    at: float | None = Field(None, description="when, Unix seconds")
+    reason: str | None = None
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500)
+
+
+class Cancelled(BaseModel):
+    """The trade is ABORTED by the operator: nothing had been locked for it."""
+
+    trade_id: str
+    state: TradeState
+
+
 class AuthorizationAccepted(BaseModel):
     """The authorisation is kept with the trade; the relayer sends the lock when it is due."""
 

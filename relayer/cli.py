@@ -239,6 +239,52 @@ def submit(file: Path, api_url: str | None, token: str | None) -> None:
     sys.exit(0 if status_code == 202 else 1)
 
 
+@main.group()
+def operator() -> None:
+    """Operator actions through a running worker's API (an operator token): pause or resume intake, cancel a
+    trade nothing was locked for. Each is logged with who did it (the token's fingerprint)."""
+
+
+@operator.command("pause")
+@click.option("--reason", default="", help="shown to whoever is refused meanwhile, and in the operator log")
+@_api_options
+def operator_pause(reason: str, api_url: str | None, token: str | None) -> None:
+    """Pause intake for every worker of this firm: new trades are answered 503 intake_paused; open ones go on."""
+    status_code, answer = _call_api(_client(api_url, token).intake(True, reason))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 200 else 1)
+
+
+@operator.command("resume")
+@_api_options
+def operator_resume(api_url: str | None, token: str | None) -> None:
+    """Resume intake."""
+    status_code, answer = _call_api(_client(api_url, token).intake(False))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 200 else 1)
+
+
+@operator.command("intake")
+@_api_options
+def operator_intake(api_url: str | None, token: str | None) -> None:
+    """Whether intake is paused, by whom and why."""
+    status_code, answer = _call_api(_client(api_url, token).intake())
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 200 else 1)
+
+
+@operator.command("cancel")
+@click.argument("trade_id")
+@click.option("--reason", default="")
+@_api_options
+def operator_cancel(trade_id: str, reason: str, api_url: str | None, token: str | None) -> None:
+    """Cancel a MATCHED trade nothing was locked for (ABORTED). A trade with a lock is refused: it ends by refunds
+    at its timelocks."""
+    status_code, answer = _call_api(_client(api_url, token).cancel(trade_id, reason))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 200 else 1)
+
+
 @main.command()
 @click.argument("trade_id")
 @_api_options

@@ -37,6 +37,7 @@ from relayer.leases import ACTOR
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
+from relayer.operator import OperatorDesk
 from relayer.read_model import ReadModel
 from relayer.routing import Routes
 from relayer.schedule import Schedule, next_instants
@@ -62,7 +63,9 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self.followers = Followers(sides, settings, store, self._in_background)
         self.coordinator = Coordinator(sides, settings, store)
-        self.intake_desk = Intake(self.routes, settings, store, ready=lambda: self.started)
+        self.operator = OperatorDesk(store)
+        self.intake_desk = Intake(self.routes, settings, store, ready=lambda: self.started,
+                                  gate=self.operator.check_intake_open)
         holders = settings.holder_accounts()
         self.executor = Executor(self.routes, settings, store, box, self.coordinator, holders)
         strays = StrayBook(store)
@@ -77,7 +80,8 @@ class Engine:
         self._fresh: tuple[bool, ...] = ()
         self._skew_ok: tuple[bool, ...] = ()
         settlements = SettlementAuthorizations(self.routes, store, on_accepted=self.schedule.mark)
-        self.read_model = ReadModel(store, self.intake_desk, self.routes, self.holder_locks, settlements)
+        self.read_model = ReadModel(store, self.intake_desk, self.routes, self.holder_locks, settlements,
+                                    self.operator)
         self._next_sweep = 0.0
 
     @property
@@ -361,3 +365,4 @@ class Engine:
             metrics.TIMELOCK_MIN_LEFT.labels(leg).set(left)
         for leg, near in rnd.claims_due_near.items():
             metrics.CLAIMS_DUE_NEAR.labels(leg).set(near)
+        metrics.INTAKE_PAUSED.set(1 if await self.operator.intake_pause() is not None else 0)

@@ -72,6 +72,19 @@ class NotReplicated(RelayerError):
     code = "not_replicated"
 
 
+class IntakePaused(RelayerError):
+    """Raised when an operator paused intake (relayer/operator.py): nothing new is accepted until it is resumed."""
+
+    code = "intake_paused"
+
+
+class NotCancellable(RelayerError):
+    """Raised when an operator's cancel is refused: something is locked or about to be, or the trade is over (it
+    then ends the protocol's way, by refunds at the timelocks if nobody claims)."""
+
+    code = "not_cancellable"
+
+
 class FencedOut(ConcurrentUpdate):
     """Raised when a state write carries a trade lease value this worker no longer holds: another worker took
     the trade over (fencing), so this one must stop acting on it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from adapters.compliance import Transfer, TransferRules
 from adapters.errors import LedgerError
@@ -19,8 +19,10 @@ from relayer.store import Store
 class Intake:
     """Validates signed instructions against this firm's chains, tokens and PTS keys, and stores new ones."""
 
-    def __init__(self, routes: Routes, settings: Settings, store: Store, ready: Callable[[], bool]) -> None:
+    def __init__(self, routes: Routes, settings: Settings, store: Store, ready: Callable[[], bool],
+                 gate: Callable[[], Awaitable[None]] | None = None) -> None:
         self.routes = routes
+        self.gate = gate  # raises IntakePaused while an operator paused intake (OperatorDesk.check_intake_open)
         self.settings = settings
         self.store = store
         self.ready = ready  # the engine has connected (a chain and Redis answered once)
@@ -91,6 +93,8 @@ class Intake:
 
     async def check(self, signed: SignedInstruction) -> Route:
         """validate() and the tokens' rules: every check intake makes, nothing written."""
+        if self.gate is not None:
+            await self.gate()
         route = await self.validate(signed)
         if (err := (await self.refusals([(signed.instruction, route)]))[0]) is not None:
             raise err
@@ -101,6 +105,8 @@ class Intake:
         ones written in one pipelined round trip. Per instruction: True (new), False (known), or the error."""
         if not self.ready():
             raise NotReady("the worker is still connecting to its chains and Redis; retry shortly")
+        if self.gate is not None:
+            await self.gate()
         clocks: dict[str, int] = {}
         checked: list[RelayerError | None] = []
         routed: list[tuple[int, TradeInstruction, Route]] = []

@@ -39,6 +39,8 @@ TIMELOCK_MIN_LEFT = Gauge("dvp_timelock_min_seconds_left",
 CLAIMS_DUE_NEAR = Gauge("dvp_claims_due_within_delta", "Live locks whose claim is due (the secret is public) with "
                         "less than Δ left on their timelock: the claim is racing the refund", ["leg"],
                         registry=REGISTRY)
+INTAKE_PAUSED = Gauge("dvp_intake_paused", "1 while an operator has paused intake (POST /v1/operator/intake)",
+                      registry=REGISTRY)
 CLOCK_OFFSET = Gauge("dvp_chain_clock_offset_seconds", "ST chain clock minus coin ledger clock",
                      registry=REGISTRY)
 REACTION_SECONDS = Histogram("dvp_reaction_seconds", "Chain event observed -> resulting transaction broadcast",

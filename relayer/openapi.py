@@ -18,8 +18,12 @@ from relayer.api_models import (
     LockRequest,
     BulkResult,
     BulkSubmission,
+    CancelBody,
+    Cancelled,
     ErrorBody,
     Health,
+    IntakeControl,
+    IntakeStatus,
     Readiness,
     TradeDocument,
     TradeList,
@@ -33,8 +37,9 @@ TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
 
 _MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, BulkSubmission, BulkResult, ErrorBody, TradeDocument,
                                   TradeList, Health, Readiness, LockAuthorizationBody, DvpAuthorizationBody,
-                                  AuthorizationAccepted, LockRequest, DvpRequest]
-_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody, DvpAuthorizationBody)
+                                  AuthorizationAccepted, LockRequest, DvpRequest, IntakeControl, IntakeStatus,
+                                  CancelBody, Cancelled]
+_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody, DvpAuthorizationBody, IntakeControl, CancelBody)
 
 
 def _schemas() -> dict[str, Any]:
@@ -167,6 +172,36 @@ OPENAPI: dict[str, Any] = {
                               "422": _err("not_holder_signed, not_same_ledger"),
                               "503": _err("a chain or Redis is not answering")},
             }
+        },
+        "/v1/operator/intake": {
+            "get": {"summary": "Whether intake is paused, by whom and why",
+                    "responses": {"200": _json(IntakeStatus, "the pause in force, if any"),
+                                  "401": _err("unauthorized"),
+                                  "403": _err("forbidden: the token's role may not read")}},
+            "post": _submit("Pause or resume intake for every worker of this firm (operator token)", IntakeControl, {
+                "200": _json(IntakeStatus, "the pause in force now, if any"),
+                "400": _err("malformed JSON, wrong types or values"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("forbidden: the token's role is not operator"),
+                "413": _err("body too large"),
+                "415": _err("not application/json"),
+                "503": _err("shutting down, or Redis is not answering"),
+            }),
+        },
+        "/v1/trades/{trade_id}/cancel": {
+            "post": {**_submit("Cancel a MATCHED trade nothing was locked for (operator token): ABORTED, with who did "
+                               "it. A trade with a lock ends by refunds at its timelocks, never by a cancel",
+                               CancelBody, {
+                "200": _json(Cancelled, "cancelled"),
+                "400": _err("malformed JSON, wrong types or values, not a trade id"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("forbidden: the token's role is not operator"),
+                "404": _err("no such trade"),
+                "409": _err("not_cancellable: not MATCHED, or a lock is on chain or being sent"),
+                "413": _err("body too large"),
+                "415": _err("not application/json"),
+                "503": _err("shutting down, or a chain or Redis is not answering"),
+            }), "parameters": [_TRADE_ID_PARAM]},
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "alive")}}},
         "/readyz": {"get": {"summary": "Readiness: Redis, both RPCs, follower lag, escrows and tokens configured",

@@ -9,7 +9,9 @@ from typing import Any
 from relayer.authorizations import DvpSignature, HolderLocks, LockAuthorization, SettlementAuthorizations
 from relayer.errors import ConcurrentUpdate, RelayerError
 from relayer.intake import Intake
+from relayer.operator import OperatorDesk
 from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.states import TradeState
 from relayer.routing import Routes
 from relayer.store import Store, TradeRecord
 
@@ -20,7 +22,8 @@ class ReadModel:
     """The worker's read side and its one write (intake), for the API."""
 
     def __init__(self, store: Store, intake: Intake, routes: Routes, holder_locks: HolderLocks,
-                 settlements: SettlementAuthorizations) -> None:
+                 settlements: SettlementAuthorizations, operator: OperatorDesk) -> None:
+        self.operator = operator
         self.store = store
         self.intake = intake
         self.routes = routes
@@ -51,6 +54,19 @@ class ReadModel:
             except ConcurrentUpdate:
                 continue  # the driver wrote the trade in between: check against the new record
         raise ConcurrentUpdate(f"trade {trade_id} kept changing while its authorisation was checked; retry")
+
+    async def cancel(self, trade_id: str, actor: str, reason: str) -> TradeState:
+        """An operator's cancel (OperatorDesk.cancel), after reading both escrow slots: a lock on chain, even one
+        not yet confirmed, refuses it."""
+        rec = await self.store.get(trade_id)
+        locked = False
+        if rec is not None:
+            ins = rec.signed.instruction
+            route = self.routes.route(ins)
+            for side, sender in ((route.st, ins.sellerStAccount), (route.sc, ins.buyerScAccount)):
+                slot = await side.ledger.swap_slot(side.ledger.swap_id_of(sender, ins.trade_id_bytes))
+                locked = locked or slot != bytes(32)
+        return await self.operator.cancel(trade_id, actor, reason, locked)
 
     async def accept(self, signed: SignedInstruction) -> tuple[bool, TradeRecord]:
         """Admit an instruction; (created, the stored record)."""
