@@ -35,6 +35,7 @@ from relayer.api_models import (
     BulkResult,
     CancelBody,
     Cancelled,
+    DeadLetters,
     Health,
     IntakeControl,
     IntakeStatus,
@@ -45,6 +46,7 @@ from relayer.api_models import (
 )
 from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
 from relayer.operator import token_actor
+from relayer.webhooks import dead_letters
 from relayer.protocol.instruction import parse_signed, validated
 from relayer.protocol.states import TradeState
 from relayer.store import TradeRecord
@@ -363,6 +365,14 @@ async def post_cancel(request: web.Request) -> web.Response:
     return web.json_response(Cancelled(trade_id=trade_id, state=state).model_dump(mode="json"))
 
 
+async def get_dead_letters(request: web.Request) -> web.Response:
+    """Webhook events that could not be delivered after every attempt (operator role)."""
+    if (refused := _refused(request, "operator")) is not None:
+        return refused
+    events = await dead_letters(request.app[READ_MODEL].store)
+    return web.json_response(DeadLetters(events=events).model_dump())
+
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response(Health(status="ok").model_dump())
 
@@ -397,6 +407,7 @@ ROUTES = [
     ("GET", "/v1/operator/intake", get_intake),
     ("POST", "/v1/operator/intake", post_intake),
     ("POST", "/v1/trades/{trade_id}/cancel", post_cancel),
+    ("GET", "/v1/operator/webhooks/dead", get_dead_letters),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics_handler),

@@ -164,6 +164,19 @@ class IntakeStatus(BaseModel):
     reason: str | None = None
 
 
+class DeadLetter(BaseModel):
+    event: dict[str, Any] = Field(description="the webhook body that could not be delivered")
+    attempts: int
+    last_error: str
+    dead_at: float
+
+
+class DeadLetters(BaseModel):
+    """Webhook events that failed every attempt (newest first)."""
+
+    events: list[DeadLetter]
+
+
 class CancelBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=500)

@@ -239,6 +239,55 @@ def submit(file: Path, api_url: str | None, token: str | None) -> None:
     sys.exit(0 if status_code == 202 else 1)
 
 
+def _when(text: str) -> float:
+    """An ISO date or date-time (UTC when it names no zone) as Unix seconds."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO date or date-time (2026-12-01, 2026-12-01T09:00)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@main.command()
+@click.option("--from", "start", required=True, help="first acceptance time (ISO date or date-time, UTC)")
+@click.option("--to", "end", required=True, help="end, exclusive (ISO date or date-time, UTC)")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--verify", is_flag=True, help="check every row against both chains; exit 1 when one disagrees")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write here, not stdout")
+def report(start: str, end: str, fmt: str, verify: bool, out: Path | None) -> None:
+    """One row per trade accepted in [--from, --to): times, parties, token symbols and amounts in token units,
+    transaction hashes, gas, outcome; with --format json also daily totals per token and counterparty."""
+    from relayer import report as rpt
+    from relayer.service import build_engine
+
+    settings = _settings()
+
+    async def go() -> tuple[str, int]:
+        engine = build_engine(settings)
+        try:
+            for side in engine.sides:
+                await side.ledger.chain.connect()
+            trades = await rpt.trades_between(engine.store, _when(start), _when(end))
+            rows = await rpt.build_rows(engine.routes, trades)
+            bad = await rpt.verify(engine.routes, rows, trades) if verify else 0
+            return rpt.render(rows, fmt), bad
+        finally:
+            await engine.store.close()
+            for side in engine.sides:
+                await side.ledger.chain.close()
+
+    text, bad = asyncio.run(go())
+    if out is not None:
+        out.write_text(text)
+    else:
+        click.echo(text, nl=False)
+    if verify:
+        click.echo(f"verified against the chains: {bad} trade(s) disagree", err=True)
+    sys.exit(1 if bad else 0)
+
+
 @main.group()
 def operator() -> None:
     """Operator actions through a running worker's API (an operator token): pause or resume intake, cancel a

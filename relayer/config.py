@@ -249,6 +249,11 @@ class Settings(BaseSettings):
                                   "(read: GETs; submit: read and every POST; operator: everything) or a bare "
                                   "token (operator)")
     api_read_auth: bool = Field(False, description="require a bearer token on the read endpoints too")
+    webhook_url: str = Field("", description="the back office's endpoint: every state change and alert is POSTed "
+                             "to it, HMAC-signed, at least once (relayer/webhooks.py); empty = no webhooks")
+    webhook_secret: SecretStr = Field(SecretStr(""), description="the HMAC-SHA256 key of X-DVP-Signature")
+    webhook_max_attempts: int = Field(8, ge=1, description="deliveries tried before an event is dead-lettered")
+    webhook_timeout: float = Field(5.0, gt=0, description="seconds one delivery may take")
     api_max_lag_blocks: int = Field(20, description="readiness fails when a follower lags more blocks than this")
 
     @field_validator("redis_url")

@@ -47,6 +47,7 @@ class Round:
     observed_at: float  # monotonic time the round finished reading the chains
     min_left: dict[str, float] = field(default_factory=lambda: {"st": float("inf"), "sc": float("inf")})
     claims_due_near: dict[str, int] = field(default_factory=lambda: {"st": 0, "sc": 0})  # see _watch_timelocks
+    alerts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (trade id, alert, data), once each
 
     def now(self, side: ChainSide) -> int:
         return self.clocks[side.name]
@@ -273,6 +274,10 @@ class Driver:
             due = sc_leg.claimed if leg == "st" else st_leg.claimed
             if due and left < route.policy.delta():
                 rnd.claims_due_near[leg] += 1
+                key = (rec.trade_id, f"racing-{leg}")
+                if key not in self._reported:
+                    self._reported.add(key)
+                    rnd.alerts.append((rec.trade_id, "claim_racing_refund", {"leg": leg, "seconds_left": left}))
             if 0 < left < 2 * route.policy.delta():
                 key = (rec.trade_id, f"near-{leg}")
                 if key not in self._reported:

@@ -33,7 +33,7 @@ from relayer.follow import ChainSide, Followers
 from relayer.authorizations import HolderLocks, SettlementAuthorizations
 from relayer.intake import Intake
 from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
-from relayer.leases import ACTOR
+from relayer.leases import ACTOR, WORKER_TOKEN
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
@@ -43,6 +43,7 @@ from relayer.routing import Routes
 from relayer.schedule import Schedule, next_instants
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
+from relayer.webhooks import WebhookSender, enqueue_alert
 
 PRUNE_EVERY_ROUNDS = 200
 
@@ -64,6 +65,10 @@ class Engine:
         self.followers = Followers(sides, settings, store, self._in_background)
         self.coordinator = Coordinator(sides, settings, store)
         self.operator = OperatorDesk(store)
+        store.webhooks = store.webhooks or bool(settings.webhook_url)
+        self.webhooks = WebhookSender(store, settings.webhook_url, settings.webhook_secret.get_secret_value(),
+                                      WORKER_TOKEN, settings.webhook_max_attempts, settings.webhook_timeout
+                                      ) if settings.webhook_url else None
         self.intake_desk = Intake(self.routes, settings, store, ready=lambda: self.started,
                                   gate=self.operator.check_intake_open)
         holders = settings.holder_accounts()
@@ -174,6 +179,8 @@ class Engine:
             for side in self.sides if side.config.ws_url
         ]
         watchers.append(asyncio.create_task(self.coordinator.keep_leases(stop)))
+        if self.webhooks is not None:
+            watchers.append(asyncio.create_task(self.webhooks.run(stop)))
         waiter = asyncio.create_task(stop.wait())
         while not stop.is_set():
             wake.clear()
@@ -366,3 +373,6 @@ class Engine:
         for leg, near in rnd.claims_due_near.items():
             metrics.CLAIMS_DUE_NEAR.labels(leg).set(near)
         metrics.INTAKE_PAUSED.set(1 if await self.operator.intake_pause() is not None else 0)
+        if self.webhooks is not None:
+            for trade_id, alert, data in rnd.alerts:
+                await enqueue_alert(self.store, trade_id, alert, **data)

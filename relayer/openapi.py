@@ -20,6 +20,7 @@ from relayer.api_models import (
     BulkSubmission,
     CancelBody,
     Cancelled,
+    DeadLetters,
     ErrorBody,
     Health,
     IntakeControl,
@@ -38,7 +39,7 @@ TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
 _MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, BulkSubmission, BulkResult, ErrorBody, TradeDocument,
                                   TradeList, Health, Readiness, LockAuthorizationBody, DvpAuthorizationBody,
                                   AuthorizationAccepted, LockRequest, DvpRequest, IntakeControl, IntakeStatus,
-                                  CancelBody, Cancelled]
+                                  CancelBody, Cancelled, DeadLetters]
 _REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody, DvpAuthorizationBody, IntakeControl, CancelBody)
 
 
@@ -187,6 +188,14 @@ OPENAPI: dict[str, Any] = {
                 "415": _err("not application/json"),
                 "503": _err("shutting down, or Redis is not answering"),
             }),
+        },
+        "/v1/operator/webhooks/dead": {
+            "get": {"summary": "Webhook events that failed every delivery attempt, newest first (operator token)",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": _json(DeadLetters, "the dead-letter list"),
+                                  "401": _err("unauthorized"),
+                                  "403": _err("forbidden: the token's role is not operator"),
+                                  "503": _err("Redis is not answering")}},
         },
         "/v1/trades/{trade_id}/cancel": {
             "post": {**_submit("Cancel a MATCHED trade nothing was locked for (operator token): ABORTED, with who did "

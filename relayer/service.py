@@ -20,6 +20,7 @@ def store_for(settings: Settings) -> Store:
     else:
         store = Store.from_url(settings.redis_url)
     store.min_replicas, store.replica_wait_ms = settings.redis_min_replicas, settings.redis_replica_wait_ms
+    store.webhooks = bool(settings.webhook_url)
     return store
 
 
@@ -64,6 +65,9 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         else:
             first_ledger[id(chain)] = ledger
         sides.append(ChainSide(lg.name, ledger, lg))
+    if settings.webhook_url and not settings.webhook_secret.get_secret_value():
+        raise ConfigError("DVP_WEBHOOK_SECRET must be set with DVP_WEBHOOK_URL (the receiver checks X-DVP-Signature "
+                          "with it)")
     return Engine(settings, store or store_for(settings), sides, settings.secret_box())
 
 

@@ -50,6 +50,7 @@ INTAKE = PREFIX + "intake"
 # a counter intake bumps before WAIT: a retried create writes nothing (the trade is known), and WAIT only waits for
 # what its connection wrote, so without a write of its own it could return before the replica has the trade
 REPLICATION_FENCE = PREFIX + "replication_fence"
+WEBHOOK_OUTBOX = PREFIX + "webhook:outbox"  # relayer/webhooks.py delivers it
 INTAKE_GROUP = "relayers"  # the consumer group of the intake stream (a group name, not a key)
 WORKERS = PREFIX + "workers"
 
@@ -97,13 +98,19 @@ redis.call('ZADD', KEYS[4], ARGV[4], fields['trade_id'])
 return 1
 """
 
-# KEYS: trade, audit, open, counts, trade lease. ARGV: expected version, fields JSON, audit JSON (or ''),
-# terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools)
+# KEYS: trade, audit, open, counts, trade lease, webhook outbox. ARGV: expected version, fields JSON, audit JSON
+# (or ''), terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools),
+# webhooks on ('1': a state change is added to the outbox in the same script), now
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if v ~= ARGV[1] then return -1 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then return -2 end
 local fields = cjson.decode(ARGV[2])
+local previous = redis.call('HGET', KEYS[1], 'state')
+if ARGV[7] == '1' and fields['state'] and fields['state'] ~= previous then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', '100000', '*', 'type', 'state_changed', 'trade_id', ARGV[5],
+             'state', fields['state'], 'previous', previous or '', 'at', ARGV[8])
+end
 for k, val in pairs(fields) do redis.call('HSET', KEYS[1], k, val) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[3]) end
@@ -209,6 +216,7 @@ class Store:
         # intake durability across a failover (store_for sets them from DVP_REDIS_MIN_REPLICAS): an accepted
         # trade is answered only once this many replicas have it
         self.min_replicas, self.replica_wait_ms = 0, 1000
+        self.webhooks = False  # state changes also go to the webhook outbox (DVP_WEBHOOK_URL; relayer/webhooks.py)
 
     @classmethod
     def from_sentinels(cls, sentinels: list[tuple[str, int]], master: str, db: int = 0) -> Store:
@@ -354,9 +362,10 @@ class Store:
         new_state = TradeState(str_fields.get("state", rec.state.value))
         entry = _audit_entry(actor, event, **audit) if event else ""
         res = await self._update(
-            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS, lease_key(f"trade:{rec.trade_id}")],
+            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS, lease_key(f"trade:{rec.trade_id}"),
+                  WEBHOOK_OUTBOX],
             args=[str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
-                  rec.trade_id, fence],
+                  rec.trade_id, fence, "1" if self.webhooks else "0", f"{time.time():.3f}"],
         )
         if int(res) == -1:
             raise ConcurrentUpdate(f"trade {rec.trade_id} changed concurrently (had version {rec.version})")

@@ -1,0 +1,199 @@
+"""Reconciliation and export: one row per trade accepted in a time range, daily totals, and a check of each row
+against both chains (`dvp-relayer report --from --to --format csv|json [--verify]`).
+
+Rows come from the store (what the relayer recorded); `--verify` reads the chains themselves: for every trade, the
+escrow's Locked / Claimed / Refunded events of its two swaps (the seller's ST swap, the buyer's SC swap) and their
+slots. A SETTLED trade must show both swaps claimed with the instruction's amounts, an ABORTED one neither
+claimed, a ONE_SIDED one exactly one, and no finished trade may leave a slot holding a lock. What does not agree is
+printed; the command exits 1 when anything does not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils import function_signature_to_4byte_selector
+from hexbytes import HexBytes
+from web3 import AsyncWeb3
+
+from adapters.contracts import abi
+from relayer.protocol.states import TERMINAL, TradeState
+from relayer.routing import Route, Routes
+from relayer.store import ALL, Store, TradeRecord
+
+_SYMBOL = "0x" + function_signature_to_4byte_selector("symbol()").hex()
+_DECIMALS = "0x" + function_signature_to_4byte_selector("decimals()").hex()
+
+
+@dataclass
+class ReportRow:
+    trade_id: str
+    state: str
+    accepted_at: str  # ISO 8601, UTC
+    finished_at: str
+    seller: str
+    buyer: str
+    st_ledger: str
+    st_token: str  # symbol
+    st_amount: str  # in token units (decimals applied)
+    sc_ledger: str
+    sc_token: str
+    sc_amount: str
+    st_lock_tx: str = ""
+    st_claim_tx: str = ""
+    st_refund_tx: str = ""
+    sc_lock_tx: str = ""
+    sc_claim_tx: str = ""
+    sc_refund_tx: str = ""
+    gas_used: int = 0  # by this relayer's own transactions for the trade
+    problems: list[str] = field(default_factory=list)  # --verify: what the chains show otherwise
+
+
+def _iso(t: float | None) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") if t else ""
+
+
+class TokenNames:
+    """Symbols and decimals read from the tokens themselves, once each."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[str, int]] = {}
+
+    async def of(self, route_side: Any, token: str) -> tuple[str, int]:
+        key = (route_side.name, token)
+        if key not in self._seen:
+            chain = route_side.ledger.chain
+            try:
+                symbol = await chain.rpc("eth_call", [{"to": token, "data": _SYMBOL}, "latest"])
+                decimals = await chain.rpc("eth_call", [{"to": token, "data": _DECIMALS}, "latest"])
+                sym = abi_decode(["string"], bytes.fromhex(symbol[2:]))[0]
+                dec = abi_decode(["uint8"], bytes.fromhex(decimals[2:]))[0]
+            except Exception:  # noqa: BLE001 - a token without symbol()/decimals(): its address, whole units
+                sym, dec = token, 0
+            self._seen[key] = (str(sym), int(dec))
+        return self._seen[key]
+
+
+def human(amount: int, decimals: int) -> str:
+    return str(Decimal(amount).scaleb(-decimals)) if decimals else str(amount)
+
+
+async def trades_between(store: Store, start: float, end: float) -> list[tuple[TradeRecord, list[dict[str, Any]]]]:
+    """Trades accepted in [start, end) (the store's index by acceptance time), with their audit trails."""
+    ids = await store.r.zrangebyscore(ALL, start, f"({end}")
+    out = []
+    for i in range(0, len(ids), 200):
+        for rec in await store.get_many(ids[i:i + 200]):
+            out.append((rec, await store.audit(rec.trade_id)))
+    return out
+
+
+async def build_rows(routes: Routes, trades: list[tuple[TradeRecord, list[dict[str, Any]]]]) -> list[ReportRow]:
+    names = TokenNames()
+    rows = []
+    for rec, audit in trades:
+        ins = rec.signed.instruction
+        route = routes.route(ins)
+        st_sym, st_dec = await names.of(route.st, ins.stToken)
+        sc_sym, sc_dec = await names.of(route.sc, ins.scToken)
+        row = ReportRow(
+            trade_id=rec.trade_id, state=rec.state.value, accepted_at=_iso(float(rec.fields["created_at"])),
+            finished_at=_iso(float(audit[-1]["t"])) if rec.state in TERMINAL and audit and "t" in audit[-1] else "",
+            seller=ins.sellerStAccount, buyer=ins.buyerScAccount, st_ledger=route.st.name, st_token=st_sym,
+            st_amount=human(ins.stAmount, st_dec), sc_ledger=route.sc.name, sc_token=sc_sym,
+            sc_amount=human(ins.scAmount, sc_dec))
+        for entry in audit:
+            ev = str(entry.get("event", ""))
+            for action in ("lock", "claim", "refund"):
+                for leg in ("st", "sc"):
+                    if ev == f"{action}_{leg}_mined" and entry.get("tx"):
+                        setattr(row, f"{leg}_{action}_tx", entry["tx"])
+                        row.gas_used += int(entry.get("gas") or 0)
+        rows.append(row)
+    return rows
+
+
+async def _swap_events(route_side: Any, trade_id: bytes, sender: str) -> dict[str, Any]:
+    """The chain's own record of one swap: its Locked args (by this sender), whether it was claimed or refunded,
+    and whether its slot still holds a lock."""
+    ledger = route_side.ledger
+    escrow = AsyncWeb3().eth.contract(abi=abi("HashedTimelockEscrow"))
+    sid = ledger.swap_id_of(sender, trade_id)
+    start = route_side.config.start_block or 0
+
+    async def logs(topics: list[Any]) -> list[Any]:
+        return list(await ledger.chain.call(lambda w3: w3.eth.get_logs(
+            {"address": ledger.escrow, "fromBlock": start, "toBlock": "latest", "topics": topics})))
+
+    locked_topic = bytes(HexBytes(escrow.events.Locked().topic))
+    locked = [escrow.events.Locked().process_log(lg)["args"] for lg in await logs([None, "0x" + trade_id.hex()])
+              if bytes(lg["topics"][0]) == locked_topic]
+    mine = [dict(a) for a in locked if a["sender"] == sender]
+    claimed = bool(await logs([escrow.events.Claimed().topic, "0x" + sid.hex()]))
+    refunded = bool(await logs([escrow.events.Refunded().topic, "0x" + sid.hex()]))
+    live = await ledger.swap_slot(sid) != bytes(32)
+    return {"lock": mine[-1] if mine else None, "claimed": claimed, "refunded": refunded, "live": live}
+
+
+async def verify(routes: Routes, rows: list[ReportRow], trades: list[tuple[TradeRecord, Any]]) -> int:
+    """Check each row against both chains; the problems go into the rows. Returns how many rows disagree."""
+    bad = 0
+    for row, (rec, _) in zip(rows, trades):
+        ins = rec.signed.instruction
+        route: Route = routes.route(ins)
+        st = await _swap_events(route.st, ins.trade_id_bytes, ins.sellerStAccount)
+        sc = await _swap_events(route.sc, ins.trade_id_bytes, ins.buyerScAccount)
+        problems = row.problems
+        for name, leg, amount, receiver in (("st", st, ins.stAmount, ins.buyerStAccount),
+                                            ("sc", sc, ins.scAmount, ins.sellerScAccount)):
+            if leg["claimed"] and leg["lock"] and (leg["lock"]["amount"] != amount
+                                                   or leg["lock"]["receiver"] != receiver):
+                problems.append(f"{name} claimed with other terms than the instruction's")
+            if rec.state in TERMINAL and leg["live"]:
+                problems.append(f"{name} swap still locked although the trade is {rec.state.value}")
+        claims = int(st["claimed"]) + int(sc["claimed"])
+        expected = {TradeState.SETTLED: 2, TradeState.ABORTED: 0, TradeState.REJECTED: 0}.get(rec.state)
+        if rec.state is TradeState.ONE_SIDED and claims != 1:
+            problems.append(f"ONE_SIDED but the chains show {claims} claims")
+        elif expected is not None and claims != expected:
+            problems.append(f"{rec.state.value} but the chains show {claims} of 2 swaps claimed")
+        bad += bool(problems)
+    return bad
+
+
+def daily_totals(rows: list[ReportRow]) -> list[dict[str, Any]]:
+    """Per day (UTC, by acceptance), token and counterparty: settled trades and amounts, and trades by outcome."""
+    totals: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(
+        lambda: {"trades": 0, "settled": 0, "amount_settled": Decimal(0)})
+    for r in rows:
+        day = r.accepted_at[:10]
+        for token, amount, party, side in ((r.st_token, r.st_amount, r.seller, "seller"),
+                                           (r.sc_token, r.sc_amount, r.buyer, "buyer")):
+            t = totals[(day, token, side, party)]
+            t["trades"] += 1
+            if r.state == TradeState.SETTLED.value:
+                t["settled"] += 1
+                t["amount_settled"] += Decimal(amount)
+    return [{"day": d, "token": tok, "side": side, "counterparty": p, **{k: str(v) if isinstance(v, Decimal) else v
+                                                                          for k, v in t.items()}}
+            for (d, tok, side, p), t in sorted(totals.items())]
+
+
+def render(rows: list[ReportRow], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps({"trades": [asdict(r) for r in rows], "daily_totals": daily_totals(rows)}, indent=1)
+    out = io.StringIO()
+    names = [f for f in ReportRow.__dataclass_fields__]
+    writer = csv.DictWriter(out, fieldnames=names)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**asdict(r), "problems": "; ".join(r.problems)})
+    return out.getvalue()

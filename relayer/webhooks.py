@@ -1,0 +1,157 @@
+"""Webhooks to the back office: every state change (and the alerts: a claim racing its refund, a ONE_SIDED trade)
+POSTed to DVP_WEBHOOK_URL, HMAC-signed, at least once.
+
+The outbox is a Redis stream (`dvp:webhook:outbox`). A state change is added to it by the same Lua script that
+writes the state (store._UPDATE), so no change is ever written without its event, and a worker killed between the
+two cannot exist. Workers deliver through a consumer group: each event goes to one of them; one that dies holding
+events has them claimed by another (XAUTOCLAIM). A failed delivery is queued again with its attempt count and a
+backoff (2 s doubling to 60 s); after DVP_WEBHOOK_MAX_ATTEMPTS it goes to the dead-letter list
+(`dvp:webhook:dead`, `GET /v1/operator/webhooks/dead`). The receiver deduplicates on the event id (the
+`Idempotency-Key` header): it is the same on every attempt.
+
+Body: {"event_id", "type": "state_changed" | "alert", "trade_id", "state", "previous", "at", ...}. Headers:
+`X-DVP-Signature: sha256=<hex HMAC-SHA256 of "<X-DVP-Timestamp>.<body>" with DVP_WEBHOOK_SECRET>`,
+`X-DVP-Timestamp`, `Idempotency-Key`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import time
+from typing import Any
+
+import aiohttp
+from redis.exceptions import RedisError, ResponseError
+
+from relayer import metrics
+from relayer.logging import get_logger
+from relayer.store import PREFIX, WEBHOOK_OUTBOX, Store
+
+OUTBOX = WEBHOOK_OUTBOX
+DEAD = PREFIX + "webhook:dead"
+GROUP = "webhooks"  # the consumer group of the outbox (a group name, not a key)
+DEAD_KEPT = 10_000
+CLAIM_IDLE_MS = 30_000  # an event a worker read and neither delivered nor requeued for this long is taken over
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-DVP-Signature value a receiver recomputes to check the body came from this relayer."""
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before attempt `attempt + 1`: 2, 4, 8, … up to 60, with ±20% jitter (no thundering retries)."""
+    return min(60.0, 2.0 ** attempt) * random.uniform(0.8, 1.2)
+
+
+async def enqueue_alert(store: Store, trade_id: str, alert: str, **data: Any) -> None:
+    """An alert event (not a state change): added on its own, at least once from here on."""
+    await store.r.xadd(OUTBOX, {"type": "alert", "alert": alert, "trade_id": trade_id, "at": f"{time.time():.3f}",
+                                "data": json.dumps(data)}, maxlen=100_000, approximate=True)
+
+
+class WebhookSender:
+    """Delivers the outbox to one URL until stopped (one per worker; they share the work)."""
+
+    def __init__(self, store: Store, url: str, secret: str, consumer: str, max_attempts: int = 8,
+                 timeout: float = 5.0) -> None:
+        self.store, self.url, self.secret, self.consumer = store, url, secret, consumer
+        self.max_attempts, self.timeout = max_attempts, timeout
+        self.log = get_logger()
+        self.delivered = 0
+        self._waiting: list[tuple[float, str, dict[str, str]]] = []  # (due, entry id, fields): backing off
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.store.r.xgroup_create(OUTBOX, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self) -> list[tuple[str, dict[str, str]]]:
+        out: list[tuple[str, dict[str, str]]] = []
+        claimed = await self.store.r.xautoclaim(OUTBOX, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=50)
+        out += [(eid, data) for eid, data in claimed[1] if data]
+        fresh = await self.store.r.xreadgroup(GROUP, self.consumer, {OUTBOX: ">"}, count=50, block=500)
+        for _stream, entries in fresh or []:
+            out += entries
+        return out
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as http:
+            while not stop.is_set():
+                try:
+                    await self._ensure_group()
+                    for eid, data in await self._read():
+                        self._waiting.append((float(data.get("due", 0)), eid, data))
+                    now = time.time()
+                    due = [w for w in self._waiting if w[0] <= now]
+                    self._waiting = [w for w in self._waiting if w[0] > now]
+                    await asyncio.gather(*(self._deliver(http, eid, data) for _, eid, data in due))
+                except (RedisError, OSError) as exc:  # Redis down: the events wait in the stream
+                    self.log.warning("webhook_outbox_unavailable", error=str(exc))
+                    await asyncio.sleep(1.0)
+                if not self._waiting:
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), max(0.05, min(w[0] for w in self._waiting) - time.time()))
+                except asyncio.TimeoutError:
+                    pass
+
+    def body(self, eid: str, data: dict[str, str]) -> bytes:
+        doc: dict[str, Any] = {"event_id": data.get("event_id", eid), "type": data.get("type", "state_changed"),
+                               "trade_id": data["trade_id"], "at": float(data.get("at", 0))}
+        for name in ("state", "previous", "alert"):
+            if data.get(name):
+                doc[name] = data[name]
+        if data.get("data"):
+            doc["data"] = json.loads(data["data"])
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    async def _deliver(self, http: aiohttp.ClientSession, eid: str, data: dict[str, str]) -> None:
+        body = self.body(eid, data)
+        event_id = data.get("event_id", eid)
+        stamp = str(int(time.time()))
+        headers = {"Content-Type": "application/json", "Idempotency-Key": event_id, "X-DVP-Timestamp": stamp,
+                   "X-DVP-Signature": sign(self.secret, stamp, body)}
+        attempt = int(data.get("attempt", 0)) + 1
+        error = ""
+        try:
+            async with http.post(self.url, data=body, headers=headers) as r:
+                if 200 <= r.status < 300:
+                    async with self.store.r.pipeline(transaction=True) as pipe:
+                        pipe.xack(OUTBOX, GROUP, eid)
+                        pipe.xdel(OUTBOX, eid)
+                        await pipe.execute()
+                    self.delivered += 1
+                    return
+                error = f"HTTP {r.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        # failed: the same event again later (same event id), or dead-lettered; both in one transaction with the
+        # ack, so it is never lost nor doubled in the outbox
+        async with self.store.r.pipeline(transaction=True) as pipe:
+            if attempt >= self.max_attempts:
+                pipe.lpush(DEAD, json.dumps({"event": json.loads(body), "attempts": attempt, "last_error": error,
+                                             "dead_at": time.time()}))
+                pipe.ltrim(DEAD, 0, DEAD_KEPT - 1)
+            else:
+                pipe.xadd(OUTBOX, {**data, "event_id": event_id, "attempt": str(attempt),
+                                   "due": f"{time.time() + backoff(attempt):.3f}"}, maxlen=100_000, approximate=True)
+            pipe.xack(OUTBOX, GROUP, eid)
+            pipe.xdel(OUTBOX, eid)
+            await pipe.execute()
+        metrics.WEBHOOK_FAILURES.inc()
+        if attempt >= self.max_attempts:
+            metrics.WEBHOOK_DEAD.inc()
+        self.log.warning("webhook_failed", event_id=event_id, attempt=attempt, error=error,
+                         dead=attempt >= self.max_attempts)
+
+
+async def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest events that could not be delivered after every attempt."""
+    return [json.loads(x) for x in await store.r.lrange(DEAD, 0, limit - 1)]
