@@ -47,6 +47,7 @@ from relayer.api_models import (
 from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
 from relayer.operator import token_actor
 from relayer.webhooks import dead_letters
+from relayer import report as rpt
 from relayer.protocol.instruction import parse_signed, validated
 from relayer.protocol.states import TradeState
 from relayer.store import TradeRecord
@@ -365,6 +366,26 @@ async def post_cancel(request: web.Request) -> web.Response:
     return web.json_response(Cancelled(trade_id=trade_id, state=state).model_dump(mode="json"))
 
 
+async def get_report(request: web.Request) -> web.Response:
+    """`dvp-relayer report` over HTTP: the trades accepted in [from, to) as CSV or JSON, optionally verified
+    against both chains (read role)."""
+    if (refused := _read_refused(request)) is not None:
+        return refused
+    try:
+        start, end = (rpt.parse_when(request.query.get(k, "")) for k in ("from", "to"))
+    except rpt.BadRange as exc:
+        return error("invalid_field", f"from and to: {exc}")
+    fmt, verify = request.query.get("format", "json"), request.query.get("verify", "false")
+    if fmt not in ("csv", "json") or verify not in ("true", "false"):
+        return error("invalid_field", "format must be csv or json, verify true or false")
+    model = request.app[READ_MODEL]
+    trades = await rpt.trades_between(model.store, start, end)
+    rows = await rpt.build_rows(model.routes, trades)
+    if verify == "true":
+        await rpt.verify(model.routes, rows, trades)
+    return web.Response(text=rpt.render(rows, fmt), content_type="text/csv" if fmt == "csv" else "application/json")
+
+
 async def get_dead_letters(request: web.Request) -> web.Response:
     """Webhook events that could not be delivered after every attempt (operator role)."""
     if (refused := _refused(request, "operator")) is not None:
@@ -408,6 +429,7 @@ ROUTES = [
     ("POST", "/v1/operator/intake", post_intake),
     ("POST", "/v1/trades/{trade_id}/cancel", post_cancel),
     ("GET", "/v1/operator/webhooks/dead", get_dead_letters),
+    ("GET", "/v1/reports", get_report),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics_handler),

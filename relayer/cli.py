@@ -239,17 +239,6 @@ def submit(file: Path, api_url: str | None, token: str | None) -> None:
     sys.exit(0 if status_code == 202 else 1)
 
 
-def _when(text: str) -> float:
-    """An ISO date or date-time (UTC when it names no zone) as Unix seconds."""
-    from datetime import UTC, datetime
-
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO date or date-time (2026-12-01, 2026-12-01T09:00)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
 @main.command()
 @click.option("--from", "start", required=True, help="first acceptance time (ISO date or date-time, UTC)")
 @click.option("--to", "end", required=True, help="end, exclusive (ISO date or date-time, UTC)")
@@ -264,12 +253,18 @@ def report(start: str, end: str, fmt: str, verify: bool, out: Path | None) -> No
 
     settings = _settings()
 
+    def when(text: str) -> float:
+        try:
+            return rpt.parse_when(text)
+        except rpt.BadRange as exc:
+            raise click.BadParameter(str(exc)) from None
+
     async def go() -> tuple[str, int]:
         engine = build_engine(settings)
         try:
             for side in engine.sides:
                 await side.ledger.chain.connect()
-            trades = await rpt.trades_between(engine.store, _when(start), _when(end))
+            trades = await rpt.trades_between(engine.store, when(start), when(end))
             rows = await rpt.build_rows(engine.routes, trades)
             bad = await rpt.verify(engine.routes, rows, trades) if verify else 0
             return rpt.render(rows, fmt), bad

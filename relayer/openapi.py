@@ -189,6 +189,26 @@ OPENAPI: dict[str, Any] = {
                 "503": _err("shutting down, or Redis is not answering"),
             }),
         },
+        "/v1/reports": {
+            "get": {"summary": "The trades accepted in [from, to): times, parties, token symbols and amounts, "
+                               "transaction hashes, gas, outcome (JSON adds daily totals); verify=true checks each "
+                               "row against both chains and lists what disagrees in its problems",
+                    "parameters": [
+                        {"name": "from", "in": "query", "required": True, "schema": {"type": "string"},
+                         "description": "ISO date or date-time, UTC unless it names a zone"},
+                        {"name": "to", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "format", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["json", "csv"]}},
+                        {"name": "verify", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["true", "false"]}},
+                    ],
+                    "responses": {"200": {"description": "the report", "content": {
+                                      "application/json": {"schema": {"type": "object"}},
+                                      "text/csv": {"schema": {"type": "string"}}}},
+                                  "400": _err("from or to is not an ISO date, or a bad format / verify"),
+                                  "401": _err("unauthorized"), "403": _err("forbidden: the token's role may not read"),
+                                  "503": _err("a chain or Redis is not answering")}},
+        },
         "/v1/operator/webhooks/dead": {
             "get": {"summary": "Webhook events that failed every delivery attempt, newest first (operator token)",
                     "security": [{"bearer": []}],

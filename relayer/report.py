@@ -57,6 +57,22 @@ class ReportRow:
     problems: list[str] = field(default_factory=list)  # --verify: what the chains show otherwise
 
 
+MAX_ROWS = 50_000  # one report; a longer range is asked for in parts
+
+
+class BadRange(ValueError):
+    """Raised when --from / --to (or the API's from / to) is not an ISO date or date-time."""
+
+
+def parse_when(text: str) -> float:
+    """An ISO date or date-time (UTC when it names no zone) as Unix seconds."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRange(f"{text!r} is not an ISO date or date-time (2026-12-01, 2026-12-01T09:00:00Z)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def _iso(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") if t else ""
 
@@ -88,7 +104,7 @@ def human(amount: int, decimals: int) -> str:
 
 async def trades_between(store: Store, start: float, end: float) -> list[tuple[TradeRecord, list[dict[str, Any]]]]:
     """Trades accepted in [start, end) (the store's index by acceptance time), with their audit trails."""
-    ids = await store.r.zrangebyscore(ALL, start, f"({end}")
+    ids = await store.r.zrangebyscore(ALL, start, f"({end}", start=0, num=MAX_ROWS)
     out = []
     for i in range(0, len(ids), 200):
         for rec in await store.get_many(ids[i:i + 200]):

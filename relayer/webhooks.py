@@ -4,10 +4,12 @@ POSTed to DVP_WEBHOOK_URL, HMAC-signed, at least once.
 The outbox is a Redis stream (`dvp:webhook:outbox`). A state change is added to it by the same Lua script that
 writes the state (store._UPDATE), so no change is ever written without its event, and a worker killed between the
 two cannot exist. Workers deliver through a consumer group: each event goes to one of them; one that dies holding
-events has them claimed by another (XAUTOCLAIM). A failed delivery is queued again with its attempt count and a
-backoff (2 s doubling to 60 s); after DVP_WEBHOOK_MAX_ATTEMPTS it goes to the dead-letter list
+events has them claimed by another (XAUTOCLAIM). A failed delivery waits for its next attempt in a sorted set
+(`dvp:webhook:retry`, 2 s doubling to 60 s) and goes back into the stream when due; after DVP_WEBHOOK_MAX_ATTEMPTS
+it goes to the dead-letter list
 (`dvp:webhook:dead`, `GET /v1/operator/webhooks/dead`). The receiver deduplicates on the event id (the
-`Idempotency-Key` header): it is the same on every attempt.
+`Idempotency-Key` header): it is the same on every attempt. Events are not delivered in order (deliveries run
+concurrently and a retry comes later): each carries the state before it (`previous`) and its time (`at`).
 
 Body: {"event_id", "type": "state_changed" | "alert", "trade_id", "state", "previous", "at", ...}. Headers:
 `X-DVP-Signature: sha256=<hex HMAC-SHA256 of "<X-DVP-Timestamp>.<body>" with DVP_WEBHOOK_SECRET>`,
@@ -33,6 +35,7 @@ from relayer.store import PREFIX, WEBHOOK_OUTBOX, Store
 
 OUTBOX = WEBHOOK_OUTBOX
 DEAD = PREFIX + "webhook:dead"
+RETRY = PREFIX + "webhook:retry"  # failed events by the time of their next attempt
 GROUP = "webhooks"  # the consumer group of the outbox (a group name, not a key)
 DEAD_KEPT = 10_000
 CLAIM_IDLE_MS = 30_000  # an event a worker read and neither delivered nor requeued for this long is taken over
@@ -54,8 +57,26 @@ async def enqueue_alert(store: Store, trade_id: str, alert: str, **data: Any) ->
                                 "data": json.dumps(data)}, maxlen=100_000, approximate=True)
 
 
+# KEYS: retry set, outbox. ARGV: now. Moves the retries that are due back into the outbox; ZREM decides which
+# worker moves one (only one can remove it), so a retry is never doubled.
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, member in ipairs(due) do
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local fields = cjson.decode(member)
+    local args = {}
+    for k, v in pairs(fields) do table.insert(args, k); table.insert(args, v) end
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', unpack(args))
+  end
+end
+return #due
+"""
+
+
 class WebhookSender:
-    """Delivers the outbox to one URL until stopped (one per worker; they share the work)."""
+    """Delivers the outbox to one URL until stopped (one per worker; they share the work through the consumer
+    group). A failed event waits in a sorted set (`dvp:webhook:retry`, by due time), not in the stream, so no
+    worker holds an event while it backs off and none can take it over and send it twice."""
 
     def __init__(self, store: Store, url: str, secret: str, consumer: str, max_attempts: int = 8,
                  timeout: float = 5.0) -> None:
@@ -63,7 +84,7 @@ class WebhookSender:
         self.max_attempts, self.timeout = max_attempts, timeout
         self.log = get_logger()
         self.delivered = 0
-        self._waiting: list[tuple[float, str, dict[str, str]]] = []  # (due, entry id, fields): backing off
+        self._promote = store.r.register_script(_PROMOTE)
 
     async def _ensure_group(self) -> None:
         try:
@@ -86,21 +107,12 @@ class WebhookSender:
             while not stop.is_set():
                 try:
                     await self._ensure_group()
-                    for eid, data in await self._read():
-                        self._waiting.append((float(data.get("due", 0)), eid, data))
-                    now = time.time()
-                    due = [w for w in self._waiting if w[0] <= now]
-                    self._waiting = [w for w in self._waiting if w[0] > now]
-                    await asyncio.gather(*(self._deliver(http, eid, data) for _, eid, data in due))
+                    await self._promote(keys=[RETRY, OUTBOX], args=[f"{time.time():.3f}"])
+                    entries = await self._read()
+                    await asyncio.gather(*(self._deliver(http, eid, data) for eid, data in entries))
                 except (RedisError, OSError) as exc:  # Redis down: the events wait in the stream
                     self.log.warning("webhook_outbox_unavailable", error=str(exc))
                     await asyncio.sleep(1.0)
-                if not self._waiting:
-                    continue
-                try:
-                    await asyncio.wait_for(stop.wait(), max(0.05, min(w[0] for w in self._waiting) - time.time()))
-                except asyncio.TimeoutError:
-                    pass
 
     def body(self, eid: str, data: dict[str, str]) -> bytes:
         doc: dict[str, Any] = {"event_id": data.get("event_id", eid), "type": data.get("type", "state_changed"),
@@ -132,24 +144,24 @@ class WebhookSender:
                 error = f"HTTP {r.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:200]
-        # failed: the same event again later (same event id), or dead-lettered; both in one transaction with the
-        # ack, so it is never lost nor doubled in the outbox
+        # failed: the same event (same event id) waits for its next attempt, or is dead-lettered; in one
+        # transaction with the ack, so it is never lost nor doubled
+        dead = attempt >= self.max_attempts
         async with self.store.r.pipeline(transaction=True) as pipe:
-            if attempt >= self.max_attempts:
+            if dead:
                 pipe.lpush(DEAD, json.dumps({"event": json.loads(body), "attempts": attempt, "last_error": error,
                                              "dead_at": time.time()}))
                 pipe.ltrim(DEAD, 0, DEAD_KEPT - 1)
             else:
-                pipe.xadd(OUTBOX, {**data, "event_id": event_id, "attempt": str(attempt),
-                                   "due": f"{time.time() + backoff(attempt):.3f}"}, maxlen=100_000, approximate=True)
+                retry = {**data, "event_id": event_id, "attempt": str(attempt)}
+                pipe.zadd(RETRY, {json.dumps(retry, sort_keys=True): time.time() + backoff(attempt)})
             pipe.xack(OUTBOX, GROUP, eid)
             pipe.xdel(OUTBOX, eid)
             await pipe.execute()
         metrics.WEBHOOK_FAILURES.inc()
-        if attempt >= self.max_attempts:
+        if dead:
             metrics.WEBHOOK_DEAD.inc()
-        self.log.warning("webhook_failed", event_id=event_id, attempt=attempt, error=error,
-                         dead=attempt >= self.max_attempts)
+        self.log.warning("webhook_failed", event_id=event_id, attempt=attempt, error=error, dead=dead)
 
 
 async def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:

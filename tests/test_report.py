@@ -16,7 +16,7 @@ from pathlib import Path
 from relayer import report as rpt
 from relayer.operator import cli_actor
 from relayer.protocol.states import TradeState
-from tests.relayer_kit import Net, close_engine, drive, worker_env
+from tests.relayer_kit import Net, api_session, close_engine, drive, worker_env
 
 
 async def _cli(settings, *args: str) -> tuple[int, str, str]:
@@ -60,6 +60,17 @@ async def test_the_report_lists_the_range_with_symbols_and_verify_agrees_with_th
         assert "0 trade(s) disagree" in err
         code, out, _ = await _cli(engine.settings, "--from", iso(start), "--to", iso(end + 1), "--format", "json")
         assert code == 0 and json.loads(out)["daily_totals"]
+
+        async with api_session(engine, "r" * 24) as http:
+            auth = {"Authorization": "Bearer " + "r" * 24}
+            async with http.get("/v1/reports", params={"from": iso(start), "to": iso(end + 1), "verify": "true"},
+                                headers=auth) as r:
+                assert r.status == 200
+                doc = await r.json()
+            assert {t["trade_id"] for t in doc["trades"]} == {tid, cancelled.instruction.tradeId}
+            assert all(t["problems"] == [] for t in doc["trades"]) and doc["daily_totals"]
+            async with http.get("/v1/reports", params={"from": "yesterday", "to": iso(end)}, headers=auth) as r:
+                assert r.status == 400 and (await r.json())["error"] == "invalid_field"
 
         # a record that says ABORTED although both swaps were claimed on chain
         await engine.store.r.hset(f"dvp:trade:{tid}", "state", "ABORTED")
