@@ -75,7 +75,7 @@ _STATUS_FOR_CODE = {
     "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,
     "concurrent_update": 409, "not_same_ledger": 422, "not_htlc": 422,
     # operator actions (relayer/operator.py)
-    "intake_paused": 503, "not_cancellable": 409,
+    "intake_paused": 503, "not_cancellable": 409, "invalid_range": 422,
 }
 
 
@@ -373,6 +373,8 @@ async def get_report(request: web.Request) -> web.Response:
         return refused
     try:
         start, end = (rpt.parse_when(request.query.get(k, "")) for k in ("from", "to"))
+    except rpt.ImpossibleDate as exc:
+        return error("invalid_range", f"from and to: {exc}")
     except rpt.BadRange as exc:
         return error("invalid_field", f"from and to: {exc}")
     fmt, verify = request.query.get("format", "json"), request.query.get("verify", "false")

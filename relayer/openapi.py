@@ -30,6 +30,7 @@ from relayer.api_models import (
     TradeList,
 )
 from relayer.protocol.instruction import SignedInstruction
+from relayer.report import WHEN_PATTERN
 from relayer.protocol.states import TradeState
 
 MAX_OFFSET = 10**9  # far beyond any trade count; keeps Redis ranges within their signed 64-bit bounds
@@ -194,9 +195,11 @@ OPENAPI: dict[str, Any] = {
                                "transaction hashes, gas, outcome (JSON adds daily totals); verify=true checks each "
                                "row against both chains and lists what disagrees in its problems",
                     "parameters": [
-                        {"name": "from", "in": "query", "required": True, "schema": {"type": "string"},
+                        {"name": "from", "in": "query", "required": True,
+                         "schema": {"type": "string", "pattern": WHEN_PATTERN},
                          "description": "ISO date or date-time, UTC unless it names a zone"},
-                        {"name": "to", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "to", "in": "query", "required": True,
+                         "schema": {"type": "string", "pattern": WHEN_PATTERN}},
                         {"name": "format", "in": "query", "required": False,
                          "schema": {"type": "string", "enum": ["json", "csv"]}},
                         {"name": "verify", "in": "query", "required": False,
@@ -206,6 +209,7 @@ OPENAPI: dict[str, Any] = {
                                       "application/json": {"schema": {"type": "object"}},
                                       "text/csv": {"schema": {"type": "string"}}}},
                                   "400": _err("from or to is not an ISO date, or a bad format / verify"),
+                                  "422": _err("invalid_range: from or to names no such day or time"),
                                   "401": _err("unauthorized"), "403": _err("forbidden: the token's role may not read"),
                                   "503": _err("a chain or Redis is not answering")}},
         },

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -64,12 +65,21 @@ class BadRange(ValueError):
     """Raised when --from / --to (or the API's from / to) is not an ISO date or date-time."""
 
 
+WHEN_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+
+
+class ImpossibleDate(BadRange):
+    """Raised when a date has the right shape but names no day (2026-13-40)."""
+
+
 def parse_when(text: str) -> float:
     """An ISO date or date-time (UTC when it names no zone) as Unix seconds."""
+    if not re.match(WHEN_PATTERN, text):
+        raise BadRange(f"{text!r} is not an ISO date or date-time (2026-12-01, 2026-12-01T09:00:00Z)")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRange(f"{text!r} is not an ISO date or date-time (2026-12-01, 2026-12-01T09:00:00Z)") from None
+        raise ImpossibleDate(f"{text!r} names no such day or time") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
