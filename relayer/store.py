@@ -106,10 +106,12 @@ local v = redis.call('HGET', KEYS[1], 'version')
 if v ~= ARGV[1] then return -1 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then return -2 end
 local fields = cjson.decode(ARGV[2])
-local previous = redis.call('HGET', KEYS[1], 'state')
-if ARGV[7] == '1' and fields['state'] and fields['state'] ~= previous then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', '100000', '*', 'type', 'state_changed', 'trade_id', ARGV[5],
-             'state', fields['state'], 'previous', previous or '', 'at', ARGV[8])
+if ARGV[7] == '1' and fields['state'] then
+  local previous = redis.call('HGET', KEYS[1], 'state')
+  if fields['state'] ~= previous then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', '100000', '*', 'type', 'state_changed', 'trade_id', ARGV[5],
+               'state', fields['state'], 'previous', previous or '', 'at', ARGV[8])
+  end
 end
 for k, val in pairs(fields) do redis.call('HSET', KEYS[1], k, val) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
