@@ -746,7 +746,6 @@ class Chaos:
     async def _reorg_deep(self, chain: EvmChain, depth: int) -> None:
         """anvil_reorg deeper than k, with the evidence of what it took out: the escrow events of blocks that were
         already final (k deep) and that the new chain does not have, keyed by (chain, swap id)."""
-        k = self.cfg.confirmations
         head = await chain.block_number()
         span = {"address": self.doc[chain.name]["escrow"], "fromBlock": max(0, head - depth + 1), "toBlock": head}
         before = await chain.call(lambda w3: w3.eth.get_logs(span))
@@ -754,18 +753,28 @@ class Chaos:
         at = time.time()
         await self._set_clock(chain.name)
         self.deep_reorgs.append((chain.name, at, depth))
+        try:
+            await self._removed_by_reorg(chain, span, before, head, depth, at)
+        except Exception as exc:  # noqa: BLE001 - the reorg happened; only its evidence is missing (reported)
+            self.stats.api_errors[f"evidence:reorg_deep:{type(exc).__name__}"] += 1
+
+    async def _removed_by_reorg(self, chain: EvmChain, span: dict[str, Any], before: list[Any], head: int,
+                                depth: int, at: float) -> None:
+        k = self.cfg.confirmations
         after = {bytes(lg["transactionHash"]) for lg in await chain.call(lambda w3: w3.eth.get_logs(
             {**span, "toBlock": "latest"}))}
+        from hexbytes import HexBytes
         from web3 import AsyncWeb3
 
         from adapters.contracts import abi
 
         escrow = AsyncWeb3().eth.contract(abi=abi(E))
+        locked_topic = bytes(HexBytes(escrow.events.Locked().topic))
         for lg in before:
             if bytes(lg["transactionHash"]) in after or int(lg["blockNumber"]) > head - k + 1 or len(lg["topics"]) < 2:
                 continue  # still there, or not final yet when it went (within the guarantee)
             topic = bytes(lg["topics"][1])
-            if bytes(lg["topics"][0]) == bytes(escrow.events.Locked().topic):
+            if bytes(lg["topics"][0]) == locked_topic:
                 sender = escrow.events.Locked().process_log(lg)["args"]["sender"]
                 topic = swap_id(sender, topic)
             self.reorged_out.setdefault((chain.name, topic), (at, f"{chain.name} reorg of depth {depth} took out "

@@ -30,3 +30,5 @@ async def test_bounded_chaos_run_has_no_one_sided_or_stuck_trade(tmp_path):
     honest = [t for t, k in chaos.kind_of.items() if k == "honest"]
     assert sum(chaos.outcomes[t] == "SETTLED" for t in honest) >= len(honest) // 2, report
     assert not chaos.stats.checks_failed, report
+    # every injected deep reorg left its evidence (the events it took out), none failed to be read
+    assert not [k for k in chaos.stats.api_errors if k.startswith("evidence:")], report
