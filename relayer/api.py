@@ -381,7 +381,10 @@ async def get_report(request: web.Request) -> web.Response:
     if fmt not in ("csv", "json") or verify not in ("true", "false"):
         return error("invalid_field", "format must be csv or json, verify true or false")
     model = request.app[READ_MODEL]
-    trades = await rpt.trades_between(model.store, start, end)
+    try:
+        trades = await rpt.trades_between(model.store, start, end)
+    except rpt.TooManyRows as exc:
+        return error("invalid_range", str(exc))
     rows = await rpt.build_rows(model.routes, trades)
     if verify == "true":
         await rpt.verify(model.routes, rows, trades)

@@ -264,7 +264,10 @@ def report(start: str, end: str, fmt: str, verify: bool, out: Path | None) -> No
         try:
             for side in engine.sides:
                 await side.ledger.chain.connect()
-            trades = await rpt.trades_between(engine.store, when(start), when(end))
+            try:
+                trades = await rpt.trades_between(engine.store, when(start), when(end))
+            except rpt.TooManyRows as exc:
+                raise click.ClickException(str(exc)) from None
             rows = await rpt.build_rows(engine.routes, trades)
             bad = await rpt.verify(engine.routes, rows, trades) if verify else 0
             return rpt.render(rows, fmt), bad

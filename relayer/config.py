@@ -252,7 +252,8 @@ class Settings(BaseSettings):
     webhook_url: str = Field("", description="the back office's endpoint: every state change and alert is POSTed "
                              "to it, HMAC-signed, at least once (relayer/webhooks.py); empty = no webhooks")
     webhook_secret: SecretStr = Field(SecretStr(""), description="the HMAC-SHA256 key of X-DVP-Signature")
-    webhook_max_attempts: int = Field(8, ge=1, description="deliveries tried before an event is dead-lettered")
+    webhook_max_attempts: int = Field(20, ge=1, description="deliveries tried before an event is dead-lettered (2 s "
+                                      "doubling to 15 min between them: 20 cover a receiver down for ~3 hours)")
     webhook_timeout: float = Field(5.0, gt=0, description="seconds one delivery may take")
     api_max_lag_blocks: int = Field(20, description="readiness fails when a follower lags more blocks than this")
 

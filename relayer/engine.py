@@ -270,9 +270,9 @@ class Engine:
         broken: dict[str, CorruptRecord] = {}
         due = []
         for rec in await self.store.get_many(ids, broken=broken):
-            if rec.state in TERMINAL:
+            if rec.state in TERMINAL:  # finished elsewhere (another worker, an operator's cancel)
                 await self.coordinator.finished(rec.trade_id)
-                self._drop(rec.trade_id)
+                self._finished(rec)
                 continue
             try:
                 advanced = await self.driver.advance(rec, rnd, fence=owned.get(rec.trade_id))

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from relayer.authorizations import DvpSignature, HolderLocks, LockAuthorization, SettlementAuthorizations
-from relayer.errors import ConcurrentUpdate, RelayerError
+from relayer.errors import ConcurrentUpdate, NotCancellable, RelayerError
 from relayer.intake import Intake
 from relayer.operator import OperatorDesk
 from relayer.protocol.instruction import SignedInstruction
@@ -60,9 +60,14 @@ class ReadModel:
         not yet confirmed, refuses it."""
         rec = await self.store.get(trade_id)
         locked = False
-        if rec is not None:
+        if rec is not None and rec.state is TradeState.MATCHED:
             ins = rec.signed.instruction
             route = self.routes.route(ins)
+            if route.is_atomic(ins):
+                # one AtomicDvP transaction settles it, and a party's signature may already be with the other
+                # firm: no escrow slot says "nothing can move", so it is never cancelled here
+                raise NotCancellable(f"trade {trade_id} settles in one AtomicDvP transaction on one ledger; it ends "
+                                     "at its deadline if nobody settles it, never by a cancel")
             for side, sender in ((route.st, ins.sellerStAccount), (route.sc, ins.buyerScAccount)):
                 slot = await side.ledger.swap_slot(side.ledger.swap_id_of(sender, ins.trade_id_bytes))
                 locked = locked or slot != bytes(32)

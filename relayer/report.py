@@ -26,6 +26,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
 from adapters.contracts import abi
+from relayer.errors import RelayerError
 from relayer.protocol.states import TERMINAL, TradeState
 from relayer.routing import Route, Routes
 from relayer.store import ALL, Store, TradeRecord
@@ -55,6 +56,7 @@ class ReportRow:
     sc_claim_tx: str = ""
     sc_refund_tx: str = ""
     gas_used: int = 0  # by this relayer's own transactions for the trade
+    verified: str = ""  # --verify: "yes", or why the row could not be checked
     problems: list[str] = field(default_factory=list)  # --verify: what the chains show otherwise
 
 
@@ -66,6 +68,10 @@ class BadRange(ValueError):
 
 
 WHEN_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+
+
+class TooManyRows(ValueError):
+    """Raised when the range holds more trades than one report carries (MAX_ROWS): never a silently short one."""
 
 
 class ImpossibleDate(BadRange):
@@ -97,9 +103,9 @@ class TokenNames:
         key = (route_side.name, token)
         if key not in self._seen:
             chain = route_side.ledger.chain
+            symbol = await chain.rpc("eth_call", [{"to": token, "data": _SYMBOL}, "latest"])  # down: LedgerError
+            decimals = await chain.rpc("eth_call", [{"to": token, "data": _DECIMALS}, "latest"])
             try:
-                symbol = await chain.rpc("eth_call", [{"to": token, "data": _SYMBOL}, "latest"])
-                decimals = await chain.rpc("eth_call", [{"to": token, "data": _DECIMALS}, "latest"])
                 sym = abi_decode(["string"], bytes.fromhex(symbol[2:]))[0]
                 dec = abi_decode(["uint8"], bytes.fromhex(decimals[2:]))[0]
             except Exception:  # noqa: BLE001 - a token without symbol()/decimals(): its address, whole units
@@ -109,12 +115,15 @@ class TokenNames:
 
 
 def human(amount: int, decimals: int) -> str:
-    return str(Decimal(amount).scaleb(-decimals)) if decimals else str(amount)
+    """An amount in token units, never in scientific notation (5 base units of an 18-decimal token: 0.000…005)."""
+    return format(Decimal(amount).scaleb(-decimals), "f") if decimals else str(amount)
 
 
 async def trades_between(store: Store, start: float, end: float) -> list[tuple[TradeRecord, list[dict[str, Any]]]]:
     """Trades accepted in [start, end) (the store's index by acceptance time), with their audit trails."""
-    ids = await store.r.zrangebyscore(ALL, start, f"({end}", start=0, num=MAX_ROWS)
+    ids = await store.r.zrangebyscore(ALL, start, f"({end}", start=0, num=MAX_ROWS + 1)
+    if len(ids) > MAX_ROWS:
+        raise TooManyRows(f"more than {MAX_ROWS} trades were accepted in the range; ask for a shorter one")
     out = []
     for i in range(0, len(ids), 200):
         for rec in await store.get_many(ids[i:i + 200]):
@@ -127,7 +136,15 @@ async def build_rows(routes: Routes, trades: list[tuple[TradeRecord, list[dict[s
     rows = []
     for rec, audit in trades:
         ins = rec.signed.instruction
-        route = routes.route(ins)
+        try:
+            route = routes.route(ins)
+        except RelayerError as exc:  # a ledger no longer configured: the row says so, the others go on
+            rows.append(ReportRow(
+                trade_id=rec.trade_id, state=rec.state.value, accepted_at=_iso(float(rec.fields["created_at"])),
+                finished_at="", seller=ins.sellerStAccount, buyer=ins.buyerScAccount, st_ledger=str(ins.stChainId),
+                st_token=ins.stToken, st_amount=str(ins.stAmount), sc_ledger=str(ins.scChainId), sc_token=ins.scToken,
+                sc_amount=str(ins.scAmount), problems=[f"not verifiable: {exc}"]))
+            continue
         st_sym, st_dec = await names.of(route.st, ins.stToken)
         sc_sym, sc_dec = await names.of(route.sc, ins.scToken)
         row = ReportRow(
@@ -174,7 +191,13 @@ async def verify(routes: Routes, rows: list[ReportRow], trades: list[tuple[Trade
     bad = 0
     for row, (rec, _) in zip(rows, trades):
         ins = rec.signed.instruction
+        if row.problems:  # not verifiable (its ledger is not configured)
+            bad += 1
+            continue
         route: Route = routes.route(ins)
+        if route.is_atomic(ins):
+            row.verified = "no: same-ledger (AtomicDvP) trades are not checked yet"
+            continue
         st = await _swap_events(route.st, ins.trade_id_bytes, ins.sellerStAccount)
         sc = await _swap_events(route.sc, ins.trade_id_bytes, ins.buyerScAccount)
         problems = row.problems
@@ -191,6 +214,7 @@ async def verify(routes: Routes, rows: list[ReportRow], trades: list[tuple[Trade
             problems.append(f"ONE_SIDED but the chains show {claims} claims")
         elif expected is not None and claims != expected:
             problems.append(f"{rec.state.value} but the chains show {claims} of 2 swaps claimed")
+        row.verified = "yes"
         bad += bool(problems)
     return bad
 
@@ -213,6 +237,13 @@ def daily_totals(rows: list[ReportRow]) -> list[dict[str, Any]]:
             for (d, tok, side, p), t in sorted(totals.items())]
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run as a formula (token symbols come from the tokens' issuers)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def render(rows: list[ReportRow], fmt: str) -> str:
     if fmt == "json":
         return json.dumps({"trades": [asdict(r) for r in rows], "daily_totals": daily_totals(rows)}, indent=1)
@@ -221,5 +252,5 @@ def render(rows: list[ReportRow], fmt: str) -> str:
     writer = csv.DictWriter(out, fieldnames=names)
     writer.writeheader()
     for r in rows:
-        writer.writerow({**asdict(r), "problems": "; ".join(r.problems)})
+        writer.writerow({k: _cell(v) for k, v in {**asdict(r), "problems": "; ".join(r.problems)}.items()})
     return out.getvalue()

@@ -109,7 +109,7 @@ local fields = cjson.decode(ARGV[2])
 if ARGV[7] == '1' and fields['state'] then
   local previous = redis.call('HGET', KEYS[1], 'state')
   if fields['state'] ~= previous then
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', '100000', '*', 'type', 'state_changed', 'trade_id', ARGV[5],
+    redis.call('XADD', KEYS[6], '*', 'type', 'state_changed', 'trade_id', ARGV[5],
                'state', fields['state'], 'previous', previous or '', 'at', ARGV[8])
   end
 end

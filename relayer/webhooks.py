@@ -5,7 +5,7 @@ The outbox is a Redis stream (`dvp:webhook:outbox`). A state change is added to 
 writes the state (store._UPDATE), so no change is ever written without its event, and a worker killed between the
 two cannot exist. Workers deliver through a consumer group: each event goes to one of them; one that dies holding
 events has them claimed by another (XAUTOCLAIM). A failed delivery waits for its next attempt in a sorted set
-(`dvp:webhook:retry`, 2 s doubling to 60 s) and goes back into the stream when due; after DVP_WEBHOOK_MAX_ATTEMPTS
+(`dvp:webhook:retry`, 2 s doubling to 15 min) and goes back into the stream when due; after DVP_WEBHOOK_MAX_ATTEMPTS
 it goes to the dead-letter list
 (`dvp:webhook:dead`, `GET /v1/operator/webhooks/dead`). The receiver deduplicates on the event id (the
 `Idempotency-Key` header): it is the same on every attempt. Events are not delivered in order (deliveries run
@@ -37,7 +37,6 @@ OUTBOX = WEBHOOK_OUTBOX
 DEAD = PREFIX + "webhook:dead"
 RETRY = PREFIX + "webhook:retry"  # failed events by the time of their next attempt
 GROUP = "webhooks"  # the consumer group of the outbox (a group name, not a key)
-DEAD_KEPT = 10_000
 CLAIM_IDLE_MS = 30_000  # an event a worker read and neither delivered nor requeued for this long is taken over
 
 
@@ -46,15 +45,19 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+BACKOFF_CAP = 900.0  # 15 minutes: with the default 20 attempts a receiver may be down for about three hours
+
+
 def backoff(attempt: int) -> float:
-    """Seconds before attempt `attempt + 1`: 2, 4, 8, … up to 60, with ±20% jitter (no thundering retries)."""
-    return min(60.0, 2.0 ** attempt) * random.uniform(0.8, 1.2)
+    """Seconds before attempt `attempt + 1`: 2, 4, 8, … up to 15 minutes, with ±20% jitter (no thundering
+    retries)."""
+    return min(BACKOFF_CAP, 2.0 ** attempt) * random.uniform(0.8, 1.2)
 
 
 async def enqueue_alert(store: Store, trade_id: str, alert: str, **data: Any) -> None:
     """An alert event (not a state change): added on its own, at least once from here on."""
     await store.r.xadd(OUTBOX, {"type": "alert", "alert": alert, "trade_id": trade_id, "at": f"{time.time():.3f}",
-                                "data": json.dumps(data)}, maxlen=100_000, approximate=True)
+                                "data": json.dumps(data)})  # never trimmed: every entry is undelivered
 
 
 # KEYS: retry set, outbox. ARGV: now. Moves the retries that are due back into the outbox; ZREM decides which
@@ -66,7 +69,7 @@ for _, member in ipairs(due) do
     local fields = cjson.decode(member)
     local args = {}
     for k, v in pairs(fields) do table.insert(args, k); table.insert(args, v) end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', unpack(args))
+    redis.call('XADD', KEYS[2], '*', unpack(args))
   end
 end
 return #due
@@ -109,10 +112,29 @@ class WebhookSender:
                     await self._ensure_group()
                     await self._promote(keys=[RETRY, OUTBOX], args=[f"{time.time():.3f}"])
                     entries = await self._read()
-                    await asyncio.gather(*(self._deliver(http, eid, data) for eid, data in entries))
+                    await asyncio.gather(*(self._deliver_safely(http, eid, data) for eid, data in entries))
+                    metrics.WEBHOOK_BACKLOG.set(await self.store.r.xlen(OUTBOX) + await self.store.r.zcard(RETRY))
                 except (RedisError, OSError) as exc:  # Redis down: the events wait in the stream
                     self.log.warning("webhook_outbox_unavailable", error=str(exc))
                     await asyncio.sleep(1.0)
+                except Exception as exc:  # noqa: BLE001 - the sender must outlive anything; the events wait
+                    self.log.exception("webhook_sender_error", error=str(exc))
+                    await asyncio.sleep(1.0)
+
+    async def _deliver_safely(self, http: aiohttp.ClientSession, eid: str, data: dict[str, str]) -> None:
+        """One entry; one that cannot even be read as an event (malformed) is dead-lettered, not retried forever."""
+        try:
+            await self._deliver(http, eid, data)
+        except (RedisError, OSError):
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            async with self.store.r.pipeline(transaction=True) as pipe:
+                pipe.lpush(DEAD, json.dumps({"event": data, "attempts": 0, "last_error": f"malformed: {exc}",
+                                             "dead_at": time.time()}))
+                pipe.xack(OUTBOX, GROUP, eid)
+                pipe.xdel(OUTBOX, eid)
+                await pipe.execute()
+            metrics.WEBHOOK_DEAD.inc()
 
     def body(self, eid: str, data: dict[str, str]) -> bytes:
         doc: dict[str, Any] = {"event_id": data.get("event_id", eid), "type": data.get("type", "state_changed"),
@@ -133,7 +155,8 @@ class WebhookSender:
         attempt = int(data.get("attempt", 0)) + 1
         error = ""
         try:
-            async with http.post(self.url, data=body, headers=headers) as r:
+            # a redirect is a failure: followed, a POST would become a GET and a login page's 200 would "deliver"
+            async with http.post(self.url, data=body, headers=headers, allow_redirects=False) as r:
                 if 200 <= r.status < 300:
                     async with self.store.r.pipeline(transaction=True) as pipe:
                         pipe.xack(OUTBOX, GROUP, eid)
@@ -150,8 +173,7 @@ class WebhookSender:
         async with self.store.r.pipeline(transaction=True) as pipe:
             if dead:
                 pipe.lpush(DEAD, json.dumps({"event": json.loads(body), "attempts": attempt, "last_error": error,
-                                             "dead_at": time.time()}))
-                pipe.ltrim(DEAD, 0, DEAD_KEPT - 1)
+                                             "dead_at": time.time()}))  # never trimmed: DvpWebhookDeadLetters
             else:
                 retry = {**data, "event_id": event_id, "attempt": str(attempt)}
                 pipe.zadd(RETRY, {json.dumps(retry, sort_keys=True): time.time() + backoff(attempt)})

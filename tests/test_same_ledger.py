@@ -40,6 +40,25 @@ async def test_a_same_ledger_trade_settles_in_one_transaction_without_a_secret(o
         await close_engine(engine)
 
 
+async def test_an_operator_cannot_cancel_a_same_ledger_trade(one_chain: Net):
+    """Found by a review of the operator actions: a cancel read the HTLC escrow's slots, which say nothing of a
+    same-ledger trade; the AtomicDvP settlement then moved both legs of a trade recorded as cancelled."""
+    from relayer.errors import NotCancellable
+    from relayer.operator import cli_actor
+
+    net = one_chain
+    engine = await net.engine([net.seller, net.buyer], dvp_contract=net.doc["st"]["dvp"])
+    try:
+        signed = await net.instruction(stAmount=2, scAmount=2_000)
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        with pytest.raises(NotCancellable, match="AtomicDvP"):
+            await engine.read_model.cancel(tid, cli_actor(), "test")
+        assert (await drive(engine, [tid]))[tid] == TradeState.SETTLED
+    finally:
+        await close_engine(engine)
+
+
 async def test_concurrent_same_ledger_trades_go_out_as_one_batch(one_chain: Net):
     net = one_chain
     engine = await net.engine([net.seller, net.buyer], dvp_contract=net.doc["st"]["dvp"])

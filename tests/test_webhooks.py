@@ -28,6 +28,7 @@ class Receiver:
     def __init__(self, plan: list[Any] | None = None) -> None:
         self.plan = list(plan or [])
         self.seen: list[dict[str, Any]] = []
+        self.redirected: list[str] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -35,6 +36,8 @@ class Receiver:
         body = await request.read()
         self.seen.append({"body": body, "headers": dict(request.headers)})
         step = self.plan.pop(0) if self.plan else 200
+        if step == 302:  # "moved": a sender that followed it would turn the POST into a GET of /elsewhere
+            raise web.HTTPFound("/elsewhere")
         if step is None:
             await asyncio.sleep(5)  # past the sender's 1 s timeout
             return web.Response(status=200)
@@ -43,9 +46,14 @@ class Receiver:
             return web.Response(status=200)
         return web.Response(status=step)
 
+    async def elsewhere(self, request: web.Request) -> web.Response:
+        self.redirected.append(request.method)
+        return web.Response(status=200)
+
     async def start(self) -> Receiver:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
+        app.router.add_route("*", "/elsewhere", self.elsewhere)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         port = free_port()
@@ -85,7 +93,8 @@ async def _deliver(engine, until: Any, timeout: float = 40.0) -> None:
 
 
 async def test_every_state_change_arrives_signed_once_deduplicated_through_failures_and_slowness(net: Net):
-    receiver = await Receiver([500, None, 0.5, 503]).start()  # a failure, a timeout, a slow answer, a failure
+    # a failure, a timeout, a slow answer, a failure, a redirect (a failure too: the event is not delivered there)
+    receiver = await Receiver([500, None, 0.5, 503, 302]).start()
     engine = await net.engine([net.seller, net.buyer], webhook_url=receiver.url, webhook_secret=SECRET,
                               webhook_timeout=1.0)
     try:
@@ -98,12 +107,13 @@ async def test_every_state_change_arrives_signed_once_deduplicated_through_failu
             """SETTLED arrived, the receiver's plan is used up, and every failed attempt was made again."""
             ids = [json.loads(r["body"])["event_id"] for r in receiver.seen]
             return (any(json.loads(r["body"]).get("state") == "SETTLED" for r in receiver.seen)
-                    and not receiver.plan and len(ids) == len(set(ids)) + 3)
+                    and not receiver.plan and len(ids) == len(set(ids)) + 4)
 
         await _deliver(engine, settled_seen)
         docs = receiver.verified()
         unique = {d["event_id"]: d for d in docs}
-        assert len(docs) == len(unique) + 3  # at least once: the failed, timed-out and refused ones came again
+        assert len(docs) == len(unique) + 4  # at least once: the failed, timed-out and refused ones came again
+        assert receiver.redirected == []  # a redirect was never followed
         chain = sorted(unique.values(), key=lambda d: d["at"])
         assert all(d["type"] == "state_changed" and d["trade_id"] == tid for d in chain)
         assert chain[-1]["state"] == "SETTLED"
