@@ -961,12 +961,15 @@ class Chaos:
             window = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
                                   self.clocks, self.outages, budget, observe=observe)
             self.windows[tid] = window.as_dict()
-            # an issuer action excuses a missing ST claim only if it hit this trade (every holder, or its buyer) and
-            # began after the relayer's last look before revealing (≈ the reveal block; 2 s for the check, the
-            # inclusion and the clocks): one in force before the reveal should have held the secret back
+            # an issuer action excuses a missing ST claim only if it hit this trade (every holder, or its buyer) and,
+            # when our relayer revealed, began after its last look before revealing (≈ the reveal block; 2 s for the
+            # check, the inclusion and the clocks): one in force before should have held the secret back. When the
+            # counterparty (a bot seller) chose to reveal, any action in force after the reveal counts.
             reveal_wall = self.clocks.to_wall("sc", revealed)
+            ours = ins["sellerScAccount"] != self.bot_seller.address
             hits = [(a, s0, e0) for a, s0, e0, who in self.issuer_acts
-                    if name == "st" and who in ("", ins["buyerStAccount"]) and s0 >= reveal_wall - 2.0]
+                    if name == "st" and who in ("", ins["buyerStAccount"])
+                    and (s0 >= reveal_wall - 2.0 if ours else e0 > reveal_wall)]
             with_issuer = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
                                        self.clocks, self.outages + [Outage("st issuer", s0, e0) for _, s0, e0 in hits],
                                        budget, observe=observe, also=frozenset({"st issuer"}))
