@@ -88,6 +88,15 @@ class LockedEvent:
 
 
 @dataclass(frozen=True)
+class SlotsAtDepth:
+    """Escrow slots as of one confirmed block (HtlcLedger.slots_at_depth)."""
+
+    block: int
+    timestamp: int
+    slots: list[bytes]
+
+
+@dataclass(frozen=True)
 class ClaimedEvent:
     swap_id: bytes
     preimage: bytes
@@ -404,6 +413,24 @@ class HtlcLedger:
         results = await self.chain.rpc_batch(
             [("eth_getStorageAt", [contract or self.escrow, "0x" + sid.hex(), "latest"]) for sid in sids])
         return [bytes.fromhex(r[2:].rjust(64, "0")) for r in results]
+
+    async def slots_at_depth(self, sids: list[bytes], confirmations: int, finalized: bool = False) -> SlotsAtDepth | None:
+        """Several swaps' terms hashes at the newest confirmed block (k deep, or the finalized one), read directly
+        with that block's number and timestamp: two small requests, where a follower catching up may wait on
+        large log responses. None while the node has no such block."""
+        head = await self.chain.rpc("eth_getBlockByNumber", ["finalized" if finalized else "latest", False])
+        if not head:
+            return None
+        number = int(head["number"], 16) - (0 if finalized else confirmations - 1)
+        if number < 0:
+            return None
+        at = hex(number)
+        results = await self.chain.rpc_batch([("eth_getBlockByNumber", [at, False])]
+                                             + [("eth_getStorageAt", [self.escrow, "0x" + sid.hex(), at]) for sid in sids])
+        block, slots = results[0], results[1:]
+        if not block:
+            return None
+        return SlotsAtDepth(number, int(block["timestamp"], 16), [bytes.fromhex(r[2:].rjust(64, "0")) for r in slots])
 
     def dvp_message(self, terms: tuple[Any, ...]) -> dict[str, Any]:
         assert self.dvp is not None and self.chain.chain_id is not None

@@ -2,7 +2,8 @@
 
 Frozen: eth_blockNumber and eth_getBlockByNumber("latest"/"pending"/"safe"/"finalized") keep answering the head
 as it was when frozen, while the chain moves on (a node stuck on its fork or out of sync). Dropping logs: every
-eth_getLogs answers no logs (a node that lost its log index). Everything else is forwarded as it is.
+eth_getLogs answers no logs (a node that lost its log index); dropping topics: it answers without the logs whose
+first topic is one of `drop_topics` (an index that lost one event kind). Everything else is forwarded as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class LyingNode:
         self.upstream = upstream
         self.frozen: int | None = None
         self.drop_logs = False
+        self.drop_topics: set[str] = set()  # 0x-hex event signatures (lower case) left out of eth_getLogs answers
         self.runner: web.AppRunner | None = None
         self.http: aiohttp.ClientSession | None = None
         self.url = ""
@@ -40,7 +42,10 @@ class LyingNode:
                 doc = {**doc, "params": [hex(self.frozen), *params[1:]]}
         assert self.http is not None
         async with self.http.post(self.upstream, json=doc) as r:
-            return await r.json(content_type=None)
+            out = await r.json(content_type=None)
+        if self.drop_topics and method == "eth_getLogs" and isinstance(out.get("result"), list):
+            out["result"] = [lg for lg in out["result"] if (lg.get("topics") or [""])[0].lower() not in self.drop_topics]
+        return out
 
     async def handle(self, request: web.Request) -> web.Response:
         doc = json.loads(await request.read())

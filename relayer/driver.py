@@ -34,6 +34,7 @@ from relayer.protocol.rules import (
     decide_atomic,
 )
 from relayer.protocol.states import TERMINAL, TradeState, can_transition
+from relayer.reveal_proofs import RevealProofs
 from relayer.routing import Route, Routes
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
@@ -80,9 +81,13 @@ class Driver:
         self._reported: set[tuple[str, str]] = set()  # (trade id, what) already logged or audited once
         # read a ledger again from a block (a node gave no event for a lock its escrow holds): the followers'
         self.reread: Callable[[str, int], None] = lambda chain, from_block: None
+        self.reveals = RevealProofs()  # our SC claims read k deep from the coin ledger itself (follower lagging)
+        self._revealing: set[str] = set()  # trades whose SC claim (the reveal) this driver found due
 
     def forget(self, trade_id: str) -> None:
         self._reported = {k for k in self._reported if k[0] != trade_id}
+        self.reveals.forget(trade_id)
+        self._revealing.discard(trade_id)
 
     def roles_for(self, rec: TradeRecord, route: Route) -> Roles:
         ins = rec.signed.instruction
@@ -128,18 +133,30 @@ class Driver:
             clock_offset=rnd.offset(route), head_st=st.head_timestamp, head_sc=sc.head_timestamp,
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
             sc_confirmed_time=sc.follower.confirmed_timestamp if sc.follower else 0,
-            st_fresh=st.fresh, sc_fresh=sc.fresh, revealed=rec.state is TradeState.SC_CLAIMED,
+            st_fresh=st.fresh, sc_fresh=sc.fresh,
+            revealed=rec.state is TradeState.SC_CLAIMED or self.reveals.proven(ins.tradeId) is not None,
             seen_preimage=self._seen_preimage(st_leg),
             sc_lock_authorized=ins.buyerScAccount not in self.holders or sc_auth is not None,
             planned_t_sc=sc_auth.timelock if sc_auth is not None else None,
         )
         d = decide(view, roles, policy)
+        proven_at = self._prove_reveal(rec, route, roles, view, d, sc_ev)
         finished = False
         if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
+            if proven_at is not None and (rec.trade_id, "reveal-proven") not in self._reported:
+                self._reported.add((rec.trade_id, "reveal-proven"))
+                metrics.REVEALS_PROVEN_DIRECTLY.labels(route.sc.name).inc()
+                log.warning("reveal_confirmed_directly", chain=route.sc.name, block=proven_at)
+                await self.store.add_audit(rec.trade_id, ACTOR, "reveal_confirmed_directly", chain=route.sc.name,
+                                           block=proven_at)
+            follower = route.sc.follower
+            if proven_at is not None and follower is not None and follower.height >= proven_at and sc_ev is not None:
+                # not a lag: the follower read past the claim and gave no event for it (a node dropping logs)
+                self.reread(route.sc.name, sc_ev.block)
             self._watch_timelocks(rec, route, st_leg, sc_leg, rnd, log)
             observed: dict[str, Any] = {}
             learned = sc_leg.preimage or view.seen_preimage
@@ -153,6 +170,28 @@ class Driver:
                 observed["sc_timelock"] = sc_leg.lock.timelock
             finished = await self._apply(rec, d, observed, log, fence)
         return Advanced([Due(rec, action, view, st_ev, sc_ev, rnd.observed_at) for action in d.actions], finished)
+
+    def _prove_reveal(self, rec: TradeRecord, route: Route, roles: Roles, view: TradeView, d: Decision,
+                      sc_ev: Any) -> int | None:
+        """Our reveal made final without the follower (reveal_proofs.py): once our SC claim was found due (or the
+        reveal window is over, so it may have gone out before a restart), ask the coin ledger itself whether the
+        lock is claimed k deep while the follower shows it live. Proven: the trade is SC_CLAIMED, decide() above
+        let the ST claim out, and the confirmed block that showed it is returned."""
+        tid = rec.trade_id
+        if Action.CLAIM_SC in d.actions:
+            self._revealing.add(tid)
+        public = view.sc.preimage or view.st.preimage or view.seen_preimage
+        if not roles.seller or public or sc_ev is None or not view.sc.active or rec.state is TradeState.SC_CLAIMED:
+            return None
+        block = self.reveals.proven(tid)
+        if block is not None:
+            if d.state in (TradeState.ST_LOCKED, TradeState.SC_LOCKED):
+                d.state = TradeState.SC_CLAIMED
+            return block
+        window_over = sc_ev.timelock - view.now_sc < route.policy.reveal_window()
+        if tid in self._revealing or window_over:
+            self.reveals.ask(tid, route.sc, sc_ev)
+        return None
 
     def _legs(self, rec: TradeRecord, route: Route) -> tuple[LegView, Any, LegView, Any,
                                                              list[tuple[ChainSide, LockInstance]]]:

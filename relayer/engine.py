@@ -81,6 +81,7 @@ class Engine:
         self.schedule = Schedule()
         self.holder_locks = HolderLocks(self.routes, store, holders, on_accepted=self.schedule.mark)
         self.executor.on_settled = self._action_done
+        self.driver.reveals.wake = lambda tid, after: self.schedule.mark_at(tid, time.monotonic() + after)
         self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
         self._fresh: tuple[bool, ...] = ()
         self._skew_ok: tuple[bool, ...] = ()
@@ -211,7 +212,8 @@ class Engine:
             pass
 
     async def drain(self, timeout: float = 30.0) -> None:
-        tasks: list[asyncio.Task[Any]] = [*self.executor.tasks(), *self._background, *self.followers.pending()]
+        tasks: list[asyncio.Task[Any]] = [*self.executor.tasks(), *self._background, *self.followers.pending(),
+                                          *self.driver.reveals.pending()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 

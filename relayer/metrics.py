@@ -26,6 +26,9 @@ DEEP_REORGS = Counter("dvp_reorgs_beyond_confirmations_total", "Reorgs that repl
 LOCKS_WITHOUT_EVENT = Counter("dvp_locks_without_event_total", "Trades about to be aborted whose lock the escrow holds "
                               "though the node gave no event for it (a node dropping logs)", ["chain"],
                               registry=REGISTRY)
+REVEALS_PROVEN_DIRECTLY = Counter("dvp_reveals_proven_directly_total", "Our SC claims found final by reading the "
+                                  "escrow slot k deep because the follower had not shown them (a lagging follower)",
+                                  ["chain"], registry=REGISTRY)
 FEE_CEILING_HITS = Gauge("dvp_fee_ceiling_hits", "Times a transaction's fee was held at DVP_MAX_FEE_GWEI (it then "
                          "waits for the fees to come down)", ["chain"], registry=REGISTRY)
 GAS = Counter("dvp_gas_used_total", "Gas used by transactions this worker sent", ["leg", "action"],

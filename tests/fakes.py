@@ -13,7 +13,7 @@ from hexbytes import HexBytes
 
 from adapters.compliance import Transfer
 from adapters.errors import TransactionReverted
-from adapters.htlc import HtlcLedger, LockedEvent
+from adapters.htlc import HtlcLedger, LockedEvent, SlotsAtDepth
 from relayer.errors import ConcurrentUpdate
 from relayer.follow import ChainSide
 from relayer.protocol.instruction import SignedInstruction
@@ -159,6 +159,7 @@ class FakeLedger:
         self.allowances: list[tuple[str, str, int]] = []
         self.rules = FakeRules()
         self.holders: dict[str, tuple[int, int]] = {}  # holder -> (escrow lock nonce, allowance): holder-signed
+        self.depth: tuple[int, int] = (100, 0)  # the newest confirmed block: (number, timestamp)
 
     async def holder_state(self, holder: str, token: str) -> tuple[int, int]:
         return self.holders.get(holder, (0, 0))
@@ -175,6 +176,10 @@ class FakeLedger:
     async def swap_slot(self, sid: bytes) -> bytes:
         return self.slots.get(sid, bytes(32))
 
+    async def slots_at_depth(self, sids: list[bytes], confirmations: int, finalized: bool = False) -> SlotsAtDepth:
+        """The slots now, as of the block `depth` names (number, timestamp): the fake chain has no history."""
+        return SlotsAtDepth(*self.depth, await self.swap_slots(sids))
+
     async def ensure_allowance(self, owner: str, token: str, amount: int, spender: str | None = None) -> None:
         self.allowances.append((owner, token, amount))
 
@@ -187,6 +192,7 @@ class FakeLedger:
 @dataclass
 class _Follower:
     last_head: int = 100
+    height: int = 0  # the last block whose events were delivered (the fakes deliver none themselves)
     confirmed_timestamp: int = 0
 
 

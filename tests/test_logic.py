@@ -276,6 +276,59 @@ async def test_a_lock_the_chain_holds_but_the_node_gave_no_event_for_never_abort
     assert store.fields[rec.trade_id]["state"] == "ABORTED"
 
 
+async def _revealed_but_not_followed(depth_block: int = 100, depth_time_after_t_sc: bool = False,
+                                     claim_mined: bool = True):
+    """A relayer holding both keys revealed (its SC claim went out) and the coin ledger's follower never shows the
+    Claimed event (a slow path, defect 14). The fake coin ledger's block k deep is `depth_block`; the claim, once
+    mined, emptied the swap's slot there. Returns the decisions of the rounds that follow, the store and the id."""
+    store, st_side, sc_side, _, driver, executor = world()
+    rec = new_trade(store)
+    await driver.advance(rec, rnd(), fence="f")  # intent: secret, hashlock, T_st
+    rec = store.get(rec.trade_id)
+    ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+    st_side.index.apply([st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount,
+                                                        h, t_st))])
+    t_sc = t_st - POLICY.delta()
+    sc_lock = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h, t_sc,
+                                             block=90))
+    sc_side.index.apply([sc_lock])
+    out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert [d.action for d in out.due] == [Action.CLAIM_SC]  # the reveal, and nothing for the ST yet
+    executor.dispatch(out.due)
+    await _settle(executor)
+    assert [tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]  # the claim went out
+    if claim_mined:
+        sc_side.ledger.slots[sc_lock.swap_id] = bytes(32)
+    sc_side.ledger.depth = (depth_block, t_sc if depth_time_after_t_sc else NOW)
+    rounds = []
+    for _ in range(3):
+        out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+        rounds.append([d.action for d in out.due])
+        await driver.reveals.settle()
+    return rounds, store, rec.trade_id
+
+
+async def test_our_reveal_counts_from_the_coin_ledger_read_directly_when_the_follower_does_not_show_it():
+    """Defect 14 (chaos, issue 18): the seller's own SC claim was mined but its follower, on a slow path, never
+    showed the Claimed event before T_st, and the ST claim waited for the follower: the ST was refunded while the
+    SC was claimed. The relayer reads the escrow slot k blocks deep itself: empty there before T_sc means our claim
+    is final, so the ST claim goes out and the trade is recorded SC_CLAIMED."""
+    rounds, store, tid = await _revealed_but_not_followed()
+    assert Action.CLAIM_ST in rounds[-1]
+    assert store.fields[tid]["state"] == "SC_CLAIMED"
+    assert "reveal_confirmed_directly" in store.events(tid)
+
+
+async def test_an_empty_slot_proves_nothing_when_the_claim_is_not_mined_the_block_may_refund_or_precedes_the_lock():
+    """The direct read counts only an SC claim: the slot still holding the terms (claim not mined), a block k deep
+    stamped at or after T_sc (the slot may be empty from a refund) or older than the lock (a node behind) leave
+    the ST claim waiting for the follower, as before."""
+    for case in ({"claim_mined": False}, {"depth_time_after_t_sc": True}, {"depth_block": 80}):
+        rounds, store, tid = await _revealed_but_not_followed(**case)
+        assert all(Action.CLAIM_ST not in r for r in rounds), case
+        assert store.fields[tid]["state"] == "SC_LOCKED", case
+
+
 def _sc_locked_with_our_secret(store, sc_side, executor):
     """A trade whose SC the buyer locked on the fake coin ledger, the seller's secret sealed in its record."""
     rec = new_trade(store)

@@ -3,7 +3,10 @@
   several block times, finds the standby ahead, fails over to it, alerts (log + metric) and settles;
 - a primary that drops logs: the seller's ST lock is on chain but no event says so. At T_st the trade is not
   aborted with the lock left in the escrow: the escrow's slot shows the lock, the chain is read again from the
-  standby, and the lock is refunded."""
+  standby, and the lock is refunded;
+- a coin-ledger node that leaves out Claimed events (defect 14: the follower never shows our SC claim): the reveal
+  is proven from the escrow slot k deep, the ST claim follows before T_st, and the chain is read again from the
+  standby, which shows the claim: the trade settles."""
 
 from __future__ import annotations
 
@@ -63,6 +66,33 @@ async def test_a_node_that_drops_logs_never_makes_a_live_lock_look_absent(net: N
         assert "refund_st_mined" in events  # the lock was found again and refunded, not left in the escrow
         assert await net.balance(net.st, net.st_token, net.seller.address) == before
         assert metrics.LOCKS_WITHOUT_EVENT.labels("st")._value.get() > missed
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
+
+
+async def test_our_sc_claim_the_coin_ledgers_node_never_shows_is_proven_from_the_slot_and_the_st_claim_follows(net: Net):
+    from adapters.contracts import event_specs
+    from adapters.htlc import ESCROW
+
+    real = net.doc["sc"]["rpc_url"]
+    proxy = await LyingNode(real).start()
+    proxy.drop_topics = {"0x" + t.hex() for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed"}
+    engine = await net.engine([net.seller, net.buyer], sc_rpc_url=proxy.url, sc_rpc_standby_urls=real)
+    try:
+        proven = metrics.REVEALS_PROVEN_DIRECTLY.labels("sc")._value.get()
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], timeout=90))[tid] == TradeState.SETTLED
+        events = [e["event"] for e in await engine.store.audit(tid)]
+        assert "reveal_confirmed_directly" in events, events
+        assert events.index("reveal_confirmed_directly") < events.index("claim_st_sent"), events
+        assert metrics.REVEALS_PROVEN_DIRECTLY.labels("sc")._value.get() == proven + 1
+        side = next(s for s in engine.sides if s.name == "sc")
+        assert side.ledger.chain.active_url == real  # read again from the standby, which shows the claim
+        ins = signed.instruction
+        assert await net.balance(net.st, ins.stToken, ins.buyerStAccount) >= ins.stAmount
     finally:
         await close_engine(engine)
         await proxy.stop()

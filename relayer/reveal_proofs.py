@@ -1,0 +1,94 @@
+"""Our own reveal, proven from the coin ledger directly when its follower lags (defect 14).
+
+A relayer holding the seller's key claims the SC (the reveal) and then claims the ST once that claim is k blocks
+deep — in the follower. A follower on a slow path (large log responses delayed chunk by chunk) may show the claim
+only after T_st, and the ST would be refunded although the SC was claimed. The relayer has a stronger fact than
+its follower: the escrow's slot. Read directly at the newest block k deep (or finalized), an empty slot for a lock
+the follower saw at or below that block, in a block stamped before T_sc, can only be a claim (a refund needs a
+block at or after T_sc), and a claim publishes the secret: the ST claim may follow.
+
+The reads run in the background, one batch per ledger at a time, so a slow ledger never holds up a round; a
+trade's answer is used in the round after it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adapters.errors import LedgerError
+from adapters.htlc import LockedEvent
+from relayer.follow import ChainSide
+from relayer.logging import get_logger
+
+CHECK_TIMEOUT = 10.0  # seconds one batch of reads may take before it is dropped (asked again next round)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    side: ChainSide
+    lock: LockedEvent  # the buyer's SC lock our claim consumes
+
+
+class RevealProofs:
+    """Which of our SC claims (reveals) the coin ledger shows k deep, read apart from the follower."""
+
+    def __init__(self) -> None:
+        self._asked: dict[str, _Asked] = {}  # trade id -> the lock to check (replaced on each ask)
+        self._proven: dict[str, int] = {}  # trade id -> the confirmed block that showed the slot empty
+        self._checking: dict[str, asyncio.Task[None]] = {}  # ledger name -> its running batch
+        # decide a trade again after its answer: (trade id, seconds from now) - at once when proven, else a block on
+        self.wake: Callable[[str, float], None] = lambda trade_id, after: None
+        self.log = get_logger()
+
+    def proven(self, trade_id: str) -> int | None:
+        """The confirmed block at which our claim of this trade's SC lock was seen final, if it was."""
+        return self._proven.get(trade_id)
+
+    def ask(self, trade_id: str, side: ChainSide, lock: LockedEvent) -> None:
+        """Check (soon, in the background) whether `lock` is claimed at k depth on `side`."""
+        if trade_id in self._proven:
+            return
+        self._asked[trade_id] = _Asked(side, lock)
+        running = self._checking.get(side.name)
+        if running is None or running.done():
+            self._checking[side.name] = asyncio.create_task(self._check(side))
+
+    def forget(self, trade_id: str) -> None:
+        self._asked.pop(trade_id, None)
+        self._proven.pop(trade_id, None)
+
+    def pending(self) -> list[asyncio.Task[None]]:
+        return [t for t in self._checking.values() if not t.done()]
+
+    async def settle(self) -> None:
+        """Wait for the running reads (tests)."""
+        await asyncio.gather(*self._checking.values(), return_exceptions=True)
+
+    async def _check(self, side: ChainSide) -> None:
+        asked = {tid: a.lock for tid, a in self._asked.items() if a.side is side}
+        for tid in asked:
+            self._asked.pop(tid, None)
+        if not asked:
+            return
+        locks = list(asked.values())
+        try:
+            seen = await asyncio.wait_for(
+                side.ledger.slots_at_depth([lock.swap_id for lock in locks], side.confirmations,
+                                           finalized=side.config.finality == "finalized"),
+                CHECK_TIMEOUT)
+        except (LedgerError, TimeoutError) as exc:
+            self.log.info("reveal_proof_unanswered", chain=side.name, trades=len(asked), error=type(exc).__name__)
+            return  # asked again next round
+        except Exception as exc:  # noqa: BLE001 - a malformed answer: nothing proven, asked again next round
+            self.log.warning("reveal_proof_failed", chain=side.name, trades=len(asked), error=repr(exc)[:200])
+            return
+        if seen is None:
+            return
+        for (tid, lock), slot in zip(asked.items(), seen.slots):
+            if seen.block >= lock.block and seen.timestamp < lock.timelock and slot != lock.terms_hash:
+                self._proven[tid] = seen.block
+                self.wake(tid, 0.0)
+            else:
+                self.wake(tid, side.block_time)
