@@ -11,6 +11,7 @@ import hmac
 import json
 from decimal import Decimal
 import re
+import time
 from importlib import resources
 from typing import Any
 
@@ -39,10 +40,15 @@ from relayer.api_models import (
     Health,
     IntakeControl,
     IntakeStatus,
+    OperatorDone,
+    OperatorNote,
+    Overview,
     Readiness,
+    SweepStatus,
     TradeDocument,
     TradeList,
     TradeSummary,
+    TradeView,
 )
 from relayer.openapi import MAX_LIMIT, MAX_OFFSET, OPENAPI
 from relayer.operator import token_actor
@@ -75,7 +81,7 @@ _STATUS_FOR_CODE = {
     "replayed": 409, "nonce_in_use": 409, "conflicting_authorization": 409, "too_early": 409, "trade_finished": 409,
     "concurrent_update": 409, "not_same_ledger": 422, "not_htlc": 422,
     # operator actions (relayer/operator.py)
-    "intake_paused": 503, "not_cancellable": 409, "invalid_range": 422,
+    "intake_paused": 503, "not_cancellable": 409, "not_watch_only": 409, "invalid_range": 422,
 }
 
 
@@ -269,17 +275,11 @@ async def list_trades(request: web.Request) -> web.Response:
     if (refused := _read_refused(request)) is not None:
         return refused
     model = request.app[READ_MODEL]
-    try:
-        offset = int(request.query.get("offset", "0"))
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        return error("invalid_field", "offset and limit must be integers")
-    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_LIMIT:
-        return error("invalid_field", f"offset must be between 0 and {MAX_OFFSET}, limit between 1 and {MAX_LIMIT}")
-    state = request.query.get("state")
-    if state is not None and state not in TradeState.__members__:
-        return error("invalid_field", f"unknown state {state!r}")
-    items = [trade_summary(rec, audit, *model.clocks(rec)) for rec, audit in await model.trades(offset, limit, state)]
+    paging = _paging(request, 50)
+    if isinstance(paging, web.Response):
+        return paging
+    offset, limit, state = paging
+    items = [trade_summary(rec, audit, *model.clocks(rec)) for rec, audit in await model.page(offset, limit, state)]
     return web.json_response(TradeList(items=items, offset=offset, limit=limit).model_dump(mode="json"))
 
 
@@ -366,6 +366,96 @@ async def post_cancel(request: web.Request) -> web.Response:
     return web.json_response(Cancelled(trade_id=trade_id, state=state).model_dump(mode="json"))
 
 
+def _paging(request: web.Request, default_limit: int) -> tuple[int, int, str | None] | web.Response:
+    try:
+        offset = int(request.query.get("offset", "0"))
+        limit = int(request.query.get("limit", str(default_limit)))
+    except ValueError:
+        return error("invalid_field", "offset and limit must be integers")
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_LIMIT:
+        return error("invalid_field", f"offset must be between 0 and {MAX_OFFSET}, limit between 1 and {MAX_LIMIT}")
+    state = request.query.get("state")
+    if state is not None and state not in TradeState.__members__:
+        return error("invalid_field", f"unknown state {state!r}")
+    return offset, limit, state
+
+
+async def get_overview(request: web.Request) -> web.Response:
+    """Everything the dashboard shows in one call: totals by state from the store, the health strip, and a page of
+    trades with why each waits and its tokens by name (read role)."""
+    if (refused := _read_refused(request)) is not None:
+        return refused
+    paging = _paging(request, 200)
+    if isinstance(paging, web.Response):
+        return paging
+    offset, limit, state = paging
+    model = request.app[READ_MODEL]
+    items = []
+    for rec, audit in await model.page(offset, limit, state):
+        summary = trade_summary(rec, audit, *model.clocks(rec))
+        waiting = model.waiting(rec)
+        items.append(TradeView(**dict(summary), waiting=waiting.__dict__ if waiting else None,
+                               watch_only=rec.get("watch_only"), tokens=await model.tokens(rec)))
+    health = await model.health(request.app[MAX_LAG_BLOCKS])
+    health["ready"] = health["ready"] and request.app[ACCEPTING]["on"]
+    doc = Overview(totals=await model.store.state_counts(), health=health, trades=items, offset=offset, limit=limit,
+                   state=state, now=time.time())
+    return web.json_response(doc.model_dump(mode="json"))
+
+
+async def _operator_trade_body(request: web.Request) -> tuple[str, OperatorNote] | web.Response:
+    doc = await _json_body(request, MAX_BODY, need="operator")
+    if isinstance(doc, web.Response):
+        return doc
+    trade_id = _trade_id(request)
+    if isinstance(trade_id, web.Response):
+        return trade_id
+    return trade_id, validated(OperatorNote, doc)
+
+
+async def post_watch_only(request: web.Request) -> web.Response:
+    """Mark a trade this relayer holds no party's key for as watch-only (operator role), visibly and audited."""
+    got = await _operator_trade_body(request)
+    if isinstance(got, web.Response):
+        return got
+    trade_id, body = got
+    state = await request.app[READ_MODEL].mark_watch_only(trade_id, _actor(request), body.reason)
+    return web.json_response(OperatorDone(trade_id=trade_id, action="watch_only", state=state).model_dump(mode="json"))
+
+
+async def post_redrive(request: web.Request) -> web.Response:
+    """Have the worker driving a trade read both its chains again and decide it again (operator role): 202, the
+    re-drive shows in the trade's audit trail once done."""
+    got = await _operator_trade_body(request)
+    if isinstance(got, web.Response):
+        return got
+    trade_id, body = got
+    model = request.app[READ_MODEL]
+    await model.operator.request_redrive(trade_id, _actor(request), body.reason)
+    rec = await model.store.get(trade_id)
+    assert rec is not None
+    return web.json_response(OperatorDone(trade_id=trade_id, action="redrive", state=rec.state).model_dump(mode="json"),
+                             status=202)
+
+
+async def get_sweep(request: web.Request) -> web.Response:
+    """The refund sweep an operator asked for, pending or last run (read role)."""
+    if (refused := _read_refused(request)) is not None:
+        return refused
+    return web.json_response(SweepStatus(**await request.app[READ_MODEL].operator.sweep_status()).model_dump())
+
+
+async def post_sweep(request: web.Request) -> web.Response:
+    """Run the refund sweep now and decide every trade again (operator role): 202; GET shows its outcome."""
+    doc = await _json_body(request, MAX_BODY, need="operator")
+    if isinstance(doc, web.Response):
+        return doc
+    validated(OperatorNote, doc)
+    desk = request.app[READ_MODEL].operator
+    await desk.request_sweep(_actor(request))
+    return web.json_response(SweepStatus(**await desk.sweep_status()).model_dump(), status=202)
+
+
 async def get_report(request: web.Request) -> web.Response:
     """`dvp-relayer report` over HTTP: the trades accepted in [from, to) as CSV or JSON, optionally verified
     against both chains (read role)."""
@@ -433,6 +523,11 @@ ROUTES = [
     ("GET", "/v1/operator/intake", get_intake),
     ("POST", "/v1/operator/intake", post_intake),
     ("POST", "/v1/trades/{trade_id}/cancel", post_cancel),
+    ("POST", "/v1/trades/{trade_id}/watch-only", post_watch_only),
+    ("POST", "/v1/trades/{trade_id}/redrive", post_redrive),
+    ("GET", "/v1/operator/sweep", get_sweep),
+    ("POST", "/v1/operator/sweep", post_sweep),
+    ("GET", "/v1/overview", get_overview),
     ("GET", "/v1/operator/webhooks/dead", get_dead_letters),
     ("GET", "/v1/reports", get_report),
     ("GET", "/healthz", healthz),

@@ -59,3 +59,13 @@ class ApiClient:
     async def cancel(self, trade_id: str, reason: str) -> tuple[int, Any]:
         """POST /v1/trades/{id}/cancel."""
         return await self._request("POST", f"/v1/trades/{trade_id}/cancel", json.dumps({"reason": reason}).encode())
+
+    async def trade_action(self, trade_id: str, action: str, reason: str) -> tuple[int, Any]:
+        """POST /v1/trades/{id}/{action}: watch-only or redrive."""
+        return await self._request("POST", f"/v1/trades/{trade_id}/{action}", json.dumps({"reason": reason}).encode())
+
+    async def sweep(self, run: bool) -> tuple[int, Any]:
+        """POST /v1/operator/sweep (run it now) or GET it (pending and last)."""
+        if run:
+            return await self._request("POST", "/v1/operator/sweep", b"{}")
+        return await self._request("GET", "/v1/operator/sweep")

@@ -85,6 +85,73 @@ class TradeSummary(BaseModel):
     legs: dict[str, Leg] = Field(description="'st' and 'sc'")
 
 
+class WaitingView(BaseModel):
+    """Why a trade waits and what happens next (relayer/explain.py)."""
+
+    on: str = Field(description="what the trade waits for now")
+    then: str = Field(description="what happens next if it does not come")
+    at: int | None = Field(None, description="when that happens, Unix seconds (chain time); none: no deadline")
+    by_us: bool = Field(description="the next step is this relayer's to send (false: a counterparty's, or time)")
+
+
+class TokenView(BaseModel):
+    address: str
+    symbol: str
+    decimals: int
+    amount: str = Field(description="the trade's amount in token units (decimals applied)")
+
+
+class TradeView(TradeSummary):
+    """A trade as the dashboard lists it: its summary, why it waits, its tokens by name."""
+
+    waiting: WaitingView | None = None
+    watch_only: str | None = Field(None, description="who marked it watch-only (this relayer holds no party's key)")
+    tokens: dict[str, TokenView] = Field(description="'st' and 'sc'")
+
+
+class ChainHealth(BaseModel):
+    name: str
+    role: str
+    chain_id: int | None
+    head: int = Field(description="the latest block seen (-1: none yet)")
+    confirmed: int = Field(description="the last block whose events were all read")
+    lag_blocks: int
+    fresh: bool = Field(description="followed successfully in the last round")
+    head_age_seconds: float | None = Field(None, description="since the head last moved")
+    rpc_errors: int = Field(description="transport errors since the worker started")
+    endpoint: str = Field(description="which of the configured endpoints is in use, e.g. '1 of 2'")
+
+
+class ClockOffset(BaseModel):
+    st: str
+    sc: str
+    seconds: int = Field(description="ST chain clock minus coin ledger clock")
+    within_bound: bool
+
+
+class HealthStrip(BaseModel):
+    ready: bool
+    redis: bool
+    chains: list[ChainHealth]
+    clock_offsets: list[ClockOffset]
+    max_clock_skew: float
+    intake: IntakeStatus
+    webhooks: dict[str, int] | None = Field(None, description="backlog and dead letters, when webhooks are on")
+    sweep: dict[str, Any] = Field(description="the pending and the last refund sweep an operator asked for")
+
+
+class Overview(BaseModel):
+    """GET /v1/overview: everything the dashboard shows, in one call."""
+
+    totals: dict[str, int] = Field(description="trades by state, from the store; 'open' counts the unfinished")
+    health: HealthStrip
+    trades: list[TradeView]
+    offset: int
+    limit: int
+    state: str | None
+    now: float = Field(description="the worker's wall clock, Unix seconds")
+
+
 class TradeDocument(TradeSummary):
     """One trade with its audit trail."""
 
@@ -182,6 +249,28 @@ class CancelBody(BaseModel):
     reason: str = Field("", max_length=500)
 
 
+class OperatorNote(BaseModel):
+    """The reason an operator gives for an action (kept in the audit trail and the operator log)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500)
+
+
+class OperatorDone(BaseModel):
+    """An operator action on one trade was taken (watch-only marked, or a re-drive queued for its worker)."""
+
+    trade_id: str
+    action: str
+    state: TradeState
+
+
+class SweepStatus(BaseModel):
+    """The refund sweep an operator asked for (pending until the sweeping worker ran it) and the last one run."""
+
+    pending: dict[str, Any] | None
+    last: dict[str, Any] | None
+
+
 class Cancelled(BaseModel):
     """The trade is ABORTED by the operator: nothing had been locked for it."""
 
@@ -227,3 +316,7 @@ class DvpRequest(BaseModel):
     typed_data: dict[str, Any] = Field(description="the EIP-712 DvP message both parties sign")
     signatures: dict[str, str] = Field(description="party address -> its signature, for the parties whose key this "
                                        "relayer holds or whose signature it was given")
+
+
+HealthStrip.model_rebuild()
+Overview.model_rebuild()

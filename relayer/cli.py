@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,8 @@ def report(start: str, end: str, fmt: str, verify: bool, out: Path | None) -> No
 @main.group()
 def operator() -> None:
     """Operator actions through a running worker's API (an operator token): pause or resume intake, cancel a
-    trade nothing was locked for. Each is logged with who did it (the token's fingerprint)."""
+    trade nothing was locked for, mark one watch-only, re-drive one, run the refund sweep now. Each is logged with
+    who did it (the token's fingerprint)."""
 
 
 @operator.command("pause")
@@ -330,6 +332,53 @@ def operator_cancel(trade_id: str, reason: str, api_url: str | None, token: str 
     status_code, answer = _call_api(_client(api_url, token).cancel(trade_id, reason))
     click.echo(json.dumps(answer))
     sys.exit(0 if status_code == 200 else 1)
+
+
+@operator.command("watch-only")
+@click.argument("trade_id")
+@click.option("--reason", default="")
+@_api_options
+def operator_watch_only(trade_id: str, reason: str, api_url: str | None, token: str | None) -> None:
+    """Mark a trade this relayer holds no party's key for as watch-only (shown so on the dashboard)."""
+    status_code, answer = _call_api(_client(api_url, token).trade_action(trade_id, "watch-only", reason))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 200 else 1)
+
+
+@operator.command("redrive")
+@click.argument("trade_id")
+@click.option("--reason", default="")
+@_api_options
+def operator_redrive(trade_id: str, reason: str, api_url: str | None, token: str | None) -> None:
+    """Have the worker driving a trade read both chains again and decide it again (audit: redriven)."""
+    status_code, answer = _call_api(_client(api_url, token).trade_action(trade_id, "redrive", reason))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == 202 else 1)
+
+
+@operator.command("sweep")
+@click.option("--wait", "wait_s", default=15.0, show_default=True, help="seconds to wait for the sweep's outcome")
+@_api_options
+def operator_sweep(wait_s: float, api_url: str | None, token: str | None) -> None:
+    """Run the refund sweep now (strays and expired locks refunded, every trade decided again); prints its
+    outcome once the sweeping worker ran it, or exits 1 if it did not within --wait."""
+    client = _client(api_url, token)
+    status_code, answer = _call_api(client.sweep(run=True))
+    if status_code != 202:
+        click.echo(json.dumps(answer))
+        sys.exit(1)
+    asked = answer["pending"] if isinstance(answer, dict) else None
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        _, status_doc = _call_api(client.sweep(run=False))
+        last = (status_doc.get("last") if isinstance(status_doc, dict) else None) or {}
+        if asked and last.get("requested_at") == asked["at"]:
+            click.echo(json.dumps(last))
+            sys.exit(0)
+        time.sleep(0.5)
+    click.echo(json.dumps({"error": "sweep_not_run", "message": f"no worker ran the sweep within {wait_s}s "
+                           "(is the worker holding the first account running?)", "pending": asked}))
+    sys.exit(1)
 
 
 @main.command()

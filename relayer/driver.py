@@ -58,6 +58,18 @@ class Round:
         return self.clocks[route.st.name] - self.clocks[route.sc.name]
 
 
+def roles_of(ins: TradeInstruction, route: Route, holders: frozenset[str]) -> Roles:
+    """What this firm may sign for in a trade: the keys its workers hold, or the holder-signed accounts whose locks
+    it submits. Which worker signs is the account lease's business (an action needing an account leased elsewhere
+    is routed to that worker's outbox)."""
+    return Roles(
+        seller=ins.sellerStAccount in route.st.ledger.all_senders or ins.sellerStAccount in holders,
+        buyer=ins.buyerScAccount in route.sc.ledger.all_senders or ins.buyerScAccount in holders,
+        st_gas=bool(route.st.ledger.all_senders),
+        sc_gas=bool(route.sc.ledger.all_senders),
+    )
+
+
 @dataclass
 class Advanced:
     """The outcome of deciding one trade."""
@@ -90,16 +102,7 @@ class Driver:
         self._revealing.discard(trade_id)
 
     def roles_for(self, rec: TradeRecord, route: Route) -> Roles:
-        ins = rec.signed.instruction
-        # Roles are the keys this firm's workers hold, or the holder-signed accounts whose locks it submits; which
-        # worker signs is the account lease's business (an action needing an account leased elsewhere is routed
-        # to that worker's outbox).
-        return Roles(
-            seller=ins.sellerStAccount in route.st.ledger.all_senders or ins.sellerStAccount in self.holders,
-            buyer=ins.buyerScAccount in route.sc.ledger.all_senders or ins.buyerScAccount in self.holders,
-            st_gas=bool(route.st.ledger.all_senders),
-            sc_gas=bool(route.sc.ledger.all_senders),
-        )
+        return roles_of(rec.signed.instruction, route, self.holders)
 
     @staticmethod
     def is_atomic(rec: TradeRecord, route: Route) -> bool:

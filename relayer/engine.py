@@ -36,8 +36,9 @@ from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
 from relayer.leases import ACTOR, WORKER_TOKEN
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
+from relayer.protocol.rules import Action
 from relayer.protocol.states import TERMINAL, TradeState
-from relayer.operator import OperatorDesk
+from relayer.operator import REQUESTS_EVERY, OperatorDesk
 from relayer.read_model import ReadModel
 from relayer.routing import Routes
 from relayer.schedule import Schedule, next_instants
@@ -89,6 +90,8 @@ class Engine:
         self.read_model = ReadModel(store, self.intake_desk, self.routes, self.holder_locks, settlements,
                                     self.operator)
         self._next_sweep = 0.0
+        self._next_requests = 0.0  # when to look for operators' re-drive and sweep requests again
+        self._sweep_request: dict[str, Any] | None = None  # a requested sweep not run yet
 
     @property
     def st(self) -> ChainSide:
@@ -246,6 +249,7 @@ class Engine:
         self.clock_offset = max(offsets, key=abs, default=0)  # the pair of chains furthest apart
         metrics.CLOCK_OFFSET.set(self.clock_offset)
         owned = await self.coordinator.own_trades()
+        await self._operator_requests(owned)
         for tid in owned:
             if tid not in self._states:
                 self.schedule.mark(tid)  # newly ours (intake, or taken over from a dead worker)
@@ -306,10 +310,44 @@ class Engine:
                 due += await self.janitor.sweep(rnd.observed_at)
             except (LedgerError, RedisError, OSError) as exc:  # the sweep retries; the trades' actions go out
                 self.log.warning("sweep_failed", error=str(exc), error_type=type(exc).__name__)
+            else:
+                if self._sweep_request is not None:  # an operator asked for this one: say what it found
+                    refunds = sum(d.action in (Action.REFUND_ST, Action.REFUND_SC) for d in due)
+                    await self.operator.swept(self._sweep_request, refunds, len(ids))
+                    self._sweep_request = None
         if self.rounds % PRUNE_EVERY_ROUNDS == 0:
             await self.janitor.prune_index()
         self.executor.dispatch(due)
         await self._export(rnd)
+
+    async def _operator_requests(self, owned: dict[str, str]) -> None:
+        """Carry out the operators' re-drives of the trades this worker drives, and a requested refund sweep when
+        this worker sweeps (relayer/operator.py). Looked for once a second: one Redis round trip."""
+        if time.monotonic() < self._next_requests:
+            return
+        self._next_requests = time.monotonic() + REQUESTS_EVERY
+        redrive, sweep = await self.operator.pending_requests()
+        for tid in redrive:
+            if tid not in owned:
+                continue  # the worker driving it does it
+            rec = await self.store.get(tid)
+            if rec is None or rec.state in TERMINAL:
+                await self.operator.drop_redrive(tid)
+                continue
+            route = self.routes.route(rec.signed.instruction)
+            reread: dict[str, int] = {}
+            for side, role in ((route.st, "st"), (route.sc, "sc")):
+                reread.setdefault(side.name, rec.get_int(f"{role}_from_block") or side.config.start_block)
+            for name, start in reread.items():
+                self.followers.reread(name, start, force=True)
+            self.quarantine.clear(tid)
+            self.schedule.mark(tid)
+            await self.operator.redriven(tid, ACTOR, reread)
+            self.log.info("trade_redriven", trade_id=tid, reread=reread)
+        if sweep is not None and self.coordinator.sweeps() and self._sweep_request is None:
+            self._sweep_request = sweep
+            self._next_sweep = 0.0
+            self.schedule.mark_all()
 
     def _set_timer(self, rec: TradeRecord, rnd: Round) -> None:
         """Wake the trade at the next instant its decision may change with no new event (schedule.py)."""

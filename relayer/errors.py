@@ -85,6 +85,13 @@ class NotCancellable(RelayerError):
     code = "not_cancellable"
 
 
+class NotWatchOnly(RelayerError):
+    """Raised when an operator marks a trade watch-only that this relayer does act on (it holds the seller's or the
+    buyer's key), or one that is finished."""
+
+    code = "not_watch_only"
+
+
 class FencedOut(ConcurrentUpdate):
     """Raised when a state write carries a trade lease value this worker no longer holds: another worker took
     the trade over (fencing), so this one must stop acting on it."""

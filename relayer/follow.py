@@ -369,11 +369,13 @@ class Followers:
             self.spawn(self._heal(side))
         await self._leave_a_stalled_endpoint(side)
 
-    def reread(self, name: str, from_block: int) -> None:
+    def reread(self, name: str, from_block: int, force: bool = False) -> None:
         """Read a ledger again from `from_block`, from its next endpoint when it has standbys: its current one gave
-        no event for a lock the escrow holds (a node dropping logs). At most once per STALL_BLOCKS block times."""
+        no event for a lock the escrow holds (a node dropping logs). At most once per STALL_BLOCKS block times,
+        unless `force` (an operator's re-drive)."""
         side = next((s for s in self.sides if s.name == name), None)
-        if side is None or side.follower is None or time.monotonic() - side.reread_at < STALL_BLOCKS * side.block_time:
+        if side is None or side.follower is None or (
+                not force and time.monotonic() - side.reread_at < STALL_BLOCKS * side.block_time):
             return
         side.reread_at = time.monotonic()
         chain = side.ledger.chain

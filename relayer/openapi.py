@@ -25,7 +25,11 @@ from relayer.api_models import (
     Health,
     IntakeControl,
     IntakeStatus,
+    OperatorDone,
+    OperatorNote,
+    Overview,
     Readiness,
+    SweepStatus,
     TradeDocument,
     TradeList,
 )
@@ -40,8 +44,10 @@ TRADE_ID_PATTERN = "^0x[0-9a-fA-F]{64}$"
 _MODELS: list[type[BaseModel]] = [SignedInstruction, Accepted, BulkSubmission, BulkResult, ErrorBody, TradeDocument,
                                   TradeList, Health, Readiness, LockAuthorizationBody, DvpAuthorizationBody,
                                   AuthorizationAccepted, LockRequest, DvpRequest, IntakeControl, IntakeStatus,
-                                  CancelBody, Cancelled, DeadLetters]
-_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody, DvpAuthorizationBody, IntakeControl, CancelBody)
+                                  CancelBody, Cancelled, DeadLetters, OperatorNote, OperatorDone, SweepStatus,
+                                  Overview]
+_REQUEST_BODIES = (SignedInstruction, LockAuthorizationBody, DvpAuthorizationBody, IntakeControl, CancelBody,
+                   OperatorNote)
 
 
 def _schemas() -> dict[str, Any]:
@@ -100,7 +106,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "List trades, newest first",
                 "parameters": [
                     {"name": "state", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": [s.value for s in TradeState]}},
+                     "schema": {"type": "string", "enum": [s.value for s in TradeState]},
+                     "description": "only trades in this state, among the newest 5,000"},
                     {"name": "offset", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
                     {"name": "limit", "in": "query", "required": False,
@@ -235,6 +242,72 @@ OPENAPI: dict[str, Any] = {
                 "415": _err("not application/json"),
                 "503": _err("shutting down, or a chain or Redis is not answering"),
             }), "parameters": [_TRADE_ID_PARAM]},
+        },
+        "/v1/trades/{trade_id}/watch-only": {
+            "post": {**_submit("Mark a trade this relayer holds no party's key for as watch-only (operator token): "
+                               "shown as such, audited with who did it; it still refunds as a watcher", OperatorNote, {
+                "200": _json(OperatorDone, "marked"),
+                "400": _err("malformed JSON, wrong types or values, not a trade id"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("forbidden: the token's role is not operator"),
+                "404": _err("no such trade"),
+                "409": _err("not_watch_only: this relayer holds the seller's or the buyer's key, or the trade is "
+                            "finished; concurrent_update"),
+                "413": _err("body too large"),
+                "415": _err("not application/json"),
+                "503": _err("shutting down, or a chain or Redis is not answering"),
+            }), "parameters": [_TRADE_ID_PARAM]},
+        },
+        "/v1/trades/{trade_id}/redrive": {
+            "post": {**_submit("Re-drive a trade (operator token): the worker driving it reads both its chains again "
+                               "from the trade's first blocks and decides it again; the protocol decides what follows",
+                               OperatorNote, {
+                "202": _json(OperatorDone, "queued for the worker driving the trade (audit: redriven)"),
+                "400": _err("malformed JSON, wrong types or values, not a trade id"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("forbidden: the token's role is not operator"),
+                "404": _err("no such trade"),
+                "409": _err("trade_finished"),
+                "413": _err("body too large"),
+                "415": _err("not application/json"),
+                "503": _err("shutting down, or Redis is not answering"),
+            }), "parameters": [_TRADE_ID_PARAM]},
+        },
+        "/v1/operator/sweep": {
+            "get": {"summary": "The refund sweep an operator asked for: pending, and the last one run",
+                    "responses": {"200": _json(SweepStatus, "pending and last"),
+                                  "401": _err("unauthorized"),
+                                  "403": _err("forbidden: the token's role may not read"),
+                                  "503": _err("Redis is not answering")}},
+            "post": _submit("Run the refund sweep now and decide every trade again (operator token)", OperatorNote, {
+                "202": _json(SweepStatus, "asked; GET shows the outcome once the sweeping worker ran it"),
+                "400": _err("malformed JSON, wrong types or values"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("forbidden: the token's role is not operator"),
+                "413": _err("body too large"),
+                "415": _err("not application/json"),
+                "503": _err("shutting down, or Redis is not answering"),
+            }),
+        },
+        "/v1/overview": {
+            "get": {
+                "summary": "The dashboard's one call: totals by state from the store, the health strip (readiness, "
+                           "follower lag, RPC errors, clock offsets, intake, webhooks, sweep) and a page of trades, "
+                           "each with why it waits and what happens next",
+                "parameters": [
+                    {"name": "state", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": [s.value for s in TradeState]},
+                     "description": "only trades in this state, among the newest 5,000"},
+                    {"name": "offset", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+                ],
+                "responses": {"200": _json(Overview, "the overview"),
+                              "400": _err("bad paging or state"), "401": _err("unauthorized"),
+                              "403": _err("forbidden: the token's role may not read"),
+                              "503": _err("Redis is not answering")},
+            },
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "alive")}}},
         "/readyz": {"get": {"summary": "Readiness: Redis, both RPCs, follower lag, escrows and tokens configured",

@@ -6,14 +6,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from adapters.errors import LedgerError
+from relayer import metrics
 from relayer.authorizations import DvpSignature, HolderLocks, LockAuthorization, SettlementAuthorizations
+from relayer.driver import roles_of
 from relayer.errors import ConcurrentUpdate, NotCancellable, RelayerError
+from relayer.explain import Waiting, explain
 from relayer.intake import Intake
 from relayer.operator import OperatorDesk
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TradeState
+from relayer.report import TokenNames, human
 from relayer.routing import Routes
 from relayer.store import Store, TradeRecord
+from relayer.webhooks import DEAD, OUTBOX, RETRY
 
 TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
 
@@ -29,6 +35,8 @@ class ReadModel:
         self.routes = routes
         self.holder_locks = holder_locks
         self.settlements = settlements
+        self.token_names = TokenNames()
+        self.max_clock_skew = max((r.policy.max_clock_skew for r in routes.pairs()), default=0.0)
 
     async def lock_request(self, trade_id: str, leg: str) -> dict[str, Any] | None:
         """What the leg's holder should sign now, or for "dvp" the settlement's terms and the party signatures this
@@ -93,27 +101,110 @@ class ReadModel:
             return None
         return rec, await self.store.audit(rec.trade_id)
 
-    async def trades(self, offset: int, limit: int, state: str | None) -> list[TradeWithAudit]:
-        """A page of trades, newest first; with `state`, the page of the trades in that state."""
-        items: list[TradeWithAudit] = []
-        scan_offset = offset if state is None else 0
-        skipped = 0
-        while len(items) < limit:
-            ids = await self.store.list_trades(scan_offset, 200 if state else limit)
-            if not ids:
-                break
-            scan_offset += len(ids)
-            for tid in ids:
-                rec = await self.store.get(tid)
-                if rec is None or (state and rec.state.value != state):
-                    continue
-                if state and skipped < offset:
-                    skipped += 1
-                    continue
-                items.append((rec, await self.store.audit(tid)))
-                if len(items) >= limit:
+    def waiting(self, rec: TradeRecord) -> Waiting | None:
+        """Why the trade waits and what happens next (None: finished, or on ledgers no longer followed)."""
+        ins = rec.signed.instruction
+        try:
+            route = self.routes.route(ins)
+        except RelayerError:
+            return None
+        return explain(rec.state, roles_of(ins, route, self.holder_locks.holders), deadline=ins.deadline,
+                       t_st=rec.get_int("st_timelock") or rec.get_int("t_st"),
+                       t_sc=rec.get_int("sc_timelock") or rec.get_int("t_sc"),
+                       secret_created=rec.get("hashlock") is not None, watch_only=rec.get("watch_only") is not None)
+
+    async def mark_watch_only(self, trade_id: str, actor: str, reason: str) -> TradeState:
+        """OperatorDesk.mark_watch_only, knowing whether this relayer holds a party's key for the trade."""
+        rec = await self.store.get(trade_id)
+        holds_key = False
+        if rec is not None:
+            route = self.routes.route(rec.signed.instruction)
+            roles = roles_of(rec.signed.instruction, route, self.holder_locks.holders)
+            holds_key = roles.seller or roles.buyer
+        await self.operator.mark_watch_only(trade_id, actor, reason, holds_key)
+        rec = await self.store.get(trade_id)
+        assert rec is not None
+        return rec.state
+
+    async def tokens(self, rec: TradeRecord) -> dict[str, dict[str, Any]]:
+        """The trade's two tokens by symbol and decimals (read from the tokens once each) with its amounts."""
+        ins = rec.signed.instruction
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            route = self.routes.route(ins)
+        except RelayerError:
+            route = None
+        for leg, token, amount in (("st", ins.stToken, ins.stAmount), ("sc", ins.scToken, ins.scAmount)):
+            symbol, decimals = token[:10] + "…", 0
+            if route is not None:
+                try:
+                    symbol, decimals = await self.token_names.of(route.st if leg == "st" else route.sc, token)
+                except (LedgerError, OSError):
+                    pass  # the chain is down: shown by address, read again next time
+            out[leg] = {"address": token, "symbol": symbol, "decimals": decimals, "amount": human(amount, decimals)}
+        return out
+
+    async def page(self, offset: int, limit: int, state: str | None, scan_most: int = 5_000) -> list[TradeWithAudit]:
+        """A page of trades, newest first, read in a few pipelined round trips (not one per trade); with `state`,
+        those in that state among the newest `scan_most` trades."""
+        if state is None:
+            ids = await self.store.list_trades(offset, limit)
+            recs = await self.store.get_many(ids)
+        else:
+            recs, skipped, scanned = [], 0, 0
+            while len(recs) < limit and scanned < scan_most:
+                ids = await self.store.list_trades(scanned, 500)
+                if not ids:
                     break
-        return items
+                scanned += len(ids)
+                for rec in await self.store.get_many(ids):
+                    if rec.state.value != state:
+                        continue
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    recs.append(rec)
+                    if len(recs) >= limit:
+                        break
+        audits = await self.store.audits([r.trade_id for r in recs])
+        return [(r, audits.get(r.trade_id, [])) for r in recs]
+
+    async def health(self, max_lag_blocks: int = 20) -> dict[str, Any]:
+        """The health strip: Redis, each ledger as the worker follows it (no RPC call: what the last rounds saw),
+        the chains' clock offsets, the intake pause, webhooks, the sweep. One Redis round trip and the pause read."""
+        try:
+            async with self.store.r.pipeline(transaction=False) as pipe:
+                pipe.ping()
+                pipe.xlen(OUTBOX)
+                pipe.zcard(RETRY)
+                pipe.llen(DEAD)
+                _, outbox, retry, dead = await pipe.execute()
+            redis_ok = True
+        except Exception:  # noqa: BLE001 - the strip says Redis is down; the page still loads
+            redis_ok, outbox, retry, dead = False, 0, 0, 0
+        now = time.time()
+        chains: list[dict[str, Any]] = []
+        for side in self.routes.sides:
+            confirmed = side.follower.height if side.follower else -1
+            urls = side.ledger.chain.rpc_urls
+            chains.append({
+                "name": side.name, "role": side.role, "chain_id": side.chain_id, "head": side.head,
+                "confirmed": confirmed, "lag_blocks": max(0, side.head - confirmed) if side.head >= 0 else 0,
+                "fresh": side.fresh, "head_age_seconds": round(now - side.head_seen_at, 1) if side.head_seen_at else None,
+                "rpc_errors": int(metrics.RPC_ERRORS.labels(side.name)._value.get()),
+                "endpoint": f"{side.ledger.chain.active_index + 1} of {len(urls)}"})
+        offsets = []
+        for route in self.routes.pairs():
+            seconds = (route.st.now() - route.sc.now()) if route.st.head_seen_at and route.sc.head_seen_at else 0
+            offsets.append({"st": route.st.name, "sc": route.sc.name, "seconds": seconds,
+                            "within_bound": abs(seconds) <= route.policy.max_clock_skew})
+        pause = await self.operator.intake_pause() if redis_ok else None
+        ready = redis_ok and all(c["fresh"] and c["lag_blocks"] <= max_lag_blocks for c in chains)
+        return {"ready": ready, "redis": redis_ok, "chains": chains, "clock_offsets": offsets,
+                "max_clock_skew": self.max_clock_skew,
+                "intake": {"paused": pause is not None, **(pause or {})},
+                "webhooks": {"backlog": outbox + retry, "dead": dead} if self.store.webhooks else None,
+                "sweep": await self.operator.sweep_status() if redis_ok else {"pending": None, "last": None}}
 
     def clocks(self, rec: TradeRecord) -> tuple[int, int]:
         """The clocks of a trade's two chains now (projected from their last heads); the wall clock for a chain

@@ -387,6 +387,37 @@ class Store:
             return list(_unpack(archived)["audit"]) + later  # e.g. a late lock refunded after archival
         return later
 
+    async def audits(self, trade_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The audit trails of several trades in one round trip (archived ones unpacked), by trade id."""
+        if not trade_ids:
+            return {}
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in trade_ids:
+                pipe.hget(trade_key(tid), "archive")
+                pipe.lrange(audit_key(tid), 0, -1)
+            replies = await pipe.execute()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for i, tid in enumerate(trade_ids):
+            archived, entries = replies[2 * i], replies[2 * i + 1]
+            later = [json.loads(x) for x in entries]
+            out[tid] = (list(_unpack(archived)["audit"]) + later) if archived else later
+        return out
+
+    async def state_counts(self, most_open: int = 20_000) -> dict[str, int]:
+        """Trades by state, from the store (not from a page): finished ones from their counters, open ones read
+        (in one round trip, up to `most_open` of them; beyond that they are counted as "open" only)."""
+        counts = await self.terminal_counts()
+        open_ids = list(await self.r.zrange(OPEN, 0, most_open - 1))
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in open_ids:
+                pipe.hget(trade_key(tid), "state")
+            states = await pipe.execute() if open_ids else []
+        for state in states:
+            if state:
+                counts[state] = counts.get(state, 0) + 1
+        counts["open"] = await self.count_open()
+        return counts
+
     async def archive(self, trade_id: str) -> bool:
         """Compact a finished trade: its fields and audit trail become one compressed value, the sealed secret
         is dropped (a settled trade's secret is public on chain; an aborted one's is never needed again).

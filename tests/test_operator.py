@@ -131,3 +131,102 @@ async def test_a_cancel_ends_a_trade_nothing_was_locked_for_and_is_refused_once_
             assert status == 404
     finally:
         await close_engine(engine)
+
+
+async def test_a_trade_holding_no_partys_key_is_marked_watch_only_and_shown_so_a_trade_we_act_on_is_refused(net: Net):
+    watcher = await net.engine([net.pts])  # a gas key on both ledgers, neither party's key
+    acting = await net.engine([net.seller], redis_url=watcher.settings.redis_url)
+    try:
+        async with api_session(watcher, "", tokens=TOKENS) as http:
+            signed = await net.instruction()
+            tid = signed.instruction.tradeId
+            assert await watcher.intake(signed)
+            status, body = await _call(http, "GET", "/v1/overview", SUBMIT)
+            (row,) = [t for t in body["trades"] if t["trade_id"] == tid]
+            assert row["watch_only"] is None and "no key of either party" in row["waiting"]["on"]
+            status, body = await _call(http, "POST", f"/v1/trades/{tid}/watch-only", SUBMIT, {"reason": "x"})
+            assert status == 403
+            code, body = await _cli(net, http._base_url.port, "watch-only", tid, "--reason", "other firm's trade")
+            assert code == 0 and body == {"trade_id": tid, "action": "watch_only", "state": "MATCHED"}, body
+            audit = await watcher.store.audit(tid)
+            assert {"event": "marked_watch_only", "actor": token_actor(OPERATOR),
+                    "reason": "other firm's trade"}.items() <= audit[-1].items()
+            status, body = await _call(http, "GET", "/v1/overview", SUBMIT)
+            (row,) = [t for t in body["trades"] if t["trade_id"] == tid]
+            assert row["watch_only"] == token_actor(OPERATOR) and row["waiting"]["on"].startswith("marked watch-only")
+        async with api_session(acting, "", tokens=TOKENS) as http:  # this relayer holds the seller's key
+            status, body = await _call(http, "POST", f"/v1/trades/{tid}/watch-only", OPERATOR, {})
+            assert status == 409 and body["error"] == "not_watch_only" and "seller's or the buyer's key" in body["message"]
+            status, body = await _call(http, "POST", "/v1/trades/0x" + "cd" * 32 + "/watch-only", OPERATOR, {})
+            assert status == 404
+    finally:
+        await close_engine(acting)
+        await close_engine(watcher)
+
+
+async def test_a_redrive_reads_the_chains_again_and_a_trade_whose_lock_event_was_missed_settles(net: Net):
+    """A node dropped the logs while the seller's ST lock was mined: the follower read past it and shows no lock,
+    so the trade would sit until T_st. The node is fixed; the operator re-drives the trade: the worker reads both
+    chains again from the trade's first blocks, sees the lock and settles well before T_st."""
+    from chaos.lying_node import LyingNode
+
+    real = net.doc["st"]["rpc_url"]
+    proxy = await LyingNode(real).start()
+    proxy.drop_logs = True
+    engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url)
+    try:
+        async with api_session(engine, "", tokens=TOKENS) as http:
+            signed = await net.instruction()
+            tid = signed.instruction.tradeId
+            assert await engine.intake(signed)
+            for _ in range(300):  # the lock goes out and is mined; the follower hears nothing of it
+                await drive(engine, [tid], until=set(), timeout=0.2)
+                if any(e["event"] == "lock_st_mined" for e in await engine.store.audit(tid)):
+                    break
+            await drive(engine, [tid], until=set(), timeout=3)  # the follower reads past the lock's block
+            assert (await engine.store.get(tid)).state == TradeState.MATCHED
+            proxy.drop_logs = False  # the node is fixed; its past answers are not read again by themselves
+            await drive(engine, [tid], until=set(), timeout=3)
+            assert (await engine.store.get(tid)).state == TradeState.MATCHED
+            status, body = await _call(http, "POST", f"/v1/trades/{tid}/redrive", OPERATOR, {"reason": "node fixed"})
+            assert status == 202 and body["action"] == "redrive", body
+            t_st = (await engine.store.get(tid)).get_int("t_st")
+            assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED
+            assert await net.st.now() < t_st  # settled, not refunded at T_st
+            events = [e for e in await engine.store.audit(tid)]
+            names = [e["event"] for e in events]
+            assert names.index("redrive_requested") < names.index("redriven") < names.index("claim_st_mined"), names
+            redriven = next(e for e in events if e["event"] == "redriven")
+            assert set(redriven["reread"]) == {"st", "sc"}
+            status, body = await _call(http, "POST", f"/v1/trades/{tid}/redrive", OPERATOR, {})
+            assert status == 409 and body["error"] == "trade_finished"
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
+
+
+async def test_a_refund_sweep_asked_for_runs_on_the_sweeping_worker_and_reports_what_it_found(net: Net):
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        async with api_session(engine, "", tokens=TOKENS) as http:
+            signed = await net.instruction()
+            tid = signed.instruction.tradeId
+            assert await engine.intake(signed)
+            status, body = await _call(http, "POST", "/v1/operator/sweep", SUBMIT, {})
+            assert status == 403
+            status, body = await _call(http, "GET", "/v1/operator/sweep", SUBMIT)
+            assert status == 200 and body == {"pending": None, "last": None}
+            port = http._base_url.port
+            cli = asyncio.create_task(_cli(net, port, "sweep", "--wait", "20"))
+            while not cli.done():
+                await drive(engine, [tid], until=set(), timeout=0.3)
+            code, outcome = cli.result()
+            assert code == 0, outcome
+            assert outcome["requested_by"] == token_actor(OPERATOR) and outcome["trades_decided_again"] >= 1
+            assert isinstance(outcome["refunds_due"], int)
+            status, body = await _call(http, "GET", "/v1/operator/sweep", SUBMIT)
+            assert body["pending"] is None and body["last"] == outcome
+            log = await engine.store.r.xrange(OPERATOR_LOG)
+            assert any(entry[1]["action"] == "refund_sweep" for entry in log)
+    finally:
+        await close_engine(engine)
