@@ -395,7 +395,8 @@ async def get_overview(request: web.Request) -> web.Response:
         summary = trade_summary(rec, audit, *model.clocks(rec))
         waiting = model.waiting(rec)
         items.append(TradeView(**dict(summary), waiting=waiting.__dict__ if waiting else None,
-                               watch_only=rec.get("watch_only"), tokens=await model.tokens(rec)))
+                               watch_only=rec.get("watch_only"), tokens=await model.tokens(rec),
+                               audit_entries=len(audit)))
     health = await model.health(request.app[MAX_LAG_BLOCKS])
     health["ready"] = health["ready"] and request.app[ACCEPTING]["on"]
     doc = Overview(totals=await model.store.state_counts(), health=health, trades=items, offset=offset, limit=limit,

@@ -107,6 +107,7 @@ class TradeView(TradeSummary):
     waiting: WaitingView | None = None
     watch_only: str | None = Field(None, description="who marked it watch-only (this relayer holds no party's key)")
     tokens: dict[str, TokenView] = Field(description="'st' and 'sc'")
+    audit_entries: int = Field(description="length of its audit trail (GET /v1/trades/{id} has it whole)")
 
 
 class ChainHealth(BaseModel):

@@ -36,7 +36,6 @@ class ReadModel:
         self.holder_locks = holder_locks
         self.settlements = settlements
         self.token_names = TokenNames()
-        self.max_clock_skew = max((r.policy.max_clock_skew for r in routes.pairs()), default=0.0)
 
     async def lock_request(self, trade_id: str, leg: str) -> dict[str, Any] | None:
         """What the leg's holder should sign now, or for "dvp" the settlement's terms and the party signatures this
@@ -194,14 +193,15 @@ class ReadModel:
                 "rpc_errors": int(metrics.RPC_ERRORS.labels(side.name)._value.get()),
                 "endpoint": f"{side.ledger.chain.active_index + 1} of {len(urls)}"})
         offsets = []
-        for route in self.routes.pairs():
+        pairs = self.routes.pairs()
+        for route in pairs:
             seconds = (route.st.now() - route.sc.now()) if route.st.head_seen_at and route.sc.head_seen_at else 0
             offsets.append({"st": route.st.name, "sc": route.sc.name, "seconds": seconds,
                             "within_bound": abs(seconds) <= route.policy.max_clock_skew})
         pause = await self.operator.intake_pause() if redis_ok else None
         ready = redis_ok and all(c["fresh"] and c["lag_blocks"] <= max_lag_blocks for c in chains)
         return {"ready": ready, "redis": redis_ok, "chains": chains, "clock_offsets": offsets,
-                "max_clock_skew": self.max_clock_skew,
+                "max_clock_skew": max((r.policy.max_clock_skew for r in pairs), default=0.0),
                 "intake": {"paused": pause is not None, **(pause or {})},
                 "webhooks": {"backlog": outbox + retry, "dead": dead} if self.store.webhooks else None,
                 "sweep": await self.operator.sweep_status() if redis_ok else {"pending": None, "last": None}}
