@@ -34,7 +34,7 @@ from relayer.protocol.rules import (
     decide_atomic,
 )
 from relayer.protocol.states import TERMINAL, TradeState, can_transition
-from relayer.reveal_proofs import RevealProofs
+from relayer.reveal_proofs import REVEALS_KEPT, RevealProofs
 from relayer.routing import Route, Routes
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
@@ -94,12 +94,12 @@ class Driver:
         # read a ledger again from a block (a node gave no event for a lock its escrow holds): the followers'
         self.reread: Callable[[str, int], None] = lambda chain, from_block: None
         self.reveals = RevealProofs()  # our SC claims read k deep from the coin ledger itself (follower lagging)
-        self._revealing: set[str] = set()  # trades whose SC claim (the reveal) this driver found due
+        self._revealing: dict[str, None] = {}  # trades whose SC claim (the reveal) this driver found due (ordered)
 
     def forget(self, trade_id: str) -> None:
         self._reported = {k for k in self._reported if k[0] != trade_id}
         self.reveals.forget(trade_id)
-        self._revealing.discard(trade_id)
+        self._revealing.pop(trade_id, None)
 
     def roles_for(self, rec: TradeRecord, route: Route) -> Roles:
         return roles_of(rec.signed.instruction, route, self.holders)
@@ -131,19 +131,22 @@ class Driver:
                     await self._replan_lock(rec, policy, now_st, log, fence)
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         sc_auth = stored_authorization(rec, "sc") if ins.buyerScAccount in self.holders else None
+        reveal_lock = self._our_reveal_lock(rec, route, roles, st_leg, sc_leg, sc_ev, hashlock)
+        proven_at = self.reveals.proven(rec.trade_id, reveal_lock) if reveal_lock is not None else None
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc,
             clock_offset=rnd.offset(route), head_st=st.head_timestamp, head_sc=sc.head_timestamp,
             our_hashlock=hashlock, planned_t_st=rec.get_int("t_st"),
             sc_confirmed_time=sc.follower.confirmed_timestamp if sc.follower else 0,
             st_fresh=st.fresh, sc_fresh=sc.fresh,
-            revealed=rec.state is TradeState.SC_CLAIMED or self.reveals.proven(ins.tradeId) is not None,
+            revealed=rec.state is TradeState.SC_CLAIMED or proven_at is not None,
             seen_preimage=self._seen_preimage(st_leg),
             sc_lock_authorized=ins.buyerScAccount not in self.holders or sc_auth is not None,
             planned_t_sc=sc_auth.timelock if sc_auth is not None else None,
         )
         d = decide(view, roles, policy)
-        proven_at = self._prove_reveal(rec, route, roles, view, d, sc_ev)
+        if reveal_lock is not None:
+            self._prove_reveal(rec, route, view, d, reveal_lock, proven_at)
         finished = False
         if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
@@ -157,9 +160,10 @@ class Driver:
                 await self.store.add_audit(rec.trade_id, ACTOR, "reveal_confirmed_directly", chain=route.sc.name,
                                            block=proven_at)
             follower = route.sc.follower
-            if proven_at is not None and follower is not None and follower.height >= proven_at and sc_ev is not None:
+            if proven_at is not None and reveal_lock is not None and follower is not None \
+                    and follower.height >= proven_at and self._still_live(route.sc, reveal_lock):
                 # not a lag: the follower read past the claim and gave no event for it (a node dropping logs)
-                self.reread(route.sc.name, sc_ev.block)
+                self.reread(route.sc.name, reveal_lock.block)
             self._watch_timelocks(rec, route, st_leg, sc_leg, rnd, log)
             observed: dict[str, Any] = {}
             learned = sc_leg.preimage or view.seen_preimage
@@ -174,27 +178,48 @@ class Driver:
             finished = await self._apply(rec, d, observed, log, fence)
         return Advanced([Due(rec, action, view, st_ev, sc_ev, rnd.observed_at) for action in d.actions], finished)
 
-    def _prove_reveal(self, rec: TradeRecord, route: Route, roles: Roles, view: TradeView, d: Decision,
-                      sc_ev: Any) -> int | None:
-        """Our reveal made final without the follower (reveal_proofs.py): once our SC claim was found due (or the
-        reveal window is over, so it may have gone out before a restart), ask the coin ledger itself whether the
-        lock is claimed k deep while the follower shows it live. Proven: the trade is SC_CLAIMED, decide() above
-        let the ST claim out, and the confirmed block that showed it is returned."""
-        tid = rec.trade_id
-        if Action.CLAIM_SC in d.actions:
-            self._revealing.add(tid)
-        public = view.sc.preimage or view.st.preimage or view.seen_preimage
-        if not roles.seller or public or sc_ev is None or not view.sc.active or rec.state is TradeState.SC_CLAIMED:
+    def _our_reveal_lock(self, rec: TradeRecord, route: Route, roles: Roles, st_leg: LegView, sc_leg: LegView,
+                         sc_ev: Any, hashlock: bytes | None) -> Any:
+        """The buyer's SC lock our reveal consumes, when its end can be proven from the slot (reveal_proofs.py):
+        we are the seller, both legs are live in the index with our hashlock and the SC lock has acceptable terms
+        (a lock under another hashlock, emptied by its own sender's claim, must never count as our reveal), and no
+        claim k deep made the secret public yet. None otherwise."""
+        if not roles.seller or hashlock is None or sc_ev is None or rec.state is TradeState.SC_CLAIMED:
             return None
-        block = self.reveals.proven(tid)
-        if block is not None:
+        if not sc_leg.active or not st_leg.active or st_leg.lock is None or sc_leg.preimage or st_leg.preimage:
+            return None
+        if st_leg.lock.hashlock != hashlock or sc_ev.hashlock != hashlock:
+            return None
+        if check_sc_lock(rec.signed.instruction, sc_ev, hashlock, st_leg.lock.timelock, route.policy.delta()):
+            return None
+        return sc_ev
+
+    def _prove_reveal(self, rec: TradeRecord, route: Route, view: TradeView, d: Decision, lock: Any,
+                      proven_at: int | None) -> None:
+        """Our reveal made final without the follower: once our SC claim was found due (or the reveal window is
+        over, so it may have gone out before a restart), ask the coin ledger itself whether `lock` is claimed k
+        deep while the follower shows it live. Proven (`proven_at`): decide() let the ST claim out, and the trade
+        is SC_CLAIMED."""
+        tid = rec.trade_id
+        if proven_at is not None:
             if d.state in (TradeState.ST_LOCKED, TradeState.SC_LOCKED):
                 d.state = TradeState.SC_CLAIMED
-            return block
-        window_over = sc_ev.timelock - view.now_sc < route.policy.reveal_window()
+            return
+        if Action.CLAIM_SC in d.actions:
+            self._revealing[tid] = None
+            while len(self._revealing) > REVEALS_KEPT:
+                del self._revealing[next(iter(self._revealing))]
+        head_sc = view.head_sc if view.head_sc is not None else view.now_sc
+        if head_sc >= lock.timelock:
+            return  # past T_sc: no block before it is left to show a claim the slot read has not shown
+        window_over = lock.timelock - view.now_sc < route.policy.reveal_window()
         if tid in self._revealing or window_over:
-            self.reveals.ask(tid, route.sc, sc_ev)
-        return None
+            self.reveals.ask(tid, route.sc, lock)
+
+    @staticmethod
+    def _still_live(side: ChainSide, lock: Any) -> bool:
+        """Whether the index still shows `lock` live (a follow finishing meanwhile may have shown its claim)."""
+        return any(i.lock == lock and i.view().active for i in side.index.instances(lock.trade_id))
 
     def _legs(self, rec: TradeRecord, route: Route) -> tuple[LegView, Any, LegView, Any,
                                                              list[tuple[ChainSide, LockInstance]]]:

@@ -375,6 +375,7 @@ class Engine:
     def _drop(self, trade_id: str) -> None:
         self._states.pop(trade_id, None)
         self.schedule.forget(trade_id)
+        self.driver.forget(trade_id)  # passed to another worker: its in-memory traces here go too
 
     def _finished(self, rec: TradeRecord) -> None:
         """Forget a terminal trade's in-memory traces (memory stays flat); the janitor archives it."""

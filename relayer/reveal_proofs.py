@@ -23,6 +23,7 @@ from relayer.follow import ChainSide
 from relayer.logging import get_logger
 
 CHECK_TIMEOUT = 10.0  # seconds one batch of reads may take before it is dropped (asked again next round)
+REVEALS_KEPT = 50_000  # answers kept at most (oldest dropped): memory stays flat whatever forget() misses
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,22 @@ class RevealProofs:
 
     def __init__(self) -> None:
         self._asked: dict[str, _Asked] = {}  # trade id -> the lock to check (replaced on each ask)
-        self._proven: dict[str, int] = {}  # trade id -> the confirmed block that showed the slot empty
+        # trade id -> (swap id, terms hash) of the lock found ended, and the confirmed block that showed its slot empty
+        self._proven: dict[str, tuple[tuple[bytes, bytes], int]] = {}
         self._checking: dict[str, asyncio.Task[None]] = {}  # ledger name -> its running batch
         # decide a trade again after its answer: (trade id, seconds from now) - at once when proven, else a block on
         self.wake: Callable[[str, float], None] = lambda trade_id, after: None
         self.log = get_logger()
 
-    def proven(self, trade_id: str) -> int | None:
-        """The confirmed block at which our claim of this trade's SC lock was seen final, if it was."""
-        return self._proven.get(trade_id)
+    def proven(self, trade_id: str, lock: LockedEvent) -> int | None:
+        """The confirmed block at which `lock` (this trade's SC lock our reveal consumes) was seen ended, if it was;
+        an answer about another lock of the trade (a re-lock) does not count."""
+        found = self._proven.get(trade_id)
+        return found[1] if found is not None and found[0] == (lock.swap_id, lock.terms_hash) else None
 
     def ask(self, trade_id: str, side: ChainSide, lock: LockedEvent) -> None:
         """Check (soon, in the background) whether `lock` is claimed at k depth on `side`."""
-        if trade_id in self._proven:
+        if self.proven(trade_id, lock) is not None:
             return
         self._asked[trade_id] = _Asked(side, lock)
         running = self._checking.get(side.name)
@@ -88,7 +92,9 @@ class RevealProofs:
             return
         for (tid, lock), slot in zip(asked.items(), seen.slots):
             if seen.block >= lock.block and seen.timestamp < lock.timelock and slot != lock.terms_hash:
-                self._proven[tid] = seen.block
+                self._proven[tid] = ((lock.swap_id, lock.terms_hash), seen.block)
+                while len(self._proven) > REVEALS_KEPT:
+                    del self._proven[next(iter(self._proven))]
                 self.wake(tid, 0.0)
             else:
                 self.wake(tid, side.block_time)

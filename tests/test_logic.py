@@ -277,7 +277,7 @@ async def test_a_lock_the_chain_holds_but_the_node_gave_no_event_for_never_abort
 
 
 async def _revealed_but_not_followed(depth_block: int = 100, depth_time_after_t_sc: bool = False,
-                                     claim_mined: bool = True):
+                                     claim_mined: bool = True, seen_unconfirmed: bool = False):
     """A relayer holding both keys revealed (its SC claim went out) and the coin ledger's follower never shows the
     Claimed event (a slow path, defect 14). The fake coin ledger's block k deep is `depth_block`; the claim, once
     mined, emptied the swap's slot there. Returns the decisions of the rounds that follow, the store and the id."""
@@ -299,6 +299,8 @@ async def _revealed_but_not_followed(depth_block: int = 100, depth_time_after_t_
     assert [tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]  # the claim went out
     if claim_mined:
         sc_side.ledger.slots[sc_lock.swap_id] = bytes(32)
+    if seen_unconfirmed:  # the follower's scan above its confirmed range saw our claim's secret: not k deep yet
+        sc_side.index.learn_preimages([executor.box.open(store.fields[rec.trade_id]["secret"], rec.trade_id)])
     sc_side.ledger.depth = (depth_block, t_sc if depth_time_after_t_sc else NOW)
     rounds = []
     for _ in range(3):
@@ -313,10 +315,36 @@ async def test_our_reveal_counts_from_the_coin_ledger_read_directly_when_the_fol
     showed the Claimed event before T_st, and the ST claim waited for the follower: the ST was refunded while the
     SC was claimed. The relayer reads the escrow slot k blocks deep itself: empty there before T_sc means our claim
     is final, so the ST claim goes out and the trade is recorded SC_CLAIMED."""
-    rounds, store, tid = await _revealed_but_not_followed()
-    assert Action.CLAIM_ST in rounds[-1]
-    assert store.fields[tid]["state"] == "SC_CLAIMED"
-    assert "reveal_confirmed_directly" in store.events(tid)
+    for seen_unconfirmed in (False, True):  # also when the follower saw our claim above its confirmed range
+        rounds, store, tid = await _revealed_but_not_followed(seen_unconfirmed=seen_unconfirmed)
+        assert Action.CLAIM_ST in rounds[-1], seen_unconfirmed
+        assert store.fields[tid]["state"] == "SC_CLAIMED"
+        assert "reveal_confirmed_directly" in store.events(tid)
+
+
+async def test_a_counterpartys_own_lock_emptied_by_its_own_claim_never_counts_as_our_reveal():
+    """Only the SC lock our reveal consumes is read for the proof: a buyer's lock under another hashlock (picked as
+    the latest when no lock has acceptable terms), claimed by the buyer with its own preimage, leaves its slot
+    empty before its timelock; that must not make the relayer claim the ST with our secret."""
+    store, st_side, sc_side, _, driver, executor = world(keys_st=(SELLER,), keys_sc=(SELLER,))
+    rec = new_trade(store)
+    await driver.advance(rec, rnd(), fence="f")
+    rec = store.get(rec.trade_id)
+    ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+    st_side.index.apply([st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount,
+                                                        h, t_st))])
+    theirs = os.urandom(32)
+    bad = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, 1,
+                                         hashlib.sha256(theirs).digest(), NOW + 5, block=90))
+    sc_side.index.apply([bad])
+    sc_side.ledger.slots[bad.swap_id] = bytes(32)  # the buyer claimed it with its own preimage
+    sc_side.ledger.depth = (100, NOW)
+    for _ in range(3):
+        out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+        await driver.reveals.settle()
+        assert Action.CLAIM_ST not in [d.action for d in out.due]
+    assert store.fields[rec.trade_id]["state"] != "SC_CLAIMED"
+    assert not [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
 
 
 async def test_an_empty_slot_proves_nothing_when_the_claim_is_not_mined_the_block_may_refund_or_precedes_the_lock():
