@@ -14,6 +14,8 @@ from deploy.processes import AnvilProcess, free_port
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive, generate_key
 
+pytestmark = pytest.mark.slow  # new chains / Sentinel groups per test: `make test-slow` (CI runs it)
+
 PERMISSIONED = ("--hardfork", "berlin", "--gas-price", "0")
 
 

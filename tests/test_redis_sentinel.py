@@ -18,6 +18,8 @@ from relayer.protocol.states import TradeState
 from relayer.service import store_for
 from tests.chain_kit import dev_accounts
 
+pytestmark = pytest.mark.slow  # new chains / Sentinel groups per test: `make test-slow` (CI runs it)
+
 
 def _instruction(n: int):
     a = dev_accounts(4)
