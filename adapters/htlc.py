@@ -40,6 +40,7 @@ ESCROW = "HashedTimelockEscrow"
 ATOMIC_DVP = "AtomicDvP"
 # The escrow's entry points by action kind, single and batched (the single ones carry selector-ordered names, see
 # the contract's lockTokens note).
+CLAIMED_TOPIC = "0x" + next(t for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed").hex()
 ESCROW_FN = {"lock": "lockTokens", "claim": "claimTokens", "refund": "refund"}
 ESCROW_BATCH_FN = {"lock": "lockBatch", "claim": "claimBatch", "refund": "refundBatch"}
 ERC20 = "SecurityToken"  # any compiled ERC-20 ABI serves for allowance/approve
@@ -94,6 +95,14 @@ class SlotsAtDepth:
     block: int
     timestamp: int
     slots: list[bytes]
+
+
+@dataclass(frozen=True)
+class ClaimsAtDepth:
+    """The preimages of claims of some swaps up to one confirmed block (HtlcLedger.claims_at_depth)."""
+
+    block: int
+    preimages: dict[bytes, bytes]  # swap id -> preimage
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,7 @@ class EscrowFollower:
         if start_hash:
             self._hashes[start_height] = start_hash
         self._hash_window = hash_window
-        self._claimed_topic = "0x" + next(t for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed").hex()
+        self._claimed_topic = CLAIMED_TOPIC
         self.confirmed_timestamp = 0
         self.last_head = 0
         self.last_head_timestamp = 0
@@ -431,6 +440,27 @@ class HtlcLedger:
         if not block:
             return None
         return SlotsAtDepth(number, int(block["timestamp"], 16), [bytes.fromhex(r[2:].rjust(64, "0")) for r in slots])
+
+    async def claims_at_depth(self, sids: list[bytes], from_block: int, confirmations: int,
+                              finalized: bool = False) -> ClaimsAtDepth | None:
+        """The Claimed events of these swaps from `from_block` to the newest confirmed block (k deep, or the
+        finalized one), read directly with the swap ids as a topic filter: a small answer, where a follower catching
+        up waits on every event of the escrow. None while the node has no such block."""
+        head = await self.chain.rpc("eth_getBlockByNumber", ["finalized" if finalized else "latest", False])
+        if not head:
+            return None
+        number = int(head["number"], 16) - (0 if finalized else confirmations - 1)
+        if number < from_block:
+            return ClaimsAtDepth(number, {})
+        logs = await self.chain.rpc("eth_getLogs", [{
+            "address": self.escrow, "fromBlock": hex(from_block), "toBlock": hex(number),
+            "topics": [CLAIMED_TOPIC, ["0x" + sid.hex() for sid in sids]]}])
+        found: dict[bytes, bytes] = {}
+        for lg in logs or []:
+            if lg.get("removed") or len(lg.get("topics") or []) < 2 or int(lg["blockNumber"], 16) > number:
+                continue
+            found[bytes.fromhex(lg["topics"][1][2:])] = bytes.fromhex(lg["data"][2:66])
+        return ClaimsAtDepth(number, found)
 
     def dvp_message(self, terms: tuple[Any, ...]) -> dict[str, Any]:
         assert self.dvp is not None and self.chain.chain_id is not None

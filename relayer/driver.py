@@ -132,7 +132,8 @@ class Driver:
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         sc_auth = stored_authorization(rec, "sc") if ins.buyerScAccount in self.holders else None
         reveal_lock = self._our_reveal_lock(rec, route, roles, st_leg, sc_leg, sc_ev, hashlock)
-        proven_at = self.reveals.proven(rec.trade_id, reveal_lock) if reveal_lock is not None else None
+        proven_at = self.reveals.proven(rec.trade_id, reveal_lock) if reveal_lock is not None else \
+            self._our_claim_event(rec, route, roles, st_leg, sc_leg, hashlock)
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc,
             clock_offset=rnd.offset(route), head_st=st.head_timestamp, head_sc=sc.head_timestamp,
@@ -145,8 +146,10 @@ class Driver:
             planned_t_sc=sc_auth.timelock if sc_auth is not None else None,
         )
         d = decide(view, roles, policy)
-        if reveal_lock is not None:
-            self._prove_reveal(rec, route, view, d, reveal_lock, proven_at)
+        if proven_at is not None and d.state in (TradeState.ST_LOCKED, TradeState.SC_LOCKED):
+            d.state = TradeState.SC_CLAIMED  # our reveal is k deep: the secret is public, the ST claim is out
+        elif reveal_lock is not None:
+            self._prove_reveal(rec, route, view, d, reveal_lock)
         finished = False
         if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
@@ -194,17 +197,31 @@ class Driver:
             return None
         return sc_ev
 
-    def _prove_reveal(self, rec: TradeRecord, route: Route, view: TradeView, d: Decision, lock: Any,
-                      proven_at: int | None) -> None:
+    def _our_claim_event(self, rec: TradeRecord, route: Route, roles: Roles, st_leg: LegView, sc_leg: LegView,
+                         hashlock: bytes | None) -> int | None:
+        """Our reveal found by its Claimed event alone (reveal_proofs.py) while the coin ledger's follower lags so
+        far that it has not shown the buyer's lock: the confirmed block up to which a claim of the buyer's swap
+        revealed our secret, or None (asked in the background while the follower lags)."""
+        if not roles.seller or hashlock is None or rec.state is TradeState.SC_CLAIMED or sc_leg.lock is not None:
+            return None
+        if not st_leg.active or st_leg.lock is None or st_leg.lock.hashlock != hashlock or st_leg.preimage:
+            return None
+        block = self.reveals.claim_proven(rec.trade_id, hashlock)
+        if block is not None:
+            return block
+        side, ins = route.sc, rec.signed.instruction
+        follower = side.follower
+        if side.fresh and (follower is None or side.head - follower.height <= 2 * side.confirmations + 2):
+            return None  # the follower keeps up: had the buyer locked, it would show the lock
+        self.reveals.ask_claim(rec.trade_id, side, side.ledger.swap_id_of(ins.buyerScAccount, ins.trade_id_bytes),
+                               hashlock, rec.get_int("sc_from_block") or side.config.start_block)
+        return None
+
+    def _prove_reveal(self, rec: TradeRecord, route: Route, view: TradeView, d: Decision, lock: Any) -> None:
         """Our reveal made final without the follower: once our SC claim was found due (or the reveal window is
         over, so it may have gone out before a restart), ask the coin ledger itself whether `lock` is claimed k
-        deep while the follower shows it live. Proven (`proven_at`): decide() let the ST claim out, and the trade
-        is SC_CLAIMED."""
+        deep while the follower shows it live (answered in reveals.proven)."""
         tid = rec.trade_id
-        if proven_at is not None:
-            if d.state in (TradeState.ST_LOCKED, TradeState.SC_LOCKED):
-                d.state = TradeState.SC_CLAIMED
-            return
         if Action.CLAIM_SC in d.actions:
             self._revealing[tid] = None
             while len(self._revealing) > REVEALS_KEPT:

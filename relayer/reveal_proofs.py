@@ -7,6 +7,10 @@ its follower: the escrow's slot. Read directly at the newest block k deep (or fi
 the follower saw at or below that block, in a block stamped before T_sc, can only be a claim (a refund needs a
 block at or after T_sc), and a claim publishes the secret: the ST claim may follow.
 
+When the follower has not even shown the buyer's lock (a worker restarted behind a slow path reads every event
+since its cursor in one large answer), the relayer asks the coin ledger for Claimed events of the buyer's swap id
+alone, k deep: one whose preimage hashes to our hashlock is our own reveal (nobody else has the secret).
+
 The reads run in the background, one batch per ledger at a time, so a slow ledger never holds up a round; a
 trade's answer is used in the round after it arrives.
 """
@@ -14,6 +18,7 @@ trade's answer is used in the round after it arrives.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +37,14 @@ class _Asked:
     lock: LockedEvent  # the buyer's SC lock our claim consumes
 
 
+@dataclass(frozen=True)
+class _ClaimAsked:
+    side: ChainSide
+    swap_id: bytes  # the buyer's swap under the trade id
+    hashlock: bytes  # ours: a claim whose preimage hashes to it is our reveal
+    from_block: int
+
+
 class RevealProofs:
     """Which of our SC claims (reveals) the coin ledger shows k deep, read apart from the follower."""
 
@@ -39,6 +52,8 @@ class RevealProofs:
         self._asked: dict[str, _Asked] = {}  # trade id -> the lock to check (replaced on each ask)
         # trade id -> (swap id, terms hash) of the lock found ended, and the confirmed block that showed its slot empty
         self._proven: dict[str, tuple[tuple[bytes, bytes], int]] = {}
+        self._claims_asked: dict[str, _ClaimAsked] = {}
+        self._claims_proven: dict[str, tuple[bytes, int]] = {}  # trade id -> (our hashlock, confirmed block)
         self._checking: dict[str, asyncio.Task[None]] = {}  # ledger name -> its running batch
         # decide a trade again after its answer: (trade id, seconds from now) - at once when proven, else a block on
         self.wake: Callable[[str, float], None] = lambda trade_id, after: None
@@ -55,6 +70,21 @@ class RevealProofs:
         if self.proven(trade_id, lock) is not None:
             return
         self._asked[trade_id] = _Asked(side, lock)
+        self._start(side)
+
+    def claim_proven(self, trade_id: str, hashlock: bytes) -> int | None:
+        """The confirmed block up to which a claim of the buyer's swap revealed our secret, if one did."""
+        found = self._claims_proven.get(trade_id)
+        return found[1] if found is not None and found[0] == hashlock else None
+
+    def ask_claim(self, trade_id: str, side: ChainSide, swap_id: bytes, hashlock: bytes, from_block: int) -> None:
+        """Look (soon, in the background) for a k-deep claim of `swap_id` on `side` that revealed `hashlock`."""
+        if self.claim_proven(trade_id, hashlock) is not None:
+            return
+        self._claims_asked[trade_id] = _ClaimAsked(side, swap_id, hashlock, from_block)
+        self._start(side)
+
+    def _start(self, side: ChainSide) -> None:
         running = self._checking.get(side.name)
         if running is None or running.done():
             self._checking[side.name] = asyncio.create_task(self._check(side))
@@ -62,6 +92,8 @@ class RevealProofs:
     def forget(self, trade_id: str) -> None:
         self._asked.pop(trade_id, None)
         self._proven.pop(trade_id, None)
+        self._claims_asked.pop(trade_id, None)
+        self._claims_proven.pop(trade_id, None)
 
     def pending(self) -> list[asyncio.Task[None]]:
         return [t for t in self._checking.values() if not t.done()]
@@ -71,6 +103,40 @@ class RevealProofs:
         await asyncio.gather(*self._checking.values(), return_exceptions=True)
 
     async def _check(self, side: ChainSide) -> None:
+        await self._check_slots(side)
+        await self._check_claims(side)
+
+    async def _check_claims(self, side: ChainSide) -> None:
+        asked = {tid: a for tid, a in self._claims_asked.items() if a.side is side}
+        for tid in asked:
+            self._claims_asked.pop(tid, None)
+        if not asked:
+            return
+        try:
+            seen = await asyncio.wait_for(
+                side.ledger.claims_at_depth(sorted({a.swap_id for a in asked.values()}),
+                                            min(a.from_block for a in asked.values()), side.confirmations,
+                                            finalized=side.config.finality == "finalized"),
+                CHECK_TIMEOUT)
+        except (LedgerError, TimeoutError) as exc:
+            self.log.info("reveal_proof_unanswered", chain=side.name, trades=len(asked), error=type(exc).__name__)
+            return
+        except Exception as exc:  # noqa: BLE001 - a malformed answer: nothing proven, asked again next round
+            self.log.warning("reveal_proof_failed", chain=side.name, trades=len(asked), error=repr(exc)[:200])
+            return
+        if seen is None:
+            return
+        for tid, a in asked.items():
+            preimage = seen.preimages.get(a.swap_id)
+            if preimage is not None and hashlib.sha256(preimage).digest() == a.hashlock:
+                self._claims_proven[tid] = (a.hashlock, seen.block)
+                while len(self._claims_proven) > REVEALS_KEPT:
+                    del self._claims_proven[next(iter(self._claims_proven))]
+                self.wake(tid, 0.0)
+            else:
+                self.wake(tid, side.block_time)
+
+    async def _check_slots(self, side: ChainSide) -> None:
         asked = {tid: a.lock for tid, a in self._asked.items() if a.side is side}
         for tid in asked:
             self._asked.pop(tid, None)

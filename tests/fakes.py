@@ -13,7 +13,7 @@ from hexbytes import HexBytes
 
 from adapters.compliance import Transfer
 from adapters.errors import TransactionReverted
-from adapters.htlc import HtlcLedger, LockedEvent, SlotsAtDepth
+from adapters.htlc import ClaimsAtDepth, HtlcLedger, LockedEvent, SlotsAtDepth
 from relayer.errors import ConcurrentUpdate
 from relayer.follow import ChainSide
 from relayer.protocol.instruction import SignedInstruction
@@ -160,6 +160,7 @@ class FakeLedger:
         self.rules = FakeRules()
         self.holders: dict[str, tuple[int, int]] = {}  # holder -> (escrow lock nonce, allowance): holder-signed
         self.depth: tuple[int, int] = (100, 0)  # the newest confirmed block: (number, timestamp)
+        self.claims: dict[bytes, bytes] = {}  # swap id -> preimage of its claim, k deep (claims_at_depth)
 
     async def holder_state(self, holder: str, token: str) -> tuple[int, int]:
         return self.holders.get(holder, (0, 0))
@@ -175,6 +176,11 @@ class FakeLedger:
 
     async def swap_slot(self, sid: bytes) -> bytes:
         return self.slots.get(sid, bytes(32))
+
+    async def claims_at_depth(self, sids: list[bytes], from_block: int, confirmations: int,
+                              finalized: bool = False) -> ClaimsAtDepth:
+        """The claims in `claims` (swap id -> preimage) of these swaps, as of the block `depth` names."""
+        return ClaimsAtDepth(self.depth[0], {s: p for s, p in self.claims.items() if s in sids})
 
     async def slots_at_depth(self, sids: list[bytes], confirmations: int, finalized: bool = False) -> SlotsAtDepth:
         """The slots now, as of the block `depth` names (number, timestamp): the fake chain has no history."""

@@ -357,6 +357,40 @@ async def test_an_empty_slot_proves_nothing_when_the_claim_is_not_mined_the_bloc
         assert store.fields[tid]["state"] == "SC_LOCKED", case
 
 
+async def test_a_worker_whose_coin_ledger_follower_has_not_even_shown_the_sc_lock_finds_our_reveal_by_its_claim():
+    """Chaos (issue 18): a worker restarted behind a slow path to the coin ledger; its follower, reading every event
+    since its cursor in one large answer, showed neither the buyer's SC lock nor our earlier claim of it before T_st.
+    The relayer asks for Claimed events of the buyer's swap id alone: one whose preimage is our secret, k deep, is
+    our reveal, so the ST claim goes out. A claim with another preimage proves nothing, and while the follower keeps
+    up nothing is asked."""
+    for case in ("ours", "another preimage", "follower keeps up"):
+        store, st_side, sc_side, _, driver, executor = world()
+        rec = new_trade(store)
+        await driver.advance(rec, rnd(), fence="f")
+        rec = store.get(rec.trade_id)
+        ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+        st_side.index.apply([st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN,
+                                                            ins.stAmount, h, t_st))])
+        secret = executor.box.open(rec.fields["secret"], rec.trade_id)
+        sid = HtlcLedger.swap_id_of(BUYER, ins.trade_id_bytes)
+        sc_side.ledger.claims[sid] = secret if case != "another preimage" else os.urandom(32)
+        if case == "follower keeps up":
+            sc_side.follower.height = sc_side.head - 1  # fresh, its confirmed height one block under the head
+        else:
+            sc_side.fresh = False  # a follow that outlasted its rounds
+        actions = []
+        for _ in range(3):
+            out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+            actions.append([d.action for d in out.due])
+            await driver.reveals.settle()
+        if case == "ours":
+            assert Action.CLAIM_ST in actions[-1] and store.fields[rec.trade_id]["state"] == "SC_CLAIMED", actions
+            assert "reveal_confirmed_directly" in store.events(rec.trade_id)
+        else:
+            assert all(Action.CLAIM_ST not in a for a in actions), (case, actions)
+            assert store.fields[rec.trade_id]["state"] == "ST_LOCKED", case
+
+
 def _sc_locked_with_our_secret(store, sc_side, executor):
     """A trade whose SC the buyer locked on the fake coin ledger, the seller's secret sealed in its record."""
     rec = new_trade(store)

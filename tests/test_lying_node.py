@@ -93,6 +93,14 @@ async def test_our_sc_claim_the_coin_ledgers_node_never_shows_is_proven_from_the
         assert side.ledger.chain.active_url == real  # read again from the standby, which shows the claim
         ins = signed.instruction
         assert await net.balance(net.st, ins.stToken, ins.buyerStAccount) >= ins.stAmount
+        # the buyer's swap's claim, asked for alone (what a worker does whose follower has not shown the lock)
+        import hashlib
+
+        sid = side.ledger.swap_id_of(ins.buyerScAccount, ins.trade_id_bytes)
+        found = await side.ledger.claims_at_depth([sid, b"\x01" * 32], net.doc["sc"]["deploy_block"], 1)
+        hashlock = bytes.fromhex((await engine.store.get(tid)).fields["hashlock"])
+        assert found is not None and list(found.preimages) == [sid]
+        assert hashlib.sha256(found.preimages[sid]).digest() == hashlock
     finally:
         await close_engine(engine)
         await proxy.stop()
