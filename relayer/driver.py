@@ -132,8 +132,14 @@ class Driver:
         hashlock = bytes.fromhex(rec.fields["hashlock"]) if rec.get("hashlock") else None
         sc_auth = stored_authorization(rec, "sc") if ins.buyerScAccount in self.holders else None
         reveal_lock = self._our_reveal_lock(rec, route, roles, st_leg, sc_leg, sc_ev, hashlock)
-        proven_at = self.reveals.proven(rec.trade_id, reveal_lock) if reveal_lock is not None else \
-            self._our_claim_event(rec, route, roles, st_leg, sc_leg, hashlock)
+        proven_at = self.reveals.proven(rec.trade_id, reveal_lock) if reveal_lock is not None else None
+        seen_preimage = self._seen_preimage(st_leg)
+        claim = self._claim_event(rec, route, roles, st_leg, sc_leg, hashlock, seen_preimage)
+        if claim is not None:
+            if roles.seller:
+                proven_at = proven_at if proven_at is not None else claim[0]
+            else:
+                seen_preimage = claim[1]  # a buyer-side relayer claims the ST with a secret read at any depth
         view = TradeView(
             instruction=ins, st=st_leg, sc=sc_leg, now_st=now_st, now_sc=now_sc,
             clock_offset=rnd.offset(route), head_st=st.head_timestamp, head_sc=sc.head_timestamp,
@@ -141,7 +147,7 @@ class Driver:
             sc_confirmed_time=sc.follower.confirmed_timestamp if sc.follower else 0,
             st_fresh=st.fresh, sc_fresh=sc.fresh,
             revealed=rec.state is TradeState.SC_CLAIMED or proven_at is not None,
-            seen_preimage=self._seen_preimage(st_leg),
+            seen_preimage=seen_preimage,
             sc_lock_authorized=ins.buyerScAccount not in self.holders or sc_auth is not None,
             planned_t_sc=sc_auth.timelock if sc_auth is not None else None,
         )
@@ -197,24 +203,35 @@ class Driver:
             return None
         return sc_ev
 
-    def _our_claim_event(self, rec: TradeRecord, route: Route, roles: Roles, st_leg: LegView, sc_leg: LegView,
-                         hashlock: bytes | None) -> int | None:
-        """Our reveal found by its Claimed event alone (reveal_proofs.py) while the coin ledger's follower lags so
-        far that it has not shown the buyer's lock: the confirmed block up to which a claim of the buyer's swap
-        revealed our secret, or None (asked in the background while the follower lags)."""
-        if not roles.seller or hashlock is None or rec.state is TradeState.SC_CLAIMED or sc_leg.lock is not None:
+    def _claim_event(self, rec: TradeRecord, route: Route, roles: Roles, st_leg: LegView, sc_leg: LegView,
+                     hashlock: bytes | None, seen_preimage: bytes | None) -> tuple[int, bytes] | None:
+        """The secret found by a Claimed event of the buyer's swap alone (reveal_proofs.py) while the coin ledger's
+        follower lags so far that it shows neither the lock nor its claim: (block read up to, preimage), or None
+        (asked in the background while the follower lags). The seller counts only its own reveal, k deep; a
+        buyer-side relayer (or a watcher paying ST gas) any claim with the ST lock's secret."""
+        if not st_leg.active or st_leg.lock is None or st_leg.preimage or sc_leg.preimage or \
+                rec.state is TradeState.SC_CLAIMED:
             return None
-        if not st_leg.active or st_leg.lock is None or st_leg.lock.hashlock != hashlock or st_leg.preimage:
+        if roles.seller:
+            if hashlock is None or st_leg.lock.hashlock != hashlock:
+                return None
+            depth = route.sc.confirmations
+        elif roles.buyer or roles.st_gas:
+            if seen_preimage is not None:
+                return None
+            depth = 1
+        else:
             return None
-        block = self.reveals.claim_proven(rec.trade_id, hashlock)
-        if block is not None:
-            return block
+        wanted = st_leg.lock.hashlock
+        found = self.reveals.claim_proven(rec.trade_id, wanted, depth)
+        if found is not None:
+            return found
         side, ins = route.sc, rec.signed.instruction
         follower = side.follower
         if side.fresh and (follower is None or side.head - follower.height <= 2 * side.confirmations + 2):
-            return None  # the follower keeps up: had the buyer locked, it would show the lock
+            return None  # the follower keeps up: a lock or claim would be in the index
         self.reveals.ask_claim(rec.trade_id, side, side.ledger.swap_id_of(ins.buyerScAccount, ins.trade_id_bytes),
-                               hashlock, rec.get_int("sc_from_block") or side.config.start_block)
+                               wanted, rec.get_int("sc_from_block") or side.config.start_block, depth)
         return None
 
     def _prove_reveal(self, rec: TradeRecord, route: Route, view: TradeView, d: Decision, lock: Any) -> None:

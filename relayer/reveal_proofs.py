@@ -7,9 +7,11 @@ its follower: the escrow's slot. Read directly at the newest block k deep (or fi
 the follower saw at or below that block, in a block stamped before T_sc, can only be a claim (a refund needs a
 block at or after T_sc), and a claim publishes the secret: the ST claim may follow.
 
-When the follower has not even shown the buyer's lock (a worker restarted behind a slow path reads every event
-since its cursor in one large answer), the relayer asks the coin ledger for Claimed events of the buyer's swap id
-alone, k deep: one whose preimage hashes to our hashlock is our own reveal (nobody else has the secret).
+When the follower lags so far that it shows neither the buyer's lock nor its claim (a worker restarted behind a
+slow path reads every event since its cursor in one large answer), the relayer asks the coin ledger for Claimed
+events of the buyer's swap id alone: k deep, one whose preimage hashes to our hashlock is our own reveal (nobody
+else has the secret); for a buyer-side relayer any claim that shows the ST lock's secret serves at once, as a
+secret seen above the confirmed range does.
 
 The reads run in the background, one batch per ledger at a time, so a slow ledger never holds up a round; a
 trade's answer is used in the round after it arrives.
@@ -41,8 +43,9 @@ class _Asked:
 class _ClaimAsked:
     side: ChainSide
     swap_id: bytes  # the buyer's swap under the trade id
-    hashlock: bytes  # ours: a claim whose preimage hashes to it is our reveal
+    hashlock: bytes  # the ST lock's: a claim whose preimage hashes to it revealed the secret
     from_block: int
+    confirmations: int  # k for our own reveal (the seller waits for it to be final); 1 for a buyer (any claim)
 
 
 class RevealProofs:
@@ -53,7 +56,8 @@ class RevealProofs:
         # trade id -> (swap id, terms hash) of the lock found ended, and the confirmed block that showed its slot empty
         self._proven: dict[str, tuple[tuple[bytes, bytes], int]] = {}
         self._claims_asked: dict[str, _ClaimAsked] = {}
-        self._claims_proven: dict[str, tuple[bytes, int]] = {}  # trade id -> (our hashlock, confirmed block)
+        # trade id -> (hashlock, depth asked, block read up to, preimage)
+        self._claims_proven: dict[str, tuple[bytes, int, int, bytes]] = {}
         self._checking: dict[str, asyncio.Task[None]] = {}  # ledger name -> its running batch
         # decide a trade again after its answer: (trade id, seconds from now) - at once when proven, else a block on
         self.wake: Callable[[str, float], None] = lambda trade_id, after: None
@@ -72,16 +76,21 @@ class RevealProofs:
         self._asked[trade_id] = _Asked(side, lock)
         self._start(side)
 
-    def claim_proven(self, trade_id: str, hashlock: bytes) -> int | None:
-        """The confirmed block up to which a claim of the buyer's swap revealed our secret, if one did."""
+    def claim_proven(self, trade_id: str, hashlock: bytes, confirmations: int) -> tuple[int, bytes] | None:
+        """(block read up to, preimage) of a claim of the buyer's swap, at least `confirmations` deep, that revealed
+        the secret of `hashlock`, if one was found."""
         found = self._claims_proven.get(trade_id)
-        return found[1] if found is not None and found[0] == hashlock else None
+        if found is None or found[0] != hashlock or found[1] < confirmations:
+            return None
+        return found[2], found[3]
 
-    def ask_claim(self, trade_id: str, side: ChainSide, swap_id: bytes, hashlock: bytes, from_block: int) -> None:
-        """Look (soon, in the background) for a k-deep claim of `swap_id` on `side` that revealed `hashlock`."""
-        if self.claim_proven(trade_id, hashlock) is not None:
+    def ask_claim(self, trade_id: str, side: ChainSide, swap_id: bytes, hashlock: bytes, from_block: int,
+                  confirmations: int) -> None:
+        """Look (soon, in the background) for a claim of `swap_id` on `side`, `confirmations` deep, that revealed
+        the secret of `hashlock`."""
+        if self.claim_proven(trade_id, hashlock, confirmations) is not None:
             return
-        self._claims_asked[trade_id] = _ClaimAsked(side, swap_id, hashlock, from_block)
+        self._claims_asked[trade_id] = _ClaimAsked(side, swap_id, hashlock, from_block, confirmations)
         self._start(side)
 
     def _start(self, side: ChainSide) -> None:
@@ -107,7 +116,11 @@ class RevealProofs:
         await self._check_claims(side)
 
     async def _check_claims(self, side: ChainSide) -> None:
-        asked = {tid: a for tid, a in self._claims_asked.items() if a.side is side}
+        for depth in sorted({a.confirmations for a in self._claims_asked.values() if a.side is side}):
+            await self._check_claims_at(side, depth)
+
+    async def _check_claims_at(self, side: ChainSide, depth: int) -> None:
+        asked = {tid: a for tid, a in self._claims_asked.items() if a.side is side and a.confirmations == depth}
         for tid in asked:
             self._claims_asked.pop(tid, None)
         if not asked:
@@ -115,8 +128,8 @@ class RevealProofs:
         try:
             seen = await asyncio.wait_for(
                 side.ledger.claims_at_depth(sorted({a.swap_id for a in asked.values()}),
-                                            min(a.from_block for a in asked.values()), side.confirmations,
-                                            finalized=side.config.finality == "finalized"),
+                                            min(a.from_block for a in asked.values()), depth,
+                                            finalized=depth > 1 and side.config.finality == "finalized"),
                 CHECK_TIMEOUT)
         except (LedgerError, TimeoutError) as exc:
             self.log.info("reveal_proof_unanswered", chain=side.name, trades=len(asked), error=type(exc).__name__)
@@ -129,7 +142,7 @@ class RevealProofs:
         for tid, a in asked.items():
             preimage = seen.preimages.get(a.swap_id)
             if preimage is not None and hashlib.sha256(preimage).digest() == a.hashlock:
-                self._claims_proven[tid] = (a.hashlock, seen.block)
+                self._claims_proven[tid] = (a.hashlock, depth, seen.block, preimage)
                 while len(self._claims_proven) > REVEALS_KEPT:
                     del self._claims_proven[next(iter(self._claims_proven))]
                 self.wake(tid, 0.0)

@@ -391,6 +391,28 @@ async def test_a_worker_whose_coin_ledger_follower_has_not_even_shown_the_sc_loc
             assert store.fields[rec.trade_id]["state"] == "ST_LOCKED", case
 
 
+async def test_a_buyer_side_worker_whose_coin_ledger_follower_lags_finds_the_sellers_reveal_by_its_claim():
+    """Chaos (issue 18, seed 7, bot_late_claim): a worker restarted just before a counterparty seller revealed late;
+    its coin-ledger follower, catching up in one large answer, showed the claim only after T_st. The buyer side asks
+    for the Claimed events of its own SC swap alone and claims the ST with the secret at once (any depth, as a
+    secret seen above the confirmed range)."""
+    store, st_side, sc_side, _, driver, _ = world(keys_st=(BUYER,), keys_sc=(BUYER,))
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    secret = os.urandom(32)
+    st_side.index.apply([st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount,
+                                                        hashlib.sha256(secret).digest(), NOW + 200))])
+    sc_side.ledger.claims[HtlcLedger.swap_id_of(BUYER, ins.trade_id_bytes)] = secret
+    sc_side.fresh = False  # its follow outlasts the rounds
+    actions = []
+    for _ in range(3):
+        out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+        actions.append([d.action for d in out.due])
+        await driver.reveals.settle()
+    assert Action.CLAIM_ST in actions[-1], actions
+    assert "secret_learned" in store.events(rec.trade_id)
+
+
 def _sc_locked_with_our_secret(store, sc_side, executor):
     """A trade whose SC the buyer locked on the fake coin ledger, the seller's secret sealed in its record."""
     rec = new_trade(store)
