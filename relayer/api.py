@@ -355,13 +355,10 @@ async def post_intake(request: web.Request) -> web.Response:
 
 async def post_cancel(request: web.Request) -> web.Response:
     """An operator cancels a MATCHED trade nothing was locked for (operator role): ABORTED, with who did it."""
-    doc = await _json_body(request, MAX_BODY, need="operator")
-    if isinstance(doc, web.Response):
-        return doc
-    trade_id = _trade_id(request)
-    if isinstance(trade_id, web.Response):
-        return trade_id
-    body = validated(CancelBody, doc)
+    got = await _operator_trade_body(request, CancelBody)
+    if isinstance(got, web.Response):
+        return got
+    trade_id, body = got
     state = await request.app[READ_MODEL].cancel(trade_id, _actor(request), body.reason)
     return web.json_response(Cancelled(trade_id=trade_id, state=state).model_dump(mode="json"))
 
@@ -404,14 +401,16 @@ async def get_overview(request: web.Request) -> web.Response:
     return web.json_response(doc.model_dump(mode="json"))
 
 
-async def _operator_trade_body(request: web.Request) -> tuple[str, OperatorNote] | web.Response:
+async def _operator_trade_body(request: web.Request, model: type[CancelBody] | type[OperatorNote] = OperatorNote
+                               ) -> tuple[str, CancelBody | OperatorNote] | web.Response:
+    """An operator action on one trade: its id and its body (the reason), or the error answer."""
     doc = await _json_body(request, MAX_BODY, need="operator")
     if isinstance(doc, web.Response):
         return doc
     trade_id = _trade_id(request)
     if isinstance(trade_id, web.Response):
         return trade_id
-    return trade_id, validated(OperatorNote, doc)
+    return trade_id, validated(model, doc)
 
 
 async def post_watch_only(request: web.Request) -> web.Response:

@@ -334,15 +334,21 @@ def operator_cancel(trade_id: str, reason: str, api_url: str | None, token: str 
     sys.exit(0 if status_code == 200 else 1)
 
 
+def _trade_action(trade_id: str, action: str, reason: str, api_url: str | None, token: str | None,
+                  ok: int) -> None:
+    """POST /v1/trades/{id}/{action} through the API; prints the answer, exits 0 on `ok`."""
+    status_code, answer = _call_api(_client(api_url, token).trade_action(trade_id, action, reason))
+    click.echo(json.dumps(answer))
+    sys.exit(0 if status_code == ok else 1)
+
+
 @operator.command("watch-only")
 @click.argument("trade_id")
 @click.option("--reason", default="")
 @_api_options
 def operator_watch_only(trade_id: str, reason: str, api_url: str | None, token: str | None) -> None:
     """Mark a trade this relayer holds no party's key for as watch-only (shown so on the dashboard)."""
-    status_code, answer = _call_api(_client(api_url, token).trade_action(trade_id, "watch-only", reason))
-    click.echo(json.dumps(answer))
-    sys.exit(0 if status_code == 200 else 1)
+    _trade_action(trade_id, "watch-only", reason, api_url, token, ok=200)
 
 
 @operator.command("redrive")
@@ -351,9 +357,7 @@ def operator_watch_only(trade_id: str, reason: str, api_url: str | None, token: 
 @_api_options
 def operator_redrive(trade_id: str, reason: str, api_url: str | None, token: str | None) -> None:
     """Have the worker driving a trade read both chains again and decide it again (audit: redriven)."""
-    status_code, answer = _call_api(_client(api_url, token).trade_action(trade_id, "redrive", reason))
-    click.echo(json.dumps(answer))
-    sys.exit(0 if status_code == 202 else 1)
+    _trade_action(trade_id, "redrive", reason, api_url, token, ok=202)
 
 
 @operator.command("sweep")

@@ -77,6 +77,16 @@ def _err(description: str) -> dict[str, Any]:
     return _json(ErrorBody, description)
 
 
+_PAGING_PARAMS = [
+    {"name": "state", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": [s.value for s in TradeState]},
+     "description": "only trades in this state, among the newest 5,000"},
+    {"name": "offset", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+]
+
 _TRADE_ID_PARAM = {"name": "trade_id", "in": "path", "required": True,
                    "schema": {"type": "string", "pattern": TRADE_ID_PATTERN}}
 
@@ -104,15 +114,7 @@ OPENAPI: dict[str, Any] = {
             }),
             "get": {
                 "summary": "List trades, newest first",
-                "parameters": [
-                    {"name": "state", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": [s.value for s in TradeState]},
-                     "description": "only trades in this state, among the newest 5,000"},
-                    {"name": "offset", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
-                ],
+                "parameters": _PAGING_PARAMS,
                 "responses": {"200": _json(TradeList, "a page of trades"),
                               "400": _err("bad paging or state"), "401": _err("unauthorized"),
                               "403": _err("forbidden: the token's role may not read")},
@@ -294,15 +296,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The dashboard's one call: totals by state from the store, the health strip (readiness, "
                            "follower lag, RPC errors, clock offsets, intake, webhooks, sweep) and a page of trades, "
                            "each with why it waits and what happens next",
-                "parameters": [
-                    {"name": "state", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": [s.value for s in TradeState]},
-                     "description": "only trades in this state, among the newest 5,000"},
-                    {"name": "offset", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
-                ],
+                "parameters": _PAGING_PARAMS,
                 "responses": {"200": _json(Overview, "the overview"),
                               "400": _err("bad paging or state"), "401": _err("unauthorized"),
                               "403": _err("forbidden: the token's role may not read"),
