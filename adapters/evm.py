@@ -267,6 +267,18 @@ class EvmChain:
 
         return await self.call(raw)
 
+    async def rpc_at(self, index: int, method: str, params: list[Any], parse: Callable[[Any], Any] | None = None,
+                     timeout: float = 2.0) -> Any:
+        """A raw JSON-RPC call to endpoint `index` alone, without retries or failover (comparing what endpoints
+        say): its parsed result, or None when it did not answer in time, answered an error or a malformed result."""
+        try:
+            resp: Any = await asyncio.wait_for(self._w3s[index].provider.make_request(method, params), timeout)
+            if not isinstance(resp, dict) or "result" not in resp:
+                return None
+            return parse(resp["result"]) if parse is not None else resp["result"]
+        except Exception:  # noqa: BLE001 - any failure means "no answer" here; call() handles the real errors
+            return None
+
     async def rpc_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """Several raw JSON-RPC calls in one HTTP request (one round trip); results in order."""
         if not calls:

@@ -10,6 +10,7 @@ the source of truth; the cursor (height + hash) is handed in and out by the call
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,10 +35,12 @@ from adapters.contracts import (
 )
 from adapters.errors import LeaseLost, RpcError
 from adapters.evm import EvmChain, TxSender
+from adapters.log_bloom import watched_logs, withheld_block
 from adapters.signers import Signer
 
 ESCROW = "HashedTimelockEscrow"
 ATOMIC_DVP = "AtomicDvP"
+BLOOM_CHECKED_RANGE = 500  # blocks per follower read: every header is fetched to check the answer by its bloom
 # The escrow's entry points by action kind, single and batched (the single ones carry selector-ordered names, see
 # the contract's lockTokens note).
 CLAIMED_TOPIC = "0x" + next(t for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed").hex()
@@ -136,6 +139,16 @@ class SettledEvent:
 EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent | SettledEvent
 
 
+def parse_logs(raw: Any) -> list[dict[str, Any]]:
+    """eth_getLogs entries with the fields the follower uses parsed: block and log index as ints, hashes as
+    lowercase 0x-hex, topics and data as bytes (a malformed answer raises: the node counts as not answering)."""
+    return [{"blockNumber": int(lg["blockNumber"], 16), "blockHash": lg["blockHash"].lower(),
+             "transactionHash": lg["transactionHash"].lower(), "logIndex": int(lg["logIndex"], 16),
+             "address": to_checksum_address(lg["address"]),
+             "topics": [bytes.fromhex(t[2:]) for t in lg["topics"]], "data": bytes.fromhex(lg["data"][2:])}
+            for lg in raw if not lg.get("removed")]
+
+
 @dataclass
 class FollowResult:
     events: list[EscrowEvent] = field(default_factory=list)
@@ -146,6 +159,11 @@ class FollowResult:
     head: int = 0
     head_timestamp: int = 0
     head_gas_limit: int = 0  # the latest block's gas limit: batches are sized to it
+    # a block whose header's logs bloom shows a log of ours the node's eth_getLogs answer left out (log_bloom.py)
+    withheld: int | None = None
+    withheld_by: str = ""  # the endpoint that left it out
+    now_using: str = ""  # set when another endpoint showed the log: it is the active one from now on
+    withheld_believed: bool = False  # every endpoint answered the same, or none other could be asked in time
 
 
 class EscrowFollower:
@@ -183,6 +201,14 @@ class EscrowFollower:
         self.last_head = 0
         self.last_head_timestamp = 0
         self._preimages_read_to = 0  # unconfirmed blocks already searched for preimages
+        specs = {name: topic for topic, (name, *_) in event_specs(ESCROW).items()}
+        self._watched = watched_logs({self.escrow: [specs[n] for n in ("Locked", "Claimed", "Refunded")],
+                                      **{a: [t for t, (n, *_) in event_specs(ATOMIC_DVP).items() if n == "Settled"]
+                                         for a in self.addresses[1:]}})
+        # how long a block whose logs the headers contradict holds the cursor back when no other endpoint can be
+        # asked (a node that drops logs for good is then believed, and the relayer's slot reads take over)
+        self.withheld_patience = 5.0
+        self._withheld_since: dict[int, float] = {}
 
     @property
     def cursor(self) -> tuple[int, str | None]:
@@ -262,17 +288,21 @@ class EscrowFollower:
             if target < self.height:  # the chain got shorter (rollback) without a hash mismatch yet
                 result.rewound_to = self.height = max(target, 0)
             return
-        end = min(target, self.height + self.max_range)
+        end = min(target, self.height + self.max_range, self.height + BLOOM_CHECKED_RANGE)
         start = self.height + 1
         logs = await self._logs({"address": self.addresses, "fromBlock": hex(start), "toBlock": hex(end)})
-        # Logs and hashes must come from one fork: re-read the hash of every block that holds a log.
-        wanted = sorted({int(lg["blockNumber"]) for lg in logs} | {end})
-        blocks = await self.chain.rpc_batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])  # 1 trip
+        # Logs and hashes must come from one fork: re-read the hash of every block (one trip); its logs bloom
+        # also says whether the node left out a log of ours (log_bloom.py)
+        wanted = list(range(start, end + 1))
+        blocks = await self.chain.rpc_batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
         hashes = {n: (b["hash"] if b else None) for n, b in zip(wanted, blocks)}
         end_timestamp = int(blocks[-1]["timestamp"], 16) if blocks[-1] else 0
         for lg in logs:
             if (hashes[int(lg["blockNumber"])] or "").lower() != lg["blockHash"]:
                 return  # a reorg happened while reading: try again next poll
+        missing = withheld_block(blocks, logs, self._watched)
+        if missing is not None and not await self._believe_no_log(missing, logs, result):
+            return  # read again next poll (from the endpoint that showed the log, when one did)
         for lg in logs:
             ev = self._decode(lg)
             if ev is not None:
@@ -283,17 +313,41 @@ class EscrowFollower:
         while len(self._hashes) > self._hash_window:
             self._hashes.popitem(last=False)
 
+    async def _believe_no_log(self, number: int, logs: list[dict[str, Any]], result: FollowResult) -> bool:
+        """Block `number`'s header shows a log of ours that `logs` lacks. Ask every other endpoint for that block's
+        logs: one that has more of ours becomes the active endpoint (False: read again from it). Others answering
+        the same: a bloom false positive (True). No other endpoint answers: believe the answer once it has held the
+        cursor back for `withheld_patience` seconds, so a node that drops logs for good cannot stop the follower
+        (the relayer's escrow-slot reads cover what it hides)."""
+        result.withheld, result.withheld_by = number, self.chain.active_url
+
+        def kinds(found: list[dict[str, Any]]) -> set[tuple[str, bytes]]:
+            return {(lg["address"], lg["topics"][0]) for lg in found if lg["blockNumber"] == number and lg["topics"]}
+
+        ours = kinds(logs)
+        params = [{"address": self.addresses, "fromBlock": hex(number), "toBlock": hex(number)}]
+        others = [i for i in range(len(self.chain.rpc_urls)) if i != self.chain.active_index]
+        answers = await asyncio.gather(*(self.chain.rpc_at(i, "eth_getLogs", params, parse=parse_logs)
+                                         for i in others))
+        for i, theirs in zip(others, answers):
+            if theirs is not None and kinds(theirs) - ours:
+                self.chain.use(i)
+                result.now_using = self.chain.active_url
+                return False
+        if any(theirs is not None for theirs in answers):
+            result.withheld_believed = True  # another endpoint says the same: the bloom was a false positive
+            return True
+        first = self._withheld_since.setdefault(number, time.monotonic())
+        if time.monotonic() - first < self.withheld_patience:
+            return False
+        self._withheld_since.clear()
+        result.withheld_believed = True
+        return True
+
     async def _logs(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """eth_getLogs read raw (web3's formatting of every log was a large share of a busy worker's CPU), with
         the fields the follower uses parsed: block and log index as ints, hashes as lowercase 0x-hex."""
-        def parse(raw: Any) -> list[dict[str, Any]]:  # a malformed answer: the node counts as not answering
-            return [{"blockNumber": int(lg["blockNumber"], 16), "blockHash": lg["blockHash"].lower(),
-                     "transactionHash": lg["transactionHash"].lower(), "logIndex": int(lg["logIndex"], 16),
-                     "address": to_checksum_address(lg["address"]),
-                     "topics": [bytes.fromhex(t[2:]) for t in lg["topics"]], "data": bytes.fromhex(lg["data"][2:])}
-                    for lg in raw if not lg.get("removed")]
-
-        logs: list[dict[str, Any]] = await self.chain.rpc("eth_getLogs", [params], parse=parse)
+        logs: list[dict[str, Any]] = await self.chain.rpc("eth_getLogs", [params], parse=parse_logs)
         return logs
 
     def _decode(self, lg: dict[str, Any]) -> EscrowEvent | None:

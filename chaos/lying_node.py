@@ -3,7 +3,9 @@
 Frozen: eth_blockNumber and eth_getBlockByNumber("latest"/"pending"/"safe"/"finalized") keep answering the head
 as it was when frozen, while the chain moves on (a node stuck on its fork or out of sync). Dropping logs: every
 eth_getLogs answers no logs (a node that lost its log index); dropping topics: it answers without the logs whose
-first topic is one of `drop_topics` (an index that lost one event kind). Everything else is forwarded as it is.
+first topic is one of `drop_topics` (an index that lost one event kind). Hiding in blooms: block headers answer
+with an empty logs bloom, so the headers do not give the dropped logs away either (the relayer's last line of
+defence, its escrow-slot reads, is what is left). Everything else is forwarded as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class LyingNode:
         self.frozen: int | None = None
         self.drop_logs = False
         self.drop_topics: set[str] = set()  # 0x-hex event signatures (lower case) left out of eth_getLogs answers
+        self.hide_in_blooms = False  # headers' logsBloom answered empty
         self.runner: web.AppRunner | None = None
         self.http: aiohttp.ClientSession | None = None
         self.url = ""
@@ -43,6 +46,8 @@ class LyingNode:
         assert self.http is not None
         async with self.http.post(self.upstream, json=doc) as r:
             out = await r.json(content_type=None)
+        if self.hide_in_blooms and method == "eth_getBlockByNumber" and isinstance(out.get("result"), dict):
+            out["result"]["logsBloom"] = "0x" + "00" * 256
         if self.drop_topics and method == "eth_getLogs" and isinstance(out.get("result"), list):
             out["result"] = [lg for lg in out["result"] if (lg.get("topics") or [""])[0].lower() not in self.drop_topics]
         return out

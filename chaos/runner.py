@@ -138,6 +138,7 @@ class Chaos:
         self.outages: list[Outage] = []  # every injected outage (worker, redis, a chain), wall clock
         self.clocks = ClockLog()  # every chain clock offset the runner set, to date chain times in wall time
         self.windows: dict[str, dict[str, Any]] = {}  # ONE-SIDED trade -> its claim window (chaos.timeline)
+        self.target = ""  # the chain the fault being injected acts on (faults.jsonl)
         self.time_offset = {"st": 0, "sc": 0}  # injected clock offsets (anvil forgets them on restart)
         self._background: set[asyncio.Task[None]] = set()
         self.max_skew_seen = 0  # largest |ST - SC| latest-block time difference sampled
@@ -246,7 +247,7 @@ class Chaos:
             "DVP_MARGIN": str(self.cfg.margin),
             "DVP_ST_LOCK_DURATION": str(self.cfg.st_lock_duration), "DVP_POLL_INTERVAL": "0.1",
             "DVP_RPC_TIMEOUT": "2", "DVP_API_PORT": str(self.api_port), "DVP_API_TOKENS": self.api_token,
-            "DVP_MAX_FEE_GWEI": str(self.cfg.max_fee_gwei), "DVP_LOG_LEVEL": "WARNING",
+            "DVP_MAX_FEE_GWEI": str(self.cfg.max_fee_gwei), "DVP_LOG_LEVEL": os.environ.get("DVP_CHAOS_WORKER_LOG_LEVEL", "WARNING"),
         }
         # Δ as the relayer computes it: k × block time + inclusion + skew + margin
         import math
@@ -605,6 +606,7 @@ class Chaos:
                 return
             await self._sample_skew()
             fault = self._draw(deck, lambda: list(kinds))
+            self.target, began = "", time.time()
             try:
                 if fault == "worker_kill":
                     assert self.worker is not None
@@ -617,7 +619,7 @@ class Chaos:
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
                 elif fault in ("chain_stop_short", "chain_stop_long"):
-                    name = self.rng.choice(["st", "sc"])
+                    name = self.target = self.rng.choice(["st", "sc"])
                     if self.chain_down[name]:
                         continue
                     node = self.st_node if name == "st" else self.sc_node
@@ -700,7 +702,7 @@ class Chaos:
                     # each chain's clock runs 0..max_skew s ahead of wall time, so the two never differ by more
                     # than the bound Δ is built on, and a restart's first block (anvil stamps it before the
                     # clock is set again) is off by at most that much too
-                    name = self.rng.choice(["st", "sc"])
+                    name = self.target = self.rng.choice(["st", "sc"])
                     chain = self.st if name == "st" else self.sc
                     if self.chain_down[name]:
                         continue
@@ -710,11 +712,19 @@ class Chaos:
                 self.stats.faults[fault] += 1
             except Exception as exc:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
                 self.stats.api_errors[f"inject:{fault}:{type(exc).__name__}"] += 1
+            self._journal(fault, began)
+
+    def _journal(self, fault: str, began: float) -> None:
+        """One line per injected fault in faults.jsonl (kind, chain, wall-clock start and end): what a violation's
+        trade went through is read beside worker.log."""
+        with open(self.cfg.workdir / "faults.jsonl", "a") as out:
+            out.write(json.dumps({"fault": fault, "chain": self.target, "start": round(began, 3),
+                                  "end": round(time.time(), 3)}) + "\n")
 
     async def _net_fault(self, fault: str) -> None:
         """One network fault on one chain's paths, for a while, then the paths are clear again. A partition
         counts as that chain's outage (from the worker's side it is one); the others leave the standby path."""
-        name = self.rng.choice(["st", "sc"])
+        name = self.target = self.rng.choice(["st", "sc"])
         primary, standby = self.paths[name]
         if fault == "net_delay":
             primary.set(DELAY, latency=self.rng.uniform(0.2, 3.0), jitter=0.5)

@@ -159,6 +159,9 @@ class Driver:
         finished = False
         if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
+        elif fence is not None and d.state is TradeState.SC_CLAIMED and st_leg.lock is None and \
+                (roles.buyer or roles.st_gas) and (sc_leg.preimage or seen_preimage):
+            await self._lock_without_event(rec, route, log, legs=("st",))  # the secret is out: find the ST lock
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
@@ -313,15 +316,18 @@ class Driver:
             finished = await self._apply(rec, d, {}, log, fence)
         return Advanced([Due(rec, action, None, None, None, rnd.observed_at) for action in d.actions], finished)
 
-    async def _lock_without_event(self, rec: TradeRecord, route: Route, log: Any) -> bool:
-        """Before a trade is ABORTED for want of a lock event: does either escrow hold the expected swap anyway? A
-        node that drops logs would otherwise make the relayer give up on a live lock (never refunded). If so:
-        alert, and read that chain again from the trade's first block (the followers switch endpoints)."""
+    async def _lock_without_event(self, rec: TradeRecord, route: Route, log: Any, legs: tuple[str, ...] = ("st", "sc")
+                                  ) -> bool:
+        """Does an escrow hold the expected swap though the index has no event of it? Asked before a trade is
+        ABORTED for want of a lock event (a node that drops logs would make the relayer give up on a live lock,
+        never refunded), and for the ST leg once the secret is public with no ST lock to claim (the ST would be
+        refunded to the seller after the buyer paid). If so: alert, and read that chain again from the trade's
+        first block (the followers switch endpoints)."""
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
         found = False
         for side, sender, role in ((route.st, ins.sellerStAccount, "st"), (route.sc, ins.buyerScAccount, "sc")):
-            if side.index.instances(tid):
+            if role not in legs or side.index.instances(tid):
                 continue  # events seen for it: its lock's end decides, not its absence
             if await side.ledger.swap_slot(side.ledger.swap_id_of(sender, tid)) == bytes(32):
                 continue

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.errors import LedgerError
-from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, HtlcLedger, LockedEvent, RefundedEvent, SettledEvent
+from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, FollowResult, HtlcLedger, LockedEvent, RefundedEvent, SettledEvent
 from relayer import metrics
 from relayer.config import LedgerConfig, Settings
 from relayer.errors import ConfigError
@@ -187,6 +187,7 @@ class ChainSide:
     reviving: asyncio.Task[None] | None = None  # the running check for our reorged-out transactions
     stall_checked_at: float = 0.0  # monotonic time the endpoints' heads were last compared (a stalled head)
     reread_at: float = 0.0  # monotonic time of the last re-read asked for (a lock the node gave no event for)
+    withheld_reported: int | None = None  # the last block reported as left out of an eth_getLogs answer
     following: asyncio.Task[bool] | None = None  # this chain's follow (it may outlast a round, see Followers)
 
     @property
@@ -266,6 +267,7 @@ class Followers:
             confirmations=side.confirmations, start_height=max(height, -1), start_hash=bhash, dvp=side.ledger.dvp,
             finalized_tag=side.config.finality == "finalized",
         )
+        side.follower.withheld_patience = STALL_BLOCKS * side.block_time
 
     async def _oldest_open_block(self, side: ChainSide, chain_id: int) -> int | None:
         """The first block an open trade on this ledger needs read again (kept per leg: st_ / sc_from_block)."""
@@ -342,6 +344,8 @@ class Followers:
             self.log.error("reorg_beyond_confirmations", chain=side.name, to_height=res.rewound_to,
                            processed_to=before_height, depth_at_least=max(0, before_height - res.rewound_to),
                            confirmations=side.confirmations)
+        if res.withheld is not None:
+            self._report_withheld(side, res)
         self.touched |= side.index.apply(res.events)
         for h in side.index.learn_preimages(res.preimages):  # the secret of a lock on either chain
             for s in self.sides:
@@ -368,6 +372,19 @@ class Followers:
             side.reconnects_seen = side.ledger.chain.reconnects
             self.spawn(self._heal(side))
         await self._leave_a_stalled_endpoint(side)
+
+    def _report_withheld(self, side: ChainSide, res: FollowResult) -> None:
+        """A node's eth_getLogs answer left out a log its own block header shows (adapters/log_bloom.py): the
+        follower did not read past that block unless every endpoint says the same. Counted and logged once per
+        block, with the endpoint it reads from now."""
+        if res.withheld_believed:
+            self.log.warning("rpc_logs_bloom_unconfirmed", chain=side.name, block=res.withheld,
+                             endpoint=res.withheld_by)
+        elif side.withheld_reported != res.withheld or res.now_using:
+            metrics.LOGS_WITHHELD.labels(side.name).inc(side.withheld_reported != res.withheld)
+            self.log.warning("rpc_logs_withheld", chain=side.name, block=res.withheld, left=res.withheld_by,
+                             now_using=res.now_using or res.withheld_by)
+        side.withheld_reported = res.withheld
 
     def reread(self, name: str, from_block: int, force: bool = False) -> None:
         """Read a ledger again from `from_block`, from its next endpoint when it has standbys: its current one gave

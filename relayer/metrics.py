@@ -26,6 +26,9 @@ DEEP_REORGS = Counter("dvp_reorgs_beyond_confirmations_total", "Reorgs that repl
 LOCKS_WITHOUT_EVENT = Counter("dvp_locks_without_event_total", "Trades about to be aborted whose lock the escrow holds "
                               "though the node gave no event for it (a node dropping logs)", ["chain"],
                               registry=REGISTRY)
+LOGS_WITHHELD = Counter("dvp_rpc_logs_withheld_total", "eth_getLogs answers that left out events the blocks' own "
+                        "logs blooms show (a node dropping logs): the follower did not read past them", ["chain"],
+                        registry=REGISTRY)
 REVEALS_PROVEN_DIRECTLY = Counter("dvp_reveals_proven_directly_total", "Our SC claims found final by reading the "
                                   "escrow slot k deep because the follower had not shown them (a lagging follower)",
                                   ["chain"], registry=REGISTRY)

@@ -276,6 +276,31 @@ async def test_a_lock_the_chain_holds_but_the_node_gave_no_event_for_never_abort
     assert store.fields[rec.trade_id]["state"] == "ABORTED"
 
 
+async def test_a_public_secret_whose_st_lock_the_index_lacks_makes_the_st_chain_read_again():
+    """Chaos seed 7 (bot_late_claim): a worker restarted while the ST node dropped logs read past the seller's ST
+    lock. We act for the buyer: the seller's claim of our SC lock made the secret public, but with no ST lock in
+    the index the ST claim cannot go out. The escrow's slot shows the seller's ST swap: alerted, and the ST chain
+    is read again from the trade's first block (from the standby), so the ST claim follows before T_st."""
+    store, st_side, sc_side, _, driver, _ = world(keys_st=(BUYER,), keys_sc=(BUYER,))
+    asked: list[tuple[str, int]] = []
+    driver.reread = lambda chain, from_block: asked.append((chain, from_block))
+    rec = new_trade(store)
+    ins, secret = rec.signed.instruction, os.urandom(32)
+    h = hashlib.sha256(secret).digest()
+    store.fields[rec.trade_id].update({"st_from_block": "40", "st_timelock": str(NOW + 60)})
+    st_side.ledger.slots[HtlcLedger.swap_id_of(ins.sellerStAccount, ins.trade_id_bytes)] = b"\x01" * 32
+    sc_lock = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h,
+                                             NOW + 60 - POLICY.delta()))
+    sc_side.index.apply([sc_lock, ClaimedEvent(sc_lock.swap_id, secret, 95, "0x" + os.urandom(32).hex())])
+    out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert not out.due and store.fields[rec.trade_id]["state"] == "SC_CLAIMED"
+    assert "lock_without_event" in store.events(rec.trade_id) and asked == [("st", 40)]
+    st_side.index.apply([st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount,
+                                                        h, NOW + 60))])  # read again: the lock is there
+    out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert [d.action for d in out.due] == [Action.CLAIM_ST] and asked == [("st", 40)]
+
+
 async def _revealed_but_not_followed(depth_block: int = 100, depth_time_after_t_sc: bool = False,
                                      claim_mined: bool = True, seen_unconfirmed: bool = False):
     """A relayer holding both keys revealed (its SC claim went out) and the coin ledger's follower never shows the

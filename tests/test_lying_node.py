@@ -1,7 +1,9 @@
 """RPC endpoints that answer but lie (issue 18), as a proxy in front of the real anvil (chaos.lying_node):
 - a primary whose head stops advancing while the chain moves on: the worker notices a head that has not moved for
   several block times, finds the standby ahead, fails over to it, alerts (log + metric) and settles;
-- a primary that drops logs: the seller's ST lock is on chain but no event says so. At T_st the trade is not
+- a coin-ledger node that leaves out the counterparty's Claimed event (chaos seed 7, bot_late_claim): its own
+  headers' logs blooms show it, so the follower asks the standby, learns the secret and the ST is claimed;
+- a primary that drops logs and hides them in its headers too: the seller's ST lock is on chain but no event says so. At T_st the trade is not
   aborted with the lock left in the escrow: the escrow's slot shows the lock, the chain is read again from the
   standby, and the lock is refunded;
 - a coin-ledger node that leaves out Claimed events (defect 14: the follower never shows our SC claim): the reveal
@@ -44,6 +46,7 @@ async def test_a_node_that_drops_logs_never_makes_a_live_lock_look_absent(net: N
     real = net.doc["st"]["rpc_url"]
     proxy = await LyingNode(real).start()
     proxy.drop_logs = True
+    proxy.hide_in_blooms = True  # the headers do not give the lock away: only the escrow slot does
     engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url, st_rpc_standby_urls=real)
     try:
         missed = metrics.LOCKS_WITHOUT_EVENT.labels("st")._value.get()
@@ -78,6 +81,7 @@ async def test_our_sc_claim_the_coin_ledgers_node_never_shows_is_proven_from_the
     real = net.doc["sc"]["rpc_url"]
     proxy = await LyingNode(real).start()
     proxy.drop_topics = {"0x" + t.hex() for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed"}
+    proxy.hide_in_blooms = True  # the headers do not give the claim away: only the escrow slot does
     engine = await net.engine([net.seller, net.buyer], sc_rpc_url=proxy.url, sc_rpc_standby_urls=real)
     try:
         proven = metrics.REVEALS_PROVEN_DIRECTLY.labels("sc")._value.get()
@@ -101,6 +105,33 @@ async def test_our_sc_claim_the_coin_ledgers_node_never_shows_is_proven_from_the
         hashlock = bytes.fromhex((await engine.store.get(tid)).fields["hashlock"])
         assert found is not None and list(found.preimages) == [sid]
         assert hashlib.sha256(found.preimages[sid]).digest() == hashlock
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
+
+
+async def test_a_counterpartys_sc_claim_the_coin_ledgers_node_leaves_out_is_read_from_the_standby_and_the_st_claimed(
+        net: Net):
+    """Chaos seed 7 (bot_late_claim): we act for the buyer; the bot seller claims our SC lock while the coin-ledger
+    node answers eth_getLogs without Claimed events. Its own block headers' logs blooms show the escrow's Claimed
+    event, so the follower does not read past that block: it asks the standby, learns the secret and claims the
+    ST long before T_st."""
+    from adapters.contracts import event_specs
+    from adapters.htlc import ESCROW
+    from tests.test_failure_paths import _bot_reveals_after_sc_lock
+
+    real = net.doc["sc"]["rpc_url"]
+    proxy = await LyingNode(real).start()
+    proxy.drop_topics = {"0x" + t.hex() for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed"}
+    engine = await net.engine([net.buyer], sc_rpc_url=proxy.url, sc_rpc_standby_urls=real)
+    try:
+        withheld = metrics.LOGS_WITHHELD.labels("sc")._value.get()
+        ins, _ = await _bot_reveals_after_sc_lock(net, engine)
+        assert (await drive(engine, [ins.tradeId], timeout=30))[ins.tradeId] == TradeState.SETTLED
+        assert await net.balance(net.st, ins.stToken, ins.buyerStAccount) >= ins.stAmount
+        assert metrics.LOGS_WITHHELD.labels("sc")._value.get() > withheld
+        side = next(s for s in engine.sides if s.name == "sc")
+        assert side.ledger.chain.active_url == real  # left for the standby, whose answers match the headers
     finally:
         await close_engine(engine)
         await proxy.stop()
