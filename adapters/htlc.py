@@ -208,7 +208,7 @@ class EscrowFollower:
         # how long a block whose logs the headers contradict holds the cursor back when no other endpoint can be
         # asked (a node that drops logs for good is then believed, and the relayer's slot reads take over)
         self.withheld_patience = 5.0
-        self._withheld_since: dict[int, float] = {}
+        self._withheld_since: float | None = None  # since when answers with no other endpoint to ask contradict
 
     @property
     def cursor(self) -> tuple[int, str | None]:
@@ -301,7 +301,9 @@ class EscrowFollower:
             if (hashes[int(lg["blockNumber"])] or "").lower() != lg["blockHash"]:
                 return  # a reorg happened while reading: try again next poll
         missing = withheld_block(blocks, logs, self._watched)
-        if missing is not None and not await self._believe_no_log(missing, logs, result):
+        if missing is None:
+            self._withheld_since = None
+        elif not await self._believe_no_log(missing, logs, result):
             return  # read again next poll (from the endpoint that showed the log, when one did)
         for lg in logs:
             ev = self._decode(lg)
@@ -316,9 +318,9 @@ class EscrowFollower:
     async def _believe_no_log(self, number: int, logs: list[dict[str, Any]], result: FollowResult) -> bool:
         """Block `number`'s header shows a log of ours that `logs` lacks. Ask every other endpoint for that block's
         logs: one that has more of ours becomes the active endpoint (False: read again from it). Others answering
-        the same: a bloom false positive (True). No other endpoint answers: believe the answer once it has held the
-        cursor back for `withheld_patience` seconds, so a node that drops logs for good cannot stop the follower
-        (the relayer's escrow-slot reads cover what it hides)."""
+        the same: a bloom false positive (True). No other endpoint answers: once answers have contradicted their
+        headers for `withheld_patience` seconds, believe them until one matches again, so a node that drops logs
+        for good cannot stop the follower (the relayer's escrow-slot reads cover what it hides)."""
         result.withheld, result.withheld_by = number, self.chain.active_url
 
         def kinds(found: list[dict[str, Any]]) -> set[tuple[str, bytes]]:
@@ -337,11 +339,11 @@ class EscrowFollower:
         if any(theirs is not None for theirs in answers):
             result.withheld_believed = True  # another endpoint says the same: the bloom was a false positive
             return True
-        first = self._withheld_since.setdefault(number, time.monotonic())
-        if time.monotonic() - first < self.withheld_patience:
+        if self._withheld_since is None:
+            self._withheld_since = time.monotonic()
+        if time.monotonic() - self._withheld_since < self.withheld_patience:
             return False
-        self._withheld_since.clear()
-        result.withheld_believed = True
+        result.withheld_believed = True  # and every later answer until one matches its headers again
         return True
 
     async def _logs(self, params: dict[str, Any]) -> list[dict[str, Any]]:

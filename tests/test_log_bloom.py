@@ -1,20 +1,27 @@
 """An eth_getLogs answer checked against the blocks' logs blooms (adapters/log_bloom.py), without a chain: a block
 whose bloom shows an escrow event the answer lacks is named; an answer that has it, a bloom of another contract
-or event, and a block without a bloom are not."""
+or event, and a block without a bloom are not. And the follower on a fake chain behind endpoints that drop logs:
+it takes the log from the one that has it, goes on after its patience when no other can be asked, and at once
+when every endpoint agrees (a false positive)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from eth_bloom import BloomFilter
 from eth_utils import to_canonical_address, to_checksum_address
 
+from adapters.contracts import event_specs
+from adapters.htlc import ESCROW as ESCROW_CONTRACT
+from adapters.htlc import EscrowFollower
 from adapters.log_bloom import watched_logs, withheld_block
 
 ESCROW = to_checksum_address("0x" + "11" * 20)
 OTHER = to_checksum_address("0x" + "22" * 20)
 LOCKED, CLAIMED, UNRELATED = os.urandom(32), os.urandom(32), os.urandom(32)
 WATCHED = watched_logs({ESCROW: [LOCKED, CLAIMED]})
+CLAIMED_EVENT = next(t for t, spec in event_specs(ESCROW_CONTRACT).items() if spec[0] == "Claimed")
 
 
 def block(number: int, *logs: tuple[str, bytes]) -> dict[str, str]:
@@ -48,3 +55,83 @@ def test_the_address_and_the_signature_of_two_different_logs_look_like_one_a_fal
 
 def test_a_block_gone_or_served_without_a_bloom_is_left_to_the_hash_check():
     assert withheld_block([None, {"number": "0x9", "logsBloom": ""}], [], WATCHED) is None
+
+
+class _Nodes:
+    """One chain of `head` blocks behind several endpoints; an endpoint in `dropping` answers eth_getLogs with
+    nothing (its headers stay true). The only escrow log is a Claimed event in block 5."""
+
+    def __init__(self, endpoints: int, dropping: set[int], escrow: str, claimed: bytes) -> None:
+        self.rpc_urls = [f"http://node{i}.invalid" for i in range(endpoints)]
+        self.active_index, self.dropping, self.head = 0, dropping, 8
+        self.log = {"blockNumber": hex(5), "blockHash": self._hash(5), "transactionHash": "0x" + "ab" * 32,
+                    "logIndex": "0x0", "address": escrow.lower(), "topics": ["0x" + claimed.hex(), "0x" + "cd" * 32],
+                    "data": "0x" + "00" * 64, "removed": False}
+        self.bloom = block(5, (escrow, claimed))["logsBloom"]
+
+    @staticmethod
+    def _hash(n: int) -> str:
+        return "0x" + n.to_bytes(32, "big").hex()
+
+    @property
+    def active_url(self) -> str:
+        return self.rpc_urls[self.active_index]
+
+    def use(self, index: int) -> None:
+        self.active_index = index
+
+    def _header(self, n: int) -> dict[str, str]:
+        return {"number": hex(n), "hash": self._hash(n), "timestamp": hex(1000 + n),
+                "logsBloom": self.bloom if n == 5 else "0x" + "00" * 256}
+
+    def _answer(self, index: int, method: str, params: list) -> object:
+        if method == "eth_getLogs":
+            lo, hi = int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
+            return [] if index in self.dropping or not lo <= 5 <= hi else [self.log]
+        return self._header(int(params[0], 16))
+
+    async def get_block(self, ident: object) -> dict[str, object]:
+        n = self.head if ident == "latest" else int(ident)  # type: ignore[call-overload]
+        return {"number": n, "timestamp": 1000 + n, "hash": bytes.fromhex(self._hash(n)[2:]), "gasLimit": 30_000_000}
+
+    async def rpc(self, method: str, params: list, parse=None) -> object:
+        out = self._answer(self.active_index, method, params)
+        return parse(out) if parse else out
+
+    async def rpc_batch(self, calls: list) -> list:
+        return [self._answer(self.active_index, m, p) for m, p in calls]
+
+    async def rpc_at(self, index: int, method: str, params: list, parse=None, timeout: float = 2.0) -> object:
+        out = self._answer(index, method, params)
+        return parse(out) if parse else out
+
+
+def _follower(nodes: _Nodes, escrow: str) -> EscrowFollower:
+    return EscrowFollower(nodes, escrow, confirmations=1, start_height=0)  # type: ignore[arg-type]
+
+
+async def test_the_follower_never_reads_past_a_withheld_claim_and_takes_it_from_the_endpoint_that_has_it():
+    nodes = _Nodes(2, dropping={0}, escrow=ESCROW, claimed=CLAIMED_EVENT)
+    follower = _follower(nodes, ESCROW)
+    first = await follower.poll()
+    assert first.withheld == 5 and first.now_using == nodes.rpc_urls[1] and follower.height == 0 and not first.events
+    second = await follower.poll()  # from the standby, whose answer matches the headers
+    assert [type(e).__name__ for e in second.events] == ["ClaimedEvent"] and follower.height == 8
+
+
+async def test_with_no_endpoint_to_ask_the_follower_holds_back_for_its_patience_then_goes_on():
+    nodes = _Nodes(1, dropping={0}, escrow=ESCROW, claimed=CLAIMED_EVENT)
+    follower = _follower(nodes, ESCROW)
+    follower.withheld_patience = 0.3
+    held = await follower.poll()
+    assert held.withheld == 5 and not held.withheld_believed and follower.height == 0
+    await asyncio.sleep(0.35)
+    believed = await follower.poll()
+    assert believed.withheld_believed and follower.height == 8 and not believed.events
+
+
+async def test_every_endpoint_saying_the_same_is_a_bloom_false_positive_and_the_follower_goes_on_at_once():
+    nodes = _Nodes(2, dropping={0, 1}, escrow=ESCROW, claimed=CLAIMED_EVENT)
+    follower = _follower(nodes, ESCROW)
+    res = await follower.poll()
+    assert res.withheld == 5 and res.withheld_believed and follower.height == 8 and nodes.active_index == 0
