@@ -33,6 +33,7 @@ from relayer.follow import ChainSide, Followers
 from relayer.authorizations import HolderLocks, SettlementAuthorizations
 from relayer.intake import Intake
 from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
+from relayer.actions import Due
 from relayer.leases import ACTOR, WORKER_TOKEN
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction
@@ -47,6 +48,7 @@ from relayer.store import Store, TradeRecord
 from relayer.webhooks import WebhookSender, enqueue_alert
 
 PRUNE_EVERY_ROUNDS = 200
+DECIDE_AT_ONCE = 64  # trades decided concurrently in a round (their Redis writes overlap; decide() itself is CPU)
 
 
 class Engine:
@@ -274,34 +276,15 @@ class Engine:
     async def _decide(self, ids: list[str], owned: dict[str, str], rnd: Round) -> None:
         """Decide these trades, run the janitor when due, export metrics, send what is due."""
         broken: dict[str, CorruptRecord] = {}
-        due = []
-        for rec in await self.store.get_many(ids, broken=broken):
-            if rec.state in TERMINAL:  # finished elsewhere (another worker, an operator's cancel)
-                await self.coordinator.finished(rec.trade_id)
-                self._finished(rec)
-                continue
-            try:
-                advanced = await self.driver.advance(rec, rnd, fence=owned.get(rec.trade_id))
-            except FencedOut:
-                self.coordinator.lost(rec.trade_id)  # another worker took it over: stop acting on it
-                self._drop(rec.trade_id)
-                continue
-            except ConcurrentUpdate:
-                self.schedule.mark(rec.trade_id)  # another worker moved it: next round re-reads
-                continue
-            except (LedgerError, RedisError, OSError):
-                raise  # an outage, not this trade's fault: the round fails and is retried
-            except Exception as exc:  # noqa: BLE001 - a bug or bad data in ONE trade: set it aside, go on
-                await self._set_aside(rec.trade_id, exc)
-                continue
-            self.quarantine.clear(rec.trade_id)
-            due += advanced.due
-            if advanced.finished:
-                self._finished(rec)
-                await self.coordinator.finished(rec.trade_id)
-            elif rec.trade_id in owned:
-                self._states[rec.trade_id] = rec.state.value
-                self._set_timer(rec, rnd)
+        due: list[Due] = []
+        records = await self.store.get_many(ids, broken=broken)
+        for start in range(0, len(records), DECIDE_AT_ONCE):  # each trade's Redis round trips overlap the others'
+            outcomes = await asyncio.gather(*(self._decide_one(rec, owned, rnd) for rec in
+                                              records[start:start + DECIDE_AT_ONCE]), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome  # an outage (chain, Redis): the round fails and is retried
+                due += outcome
         for tid, corrupt in broken.items():
             await self._set_aside(tid, corrupt)
         if self.coordinator.sweeps() and time.monotonic() >= self._next_sweep:
@@ -319,6 +302,36 @@ class Engine:
             await self.janitor.prune_index()
         self.executor.dispatch(due)
         await self._export(rnd)
+
+    async def _decide_one(self, rec: TradeRecord, owned: dict[str, str], rnd: Round) -> list[Due]:
+        """One trade's decision and what it makes due; raises only for an outage (LedgerError, RedisError,
+        OSError): a bug or bad data in this trade sets it aside, and the other trades go on."""
+        if rec.state in TERMINAL:  # finished elsewhere (another worker, an operator's cancel)
+            await self.coordinator.finished(rec.trade_id)
+            self._finished(rec)
+            return []
+        try:
+            advanced = await self.driver.advance(rec, rnd, fence=owned.get(rec.trade_id))
+        except FencedOut:
+            self.coordinator.lost(rec.trade_id)  # another worker took it over: stop acting on it
+            self._drop(rec.trade_id)
+            return []
+        except ConcurrentUpdate:
+            self.schedule.mark(rec.trade_id)  # another worker moved it: next round re-reads
+            return []
+        except (LedgerError, RedisError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or bad data in ONE trade: set it aside, go on
+            await self._set_aside(rec.trade_id, exc)
+            return []
+        self.quarantine.clear(rec.trade_id)
+        if advanced.finished:
+            self._finished(rec)
+            await self.coordinator.finished(rec.trade_id)
+        elif rec.trade_id in owned:
+            self._states[rec.trade_id] = rec.state.value
+            self._set_timer(rec, rnd)
+        return advanced.due
 
     async def _operator_requests(self, owned: dict[str, str]) -> None:
         """Carry out the operators' re-drives of the trades this worker drives, and a requested refund sweep when

@@ -135,3 +135,10 @@ async def test_every_endpoint_saying_the_same_is_a_bloom_false_positive_and_the_
     follower = _follower(nodes, ESCROW)
     res = await follower.poll()
     assert res.withheld == 5 and res.withheld_believed and follower.height == 8 and nodes.active_index == 0
+
+
+def test_a_bloom_too_full_to_tell_is_not_used():
+    """A block of a 1,000-swap batch sets nearly every bit: every event kind would look present (found by the
+    bench: a saturated block held an honest single node's follower back for its patience, 5 s)."""
+    busy = block(9, *((to_checksum_address("0x" + os.urandom(20).hex()), os.urandom(32)) for _ in range(400)))
+    assert withheld_block([busy], [], WATCHED) is None
