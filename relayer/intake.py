@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from adapters.compliance import Transfer, TransferRules
 from adapters.errors import LedgerError
@@ -11,9 +13,44 @@ from relayer.errors import ComplianceRefused, InvalidInstruction, NotReady, Rela
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction, TradeInstruction
-from relayer.protocol.states import TradeState
 from relayer.routing import Route, Routes
 from relayer.store import Store
+
+
+TOGETHER_MAX = 500  # single submissions admitted in one accept_many call at most
+
+
+class _Together:
+    """Concurrent calls of one batch function, joined: each call's item waits while a batch is in flight and goes
+    in the next, and gets its own result (an exception result is raised for that caller alone). A PTS that sends
+    trades one request at a time, many at once, then costs what its bulk request would."""
+
+    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
+        self.run = run
+        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Any) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def _drain(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(0)  # requests arriving in this same moment join the batch
+            batch, self.waiting = self.waiting[:TOGETHER_MAX], self.waiting[TOGETHER_MAX:]
+            try:
+                results = await self.run([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed (Redis down, not ready): each caller
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if not future.done():  # a caller that went away (client disconnected) is skipped
+                    future.set_result(result)
 
 
 class Intake:
@@ -27,6 +64,7 @@ class Intake:
         self.store = store
         self.ready = ready  # the engine has connected (a chain and Redis answered once)
         self.trusted = settings.trusted_signers()
+        self._together = _Together(self.accept_many)
         self.domain_salt = settings.domain_salt()
         self.tokens = {side.name: side.config.token_set() for side in routes.sides}  # ledger name -> its tokens
         self.log = get_logger()
@@ -127,10 +165,8 @@ class Intake:
         return out
 
     async def accept(self, signed: SignedInstruction) -> bool:
-        """Validate and store. True if new, False if the same instruction was already accepted."""
-        await self.check(signed)
-        created = await self.store.create(signed, TradeState.MATCHED, ACTOR)
-        if created:
-            await self.store.enqueue_intake(signed.instruction.tradeId)
-            self.log.info("trade_accepted", trade_id=signed.instruction.tradeId)
-        return created
+        """Validate and store. True if new, False if the same instruction was already accepted. Submissions that
+        arrive together are admitted together (accept_many: one clock read, one batched token-rules read per
+        chain, one pipelined write); each is answered, or refused, on its own."""
+        result: bool = await self._together.submit(signed)
+        return result

@@ -312,3 +312,20 @@ async def test_bulk_refuses_items_that_are_not_objects_and_advertises_only_post(
         assert r.status == 405 and set(r.headers["Allow"].split(",")) == {"GET", "POST"}
     async with http.get("/v1/trades/bulk", headers=AUTH) as r:
         assert r.status == 405 and r.headers["Allow"] == "POST"
+
+
+async def test_single_submissions_sent_together_are_each_answered_on_their_own(api, net: Net):
+    """Concurrent single POSTs are admitted together (one accept_many): a forged or conflicting one among them is
+    refused alone, the good ones are accepted, each with its own trade id."""
+    http, store, _, _ = api
+    good = [(await net.instruction(stAmount=1, scAmount=5_000 + i)).model_dump() for i in range(12)]
+    conflicting = (await net.instruction(tradeId=good[0]["instruction"]["tradeId"], scAmount=9)).model_dump()
+    forged = _mutate((await net.instruction()).model_dump(), stAmount=10**6)
+    answers = await asyncio.gather(*(_post(http, body) for body in [*good, good[1], forged, conflicting]))
+    for (status, doc), body in zip(answers[:12], good):
+        assert status == 202 and doc["trade_id"] == body["instruction"]["tradeId"], doc
+    assert answers[12][0] == 202 and answers[12][1]["trade_id"] == good[1]["instruction"]["tradeId"]
+    assert sum(doc.get("created") is True for _, doc in answers[:13]) == 12  # the repeat of good[1] is not new
+    assert answers[13][0] == 403 and answers[13][1]["error"] in ("untrusted_signer", "bad_signature"), answers[13]
+    assert answers[14][0] == 409 and answers[14][1]["error"] == "conflicting_trade_id", answers[14]
+    assert not await store.r.exists(f"dvp:trade:{forged['instruction']['tradeId']}")

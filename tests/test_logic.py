@@ -567,3 +567,29 @@ def test_a_claim_due_with_less_than_delta_left_is_counted_and_a_lock_counting_do
     driver._watch_timelocks(rec, route, LegView(lock(NOW + delta // 2)), LegView(lock(NOW + delta // 4)),
                             refunding, get_logger())
     assert refunding.claims_due_near == {"st": 0, "sc": 0} and refunding.min_left["st"] == delta // 2
+
+
+async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_answer():
+    import asyncio
+
+    import pytest
+
+    from relayer.intake import _Together
+
+    calls: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[object]:
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    together = _Together(run)
+    results = await asyncio.gather(*(together.submit(i) for i in range(6)), return_exceptions=True)
+    assert calls == [[0, 1, 2, 3, 4, 5]]  # one batch for all six
+    assert [r if not isinstance(r, Exception) else str(r) for r in results] == [0, "odd 1", 20, "odd 3", 40, "odd 5"]
+
+    async def down(items: list[int]) -> list[object]:
+        raise ConnectionError("redis down")
+
+    with pytest.raises(ConnectionError):
+        await _Together(down).submit(1)
