@@ -90,14 +90,22 @@ class Driver:
         self.strays = strays
         self.in_flight = in_flight  # the executor's: is this action's transaction still out?
         self.log = get_logger()
-        self._reported: set[tuple[str, str]] = set()  # (trade id, what) already logged or audited once
+        self._reported: dict[str, set[str]] = {}  # trade id -> what was already logged or audited once for it
         # read a ledger again from a block (a node gave no event for a lock its escrow holds): the followers'
         self.reread: Callable[[str, int], None] = lambda chain, from_block: None
         self.reveals = RevealProofs()  # our SC claims read k deep from the coin ledger itself (follower lagging)
         self._revealing: dict[str, None] = {}  # trades whose SC claim (the reveal) this driver found due (ordered)
 
+    def _first(self, trade_id: str, what: str) -> bool:
+        """True the first time `what` is reported for this trade (each alert is logged and audited once)."""
+        seen = self._reported.setdefault(trade_id, set())
+        if what in seen:
+            return False
+        seen.add(what)
+        return True
+
     def forget(self, trade_id: str) -> None:
-        self._reported = {k for k in self._reported if k[0] != trade_id}
+        self._reported.pop(trade_id, None)
         self.reveals.forget(trade_id)
         self._revealing.pop(trade_id, None)
 
@@ -165,8 +173,7 @@ class Driver:
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
-            if proven_at is not None and (rec.trade_id, "reveal-proven") not in self._reported:
-                self._reported.add((rec.trade_id, "reveal-proven"))
+            if proven_at is not None and self._first(rec.trade_id, "reveal-proven"):
                 metrics.REVEALS_PROVEN_DIRECTLY.labels(route.sc.name).inc()
                 log.warning("reveal_confirmed_directly", chain=route.sc.name, block=proven_at)
                 await self.store.add_audit(rec.trade_id, ACTOR, "reveal_confirmed_directly", chain=route.sc.name,
@@ -334,9 +341,7 @@ class Driver:
             found = True
             from_block = rec.get_int(f"{role}_from_block") or side.config.start_block
             metrics.LOCKS_WITHOUT_EVENT.labels(side.name).inc()
-            key = (rec.trade_id, f"no-event-{side.name}")
-            if key not in self._reported:
-                self._reported.add(key)
+            if self._first(rec.trade_id, f"no-event-{side.name}"):
                 log.error("lock_without_event", chain=side.name, swap_sender=sender, reread_from=from_block)
                 await self.store.add_audit(rec.trade_id, ACTOR, "lock_without_event", chain=side.name,
                                            reread_from=from_block)
@@ -381,14 +386,10 @@ class Driver:
             due = sc_leg.claimed if leg == "st" else st_leg.claimed
             if due and left < route.policy.delta():
                 rnd.claims_due_near[leg] += 1
-                key = (rec.trade_id, f"racing-{leg}")
-                if key not in self._reported:
-                    self._reported.add(key)
+                if self._first(rec.trade_id, f"racing-{leg}"):
                     rnd.alerts.append((rec.trade_id, "claim_racing_refund", {"leg": leg, "seconds_left": left}))
             if 0 < left < 2 * route.policy.delta():
-                key = (rec.trade_id, f"near-{leg}")
-                if key not in self._reported:
-                    self._reported.add(key)
+                if self._first(rec.trade_id, f"near-{leg}"):
                     log.warning("timelock_near", leg=leg, seconds_left=left, state=rec.state.value)
 
     async def _prepare_secret(self, rec: TradeRecord, policy: TimingPolicy, now_st: int, log: Any,
@@ -425,20 +426,15 @@ class Driver:
 
     async def _report_anomalies(self, rec: TradeRecord, d: Decision, foreign: list[Any], log: Any) -> None:
         for note in d.notes:
-            key = (rec.trade_id, note)
-            if key not in self._reported:
-                self._reported.add(key)
+            if self._first(rec.trade_id, note):
                 await self.store.add_audit(rec.trade_id, ACTOR, "not_acting", reason=note)
                 log.warning("counterparty_terms", reason=note)
         for ev in foreign:
-            key = (rec.trade_id, ev.tx_hash)
-            if key not in self._reported:
-                self._reported.add(key)
+            if self._first(rec.trade_id, ev.tx_hash):
                 await self.store.add_audit(rec.trade_id, ACTOR, "foreign_lock_ignored", sender=ev.sender,
                                            tx=ev.tx_hash, block=ev.block)
                 log.warning("foreign_lock_ignored", sender=ev.sender, tx=ev.tx_hash)
-        if d.one_sided and (rec.trade_id, "one-sided") not in self._reported:
-            self._reported.add((rec.trade_id, "one-sided"))
+        if d.one_sided and self._first(rec.trade_id, "one-sided"):
             log.error("atomicity_violation", notes=d.notes)
 
     def _seen_preimage(self, st_leg: LegView) -> bytes | None:

@@ -27,6 +27,7 @@ from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
 
 
+FORGET_BATCH = 256  # finished trades forgotten in one sweep of the executor's maps
 PREPARE_AT_ONCE = 32  # batch entries checked concurrently (each may write its plan to Redis)
 BLOCK_SHARE = 0.5  # the most of a block one batch may fill: room for other accounts' batches and other senders
 _ST_SIDE = frozenset({Action.LOCK_ST, Action.CLAIM_ST, Action.REFUND_ST, Action.SETTLE_DVP})
@@ -50,6 +51,7 @@ class Executor:
         self.not_before: dict[DueKey, float] = {}  # cooldown after a failure or a send, by Due.key
         self._withheld: dict[str, str] = {}  # trade id -> why its reveal is held back (logged once per reason)
         self._reveal_ok: dict[DueKey, bool] = {}  # due -> the ST claim would succeed now (set just before prepare)
+        self._forgotten: set[str] = set()  # finished trades whose entries the next sweep drops
         self._preparing = asyncio.Semaphore(PREPARE_AT_ONCE)  # a batch's checks share the Redis and RPC pools
         # told when an action's transaction is over: (trade ids, None = decide now | monotonic time to retry at)
         self.on_settled: Callable[[list[str], float | None], None] = lambda ids, at: None
@@ -62,15 +64,19 @@ class Executor:
         return [t for t in self.inflight.values() if not t.done()]
 
     def forget(self, trade_id: str) -> None:
-        """Drop a finished trade's cooldowns and finished tasks (memory stays flat)."""
-        for key in [k for k in self.not_before if k[0] == trade_id]:
-            self.not_before.pop(key, None)
-        for reason_key in [k for k in self._withheld if k.startswith(trade_id)]:  # the reveal's, the legs' (id:leg)
-            self._withheld.pop(reason_key, None)
-        for key in [k for k in self._reveal_ok if k[0] == trade_id]:
-            self._reveal_ok.pop(key, None)
-        for key in [k for k, t in self.inflight.items() if k[0] == trade_id and t.done()]:
-            self.inflight.pop(key, None)
+        """Drop a finished trade's cooldowns and finished tasks (memory stays flat). Swept once per FORGET_BATCH
+        finished trades: a sweep for each one cost a pass over every open trade's entries."""
+        self._forgotten.add(trade_id)
+        if len(self._forgotten) >= FORGET_BATCH:
+            self._sweep_forgotten()
+
+    def _sweep_forgotten(self) -> None:
+        gone, self._forgotten = self._forgotten, set()
+        self.not_before = {k: v for k, v in self.not_before.items() if k[0] not in gone}
+        self._withheld = {k: v for k, v in self._withheld.items() if k.split(":")[0] not in gone}  # id, id:leg
+        self._reveal_ok = {k: v for k, v in self._reveal_ok.items() if k[0] not in gone}
+        for key in [k for k, t in self.inflight.items() if k[0] in gone and t.done()]:
+            del self.inflight[key]
 
     def dispatch(self, due: list[Due]) -> None:
         """Start the due actions that are not already in flight, grouped so that actions of one kind, on one
