@@ -58,6 +58,14 @@ async def _post_trade(http: aiohttp.ClientSession, body: str) -> str:
         return (await resp.json())["trade_id"]
 
 
+async def _decisions(port: int) -> float:
+    """The worker's dvp_trade_decisions_total (event-driven work: about 5 per DvP when nothing is re-decided)."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics",
+                                                         headers={"Authorization": "Bearer bench"}) as resp:
+        text = await resp.text()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("dvp_trade_decisions_total"))
+
+
 def _vm_kb(pid: int, field: str) -> int:
     """A /proc/<pid>/status memory field (VmRSS, VmHWM) in kB."""
     return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -221,6 +229,7 @@ class Bench:
             cpu, rss = _proc_usage(proc.pid)
             out = await self._summarise(store, ids, heads, elapsed, cpu, rss, per_trade / n + index)
             out["redis_used_memory_delta_per_trade"] = round((mem1 - mem0) / n)
+            out["decisions_per_dvp"] = round(await _decisions(port) / n, 2)
             return out
         finally:
             self.stop_worker(proc, log)

@@ -310,6 +310,7 @@ class Engine:
             await self.coordinator.finished(rec.trade_id)
             self._finished(rec)
             return []
+        metrics.DECISIONS.inc()
         try:
             advanced = await self.driver.advance(rec, rnd, fence=owned.get(rec.trade_id))
         except FencedOut:

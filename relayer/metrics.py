@@ -8,6 +8,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 TRADES = Gauge("dvp_trades", "Trades by state (open ones from this worker's last round, terminal ones in total)",
                ["state"], registry=REGISTRY)
+DECISIONS = Counter("dvp_trade_decisions_total", "Trades decided (read, judged against both chains' views): the "
+                    "work per round follows what changed, so this grows with events, not with open trades",
+                    registry=REGISTRY)
 TRANSITIONS = Counter("dvp_trade_transitions_total", "State transitions made by this worker", ["to"],
                       registry=REGISTRY)
 SETTLE_SECONDS = Histogram("dvp_settlement_seconds", "Acceptance to SETTLED, seconds",

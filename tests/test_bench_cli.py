@@ -23,6 +23,7 @@ def test_a_small_bench_prints_measured_figures_and_batching_saves_gas_and_transa
     on, off = doc["batching_on"], doc["batching_off"]
     assert on["trades"] == off["trades"] == 20
     assert on["transactions"] < off["transactions"] and on["gas_per_dvp"] < off["gas_per_dvp"]
+    assert 3 <= on["decisions_per_dvp"] <= 50  # event-driven: a handful of decisions per trade, read from /metrics
     lat = doc["latency_run"]
     assert 0 < lat["latency_s"]["p50"] <= lat["latency_s"]["p99"] and lat["latency_blocks"]["p50"] >= 1
     assert doc["targets"]["latency_p50_le_3_blocks"]["p50_blocks"] == lat["latency_blocks"]["p50"]
