@@ -136,20 +136,27 @@ class EvmChain:
         self.reconnects = 0
         self._unreachable = False
         self._sessions_loop: asyncio.AbstractEventLoop | None = None  # the loop our keep-alive sessions belong to
+        self._sessions_ready: asyncio.Task[None] | None = None
 
     async def _keep_alive(self) -> None:
         """web3's default HTTP session closes the connection after every request (its TCPConnector has
         force_close=True): a new TCP connection, and a getaddrinfo in a thread, for every RPC call, measured at a
         sixth of a busy worker's CPU in a 1,000-trade burst. Install one keep-alive session per endpoint instead,
-        in the running loop (web3 caches sessions per loop and endpoint)."""
+        in the running loop (web3 caches sessions per loop and endpoint), before this loop's first request: calls
+        made meanwhile wait for it, or web3 would cache its own first."""
         loop = asyncio.get_running_loop()
-        if self._sessions_loop is loop:
-            return
-        self._sessions_loop = loop
+        if self._sessions_loop is not loop or self._sessions_ready is None:
+            self._sessions_loop = loop
+            self._sessions_ready = loop.create_task(self._install_sessions())
+        if not self._sessions_ready.done():
+            await asyncio.shield(self._sessions_ready)
+
+    async def _install_sessions(self) -> None:
         for w3 in self._w3s:
             session = aiohttp.ClientSession(raise_for_status=True,
                                             connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30))
-            await w3.provider.cache_async_session(session)
+            if await w3.provider.cache_async_session(session) is not session:
+                await session.close()  # one was cached already for this loop: keep that, close ours
 
     @property
     def w3(self) -> W3:
@@ -163,7 +170,8 @@ class EvmChain:
     async def call(self, fn: Callable[[W3], Awaitable[T]]) -> T:
         """Run `fn(w3)`; on transport errors retry with backoff, then fail over to the next URL."""
         last: BaseException | None = None
-        if self._sessions_loop is not asyncio.get_running_loop():
+        if self._sessions_ready is None or not self._sessions_ready.done() \
+                or self._sessions_loop is not asyncio.get_running_loop():
             await self._keep_alive()
         for _ in range(len(self._w3s)):
             try:

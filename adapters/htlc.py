@@ -35,12 +35,14 @@ from adapters.contracts import (
 )
 from adapters.errors import LeaseLost, RpcError
 from adapters.evm import EvmChain, TxSender
-from adapters.log_bloom import watched_logs, withheld_block
+from adapters.log_bloom import watched_logs, withheld_blocks
 from adapters.signers import Signer
 
 ESCROW = "HashedTimelockEscrow"
 ATOMIC_DVP = "AtomicDvP"
-BLOOM_CHECKED_RANGE = 500  # blocks per follower read: every header is fetched to check the answer by its bloom
+# blocks per follower read: every header is fetched (one batch) to check the answer by its bloom; 100 is within
+# the batch limits common node providers set
+BLOOM_CHECKED_RANGE = 100
 # The escrow's entry points by action kind, single and batched (the single ones carry selector-ordered names, see
 # the contract's lockTokens note).
 CLAIMED_TOPIC = "0x" + next(t for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed").hex()
@@ -297,20 +299,22 @@ class EscrowFollower:
         end = min(target, self.height + self.max_range, self.height + BLOOM_CHECKED_RANGE)
         start = self.height + 1
         logs = await self._logs({"address": self.addresses, "fromBlock": hex(start), "toBlock": hex(end)})
+        logs = [lg for lg in logs if start <= lg["blockNumber"] <= end]  # a node answering outside the range
         # Logs and hashes must come from one fork: re-read the hash of every block (one trip); its logs bloom
         # also says whether the node left out a log of ours (log_bloom.py)
         wanted = list(range(start, end + 1))
         blocks = await self.chain.rpc_batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
-        hashes = {n: (b["hash"] if b else None) for n, b in zip(wanted, blocks)}
+        hashes = {n: (b["hash"].lower() if b else "") for n, b in zip(wanted, blocks)}
         end_timestamp = int(blocks[-1]["timestamp"], 16) if blocks[-1] else 0
         for lg in logs:
-            if (hashes[int(lg["blockNumber"])] or "").lower() != lg["blockHash"]:
+            if hashes[lg["blockNumber"]] != lg["blockHash"]:
                 return  # a reorg happened while reading: try again next poll
-        missing = withheld_block(blocks, logs, self._watched)
-        if missing is None:
+        suspects = withheld_blocks(blocks, logs, self._watched)
+        if not suspects:
             self._withheld_since = None
-        elif not await self._believe_no_log(missing, logs, result):
-            return  # read again next poll (from the endpoint that showed the log, when one did)
+        for number in suspects:  # each one cleared, or the range is read again next poll
+            if not await self._believe_no_log(number, hashes[number], logs, result):
+                return  # (from the endpoint that showed the log, when one did)
         for lg in logs:
             ev = self._decode(lg)
             if ev is not None:
@@ -321,22 +325,33 @@ class EscrowFollower:
         while len(self._hashes) > self._hash_window:
             self._hashes.popitem(last=False)
 
-    async def _believe_no_log(self, number: int, logs: list[dict[str, Any]], result: FollowResult) -> bool:
-        """Block `number`'s header shows a log of ours that `logs` lacks. Ask every other endpoint for that block's
-        logs: one that has more of ours becomes the active endpoint (False: read again from it). Others answering
-        the same: a bloom false positive (True). No other endpoint answers: once answers have contradicted their
-        headers for `withheld_patience` seconds, believe them until one matches again, so a node that drops logs
-        for good cannot stop the follower (the relayer's escrow-slot reads cover what it hides)."""
+    async def _believe_no_log(self, number: int, block_hash: str, logs: list[dict[str, Any]],
+                              result: FollowResult) -> bool:
+        """Block `number`'s header shows a log of ours that `logs` lacks. Ask every other endpoint for that block
+        (its hash, and its logs); an answer counts only from an endpoint that has the same block (a standby
+        behind the head, or on another fork, says nothing about it). One that has more of ours becomes the
+        active endpoint (False: read again from it). Others answering the same: a bloom false positive (True).
+        No other endpoint answers: once answers have contradicted their headers for `withheld_patience`
+        seconds, believe them until one matches again, so a node that drops logs for good cannot stop the
+        follower (the relayer's escrow-slot reads cover what it hides)."""
         result.withheld, result.withheld_by = number, self.chain.active_url
 
         def kinds(found: list[dict[str, Any]]) -> set[tuple[str, bytes]]:
             return {(lg["address"], lg["topics"][0]) for lg in found if lg["blockNumber"] == number and lg["topics"]}
 
+        async def same_block_logs(index: int) -> list[dict[str, Any]] | None:
+            header, found = await asyncio.gather(
+                self.chain.rpc_at(index, "eth_getBlockByNumber", [hex(number), False]),
+                self.chain.rpc_at(index, "eth_getLogs", params, parse=parse_logs))
+            if not isinstance(header, dict) or str(header.get("hash", "")).lower() != block_hash:
+                return None
+            kept: list[dict[str, Any]] | None = found
+            return kept
+
         ours = kinds(logs)
         params = [{"address": self.addresses, "fromBlock": hex(number), "toBlock": hex(number)}]
         others = [i for i in range(len(self.chain.rpc_urls)) if i != self.chain.active_index]
-        answers = await asyncio.gather(*(self.chain.rpc_at(i, "eth_getLogs", params, parse=parse_logs)
-                                         for i in others))
+        answers = await asyncio.gather(*(same_block_logs(i) for i in others))
         for i, theirs in zip(others, answers):
             if theirs is not None and kinds(theirs) - ours:
                 self.chain.use(i)

@@ -41,18 +41,18 @@ def watched_logs(kinds: Mapping[str, Iterable[bytes]]) -> list[WatchedLog]:
     return [WatchedLog.of(address, topic) for address, topics in kinds.items() for topic in topics]
 
 
-def withheld_block(blocks: list[dict[str, Any] | None], logs: list[dict[str, Any]],
-                   watched: list[WatchedLog]) -> int | None:
-    """The first block (raw eth_getBlockByNumber answers, in order) whose logs bloom shows a watched log that
-    `logs` (the follower's parsed eth_getLogs answer over those blocks) lacks; None when the answer matches."""
+def withheld_blocks(blocks: list[dict[str, Any] | None], logs: list[dict[str, Any]],
+                    watched: list[WatchedLog]) -> list[int]:
+    """Every block (raw eth_getBlockByNumber answers, in order) whose logs bloom shows a watched log that `logs`
+    (the follower's parsed eth_getLogs answer over those blocks) lacks; empty when the answer matches."""
     have = {(lg["blockNumber"], lg["address"], lg["topics"][0]) for lg in logs if lg["topics"]}
+    out: list[int] = []
     for block in blocks:
         if not block or not block.get("logsBloom"):
             continue  # a block gone (reorg: the hash check decides) or a node that serves no blooms
         bloom, number = int(block["logsBloom"], 16), int(block["number"], 16)
         if bloom.bit_count() > MAX_FILL * 2048:
             continue
-        for w in watched:
-            if bloom & w.mask == w.mask and (number, w.address, w.topic) not in have:
-                return number
-    return None
+        if any(bloom & w.mask == w.mask and (number, w.address, w.topic) not in have for w in watched):
+            out.append(number)
+    return out

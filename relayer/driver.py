@@ -14,6 +14,7 @@ from typing import Any
 from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
 from relayer.authorizations import kept_dvp_signature, stored_authorization
+from adapters.errors import LedgerError
 from relayer.follow import ChainSide, LockInstance
 from relayer.janitor import StrayBook
 from relayer.leases import ACTOR
@@ -168,8 +169,11 @@ class Driver:
         if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
         elif fence is not None and d.state is TradeState.SC_CLAIMED and st_leg.lock is None and \
-                (roles.buyer or roles.st_gas) and (sc_leg.preimage or seen_preimage):
-            await self._lock_without_event(rec, route, log, legs=("st",))  # the secret is out: find the ST lock
+                (roles.buyer or roles.st_gas) and (sc_leg.preimage or seen_preimage) and _caught_up(route.st):
+            try:  # the secret is out and the ST follower has read up to the head: where is the ST lock?
+                await self._lock_without_event(rec, route, log, legs=("st",))
+            except LedgerError:
+                pass  # the ST chain went away meanwhile: asked again next time, the other trades go on
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
@@ -238,7 +242,7 @@ class Driver:
             return found
         side, ins = route.sc, rec.signed.instruction
         follower = side.follower
-        if side.fresh and (follower is None or side.head - follower.height <= 2 * side.confirmations + 2):
+        if side.fresh and (follower is None or _caught_up(side)):
             return None  # the follower keeps up: a lock or claim would be in the index
         self.reveals.ask_claim(rec.trade_id, side, side.ledger.swap_id_of(ins.buyerScAccount, ins.trade_id_bytes),
                                wanted, rec.get_int("sc_from_block") or side.config.start_block, depth)
@@ -334,14 +338,14 @@ class Driver:
         tid = ins.trade_id_bytes
         found = False
         for side, sender, role in ((route.st, ins.sellerStAccount, "st"), (route.sc, ins.buyerScAccount, "sc")):
-            if role not in legs or side.index.instances(tid):
-                continue  # events seen for it: its lock's end decides, not its absence
+            if role not in legs or any(i.lock.sender == sender for i in side.index.instances(tid)):
+                continue  # the expected sender's lock seen: its end decides, not its absence (another's never)
             if await side.ledger.swap_slot(side.ledger.swap_id_of(sender, tid)) == bytes(32):
                 continue
             found = True
             from_block = rec.get_int(f"{role}_from_block") or side.config.start_block
-            metrics.LOCKS_WITHOUT_EVENT.labels(side.name).inc()
             if self._first(rec.trade_id, f"no-event-{side.name}"):
+                metrics.LOCKS_WITHOUT_EVENT.labels(side.name).inc()
                 log.error("lock_without_event", chain=side.name, swap_sender=sender, reread_from=from_block)
                 await self.store.add_audit(rec.trade_id, ACTOR, "lock_without_event", chain=side.name,
                                            reread_from=from_block)
@@ -443,6 +447,13 @@ class Driver:
             return None
         h = st_leg.lock.hashlock
         return next((p for side in self.routes.sides if (p := side.index.preimages.get(h)) is not None), None)
+
+
+def _caught_up(side: ChainSide) -> bool:
+    """The chain answers and its follower has read up to its head (not replaying after a restart): a lock it
+    has not shown by now is missing, not merely not read yet."""
+    follower = side.follower
+    return side.fresh and follower is not None and side.head - follower.height <= 2 * side.confirmations + 2
 
 
 class Quarantine:

@@ -48,7 +48,9 @@ from relayer.store import Store, TradeRecord
 from relayer.webhooks import WebhookSender, enqueue_alert
 
 PRUNE_EVERY_ROUNDS = 200
-DECIDE_AT_ONCE = 64  # trades decided concurrently in a round (their Redis writes overlap; decide() itself is CPU)
+# trades decided concurrently in a round (their Redis writes overlap; decide() itself is CPU): half the Redis pool,
+# so lease renewals and the executor's checks still find connections
+DECIDE_AT_ONCE = 32
 
 
 class Engine:

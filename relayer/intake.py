@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ class _Together:
             self.task = asyncio.create_task(self._drain())
         result = await future
         if isinstance(result, BaseException):
-            raise result
+            raise copy.copy(result)  # each caller its own exception object (and its own traceback)
         return result
 
     async def _drain(self) -> None:
@@ -46,11 +47,18 @@ class _Together:
             batch, self.waiting = self.waiting[:TOGETHER_MAX], self.waiting[TOGETHER_MAX:]
             try:
                 results = await self.run([item for item, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - the whole batch failed (Redis down, not ready): each caller
+            except BaseException as exc:  # the whole batch failed (Redis down, not ready): each caller hears it
                 results = [exc] * len(batch)
-            for (_, future), result in zip(batch, results):
-                if not future.done():  # a caller that went away (client disconnected) is skipped
-                    future.set_result(result)
+                if not isinstance(exc, Exception):  # cancelled (shutdown): answer the callers, then stop
+                    self._answer(batch, results)
+                    raise
+            self._answer(batch, results)
+
+    @staticmethod
+    def _answer(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+        for (_, future), result in zip(batch, results):
+            if not future.done():  # a caller that went away (client disconnected) is skipped
+                future.set_result(result)
 
 
 class Intake:
@@ -64,7 +72,8 @@ class Intake:
         self.store = store
         self.ready = ready  # the engine has connected (a chain and Redis answered once)
         self.trusted = settings.trusted_signers()
-        self._together = _Together(self.accept_many)
+        # joined per chain pair: a chain that hangs holds up only its own trades' admission
+        self._together: dict[tuple[int, int] | None, _Together] = {}
         self.domain_salt = settings.domain_salt()
         self.tokens = {side.name: side.config.token_set() for side in routes.sides}  # ledger name -> its tokens
         self.log = get_logger()
@@ -168,5 +177,12 @@ class Intake:
         """Validate and store. True if new, False if the same instruction was already accepted. Submissions that
         arrive together are admitted together (accept_many: one clock read, one batched token-rules read per
         chain, one pipelined write); each is answered, or refused, on its own."""
-        result: bool = await self._together.submit(signed)
+        ins = signed.instruction
+        pair = (ins.stChainId, ins.scChainId)
+        known = {side.chain_id for side in self.routes.sides}
+        key = pair if pair[0] in known and pair[1] in known else None  # an unknown chain is refused at once
+        together = self._together.get(key)
+        if together is None:
+            together = self._together[key] = _Together(self.accept_many)
+        result: bool = await together.submit(signed)
         return result

@@ -15,7 +15,7 @@ from eth_utils import to_canonical_address, to_checksum_address
 from adapters.contracts import event_specs
 from adapters.htlc import ESCROW as ESCROW_CONTRACT
 from adapters.htlc import EscrowFollower
-from adapters.log_bloom import watched_logs, withheld_block
+from adapters.log_bloom import watched_logs, withheld_blocks
 
 ESCROW = to_checksum_address("0x" + "11" * 20)
 OTHER = to_checksum_address("0x" + "22" * 20)
@@ -38,32 +38,35 @@ def log(number: int, address: str, topic: bytes) -> dict[str, object]:
 
 def test_a_block_whose_bloom_shows_an_escrow_event_the_answer_lacks_is_named():
     blocks = [block(7), block(8, (ESCROW, CLAIMED)), block(9, (ESCROW, LOCKED))]
-    assert withheld_block(blocks, [log(9, ESCROW, LOCKED)], WATCHED) == 8
-    assert withheld_block(blocks, [], WATCHED) == 8
-    assert withheld_block(blocks, [log(8, ESCROW, CLAIMED)], WATCHED) == 9
+    assert withheld_blocks(blocks, [log(9, ESCROW, LOCKED)], WATCHED) == [8]
+    assert withheld_blocks(blocks, [], WATCHED) == [8, 9]
+    assert withheld_blocks(blocks, [log(8, ESCROW, CLAIMED)], WATCHED) == [9]
 
 
 def test_an_answer_that_matches_its_blooms_is_believed():
     blocks = [block(8, (ESCROW, CLAIMED), (ESCROW, LOCKED)), block(9, (OTHER, LOCKED)), block(10, (ESCROW, UNRELATED))]
-    assert withheld_block(blocks, [log(8, ESCROW, CLAIMED), log(8, ESCROW, LOCKED)], WATCHED) is None
+    assert withheld_blocks(blocks, [log(8, ESCROW, CLAIMED), log(8, ESCROW, LOCKED)], WATCHED) == []
 
 
 def test_the_address_and_the_signature_of_two_different_logs_look_like_one_a_false_positive():
     """A bloom holds items, not pairs: the follower asks another endpoint before it believes either answer."""
-    assert withheld_block([block(9, (OTHER, LOCKED), (ESCROW, UNRELATED))], [], WATCHED) == 9
+    assert withheld_blocks([block(9, (OTHER, LOCKED), (ESCROW, UNRELATED))], [], WATCHED) == [9]
 
 
 def test_a_block_gone_or_served_without_a_bloom_is_left_to_the_hash_check():
-    assert withheld_block([None, {"number": "0x9", "logsBloom": ""}], [], WATCHED) is None
+    assert withheld_blocks([None, {"number": "0x9", "logsBloom": ""}], [], WATCHED) == []
 
 
 class _Nodes:
     """One chain of `head` blocks behind several endpoints; an endpoint in `dropping` answers eth_getLogs with
     nothing (its headers stay true). The only escrow log is a Claimed event in block 5."""
 
-    def __init__(self, endpoints: int, dropping: set[int], escrow: str, claimed: bytes) -> None:
+    def __init__(self, endpoints: int, dropping: set[int], escrow: str, claimed: bytes, behind: set[int] = frozenset(),
+                 false_positive_at: int | None = None) -> None:
         self.rpc_urls = [f"http://node{i}.invalid" for i in range(endpoints)]
         self.active_index, self.dropping, self.head = 0, dropping, 8
+        self.behind = behind  # endpoints that do not have block 5 yet (no header, no logs)
+        self.false_positive_at = false_positive_at  # a block whose bloom matches the Claimed event by chance
         self.log = {"blockNumber": hex(5), "blockHash": self._hash(5), "transactionHash": "0x" + "ab" * 32,
                     "logIndex": "0x0", "address": escrow.lower(), "topics": ["0x" + claimed.hex(), "0x" + "cd" * 32],
                     "data": "0x" + "00" * 64, "removed": False}
@@ -82,13 +85,14 @@ class _Nodes:
 
     def _header(self, n: int) -> dict[str, str]:
         return {"number": hex(n), "hash": self._hash(n), "timestamp": hex(1000 + n),
-                "logsBloom": self.bloom if n == 5 else "0x" + "00" * 256}
+                "logsBloom": self.bloom if n in (5, self.false_positive_at) else "0x" + "00" * 256}
 
     def _answer(self, index: int, method: str, params: list) -> object:
         if method == "eth_getLogs":
             lo, hi = int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
-            return [] if index in self.dropping or not lo <= 5 <= hi else [self.log]
-        return self._header(int(params[0], 16))
+            return [] if index in self.dropping | self.behind or not lo <= 5 <= hi else [self.log]
+        n = int(params[0], 16)
+        return None if index in self.behind and n >= 5 else self._header(n)
 
     async def get_block(self, ident: object) -> dict[str, object]:
         n = self.head if ident == "latest" else int(ident)  # type: ignore[call-overload]
@@ -141,4 +145,24 @@ def test_a_bloom_too_full_to_tell_is_not_used():
     """A block of a 1,000-swap batch sets nearly every bit: every event kind would look present (found by the
     bench: a saturated block held an honest single node's follower back for its patience, 5 s)."""
     busy = block(9, *((to_checksum_address("0x" + os.urandom(20).hex()), os.urandom(32)) for _ in range(400)))
-    assert withheld_block([busy], [], WATCHED) is None
+    assert withheld_blocks([busy], [], WATCHED) == []
+
+
+async def test_a_standby_that_has_not_got_the_block_is_no_witness_for_the_answer():
+    """A standby behind the head answers [] for a block it does not have: that is not agreement (a reviewer's
+    finding): the follower holds back as with no other endpoint."""
+    nodes = _Nodes(2, dropping={0}, escrow=ESCROW, claimed=CLAIMED_EVENT, behind={1})
+    follower = _follower(nodes, ESCROW)
+    res = await follower.poll()
+    assert res.withheld == 5 and not res.withheld_believed and follower.height == 0 and nodes.active_index == 0
+
+
+async def test_a_false_positive_cleared_early_in_the_range_never_clears_a_withheld_block_later_in_it():
+    """Block 3's bloom matches by chance (both endpoints agree: no log); block 5's Claimed event is left out by
+    the primary. Clearing block 3 must not carry the cursor past block 5 (a reviewer's finding)."""
+    nodes = _Nodes(2, dropping={0}, escrow=ESCROW, claimed=CLAIMED_EVENT, false_positive_at=3)
+    follower = _follower(nodes, ESCROW)
+    res = await follower.poll()
+    assert res.withheld == 5 and res.now_using == nodes.rpc_urls[1] and follower.height == 0
+    again = await follower.poll()
+    assert [type(e).__name__ for e in again.events] == ["ClaimedEvent"] and follower.height == 8

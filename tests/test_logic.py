@@ -288,6 +288,7 @@ async def test_a_public_secret_whose_st_lock_the_index_lacks_makes_the_st_chain_
     ins, secret = rec.signed.instruction, os.urandom(32)
     h = hashlib.sha256(secret).digest()
     store.fields[rec.trade_id].update({"st_from_block": "40", "st_timelock": str(NOW + 60)})
+    st_side.follower.height = 99  # not replaying: it has read up to the head and shows no ST lock
     st_side.ledger.slots[HtlcLedger.swap_id_of(ins.sellerStAccount, ins.trade_id_bytes)] = b"\x01" * 32
     sc_lock = sc_side.ledger.lock(lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h,
                                              NOW + 60 - POLICY.delta()))
@@ -295,6 +296,18 @@ async def test_a_public_secret_whose_st_lock_the_index_lacks_makes_the_st_chain_
     out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
     assert not out.due and store.fields[rec.trade_id]["state"] == "SC_CLAIMED"
     assert "lock_without_event" in store.events(rec.trade_id) and asked == [("st", 40)]
+    st_side.follower.height = 20  # a follower still replaying is not asked to explain a lock it has not reached
+    await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert asked == [("st", 40)]
+    from adapters.errors import RpcUnavailable
+
+    async def st_down(sid: bytes) -> bytes:
+        raise RpcUnavailable("st: no RPC endpoint answered")
+
+    st_side.follower.height, real_slot = 99, st_side.ledger.swap_slot
+    st_side.ledger.swap_slot = st_down  # the ST chain went away: this trade's decision still completes
+    assert not (await driver.advance(store.get(rec.trade_id), rnd(), fence="f")).due
+    st_side.ledger.swap_slot = real_slot
     st_side.index.apply([st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount,
                                                         h, NOW + 60))])  # read again: the lock is there
     out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
@@ -572,8 +585,6 @@ def test_a_claim_due_with_less_than_delta_left_is_counted_and_a_lock_counting_do
 async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_answer():
     import asyncio
 
-    import pytest
-
     from relayer.intake import _Together
 
     calls: list[list[int]] = []
@@ -591,5 +602,6 @@ async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_
     async def down(items: list[int]) -> list[object]:
         raise ConnectionError("redis down")
 
-    with pytest.raises(ConnectionError):
-        await _Together(down).submit(1)
+    failing = _Together(down)
+    both = await asyncio.gather(failing.submit(1), failing.submit(2), return_exceptions=True)
+    assert all(isinstance(e, ConnectionError) for e in both) and both[0] is not both[1]  # each its own object
