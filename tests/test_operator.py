@@ -165,14 +165,16 @@ async def test_a_trade_holding_no_partys_key_is_marked_watch_only_and_shown_so_a
 
 
 async def test_a_redrive_reads_the_chains_again_and_a_trade_whose_lock_event_was_missed_settles(net: Net):
-    """A node dropped the logs while the seller's ST lock was mined: the follower read past it and shows no lock,
-    so the trade would sit until T_st. The node is fixed; the operator re-drives the trade: the worker reads both
-    chains again from the trade's first blocks, sees the lock and settles well before T_st."""
+    """A node dropped the logs (and left them out of its block headers' blooms) while the seller's ST lock was
+    mined: the follower read past it and shows no lock, so the trade would sit until T_st. The node is fixed; the
+    operator re-drives the trade: the worker reads both chains again from the trade's first blocks, sees the lock
+    and settles well before T_st."""
     from chaos.lying_node import LyingNode
 
     real = net.doc["st"]["rpc_url"]
     proxy = await LyingNode(real).start()
     proxy.drop_logs = True
+    proxy.hide_in_blooms = True  # its headers say nothing either (a node whose headers show them is caught alone)
     engine = await net.engine([net.seller, net.buyer], st_rpc_url=proxy.url)
     try:
         async with api_session(engine, "", tokens=TOKENS) as http:
