@@ -170,9 +170,7 @@ class EvmChain:
     async def call(self, fn: Callable[[W3], Awaitable[T]]) -> T:
         """Run `fn(w3)`; on transport errors retry with backoff, then fail over to the next URL."""
         last: BaseException | None = None
-        if self._sessions_ready is None or not self._sessions_ready.done() \
-                or self._sessions_loop is not asyncio.get_running_loop():
-            await self._keep_alive()
+        await self._keep_alive()
         for _ in range(len(self._w3s)):
             try:
                 async for attempt in AsyncRetrying(

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, cast
 
 from eth_typing import HexStr
 from eth_utils import to_checksum_address
@@ -343,10 +343,8 @@ class EscrowFollower:
             header, found = await asyncio.gather(
                 self.chain.rpc_at(index, "eth_getBlockByNumber", [hex(number), False]),
                 self.chain.rpc_at(index, "eth_getLogs", params, parse=parse_logs))
-            if not isinstance(header, dict) or str(header.get("hash", "")).lower() != block_hash:
-                return None
-            kept: list[dict[str, Any]] | None = found
-            return kept
+            same = isinstance(header, dict) and str(header.get("hash", "")).lower() == block_hash
+            return cast("list[dict[str, Any]] | None", found) if same else None
 
         ours = kinds(logs)
         params = [{"address": self.addresses, "fromBlock": hex(number), "toBlock": hex(number)}]

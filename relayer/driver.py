@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.errors import LedgerError
 from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
 from relayer.authorizations import kept_dvp_signature, stored_authorization
-from adapters.errors import LedgerError
 from relayer.follow import ChainSide, LockInstance
 from relayer.janitor import StrayBook
 from relayer.leases import ACTOR

@@ -381,7 +381,8 @@ class Followers:
             self.log.warning("rpc_logs_bloom_unconfirmed", chain=side.name, block=res.withheld,
                              endpoint=res.withheld_by)
         elif side.withheld_reported != res.withheld or res.now_using:
-            metrics.LOGS_WITHHELD.labels(side.name).inc(side.withheld_reported != res.withheld)
+            if side.withheld_reported != res.withheld:
+                metrics.LOGS_WITHHELD.labels(side.name).inc()
             self.log.warning("rpc_logs_withheld", chain=side.name, block=res.withheld, left=res.withheld_by,
                              now_using=res.now_using or res.withheld_by)
         side.withheld_reported = res.withheld
