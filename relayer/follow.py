@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
+
 from adapters.errors import LedgerError
 from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, FollowResult, HtlcLedger, LockedEvent, RefundedEvent, SettledEvent
 from relayer import metrics
@@ -243,7 +245,7 @@ class Followers:
         # clock (timers set from it are off): every trade may differ
         self.rewound = False
         self.misconfigured: set[str] = set()  # ledgers whose RPC serves another chain than configured
-        self._rpc_errors_exported: dict[str, int] = {}  # per chain: how many of its RPC errors the metric counts
+        self._exported: dict[tuple[int, str], int] = {}  # (metric, chain): how much of the chain's count it has
 
     async def start_side(self, side: ChainSide) -> None:
         """Connect to one chain and place its follower where no open trade's events can be missed."""
@@ -353,9 +355,8 @@ class Followers:
         height, bhash = side.follower.cursor
         metrics.FOLLOWER_LAG.labels(side.name).set(max(0, res.head - height))
         metrics.FOLLOWER_HEIGHT.labels(side.name).set(height)
-        seen = side.ledger.chain.rpc_errors  # the chain counts; the metric is a Counter (rate() in alert rules)
-        metrics.RPC_ERRORS.labels(side.name).inc(max(0, seen - self._rpc_errors_exported.get(side.name, 0)))
-        self._rpc_errors_exported[side.name] = seen
+        self._export(metrics.RPC_ERRORS, side.name, side.ledger.chain.rpc_errors)
+        self._export(metrics.RPC_ENDPOINT_SLOW, side.name, side.ledger.chain.slow_switches)
         metrics.FEE_CEILING_HITS.labels(side.name).set(sum(s.fee_ceiling_hits for s in side.ledger.all_senders.values()))
         if bhash and side.ledger.chain.chain_id is not None:
             await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)
@@ -372,6 +373,12 @@ class Followers:
             side.reconnects_seen = side.ledger.chain.reconnects
             self.spawn(self._heal(side))
         await self._leave_a_stalled_endpoint(side)
+
+    def _export(self, metric: Counter, chain: str, seen: int) -> None:
+        """The chain object counts; the metric is a Counter (rate() in alert rules): add what it has not yet."""
+        key = (id(metric), chain)
+        metric.labels(chain).inc(max(0, seen - self._exported.get(key, 0)))
+        self._exported[key] = seen
 
     def _report_withheld(self, side: ChainSide, res: FollowResult) -> None:
         """A node's eth_getLogs answer left out a log its own block header shows (adapters/log_bloom.py): the

@@ -50,6 +50,30 @@ async def test_a_blackholed_primary_is_left_for_the_standby_within_the_request_t
         await proxy.stop()
 
 
+async def test_a_slow_primary_is_left_for_the_clear_standby_and_the_trade_settles(net: Net):
+    """A path that delays every chunk 2.5 s answers, so no request fails and nothing failed over: a restarted
+    worker read a reveal through it too late while the standby was clear (chaos seed 7, `net_delay`). Requests it
+    keeps waiting past `rpc_hedge_after` go to the standby too, and the worker moves to the standby."""
+    from relayer import metrics
+
+    real = net.doc["sc"]["rpc_url"]
+    proxy = await _proxy(real)
+    engine = await net.engine([net.seller, net.buyer], sc_rpc_url=proxy.url, sc_rpc_standby_urls=real,
+                              rpc_hedge_after=0.5)
+    try:
+        proxy.set(DELAY, latency=2.5)
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED, await _events(engine, tid)
+        side = next(s for s in engine.sides if s.name == "sc")
+        assert side.ledger.chain.active_url == real
+        assert metrics.RPC_ENDPOINT_SLOW.labels("sc")._value.get() >= 1
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
+
+
 async def test_a_seller_cut_off_from_the_st_chain_never_reveals_and_reveals_once_it_is_back(net: Net):
     """Two firms: the buyer's locks the SC while the seller's worker cannot reach the ST chain (blackholed, the
     chain goes on). The seller sees the SC lock but must not claim it: the buyer could not claim the ST in time."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -110,4 +111,40 @@ async def test_rpc_calls_reuse_their_connection_instead_of_opening_one_each():
     finally:
         await chain.close()
         await proxy.stop()
+        await runner.cleanup()
+
+
+async def test_a_slow_primary_is_raced_by_the_standby_and_left():
+    """A path that delays every chunk (chaos `net_delay`) answers, so no retry or failover ever fired: the worker
+    read a slow primary while the standby was clear, and saw a reveal too late (chaos seed 7, bot_late_claim). A
+    request the primary has not answered within `hedge_after` goes to the standby too, the first answer wins, and
+    after HEDGE_SWITCH such wins the standby becomes the active endpoint. A primary that answers in time is never
+    raced: the standby sees no connection at all."""
+    from adapters.evm import HEDGE_SWITCH
+    from chaos.netproxy import DELAY, NetProxy
+    from deploy.processes import free_port
+
+    runner, url = await _node('{"jsonrpc": "2.0", "id": 0, "result": "0x10"}')
+    port = int(url.rsplit(":", 1)[1])
+    primary = await NetProxy("127.0.0.1", port, free_port()).start()
+    standby = await NetProxy("127.0.0.1", port, free_port()).start()
+    chain = EvmChain("x", [primary.url, standby.url], hedge_after=0.3)
+    try:
+        for _ in range(5):
+            assert await chain.block_number() == 16
+        assert standby.connections == 0 and chain.active_index == 0
+
+        primary.set(DELAY, latency=3.0)
+        for n in range(HEDGE_SWITCH):
+            assert chain.active_index == 0, n
+            assert await asyncio.wait_for(chain.block_number(), 2.5) == 16  # the delayed path needs >= 6 s
+        assert chain.active_index == 1 and chain.slow_switches == 1
+        assert standby.connections >= 1
+        before = primary.connections
+        assert await asyncio.wait_for(chain.block_number(), 0.25) == 16  # the standby first now: no wait
+        assert primary.connections == before
+    finally:
+        await chain.close()
+        await primary.stop()
+        await standby.stop()
         await runner.cleanup()
