@@ -3,8 +3,8 @@
 `EvmChain` is one chain reached through a primary and optional standby RPC URLs: every read goes through
 `call()`, which retries transport failures with backoff and fails over to the next URL, raising
 `RpcUnavailable` only when all of them keep failing. A path that is slow rather than down never fails, so a request
-the active endpoint has not answered within `hedge_after` goes to the next one too, and an endpoint that keeps
-losing that race is left (`_hedged`). `TxSender` owns one account's nonces: it signs locally,
+waiting past `slow_after` compares the endpoints' heads, and one that answers in time and is not behind replaces
+a slow active endpoint (`_attempt`). `TxSender` owns one account's nonces: it signs locally,
 computes the hash before broadcasting (so a resend is recognised), keeps every unmined transaction so a
 dropped one is rebroadcast and a stuck one is replaced with a higher fee at the same nonce: no nonce gaps.
 """
@@ -57,11 +57,6 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-# A standby that answered first this many times in a row, while the active endpoint kept the request waiting past
-# `hedge_after`, becomes the active endpoint: one slow answer is noise, three in a row a slow path.
-HEDGE_SWITCH = 3
-
-
 def _consume(task: asyncio.Future[Any]) -> None:
     """A raced request's loser may end in an error nobody awaits: read it, or asyncio logs it at collection."""
     if not task.cancelled():
@@ -105,7 +100,7 @@ class EvmChain:
         *,
         request_timeout: float = 5.0,
         attempts_per_url: int = 3,
-        hedge_after: float | None = 1.0,
+        slow_after: float | None = 1.0,
         fee_mode: str = "eip1559",
         gas_price_wei: int | None = None,
         auth_header: str = "",
@@ -142,9 +137,10 @@ class EvmChain:
             w3.middleware_onion.remove("ens_name_to_address")
         self._active = 0
         self._attempts_per_url = attempts_per_url
-        # seconds the active endpoint has to answer before the request goes to the next one too (None: never)
-        self.hedge_after = hedge_after
-        self._lost_races = 0  # the active endpoint's answers beaten by the next one's, in a row
+        # seconds a request may wait on the active endpoint before the endpoints' heads are compared (None: never)
+        self.slow_after = slow_after
+        self._probing: asyncio.Future[int] | None = None
+        self.head_seen = 0  # the highest head the follower acted on (saw_head): a faster endpoint must be here
         self.slow_switches = 0  # times the active endpoint was left as slow (exported as a metric)
         self.chain_id: int | None = None
         self.rpc_errors = 0  # transport failures seen (exported as a metric)
@@ -199,7 +195,7 @@ class EvmChain:
                 ):
                     with attempt:
                         try:
-                            result = await self._hedged(fn)
+                            result = await self._attempt(fn)
                         except BaseException as exc:
                             if _is_transport_error(exc):
                                 self.rpc_errors += 1
@@ -221,50 +217,64 @@ class EvmChain:
         self._unreachable = True
         raise RpcUnavailable(f"{self.name}: no RPC endpoint answered ({type(last).__name__}: {last})") from last
 
-    async def _hedged(self, fn: Callable[[W3], Awaitable[T]]) -> T:
-        """One try of `fn` at the active endpoint; with a standby and no answer within `hedge_after`, the same
-        request at the next endpoint too, and the first answer wins (a value or the node's own error; a transport
-        failure waits for the other). Every call here is safe to make twice: reads, and sending signed bytes,
-        which a node that has them already refuses harmlessly (TxSender judges by the chain's state)."""
+    async def _attempt(self, fn: Callable[[W3], Awaitable[T]]) -> T:
+        """One try of `fn` at the active endpoint. A path that is slow rather than down never fails, so nothing
+        would fail over: when the answer takes longer than `slow_after`, the endpoints are asked for their heads
+        (`_leave_if_slow`); if the active one cannot answer that small request in time and another can, at or
+        above the highest head seen, that one becomes active and `fn` is asked there too, first answer wins (both
+        are at least as fresh as anything acted on so far, so an error answer is as good as a value). Sending the
+        same signed transaction twice is harmless (TxSender judges by the chain's state)."""
         first = self._active
-        if self.hedge_after is None or len(self._w3s) < 2:
-            return await fn(self._w3s[first])
-        racing: dict[asyncio.Future[T], int] = {asyncio.ensure_future(fn(self._w3s[first])): first}
+        asked: dict[asyncio.Future[T], int] = {asyncio.ensure_future(fn(self._w3s[first])): first}
         try:
-            done, _ = await asyncio.wait(racing, timeout=self.hedge_after)
-            if done:
-                self._lost_races = 0
-                return next(iter(done)).result()
-            second = (first + 1) % len(self._w3s)
-            racing[asyncio.ensure_future(fn(self._w3s[second]))] = second
-            pending, failure = set(racing), None
+            if self.slow_after is None or len(self._w3s) < 2:
+                return await next(iter(asked))
+            done, _ = await asyncio.wait(asked, timeout=self.slow_after)
+            if not done and (moved := await self._leave_if_slow(first)) != first:
+                asked[asyncio.ensure_future(fn(self._w3s[moved]))] = moved
+            pending, failure = set(asked), None
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     exc = task.exception()
                     if exc is None or not _is_transport_error(exc):
-                        self._raced(first, racing[task])
                         return task.result()
                     failure = failure or exc
             assert failure is not None
             raise failure
         finally:
-            for task in racing:
+            for task in asked:
                 if not task.done():
                     task.cancel()
                 task.add_done_callback(_consume)
 
-    def _raced(self, first: int, winner: int) -> None:
-        """Count who answered a raced request; leave an active endpoint that lost HEDGE_SWITCH times in a row."""
-        if winner == first:
-            self._lost_races = 0
-            return
-        self._lost_races += 1
-        if self._lost_races >= HEDGE_SWITCH and self._active == first:
-            self._active, self._lost_races = winner, 0
-            self.slow_switches += 1
-            _log.warning("rpc_endpoint_slow", chain=self.name, left=self.rpc_urls[first],
-                         now_using=self.rpc_urls[winner], waited_s=self.hedge_after)
+    async def _leave_if_slow(self, slow: int) -> int:
+        """The endpoint to use now that `slow` kept a request waiting: one probe at a time, shared by every call
+        waiting meanwhile."""
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self._find_faster(slow))
+        return await asyncio.shield(self._probing)
+
+    async def _find_faster(self, slow: int) -> int:
+        if self._active != slow:
+            return self._active  # another call's probe moved already
+        assert self.slow_after is not None
+        heads = await self.heads(timeout=self.slow_after)
+        if heads[slow] is not None:
+            return slow  # it answers a small request in time: that one request was slow, not the path
+        fresh = [i for i, h in enumerate(heads) if h is not None and h >= self.head_seen]
+        if not fresh:
+            return slow  # none answers, or only ones behind what was seen: a stale node is worse than a slow one
+        best = max(fresh, key=lambda i: heads[i] or 0)
+        self._active = best
+        self.slow_switches += 1
+        _log.warning("rpc_endpoint_slow", chain=self.name, left=self.rpc_urls[slow], now_using=self.rpc_urls[best],
+                     waited_s=self.slow_after, head=heads[best], head_seen=self.head_seen)
+        return best
+
+    def saw_head(self, number: int) -> None:
+        """The highest head acted on so far (the follower's): an endpoint below it is never switched to as faster."""
+        self.head_seen = max(self.head_seen, number)
 
     async def heads(self, timeout: float = 2.0) -> list[int | None]:
         """Every endpoint's latest block number, each asked directly, at once (None: it did not answer in time)."""

@@ -33,6 +33,7 @@ from adapters.contracts import (
     terms_hash,
     typed_data_digest,
 )
+from adapters.addresses import checksum
 from adapters.errors import LeaseLost, RpcError
 from adapters.evm import EvmChain, TxSender
 from adapters.log_bloom import watched_logs, withheld_blocks
@@ -141,18 +142,12 @@ class SettledEvent:
 EscrowEvent = LockedEvent | ClaimedEvent | RefundedEvent | SettledEvent
 
 
-@lru_cache(maxsize=256)
-def _checksummed(address: str) -> str:
-    """A log's emitter, checksummed once per address (a keccak each time was 6% of a busy worker's CPU)."""
-    return to_checksum_address(address)
-
-
 def parse_logs(raw: Any) -> list[dict[str, Any]]:
     """eth_getLogs entries with the fields the follower uses parsed: block and log index as ints, hashes as
     lowercase 0x-hex, topics and data as bytes (a malformed answer raises: the node counts as not answering)."""
     return [{"blockNumber": int(lg["blockNumber"], 16), "blockHash": lg["blockHash"].lower(),
              "transactionHash": lg["transactionHash"].lower(), "logIndex": int(lg["logIndex"], 16),
-             "address": _checksummed(lg["address"]),
+             "address": checksum(lg["address"]),
              "topics": [bytes.fromhex(t[2:]) for t in lg["topics"]], "data": bytes.fromhex(lg["data"][2:])}
             for lg in raw if not lg.get("removed")]
 

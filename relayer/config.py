@@ -234,9 +234,9 @@ class Settings(BaseSettings):
     batch_max: int = Field(1000, ge=1, description="most swaps per batch transaction (1 = batching off); below it, a "
                            "batch is sized to half the chain's block gas limit at the measured gas per swap")
     rpc_timeout: float = 5.0
-    rpc_hedge_after: float | None = Field(1.0, gt=0, description="seconds the active RPC endpoint has to answer "
-                                          "before the request goes to the standby too; an endpoint that loses "
-                                          "that race 3 times in a row is left (a slow path; none: never race)")
+    rpc_slow_after: float = Field(1.0, ge=0, description="seconds a request may wait on the active RPC endpoint "
+                                  "before every endpoint is asked for its head; one that answers in time, at or "
+                                  "above the head seen, replaces an active endpoint that does not (0: never)")
     max_priority_fee_gwei: float = Field(200.0, gt=0, description="the most the seller's reveal (SC claim) tips to "
                                          "win inclusion over a congested mempool")
     max_fee_gwei: float | None = Field(None, gt=0, description="the most any transaction pays per gas (EIP-1559 max "

@@ -360,6 +360,7 @@ class Followers:
         metrics.FEE_CEILING_HITS.labels(side.name).set(sum(s.fee_ceiling_hits for s in side.ledger.all_senders.values()))
         if bhash and side.ledger.chain.chain_id is not None:
             await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)
+        side.ledger.chain.saw_head(res.head)
         side.gas_limit = res.head_gas_limit or side.gas_limit
         if res.head != side.head:
             if side.head_seen_at and res.head_timestamp > side.now() + 2 * side.block_time + 1:

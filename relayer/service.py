@@ -51,7 +51,7 @@ def build_engine(settings: Settings, store: Store | None = None) -> Engine:
         chain = next((c for cid, u, c in chains if u == urls or (cid is not None and cid == lg.chain_id)), None)
         if chain is None:
             chain = EvmChain(lg.name, list(urls), request_timeout=settings.rpc_timeout,
-                             hedge_after=settings.rpc_hedge_after, fee_mode=lg.fee_mode,
+                             slow_after=settings.rpc_slow_after or None, fee_mode=lg.fee_mode,
                              gas_price_wei=gwei_to_wei(lg.gas_price_gwei), auth_header=settings.rpc_auth(lg))
             chains.append((lg.chain_id, urls, chain))
         ledger: HtlcLedger

@@ -52,14 +52,14 @@ async def test_a_blackholed_primary_is_left_for_the_standby_within_the_request_t
 
 async def test_a_slow_primary_is_left_for_the_clear_standby_and_the_trade_settles(net: Net):
     """A path that delays every chunk 2.5 s answers, so no request fails and nothing failed over: a restarted
-    worker read a reveal through it too late while the standby was clear (chaos seed 7, `net_delay`). Requests it
-    keeps waiting past `rpc_hedge_after` go to the standby too, and the worker moves to the standby."""
+    worker read a reveal through it too late while the standby was clear (chaos seed 7, `net_delay`). A request
+    it keeps waiting past `rpc_slow_after` compares the endpoints' heads, and the worker moves to the standby."""
     from relayer import metrics
 
     real = net.doc["sc"]["rpc_url"]
     proxy = await _proxy(real)
     engine = await net.engine([net.seller, net.buyer], sc_rpc_url=proxy.url, sc_rpc_standby_urls=real,
-                              rpc_hedge_after=0.5)
+                              rpc_slow_after=0.5)
     try:
         proxy.set(DELAY, latency=2.5)
         signed = await net.instruction()
