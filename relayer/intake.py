@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,50 +14,11 @@ from relayer.leases import ACTOR
 from relayer.logging import get_logger
 from relayer.protocol.instruction import SignedInstruction, TradeInstruction
 from relayer.routing import Route, Routes
+from relayer.together import Together
 from relayer.store import Store
 
 
 TOGETHER_MAX = 500  # single submissions admitted in one accept_many call at most
-
-
-class _Together:
-    """Concurrent calls of one batch function, joined: each call's item waits while a batch is in flight and goes
-    in the next, and gets its own result (an exception result is raised for that caller alone). A PTS that sends
-    trades one request at a time, many at once, then costs what its bulk request would."""
-
-    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
-        self.run = run
-        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: Any) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append((item, future))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._drain())
-        result = await future
-        if isinstance(result, BaseException):
-            raise copy.copy(result)  # each caller its own exception object (and its own traceback)
-        return result
-
-    async def _drain(self) -> None:
-        while self.waiting:
-            await asyncio.sleep(0)  # requests arriving in this same moment join the batch
-            batch, self.waiting = self.waiting[:TOGETHER_MAX], self.waiting[TOGETHER_MAX:]
-            try:
-                results = await self.run([item for item, _ in batch])
-            except BaseException as exc:  # the whole batch failed (Redis down, not ready): each caller hears it
-                results = [exc] * len(batch)
-                if not isinstance(exc, Exception):  # cancelled (shutdown): answer the callers, then stop
-                    self._answer(batch, results)
-                    raise
-            self._answer(batch, results)
-
-    @staticmethod
-    def _answer(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
-        for (_, future), result in zip(batch, results):
-            if not future.done():  # a caller that went away (client disconnected) is skipped
-                future.set_result(result)
 
 
 class Intake:
@@ -73,7 +33,7 @@ class Intake:
         self.ready = ready  # the engine has connected (a chain and Redis answered once)
         self.trusted = settings.trusted_signers()
         # joined per chain pair: a chain that hangs holds up only its own trades' admission
-        self._together: dict[tuple[int, int] | None, _Together] = {}
+        self._together: dict[tuple[int, int] | None, Together] = {}
         self.domain_salt = settings.domain_salt()
         self.tokens = {side.name: side.config.token_set() for side in routes.sides}  # ledger name -> its tokens
         self.log = get_logger()
@@ -183,6 +143,6 @@ class Intake:
         key = pair if pair[0] in known and pair[1] in known else None  # an unknown chain is refused at once
         together = self._together.get(key)
         if together is None:
-            together = self._together[key] = _Together(self.accept_many)
+            together = self._together[key] = Together(self.accept_many, most=TOGETHER_MAX)
         result: bool = await together.submit(signed)
         return result

@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 from relayer.errors import ConcurrentUpdate, ConflictingInstruction, CorruptRecord, FencedOut, NotReplicated
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
+from relayer.together import Together
 
 PREFIX = "dvp:"
 OPEN = PREFIX + "open"
@@ -201,6 +202,9 @@ class TradeRecord:
         return int(v) if v not in (None, "") else None
 
 
+UPDATES_AT_ONCE = 256  # trade state writes in one pipeline at most
+
+
 class Store:
     """Trade records, audit trail, open-trade index and chain cursors in Redis."""
 
@@ -214,6 +218,8 @@ class Store:
         self._lease = client.register_script(_LEASE)
         self._release = client.register_script(_RELEASE)
         self._trade_lease = client.register_script(_TRADE_LEASE)
+        # the compare-and-set writes of trades decided at the same moment go in one pipeline (one round trip)
+        self._updates = Together(self._update_many, most=UPDATES_AT_ONCE)
         self._parsed: dict[str, SignedInstruction] = {}
         # intake durability across a failover (store_for sets them from DVP_REDIS_MIN_REPLICAS): an accepted
         # trade is answered only once this many replicas have it
@@ -363,12 +369,12 @@ class Store:
         str_fields = {k: str(v) for k, v in fields.items()}
         new_state = TradeState(str_fields.get("state", rec.state.value))
         entry = _audit_entry(actor, event, **audit) if event else ""
-        res = await self._update(
-            keys=[trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS, lease_key(f"trade:{rec.trade_id}"),
-                  WEBHOOK_OUTBOX],
-            args=[str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
-                  rec.trade_id, fence, "1" if self.webhooks else "0", f"{time.time():.3f}"],
-        )
+        res = await self._updates.submit((
+            [trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS, lease_key(f"trade:{rec.trade_id}"),
+             WEBHOOK_OUTBOX],
+            [str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
+             rec.trade_id, fence, "1" if self.webhooks else "0", f"{time.time():.3f}"],
+        ))
         if int(res) == -1:
             raise ConcurrentUpdate(f"trade {rec.trade_id} changed concurrently (had version {rec.version})")
         if int(res) == -2:
@@ -376,6 +382,16 @@ class Store:
         rec.fields.update(str_fields)
         rec.version, rec.state = int(res), new_state
         return rec
+
+    async def _update_many(self, writes: list[tuple[list[str], list[str]]]) -> list[Any]:
+        """Each write's script reply, or its own error (another write's failure is not this one's)."""
+        if len(writes) == 1:  # alone: the script directly (a pipeline first asks SCRIPT EXISTS)
+            keys, args = writes[0]
+            return [await self._update(keys=keys, args=args)]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for keys, args in writes:
+                await self._update(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def audit(self, trade_id: str) -> list[dict[str, Any]]:
         async with self.r.pipeline(transaction=True) as pipe:  # one snapshot: an archival may run in between

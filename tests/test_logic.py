@@ -585,7 +585,7 @@ def test_a_claim_due_with_less_than_delta_left_is_counted_and_a_lock_counting_do
 async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_answer():
     import asyncio
 
-    from relayer.intake import _Together
+    from relayer.together import Together
 
     calls: list[list[int]] = []
 
@@ -594,7 +594,7 @@ async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_
         await asyncio.sleep(0.01)
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
-    together = _Together(run)
+    together = Together(run, most=500)
     results = await asyncio.gather(*(together.submit(i) for i in range(6)), return_exceptions=True)
     assert calls == [[0, 1, 2, 3, 4, 5]]  # one batch for all six
     assert [r if not isinstance(r, Exception) else str(r) for r in results] == [0, "odd 1", 20, "odd 3", 40, "odd 5"]
@@ -602,6 +602,6 @@ async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_
     async def down(items: list[int]) -> list[object]:
         raise ConnectionError("redis down")
 
-    failing = _Together(down)
+    failing = Together(down, most=500)
     both = await asyncio.gather(failing.submit(1), failing.submit(2), return_exceptions=True)
     assert all(isinstance(e, ConnectionError) for e in both) and both[0] is not both[1]  # each its own object

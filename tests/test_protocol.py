@@ -281,3 +281,33 @@ def test_a_stale_chain_blocks_what_needs_it_and_nothing_else():
     expired_sc_down = view(st=LegView(lock=st_lock()), now=T_ST, sc_fresh=False)
     assert decide(expired_sc_down, SELLER_ONLY, POLICY).actions == [Action.REFUND_ST]
     assert decide(view(sc_fresh=False), BOTH, POLICY).actions == []  # no new lock
+
+
+def test_the_signing_digest_is_the_one_eth_account_hashes_from_the_typed_data():
+    """Intake verifies with a hand-built EIP-712 digest (the domain hashed once per salt); it must be exactly what
+    eth-account (and ethers.js, test above) sign, for any terms, including the largest integers."""
+    from hypothesis import given, settings, strategies as st
+    from eth_account.messages import _hash_eip191_message, encode_typed_data
+
+    from relayer.protocol.instruction import signing_digest
+
+    from eth_utils import to_checksum_address
+
+    # an all-digit address has no EIP-55 letters to check, and intake refuses it as unchecksummed
+    addr = st.binary(min_size=20, max_size=20).filter(lambda b: any(c in "abcdef" for c in b.hex())).map(
+        to_checksum_address)
+    big = st.integers(1, 2**256 - 1)
+
+    @settings(max_examples=60, deadline=None)
+    @given(tid=st.binary(min_size=32, max_size=32), chains=st.tuples(big, big), amounts=st.tuples(big, big),
+           accounts=st.tuples(addr, addr, addr, addr, addr, addr), deadline=st.integers(1, 2**64 - 1),
+           salt=st.binary(min_size=32, max_size=32))
+    def check(tid, chains, amounts, accounts, deadline, salt):
+        ins = TradeInstruction(tradeId="0x" + tid.hex(), stChainId=chains[0], stToken=accounts[0],
+                               stAmount=amounts[0], scChainId=chains[1], scToken=accounts[1], scAmount=amounts[1],
+                               sellerStAccount=accounts[2], sellerScAccount=accounts[3], buyerScAccount=accounts[4],
+                               buyerStAccount=accounts[5], deadline=deadline)
+        expected = _hash_eip191_message(encode_typed_data(full_message=ins.typed_data(salt)))
+        assert signing_digest(ins, salt) == expected
+
+    check()
