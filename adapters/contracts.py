@@ -14,9 +14,11 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_abi.exceptions import EncodingError
-from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
+from eth_utils import function_signature_to_4byte_selector, keccak
 from eth_utils.abi import collapse_if_tuple
 from web3 import AsyncWeb3
+
+from adapters.addresses import checksum
 from web3.contract import AsyncContract
 
 
@@ -213,5 +215,5 @@ def decode_event(name: str, topics: list[bytes], data: bytes) -> tuple[str, dict
     args.update(zip((arg for arg, _ in plain), abi_decode([typ for _, typ in plain], data)))
     for arg, typ in indexed + plain:
         if typ == "address":
-            args[arg] = to_checksum_address(args[arg])
+            args[arg] = checksum(args[arg])
     return event, args

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from adapters.compliance import Transfer, TransferRules
 from adapters.errors import LedgerError

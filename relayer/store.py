@@ -220,6 +220,7 @@ class Store:
         self._trade_lease = client.register_script(_TRADE_LEASE)
         # the compare-and-set writes of trades decided at the same moment go in one pipeline (one round trip)
         self._updates = Together(self._update_many, most=UPDATES_AT_ONCE)
+        self._archives = Together(self._archive_many, most=UPDATES_AT_ONCE)
         self._parsed: dict[str, SignedInstruction] = {}
         # intake durability across a failover (store_for sets them from DVP_REDIS_MIN_REPLICAS): an accepted
         # trade is answered only once this many replicas have it
@@ -437,18 +438,35 @@ class Store:
     async def archive(self, trade_id: str) -> bool:
         """Compact a finished trade: its fields and audit trail become one compressed value, the sealed secret
         is dropped (a settled trade's secret is public on chain; an aborted one's is never needed again).
-        Readers (get, audit) see the same data as before. False if the trade is not terminal or changed."""
-        data = await self.r.hgetall(trade_key(trade_id))
-        if not data or "archive" in data or TradeState(data["state"]) not in TERMINAL:
-            return False
-        audit = await self.r.lrange(audit_key(trade_id), 0, -1)
-        # kept: what the API shows; dropped: the sealed secret and what is derivable or operational only
-        drop = ("secret", "state", "version", "digest", "trade_id", "st_from_block", "sc_from_block")
-        keep = {k: v for k, v in data.items() if k not in drop}
-        packed = _pack({"fields": keep, "audit": [json.loads(x) for x in audit]})
-        res = await self._archive(keys=[trade_key(trade_id), audit_key(trade_id)],
-                                  args=[data["version"], packed, str(len(audit))])
-        return int(res) == 1
+        Readers (get, audit) see the same data as before. False if the trade is not terminal or changed.
+        Trades archived at the same moment share two round trips (their reads, their compare-and-set writes)."""
+        return bool(await self._archives.submit(trade_id))
+
+    async def _archive_many(self, trade_ids: list[str]) -> list[bool]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in trade_ids:
+                pipe.hgetall(trade_key(tid))
+                pipe.lrange(audit_key(tid), 0, -1)
+            replies = await pipe.execute()
+        writes: list[tuple[int, list[str], list[str]]] = []
+        for i, tid in enumerate(trade_ids):
+            data, audit = replies[2 * i], replies[2 * i + 1]
+            if not data or "archive" in data or TradeState(data["state"]) not in TERMINAL:
+                continue
+            # kept: what the API shows; dropped: the sealed secret and what is derivable or operational only
+            drop = ("secret", "state", "version", "digest", "trade_id", "st_from_block", "sc_from_block")
+            keep = {k: v for k, v in data.items() if k not in drop}
+            packed = _pack({"fields": keep, "audit": [json.loads(x) for x in audit]})
+            writes.append((i, [trade_key(tid), audit_key(tid)], [data["version"], packed, str(len(audit))]))
+        done = [False] * len(trade_ids)
+        if writes:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for _, keys, args in writes:
+                    await self._archive(keys=keys, args=args, client=pipe)
+                results = await pipe.execute()
+            for (i, _, _), res in zip(writes, results):
+                done[i] = int(res) == 1
+        return done
 
     async def add_audit(self, trade_id: str, actor: str, event: str, **data: Any) -> None:
         """An audit entry that changes no state (e.g. a counterparty lock with wrong terms was seen)."""
