@@ -140,7 +140,7 @@ class EvmChain:
         # seconds a request may wait on the active endpoint before the endpoints' heads are compared (None: never)
         self.slow_after = slow_after
         self._probing: asyncio.Future[int] | None = None
-        self.head_seen = 0  # the highest head the follower acted on (saw_head): a faster endpoint must be here
+        self.head_seen = 0  # the highest block any answer showed (saw_head): a faster endpoint must be here
         self.slow_switches = 0  # times the active endpoint was left as slow (exported as a metric)
         self.chain_id: int | None = None
         self.rpc_errors = 0  # transport failures seen (exported as a metric)
@@ -220,45 +220,56 @@ class EvmChain:
     async def _attempt(self, fn: Callable[[W3], Awaitable[T]]) -> T:
         """One try of `fn` at the active endpoint. A path that is slow rather than down never fails, so nothing
         would fail over: when the answer takes longer than `slow_after`, the endpoints are asked for their heads
-        (`_leave_if_slow`); if the active one cannot answer that small request in time and another can, at or
-        above the highest head seen, that one becomes active and `fn` is asked there too, first answer wins (both
-        are at least as fresh as anything acted on so far, so an error answer is as good as a value). Sending the
-        same signed transaction twice is harmless (TxSender judges by the chain's state)."""
+        (`_leave_if_slow`, one probe shared by every call waiting meanwhile); if the active one cannot answer that
+        small request in time and another can, at or above the highest block any answer has shown, that one
+        becomes active and `fn` is asked there too. The first answer wins (a value or the node's own error; a
+        transport failure waits for the other): both are at least as fresh as anything acted on so far. Sending
+        the same signed transaction twice is harmless (TxSender judges by the chain's state)."""
         first = self._active
         asked: dict[asyncio.Future[T], int] = {asyncio.ensure_future(fn(self._w3s[first])): first}
+        probe: asyncio.Future[int] | None = None
         try:
             if self.slow_after is None or len(self._w3s) < 2:
                 return await next(iter(asked))
             done, _ = await asyncio.wait(asked, timeout=self.slow_after)
-            if not done and (moved := await self._leave_if_slow(first)) != first:
-                asked[asyncio.ensure_future(fn(self._w3s[moved]))] = moved
-            pending, failure = set(asked), None
+            if not done:
+                probe = asyncio.shield(self._leave_if_slow(first))
+            pending: set[asyncio.Future[Any]] = set(asked) | ({probe} if probe is not None else set())
+            failure: BaseException | None = None
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    exc = task.exception()
+                for finished in done:
+                    if finished is probe:
+                        if (moved := probe.result()) != first:
+                            again = asyncio.ensure_future(fn(self._w3s[moved]))
+                            asked[again] = moved
+                            pending.add(again)
+                        continue
+                    exc = finished.exception()
                     if exc is None or not _is_transport_error(exc):
-                        return task.result()
+                        return finished.result()
                     failure = failure or exc
             assert failure is not None
             raise failure
         finally:
-            for task in asked:
-                if not task.done():
-                    task.cancel()
-                task.add_done_callback(_consume)
+            leftovers: list[asyncio.Future[Any]] = [*asked, *([probe] if probe is not None else [])]
+            for left in leftovers:
+                if not left.done():
+                    left.cancel()  # the shared probe itself is shielded: other waiters keep it
+                left.add_done_callback(_consume)
 
-    async def _leave_if_slow(self, slow: int) -> int:
-        """The endpoint to use now that `slow` kept a request waiting: one probe at a time, shared by every call
-        waiting meanwhile."""
+    def _leave_if_slow(self, slow: int) -> asyncio.Future[int]:
+        """The probe deciding which endpoint to use now that `slow` kept a request waiting (one at a time)."""
         if self._probing is None or self._probing.done():
             self._probing = asyncio.ensure_future(self._find_faster(slow))
-        return await asyncio.shield(self._probing)
+        return self._probing
 
     async def _find_faster(self, slow: int) -> int:
         if self._active != slow:
             return self._active  # another call's probe moved already
         assert self.slow_after is not None
+        if not self.head_seen:
+            return slow  # no block seen yet: no way to tell a faster endpoint from one that lags
         heads = await self.heads(timeout=self.slow_after)
         if heads[slow] is not None:
             return slow  # it answers a small request in time: that one request was slow, not the path
@@ -273,8 +284,19 @@ class EvmChain:
         return best
 
     def saw_head(self, number: int) -> None:
-        """The highest head acted on so far (the follower's): an endpoint below it is never switched to as faster."""
-        self.head_seen = max(self.head_seen, number)
+        """A block number an answer showed (a head, a block, a receipt, the follower's cursor): an endpoint below the
+        highest is never switched to as faster."""
+        if number > self.head_seen:
+            self.head_seen = number
+
+    def _saw_block(self, block: Any) -> Any:
+        """Note a block or receipt answer's number (see saw_head); returns it unchanged."""
+        number = block.get("number", block.get("blockNumber")) if isinstance(block, dict) else None
+        if isinstance(number, str):
+            number = int(number, 16) if number.startswith("0x") else None
+        if isinstance(number, int):
+            self.saw_head(number)
+        return block
 
     async def heads(self, timeout: float = 2.0) -> list[int | None]:
         """Every endpoint's latest block number, each asked directly, at once (None: it did not answer in time)."""
@@ -302,12 +324,14 @@ class EvmChain:
         return self.chain_id
 
     async def block_number(self) -> int:
-        return await self.call(lambda w3: w3.eth.block_number)
+        number = int(await self.call(lambda w3: w3.eth.block_number))
+        self.saw_head(number)
+        return number
 
     async def get_block(self, ident: int | str) -> Any:
         """A block by number or tag ("latest", "safe", ...); BlockNotFound when the chain has no such block."""
         # ignore: web3 types the identifier as a Literal of tags or a BlockNumber; any int or tag string is accepted
-        return await self.call(lambda w3: w3.eth.get_block(ident))  # type: ignore[arg-type]
+        return self._saw_block(await self.call(lambda w3: w3.eth.get_block(ident)))  # type: ignore[arg-type]
 
     async def now(self) -> int:
         """The chain's clock: the timestamp of its latest block."""
@@ -343,7 +367,7 @@ class EvmChain:
 
         result: TxReceipt | None = await self.rpc("eth_getTransactionReceipt", [HexBytes(tx_hash).to_0x_hex()],
                                                   parse=parse)
-        return result
+        return cast("TxReceipt | None", self._saw_block(result))
 
     async def rpc(self, method: str, params: list[Any], parse: Callable[[Any], Any] | None = None) -> Any:
         """A raw JSON-RPC call (anvil test controls, eth_getLogs, ...). `parse` turns the result into what the
@@ -363,7 +387,8 @@ class EvmChain:
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
                 raise BadResponseFormat(f"malformed {method} answer: {str(resp['result'])[:200]}") from exc
 
-        return await self.call(raw)
+        result = await self.call(raw)
+        return self._saw_block(result) if method == "eth_getBlockByNumber" else result
 
     async def rpc_at(self, index: int, method: str, params: list[Any], parse: Callable[[Any], Any] | None = None,
                      timeout: float = 2.0) -> Any:

@@ -262,6 +262,7 @@ class Followers:
                              chain_id=chain_id, start_block=side.config.start_block)
         elif cursor:
             height, bhash = cursor[0], cursor[1]
+            side.ledger.chain.saw_head(height)  # a standby below what was read before is not faster, it lags
         oldest = await self._oldest_open_block(side, chain_id)
         if oldest is not None and oldest - 1 < height:
             height, bhash = oldest - 1, None

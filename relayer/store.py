@@ -442,23 +442,27 @@ class Store:
         Trades archived at the same moment share two round trips (their reads, their compare-and-set writes)."""
         return bool(await self._archives.submit(trade_id))
 
-    async def _archive_many(self, trade_ids: list[str]) -> list[bool]:
+    async def _archive_many(self, trade_ids: list[str]) -> list[Any]:
         async with self.r.pipeline(transaction=False) as pipe:
             for tid in trade_ids:
                 pipe.hgetall(trade_key(tid))
                 pipe.lrange(audit_key(tid), 0, -1)
             replies = await pipe.execute()
         writes: list[tuple[int, list[str], list[str]]] = []
+        done: list[Any] = [False] * len(trade_ids)
         for i, tid in enumerate(trade_ids):
             data, audit = replies[2 * i], replies[2 * i + 1]
-            if not data or "archive" in data or TradeState(data["state"]) not in TERMINAL:
+            try:
+                if not data or "archive" in data or TradeState(data["state"]) not in TERMINAL:
+                    continue
+                # kept: what the API shows; dropped: the sealed secret and what is derivable or operational only
+                drop = ("secret", "state", "version", "digest", "trade_id", "st_from_block", "sc_from_block")
+                keep = {k: v for k, v in data.items() if k not in drop}
+                packed = _pack({"fields": keep, "audit": [json.loads(x) for x in audit]})
+            except (KeyError, ValueError) as exc:  # a corrupt record: its own caller hears it, the others go on
+                done[i] = exc
                 continue
-            # kept: what the API shows; dropped: the sealed secret and what is derivable or operational only
-            drop = ("secret", "state", "version", "digest", "trade_id", "st_from_block", "sc_from_block")
-            keep = {k: v for k, v in data.items() if k not in drop}
-            packed = _pack({"fields": keep, "audit": [json.loads(x) for x in audit]})
             writes.append((i, [trade_key(tid), audit_key(tid)], [data["version"], packed, str(len(audit))]))
-        done = [False] * len(trade_ids)
         if writes:
             async with self.r.pipeline(transaction=False) as pipe:
                 for _, keys, args in writes:

@@ -24,7 +24,10 @@ class Together:
         self.task: asyncio.Task[None] | None = None
 
     async def submit(self, item: Any) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self.task is not None and self.task.get_loop() is not loop:
+            self.task, self.waiting = None, []  # left by an event loop that is gone (tests run one loop each)
+        future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append((item, future))
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
@@ -41,8 +44,9 @@ class Together:
                 results = await self.run([item for item, _ in batch])
             except BaseException as exc:  # the whole batch failed (Redis down, not ready): each caller hears it
                 results = [exc] * len(batch)
-                if not isinstance(exc, Exception):  # cancelled (shutdown): answer the callers, then stop
-                    self._answer(batch, results)
+                if not isinstance(exc, Exception):  # cancelled (shutdown): answer every caller, then stop
+                    batch, self.waiting = batch + self.waiting, []
+                    self._answer(batch, [exc] * len(batch))
                     raise
             self._answer(batch, results)
 

@@ -61,12 +61,13 @@ async def test_a_slow_primary_is_left_for_the_clear_standby_and_the_trade_settle
     engine = await net.engine([net.seller, net.buyer], sc_rpc_url=proxy.url, sc_rpc_standby_urls=real,
                               rpc_slow_after=0.5)
     try:
+        side = next(s for s in engine.sides if s.name == "sc")
+        await side.ledger.chain.block_number()  # a worker that ran before its path got slow has seen the head
         proxy.set(DELAY, latency=2.5)
         signed = await net.instruction()
         tid = signed.instruction.tradeId
         assert await engine.intake(signed)
         assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED, await _events(engine, tid)
-        side = next(s for s in engine.sides if s.name == "sc")
         assert side.ledger.chain.active_url == real
         assert metrics.RPC_ENDPOINT_SLOW.labels("sc")._value.get() >= 1
     finally:

@@ -165,10 +165,16 @@ async def test_a_standby_behind_the_head_seen_is_not_taken_for_a_faster_endpoint
                                                     '{"jsonrpc": "2.0", "id": 0, "result": "0x5a"}')
     chain = EvmChain("x", [primary.url, standby.url], slow_after=0.3)
     try:
-        chain.saw_head(100)
+        assert await chain.block_number() == 100  # any answer's block counts as seen, not only the follower's
         primary.set(DELAY, latency=0.5)
         assert await asyncio.wait_for(chain.block_number(), 5) == 100
         assert chain.active_index == 0 and chain.slow_switches == 0
+        blind = EvmChain("y", [primary.url, standby.url], slow_after=0.3)
+        try:
+            assert await asyncio.wait_for(blind.call(lambda w3: w3.eth.chain_id), 5) == 100
+            assert blind.active_index == 0 and blind.slow_switches == 0
+        finally:
+            await blind.close()
     finally:
         await chain.close()
         for proxy in (primary, standby):

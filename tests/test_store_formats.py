@@ -58,3 +58,30 @@ async def test_more_concurrent_commands_than_connections_wait_for_one_instead_of
     finally:
         await store.r.delete("dvp:test:concurrent")
         await store.close()
+
+
+async def test_trades_archived_together_each_get_their_own_answer_and_a_corrupt_one_fails_alone(redis_server):
+    """Archives made at the same moment share their round trips; a record whose state no longer parses refuses
+    only its own archive (it used to, alone), the others are archived."""
+    import asyncio
+
+    import pytest
+
+    store = Store.from_url(redis_server.url.rsplit("/", 1)[0] + "/14")
+    try:
+        ids = []
+        for n in range(4):
+            signed = sign_instruction(instruction(tradeId="0x" + f"{n + 1:02x}" * 32), PTS.key, SALT)
+            await store.create(signed, TradeState.MATCHED, "test")
+            rec = await store.get(signed.instruction.tradeId)
+            await store.update(rec, {"state": "SETTLED"}, actor="test", event="state")
+            ids.append(signed.instruction.tradeId)
+        await store.r.hset(trade_key(ids[1]), "state", "NOT_A_STATE")
+        results = await asyncio.gather(*(store.archive(t) for t in ids), return_exceptions=True)
+        assert results[0] is True and results[2] is True and results[3] is True
+        assert isinstance(results[1], ValueError)
+        with pytest.raises(ValueError):
+            await store.archive(ids[1])
+    finally:
+        await store.r.flushdb()
+        await store.close()
