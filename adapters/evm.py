@@ -226,11 +226,11 @@ class EvmChain:
         transport failure waits for the other): both are at least as fresh as anything acted on so far. Sending
         the same signed transaction twice is harmless (TxSender judges by the chain's state)."""
         first = self._active
+        if self.slow_after is None or len(self._w3s) < 2:
+            return await fn(self._w3s[first])  # nothing to compare with: no task, no timer per call
         asked: dict[asyncio.Future[T], int] = {asyncio.ensure_future(fn(self._w3s[first])): first}
         probe: asyncio.Future[int] | None = None
         try:
-            if self.slow_after is None or len(self._w3s) < 2:
-                return await next(iter(asked))
             done, _ = await asyncio.wait(asked, timeout=self.slow_after)
             if not done:
                 probe = asyncio.shield(self._leave_if_slow(first))
