@@ -24,8 +24,9 @@ RPC_ERRORS = Counter("dvp_rpc_errors", "Transport errors seen talking to the cha
 RPC_HEAD_STALLS = Counter("dvp_rpc_head_stalls_total", "Times the active RPC endpoint's head stopped advancing while "
                           "a standby's went on (the worker then switched to the standby)", ["chain"],
                           registry=REGISTRY)
-RPC_ENDPOINT_SLOW = Counter("dvp_rpc_endpoint_slow_total", "Times the active RPC endpoint was left because the "
-                            "standby kept answering first while it kept requests waiting (a slow path)", ["chain"],
+RPC_ENDPOINT_SLOW = Counter("dvp_rpc_endpoint_slow_total", "Times the active RPC endpoint was left because it kept "
+                            "a request waiting and could not answer a head request in time while another endpoint, "
+                            "not behind the head seen, could (a slow path)", ["chain"],
                             registry=REGISTRY)
 DEEP_REORGS = Counter("dvp_reorgs_beyond_confirmations_total", "Reorgs that replaced blocks the follower had taken "
                       "as final (deeper than k): beyond the protocol's guarantee", ["chain"], registry=REGISTRY)

@@ -467,9 +467,9 @@ class Store:
             async with self.r.pipeline(transaction=False) as pipe:
                 for _, keys, args in writes:
                     await self._archive(keys=keys, args=args, client=pipe)
-                results = await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
             for (i, _, _), res in zip(writes, results):
-                done[i] = int(res) == 1
+                done[i] = res if isinstance(res, Exception) else int(res) == 1  # one refused write fails alone
         return done
 
     async def add_audit(self, trade_id: str, actor: str, event: str, **data: Any) -> None:

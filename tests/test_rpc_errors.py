@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -114,14 +115,24 @@ async def test_rpc_calls_reuse_their_connection_instead_of_opening_one_each():
         await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
 async def _delayed_pair(primary_answer: str, standby_answer: str):
-    """Two fake nodes, each behind a harness TCP proxy (to delay one path and count connections)."""
+    """Two fake nodes, each behind a harness TCP proxy (to delay one path and count connections), and a chain
+    over both (slow_after 0.3 s); everything closed afterwards."""
     from chaos.netproxy import NetProxy
     from deploy.processes import free_port
 
     nodes = [await _node(primary_answer), await _node(standby_answer)]
     proxies = [await NetProxy("127.0.0.1", int(url.rsplit(":", 1)[1]), free_port()).start() for _, url in nodes]
-    return nodes, proxies
+    chain = EvmChain("x", [p.url for p in proxies], slow_after=0.3)
+    try:
+        yield chain, proxies[0], proxies[1]
+    finally:
+        await chain.close()
+        for proxy in proxies:
+            await proxy.stop()
+        for runner, _ in nodes:
+            await runner.cleanup()
 
 
 async def test_a_slow_primary_is_left_for_a_standby_that_answers_in_time():
@@ -132,14 +143,11 @@ async def test_a_slow_primary_is_left_for_a_standby_that_answers_in_time():
     never second-guessed: the standby sees no connection at all."""
     from chaos.netproxy import DELAY
 
-    nodes, (primary, standby) = await _delayed_pair('{"jsonrpc": "2.0", "id": 0, "result": "0x10"}',
-                                                    '{"jsonrpc": "2.0", "id": 0, "result": "0x10"}')
-    chain = EvmChain("x", [primary.url, standby.url], slow_after=0.3)
-    try:
+    async with _delayed_pair('{"jsonrpc": "2.0", "id": 0, "result": "0x10"}',
+                             '{"jsonrpc": "2.0", "id": 0, "result": "0x10"}') as (chain, primary, standby):
         for _ in range(5):
             assert await chain.block_number() == 16
         assert standby.connections == 0 and chain.active_index == 0
-        chain.saw_head(16)
 
         primary.set(DELAY, latency=3.0)
         assert await asyncio.wait_for(chain.block_number(), 2.5) == 16  # the delayed path needs >= 6 s
@@ -147,37 +155,24 @@ async def test_a_slow_primary_is_left_for_a_standby_that_answers_in_time():
         before = primary.connections
         assert await asyncio.wait_for(chain.block_number(), 0.25) == 16  # the standby first now: no wait
         assert primary.connections == before
-    finally:
-        await chain.close()
-        for proxy in (primary, standby):
-            await proxy.stop()
-        for runner, _ in nodes:
-            await runner.cleanup()
 
 
 async def test_a_standby_behind_the_head_seen_is_not_taken_for_a_faster_endpoint():
     """A quick standby that lags (head 90 while the follower acted on 100) would answer with an old chain: an old
     head reads as a deep reorg, a missing block as one gone, an old state's error as the truth. The slow primary
-    is kept, and its answer is the one returned."""
+    is kept, and its answer is the one returned. With no block seen at all, no endpoint can be judged: none is
+    switched to."""
     from chaos.netproxy import DELAY
 
-    nodes, (primary, standby) = await _delayed_pair('{"jsonrpc": "2.0", "id": 0, "result": "0x64"}',
-                                                    '{"jsonrpc": "2.0", "id": 0, "result": "0x5a"}')
-    chain = EvmChain("x", [primary.url, standby.url], slow_after=0.3)
-    try:
+    async with _delayed_pair('{"jsonrpc": "2.0", "id": 0, "result": "0x64"}',
+                             '{"jsonrpc": "2.0", "id": 0, "result": "0x5a"}') as (chain, primary, standby):
         assert await chain.block_number() == 100  # any answer's block counts as seen, not only the follower's
         primary.set(DELAY, latency=0.5)
         assert await asyncio.wait_for(chain.block_number(), 5) == 100
         assert chain.active_index == 0 and chain.slow_switches == 0
-        blind = EvmChain("y", [primary.url, standby.url], slow_after=0.3)
+        blind = EvmChain("y", [primary.url, standby.url], slow_after=0.3)  # no block seen: nothing to judge by
         try:
             assert await asyncio.wait_for(blind.call(lambda w3: w3.eth.chain_id), 5) == 100
             assert blind.active_index == 0 and blind.slow_switches == 0
         finally:
             await blind.close()
-    finally:
-        await chain.close()
-        for proxy in (primary, standby):
-            await proxy.stop()
-        for runner, _ in nodes:
-            await runner.cleanup()
