@@ -1,4 +1,5 @@
-"""Classify every trade from the two chains alone (not Redis, not the relayer's rules).
+"""Classify every trade from the chains alone (not Redis, not the relayer's rules): its own ST platform and the coin
+ledger, chosen by the instruction's stChainId / scChainId.
 
 SETTLED     both legs claimed
 ABORTED     no leg claimed, nothing left locked
@@ -97,15 +98,22 @@ def classify(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs, delta: int) -> s
     return "ABORTED"
 
 
-async def read_both(deployment: dict[str, Any]) -> tuple[ChainLogs, ChainLogs]:
-    """The escrow events of the ST and the SC chain, each read straight from its node."""
-    st = await read_chain(deployment["st"]["rpc_url"], deployment["st"]["escrow"], deployment["st"]["deploy_block"])
-    sc = await read_chain(deployment["sc"]["rpc_url"], deployment["sc"]["escrow"], deployment["sc"]["deploy_block"])
-    return st, sc
+async def read_all(deployment: dict[str, Any], names: tuple[str, ...]) -> dict[int, ChainLogs]:
+    """The escrow events of every named chain of the deployment, each read straight from its node, by chain id."""
+    out: dict[int, ChainLogs] = {}
+    for name in names:
+        c = deployment[name]
+        out[int(c["chain_id"])] = await read_chain(c["rpc_url"], c["escrow"], c["deploy_block"])
+    return out
 
 
-def classify_all(instructions: list[dict[str, Any]], st: ChainLogs, sc: ChainLogs, delta: int) -> dict[str, str]:
-    return {ins["tradeId"]: classify(ins, st, sc, delta) for ins in instructions}
+def of_trade(ins: dict[str, Any], logs: dict[int, ChainLogs]) -> tuple[ChainLogs, ChainLogs]:
+    """The trade's ST platform and coin ledger, as its instruction names them."""
+    return logs[int(ins["stChainId"])], logs[int(ins["scChainId"])]
+
+
+def classify_all(instructions: list[dict[str, Any]], logs: dict[int, ChainLogs], delta: int) -> dict[str, str]:
+    return {ins["tradeId"]: classify(ins, *of_trade(ins, logs), delta) for ins in instructions}
 
 
 def legs(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs) -> tuple[Leg, Leg]:

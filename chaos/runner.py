@@ -1,5 +1,10 @@
 """`dvp-relayer chaos --trades N --seed S`: settle N randomized trades on a private devnet while injecting faults.
 
+The devnet has three chains, as `dvp-relayer devnet up`: two ST platforms ("st": an ERC-3643 T-REX suite; "st2": the
+project's SecurityToken on a permissioned-chain profile, legacy zero-price transactions, no fee market) and one coin
+ledger ("sc"). Each trade is routed to one of the ST platforms at random; one worker follows all three (its
+ledgers in a DVP_CONFIG_FILE). Every chain fault below picks one of the three chains.
+
 Faults (chosen by a seeded RNG, at random moments, one at a time, every kind as often):
   worker_kill       SIGKILL the relayer worker, restart it after 0.2-3 s
   chain_stop_short  stop an anvil (state kept with --state) for less than Δ (0.5 s to 0.6 Δ), restart it
@@ -11,7 +16,8 @@ Faults (chosen by a seeded RNG, at random moments, one at a time, every kind as 
   clock_skew        set one chain's clock 0..max_skew s ahead of wall time (evm_setTime)
   reorg_deep        anvil_reorg deeper than the confirmations (k+1 to k+4): beyond the guarantee, reported apart
   fee_spike         the next block's base fee jumps to 20-500 gwei (anvil_setNextBlockBaseFeePerGas), then decays
-  issuer_action     the ERC-3643 issuer's agent pauses the token, freezes the buyer or the escrow, deletes the
+                    (the chains with a fee market: not the permissioned st2)
+  issuer_action     the ERC-3643 issuer's agent (on "st") pauses the token, freezes the buyer or the escrow, deletes the
                     buyer's identity or force-transfers out of the escrow, and undoes it after 1 s to 1.5 Δ
                     (chaos/issuer.py)
   redis_failover    Redis runs as a master, a replica and a Sentinel (min-replicas-to-write 1, intake waits for the
@@ -63,7 +69,7 @@ import aiohttp
 
 from adapters.contracts import encode_call, swap_id
 from adapters.evm import EvmChain, TxSender
-from chaos.checker import VIOLATIONS, classify_all, legs, read_both
+from chaos.checker import VIOLATIONS, ChainLogs, classify_all, legs, of_trade, read_all
 from chaos.congestion import BlockFiller
 from chaos.issuer import ACTIONS, IssuerAgent
 from chaos.lying_node import LyingNode
@@ -71,7 +77,7 @@ from chaos.netproxy import BLACKHOLE, DELAY, PASS, RESET, NetProxy
 from chaos.timeline import BEYOND_GUARANTEE, DEEP_REORG, ISSUER_ACTED, ClockLog, Outage, claim_window
 from deploy import trex
 from deploy.deployer import ChainDeployment, deploy, onboard_holder
-from deploy.devnet import ROLES, DevnetOptions, _deploy, dev_account
+from deploy.devnet import PERMISSIONED_ANVIL, ROLES, DevnetOptions, _deploy, dev_account, ledgers_toml
 from deploy.processes import AnvilProcess, RedisProcess, SentinelGroup, free_port, port_open
 from relayer.protocol.instruction import TradeInstruction, sign_instruction
 from relayer.secrets import generate_key
@@ -80,6 +86,9 @@ from relayer.secrets import generate_key
 DOMAIN_SALT = os.urandom(32)
 
 E = "HashedTimelockEscrow"
+CHAINS = ("st", "st2", "sc")  # the devnet's ledgers: two ST platforms, one coin ledger
+ST_CHAINS = ("st", "st2")
+CHAIN_IDS = {"st": 18101, "st2": 18103, "sc": 18102}
 NET_FAULTS = ("net_delay", "net_blackhole", "net_reset", "net_partition", "node_stalled", "node_drops_logs")
 INJECTED = ("worker_kill", "chain_stop_short", "chain_stop_long", "reorg", "reorg_deep", "redis_restart",
             "redis_failover", "clock_skew", "fee_spike", "issuer_action", *NET_FAULTS)  # by the fault loop
@@ -133,15 +142,19 @@ class Chaos:
         self.worker: subprocess.Popen | None = None
         self.stop = asyncio.Event()
         self.outcomes: dict[str, str] = {}
-        self.chain_down: dict[str, bool] = {"st": False, "sc": False}
+        self.chain_down: dict[str, bool] = dict.fromkeys(CHAINS, False)
         self.kind_of: dict[str, str] = {}
         self.outages: list[Outage] = []  # every injected outage (worker, redis, a chain), wall clock
         self.clocks = ClockLog()  # every chain clock offset the runner set, to date chain times in wall time
         self.windows: dict[str, dict[str, Any]] = {}  # ONE-SIDED trade -> its claim window (chaos.timeline)
         self.target = ""  # the chain the fault being injected acts on (faults.jsonl)
-        self.time_offset = {"st": 0, "sc": 0}  # injected clock offsets (anvil forgets them on restart)
+        self.time_offset = dict.fromkeys(CHAINS, 0)  # injected clock offsets (anvil forgets them on restart)
+        self.nodes: dict[str, AnvilProcess] = {}
+        self.chains: dict[str, EvmChain] = {}
+        self.st_of: dict[str, str] = {}  # trade id -> the ST platform it was routed to
+        self.target_counts: Counter[tuple[str, str]] = Counter()  # (fault, chain) of every chain fault injected
         self._background: set[asyncio.Task[None]] = set()
-        self.max_skew_seen = 0  # largest |ST - SC| latest-block time difference sampled
+        self.max_skew_seen = 0  # largest difference between the chains' latest-block times sampled
         self.lost_blocks: list[tuple[str, int]] = []  # (chain, depth) when a restart did not keep the head
         self.deep_reorgs: list[tuple[str, float, int]] = []  # (chain, wall time, depth) of each reorg deeper than k
         self.issuer_acts: list[tuple[str, float, float, str]] = []  # (action, start, end, the one holder it hit or "")
@@ -171,10 +184,10 @@ class Chaos:
             if f.is_file():
                 f.unlink()
         shutil.rmtree(d / "redis", ignore_errors=True)  # a fresh Redis: no trades from an earlier run
-        self.st_node = AnvilProcess(18101, free_port(), self.cfg.block_time, state_file=d / "st.state",
-                                    log_file=d / "anvil-st.log").start()
-        self.sc_node = AnvilProcess(18102, free_port(), self.cfg.block_time, state_file=d / "sc.state",
-                                    log_file=d / "anvil-sc.log").start()
+        for name in CHAINS:  # the permissioned ST platform runs like the devnet's (berlin, gas price 0)
+            self.nodes[name] = AnvilProcess(CHAIN_IDS[name], free_port(), self.cfg.block_time,
+                                            state_file=d / f"{name}.state", log_file=d / f"anvil-{name}.log",
+                                            extra_args=PERMISSIONED_ANVIL if name == "st2" else ()).start()
         self.group: SentinelGroup | None = None
         if self.cfg.sentinel:
             self.group = SentinelGroup(d / "redis")  # set first: an interrupted start is still stopped
@@ -188,56 +201,53 @@ class Chaos:
         # a standby proxy, both to the same node
         self.paths: dict[str, tuple[NetProxy, NetProxy]] = {}
         self.liars: dict[str, LyingNode] = {}
-        for name, node in (("st", self.st_node), ("sc", self.sc_node)):
+        for name, node in self.nodes.items():
             self.paths[name] = (await NetProxy("127.0.0.1", node.port, free_port()).start(),
                                 await NetProxy("127.0.0.1", node.port, free_port()).start())
             self.liars[name] = await LyingNode(self.paths[name][0].url).start()
-        self.doc = await _deploy(DevnetOptions(st_standard=self.cfg.st_standard), self.st_node.url, self.sc_node.url,
-                                 redis_url)
-        self.st = EvmChain("st", [self.st_node.url])
-        self.sc = EvmChain("sc", [self.sc_node.url])
-        await self.st.connect()
-        await self.sc.connect()
+        self.doc = await _deploy(DevnetOptions(st_standard=self.cfg.st_standard, st2_permissioned=True),
+                                 self.nodes["st"].url, self.nodes["sc"].url, redis_url, st2_url=self.nodes["st2"].url)
+        for name in CHAINS:
+            permissioned = name == "st2"
+            self.chains[name] = EvmChain(name, [self.nodes[name].url], fee_mode="legacy" if permissioned else "eip1559",
+                                         gas_price_wei=0 if permissioned else None)
+            await self.chains[name].connect()
+        self.st, self.sc = self.chains["st"], self.chains["sc"]
         issuer = dev_account(ROLES["issuer"])
         self.bot_seller, self.bot_buyer = dev_account(BOT_SELLER), dev_account(BOT_BUYER)
-        self.st_token = next(iter(self.doc["st"]["tokens"].values()))
-        self.sc_token = next(iter(self.doc["sc"]["tokens"].values()))
-        st_dep, sc_dep = ChainDeployment(**self.doc["st"]), ChainDeployment(**self.doc["sc"])
-        # the bots hold, may receive and have approved the escrow (ERC-3643: an identity each, registered)
-        await onboard_holder(self.st, issuer, self.bot_seller, st_dep, kind="st", issue_amount=10**9)
-        await onboard_holder(self.st, issuer, self.bot_buyer, st_dep, kind="st", issue_amount=0)
-        await onboard_holder(self.sc, issuer, self.bot_buyer, sc_dep, kind="sc", issue_amount=10**15)
-        await onboard_holder(self.sc, issuer, self.bot_seller, sc_dep, kind="sc", issue_amount=0)
+        self.tokens = {name: next(iter(self.doc[name]["tokens"].values())) for name in CHAINS}
+        deps = {name: ChainDeployment(**{k: v for k, v in self.doc[name].items() if k != "profile"}) for name in CHAINS}
         congesting = dev_account(CONGESTING_BUYER)
-        await onboard_holder(self.st, issuer, congesting, st_dep, kind="st", issue_amount=0)
-        await onboard_holder(self.sc, issuer, congesting, sc_dep, kind="sc", issue_amount=10**15)
+        # the bots hold, may receive and have approved the escrow (ERC-3643: an identity each, registered), on
+        # both ST platforms
+        for name in ST_CHAINS:
+            await onboard_holder(self.chains[name], issuer, self.bot_seller, deps[name], kind="st", issue_amount=10**9)
+            await onboard_holder(self.chains[name], issuer, self.bot_buyer, deps[name], kind="st", issue_amount=0)
+            await onboard_holder(self.chains[name], issuer, congesting, deps[name], kind="st", issue_amount=0)
+        await onboard_holder(self.sc, issuer, self.bot_buyer, deps["sc"], kind="sc", issue_amount=10**15)
+        await onboard_holder(self.sc, issuer, self.bot_seller, deps["sc"], kind="sc", issue_amount=0)
+        await onboard_holder(self.sc, issuer, congesting, deps["sc"], kind="sc", issue_amount=10**15)
         # its lock tips above the filler, and its fee cap (2 × base + tip) beats the filler's (3 × base + 50 gwei)
         # while the base fee is under 50 gwei: anvil orders its pool by fee cap
         self.congesting_tx = TxSender(self.sc, congesting, priority_fee_wei=BOT_CONGEST_TIP, rebroadcast_after=1.0)
         self.agent: IssuerAgent | None = None
-        if st_dep.standard == "erc3643":
-            self.agent = IssuerAgent(self.st, issuer, trex.TrexSuite(**st_dep.trex), st_dep.escrow,
+        if deps["st"].standard == "erc3643":
+            self.agent = IssuerAgent(self.st, issuer, trex.TrexSuite(**deps["st"].trex), deps["st"].escrow,
                                      dev_account(ROLES["seller"]).address, dev_account(ROLES["buyer"]).address)
         self.burner = await deploy(TxSender(self.sc, dev_account(FILLERS[0])), "GasBurner")
-        self.bot_tx = {
-            ("st", "seller"): TxSender(self.st, self.bot_seller, rebroadcast_after=1.0),
-            ("sc", "seller"): TxSender(self.sc, self.bot_seller, rebroadcast_after=1.0),
-            ("sc", "buyer"): TxSender(self.sc, self.bot_buyer, rebroadcast_after=1.0),
-        }
+        self.bot_tx = {(name, "seller"): TxSender(self.chains[name], self.bot_seller, rebroadcast_after=1.0)
+                       for name in CHAINS}
+        self.bot_tx[("sc", "buyer")] = TxSender(self.sc, self.bot_buyer, rebroadcast_after=1.0)
         # a third party with its own account, tipping 50 gwei: its claims land before the relayer's 1 gwei ones
-        self.front_runner = TxSender(self.st, dev_account(FRONT_RUNNER), priority_fee_wei=50 * 10**9,
-                                     rebroadcast_after=1.0)
+        # (on the permissioned platform every transaction pays 0: it races the relayer on arrival alone)
+        self.front_runner = {name: TxSender(self.chains[name], dev_account(FRONT_RUNNER), priority_fee_wei=50 * 10**9,
+                                            rebroadcast_after=1.0) for name in ST_CHAINS}
         self.api_port = free_port()
         self.api_token = "chaos-" + os.urandom(8).hex()
         seller, buyer = dev_account(ROLES["seller"]), dev_account(ROLES["buyer"])
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DVP_")} | {
             "DVP_ENV_FILE": "/nonexistent", **redis_env,
-            "DVP_ST_RPC_URL": self.liars["st"].url, "DVP_ST_RPC_STANDBY_URLS": self.paths["st"][1].url,
-            "DVP_ST_ESCROW": self.doc["st"]["escrow"],
-            "DVP_ST_TOKENS": self.st_token, "DVP_ST_START_BLOCK": str(self.doc["st"]["deploy_block"]),
-            "DVP_SC_RPC_URL": self.liars["sc"].url, "DVP_SC_RPC_STANDBY_URLS": self.paths["sc"][1].url,
-            "DVP_SC_ESCROW": self.doc["sc"]["escrow"],
-            "DVP_SC_TOKENS": self.sc_token, "DVP_SC_START_BLOCK": str(self.doc["sc"]["deploy_block"]),
+            "DVP_CONFIG_FILE": str(self._ledgers_file()),
             "DVP_TRUSTED_PTS_SIGNERS": dev_account(ROLES["pts"]).address,
             "DVP_PTS_DOMAIN_SALT": "0x" + DOMAIN_SALT.hex(),
             "DVP_PARTY_KEYS": f"{seller.key.hex()},{buyer.key.hex()}",
@@ -255,6 +265,14 @@ class Chaos:
         self.delta = math.ceil(self.cfg.confirmations * self.cfg.block_time + 1 + self.cfg.max_skew + self.cfg.margin)
         self.start_worker()
 
+    def _ledgers_file(self) -> Path:
+        """The worker's three ledgers (as the devnet writes them), each reached through its lying primary and its
+        standby proxy."""
+        path = (self.cfg.workdir / "ledgers.toml").resolve()
+        path.write_text(ledgers_toml(self.doc, {name: [self.liars[name].url, self.paths[name][1].url]
+                                                for name in CHAINS}))
+        return path
+
     def start_worker(self) -> None:
         exe = Path(sys.executable).with_name("dvp-relayer")
         log = open(self.cfg.workdir / "worker.log", "ab")
@@ -267,15 +285,15 @@ class Chaos:
                 self.worker.wait(30)
             except subprocess.TimeoutExpired:
                 self.worker.kill()
-        await self.st.close()
-        await self.sc.close()
+        for chain in self.chains.values():
+            await chain.close()
         for primary, standby in self.paths.values():
             await primary.stop()
             await standby.stop()
         for liar in self.liars.values():
             await liar.stop()
-        self.st_node.stop()
-        self.sc_node.stop()
+        for node in self.nodes.values():
+            node.stop()
         self._stop_redis()
 
     def _stop_redis(self) -> None:
@@ -328,18 +346,21 @@ class Chaos:
         elif kind not in ("honest", "bot_front_run"):  # a front-runner is a third party to an honest trade
             buyer = self.bot_buyer.address
         deadline = time.monotonic() + 120
+        platform = rng.choice(ST_CHAINS)  # the trade's ST platform: the exchange lists securities on both
         while True:
-            now = await self._chain_now(self.st)
+            now = await self._chain_now(self.chains[platform])
             ins = TradeInstruction(
-                tradeId="0x" + os.urandom(32).hex(), stChainId=self.st.chain_id, stToken=self.st_token,
-                stAmount=rng.randint(1, 50), scChainId=self.sc.chain_id, scToken=self.sc_token,
+                tradeId="0x" + os.urandom(32).hex(), stChainId=self.chains[platform].chain_id,
+                stToken=self.tokens[platform], stAmount=rng.randint(1, 50), scChainId=self.sc.chain_id,
+                scToken=self.tokens["sc"],
                 scAmount=rng.randint(1, 10**6), sellerStAccount=seller, sellerScAccount=seller,
                 buyerScAccount=buyer, buyerStAccount=buyer, deadline=now + 3 * self.cfg.st_lock_duration,
             )
             signed = sign_instruction(ins, dev_account(ROLES["pts"]).key, DOMAIN_SALT)
             body = signed.model_dump_json()
             status, code, message = await self.submit(http, body, deadline)
-            if not (status == 422 and code == "compliance_refused" and time.time() < self.issuer_until):
+            if not (status == 422 and code == "compliance_refused" and time.time() < self.issuer_until
+                    and platform == "st"):
                 break
             # refused at intake while the issuer's agent acts on the token: not accepted, nothing locked; the
             # exchange matches a new trade a little later
@@ -347,6 +368,7 @@ class Chaos:
             await asyncio.sleep(rng.uniform(1.0, 3.0))
         self.instructions.append(ins.model_dump())
         self.kind_of[ins.tradeId] = kind
+        self.st_of[ins.tradeId] = platform
         if status != 202:
             self.stats.checks_failed.append(f"trade {i}: submission answered {status} {code}: {message}")
             return
@@ -375,7 +397,8 @@ class Chaos:
         st_id, sc_id = swap_id(ins.sellerStAccount, tid), swap_id(ins.buyerScAccount, tid)
         while time.monotonic() < limit and not self.stop.is_set():
             try:
-                st_slot = await self._slot(self.st, self.doc["st"]["escrow"], st_id)
+                platform = self.st_of[ins.tradeId]
+                st_slot = await self._slot(self.chains[platform], self.doc[platform]["escrow"], st_id)
                 sc_slot = await self._slot(self.sc, self.doc["sc"]["escrow"], sc_id)
                 if st_slot == bytes(32) and sc_slot == bytes(32) and await self._touched(ins):
                     return
@@ -385,9 +408,11 @@ class Chaos:
 
     async def _touched(self, ins: TradeInstruction) -> bool:
         """True once the trade is over: an ST lock existed and is gone, or nothing can be locked any more."""
-        now = await self.st.now()
-        logs = await self.st.call(lambda w3: w3.eth.get_logs({
-            "address": self.doc["st"]["escrow"], "fromBlock": self.doc["st"]["deploy_block"],
+        platform = self.st_of[ins.tradeId]
+        chain = self.chains[platform]
+        now = await chain.now()
+        logs = await chain.call(lambda w3: w3.eth.get_logs({
+            "address": self.doc[platform]["escrow"], "fromBlock": self.doc[platform]["deploy_block"],
             "topics": [None, "0x" + ins.trade_id_bytes.hex()]}))
         return bool(logs) or now > ins.deadline
 
@@ -420,12 +445,13 @@ class Chaos:
     async def bot(self, kind: str, ins: TradeInstruction) -> None:
         """The dishonest or absent counterparty, acting with keys the relayer does not hold."""
         rng = self.rng
-        st_escrow, sc_escrow = self.doc["st"]["escrow"], self.doc["sc"]["escrow"]
+        platform = self.st_of[ins.tradeId]
+        st_chain, st_escrow, sc_escrow = self.chains[platform], self.doc[platform]["escrow"], self.doc["sc"]["escrow"]
         self.stats.faults[kind] += 1
         if kind in ("bot_never_claims", "bot_late_claim"):
             secret = os.urandom(32)
-            t_st = await self._chain_now(self.st) + self.cfg.st_lock_duration
-            await self.bot_tx[("st", "seller")].transact(st_escrow, encode_call(
+            t_st = await self._chain_now(st_chain) + self.cfg.st_lock_duration
+            await self.bot_tx[(platform, "seller")].transact(st_escrow, encode_call(
                 E, "lockTokens", ins.trade_id_bytes, ins.stToken, ins.stAmount, ins.buyerStAccount,
                 hashlib.sha256(secret).digest(), t_st), timeout=60)
             if kind == "bot_never_claims":
@@ -441,7 +467,7 @@ class Chaos:
             return
         if kind == "bot_never_locks":
             return
-        st_lock = await self._wait_lock(self.st, st_escrow, ins, ins.sellerStAccount, self.cfg.st_lock_duration)
+        st_lock = await self._wait_lock(st_chain, st_escrow, ins, ins.sellerStAccount, self.cfg.st_lock_duration)
         if st_lock is None:
             return
         if kind == "bot_front_run":
@@ -483,7 +509,8 @@ class Chaos:
         while time.monotonic() < limit:
             preimage = await self._revealed(sc_swap)
             if preimage is not None:
-                await self.front_runner.transact(self.doc["st"]["escrow"], encode_call(
+                platform = self.st_of[ins.tradeId]
+                await self.front_runner[platform].transact(self.doc[platform]["escrow"], encode_call(
                     E, "claimTokens", preimage, swap_id(ins.sellerStAccount, ins.trade_id_bytes), ins.stToken,
                     ins.stAmount, ins.buyerStAccount, st_lock["timelock"]), timeout=30)
                 return
@@ -559,8 +586,7 @@ class Chaos:
     async def _set_clock(self, name: str) -> None:
         """Chain time = wall time + this chain's injected offset, set absolutely (evm_setTime): anvil forgets a
         relative evm_increaseTime on restart, and absolute setting cannot drift."""
-        chain = self.st if name == "st" else self.sc
-        await chain.rpc("evm_setTime", [int(time.time()) + self.time_offset[name]])
+        await self.chains[name].rpc("evm_setTime", [int(time.time()) + self.time_offset[name]])
         self.clocks.set(name, time.time(), self.time_offset[name])
 
     async def _nonces(self, chain: EvmChain) -> dict[str, int]:
@@ -585,15 +611,15 @@ class Chaos:
         self.outages.append(Outage("worker", killed_at, time.time()))
 
     async def _sample_skew(self) -> None:
-        """|ST - SC| of the latest blocks' timestamps, skipping the seconds after a chain restart: a restarted anvil's
+        """The largest difference between the chains' latest blocks' timestamps, skipping the seconds after a chain restart: a restarted anvil's
         latest block is its pre-stop block until it mines a new one (not a clock difference)."""
         if any(o.what.endswith("chain") and time.time() - o.end < 3.0 for o in self.outages[-4:]):
             return
         try:
-            st, sc = await self.st.get_block("latest"), await self.sc.get_block("latest")
+            times = [int((await chain.get_block("latest"))["timestamp"]) for chain in self.chains.values()]
         except Exception:  # noqa: BLE001 - a chain is down: no sample
             return
-        self.max_skew_seen = max(self.max_skew_seen, abs(int(st["timestamp"]) - int(sc["timestamp"])))
+        self.max_skew_seen = max(self.max_skew_seen, max(times) - min(times))
 
     async def faults(self) -> None:
         """Faults one at a time, in shuffled rounds of every kind (each kind as often). Chain outages take
@@ -619,13 +645,12 @@ class Chaos:
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
                 elif fault in ("chain_stop_short", "chain_stop_long"):
-                    name = self.target = self.rng.choice(["st", "sc"])
+                    name = self.target = self.rng.choice(CHAINS)
                     if self.chain_down[name]:
                         continue
-                    node = self.st_node if name == "st" else self.sc_node
+                    node, chain = self.nodes[name], self.chains[name]
                     down = (self.rng.uniform(0.5, self.delta * 0.6) if fault == "chain_stop_short"
                             else self.rng.uniform(self.delta * 1.05, self.delta * 1.3))
-                    chain = self.st if name == "st" else self.sc
                     before = await chain.get_block("latest")
                     nonces = await self._nonces(chain)
                     self.chain_down[name] = True
@@ -650,25 +675,25 @@ class Chaos:
                     if kept is None or kept["hash"] != before["hash"] or rolled_back:
                         self.lost_blocks.append((name, int(before["number"])))
                 elif fault == "reorg":
-                    chain = self.rng.choice([self.st, self.sc])
+                    chain = self.chains[self._aim(CHAINS)]
                     if self.chain_down[chain.name]:
                         continue
                     await chain.rpc("anvil_reorg", [self.rng.randint(1, self.cfg.confirmations - 1) or 1, []])
                     await self._set_clock(chain.name)  # anvil_reorg sets the chain's clock back ~0.5-1 s each time
                 elif fault == "reorg_deep":
-                    chain = self.rng.choice([self.st, self.sc])
+                    chain = self.chains[self._aim(CHAINS)]
                     if self.chain_down[chain.name]:
                         continue
                     depth = self.rng.randint(self.cfg.confirmations + 1, self.cfg.confirmations + 4)
                     await self._reorg_deep(chain, depth)
-                    if chain is self.st and self.agent is not None:  # an undo taken out puts an action back
+                    if chain.name == "st" and self.agent is not None:  # an undo taken out puts an action back
                         started = time.time()
                         lifted = await self.agent.lift_all()
                         if lifted:
                             self.issuer_acts += [(f"{a} (back after a reorg)", started - 1.0, time.time(), "")
                                                  for a in lifted]
-                elif fault == "fee_spike":
-                    chain = self.rng.choice([self.st, self.sc])
+                elif fault == "fee_spike":  # the permissioned platform has no fee market (berlin, gas price 0)
+                    chain = self.chains[self._aim(("st", "sc"))]
                     if self.chain_down[chain.name]:
                         continue
                     gwei = self.rng.uniform(20, 500)
@@ -702,17 +727,23 @@ class Chaos:
                     # each chain's clock runs 0..max_skew s ahead of wall time, so the two never differ by more
                     # than the bound Δ is built on, and a restart's first block (anvil stamps it before the
                     # clock is set again) is off by at most that much too
-                    name = self.target = self.rng.choice(["st", "sc"])
-                    chain = self.st if name == "st" else self.sc
+                    name = self.target = self.rng.choice(CHAINS)
                     if self.chain_down[name]:
                         continue
                     shift = self.rng.randint(0, self.cfg.max_skew) - self.time_offset[name]
                     self.time_offset[name] += shift
                     await self._set_clock(name)
                 self.stats.faults[fault] += 1
+                if self.target:
+                    self.target_counts[(fault, self.target)] += 1
             except Exception as exc:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
                 self.stats.api_errors[f"inject:{fault}:{type(exc).__name__}"] += 1
             self._journal(fault, began)
+
+    def _aim(self, names: tuple[str, ...]) -> str:
+        """One of `names`, drawn, as the chain the fault being injected acts on (faults.jsonl)."""
+        self.target = self.rng.choice(names)
+        return self.target
 
     def _journal(self, fault: str, began: float) -> None:
         """One line per injected fault in faults.jsonl (kind, chain, wall-clock start and end): what a violation's
@@ -724,7 +755,7 @@ class Chaos:
     async def _net_fault(self, fault: str) -> None:
         """One network fault on one chain's paths, for a while, then the paths are clear again. A partition
         counts as that chain's outage (from the worker's side it is one); the others leave the standby path."""
-        name = self.target = self.rng.choice(["st", "sc"])
+        name = self.target = self.rng.choice(CHAINS)
         primary, standby = self.paths[name]
         if fault == "net_delay":
             primary.set(DELAY, latency=self.rng.uniform(0.2, 3.0), jitter=0.5)
@@ -737,7 +768,7 @@ class Chaos:
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
         elif fault == "node_stalled":
             liar = self.liars[name]
-            liar.frozen = await (self.st if name == "st" else self.sc).block_number()
+            liar.frozen = await self.chains[name].block_number()
             await asyncio.sleep(self.rng.uniform(3.0, self.delta))
             liar.frozen = None
         elif fault == "node_drops_logs":
@@ -820,9 +851,8 @@ class Chaos:
             # state into the workdir, and the next run's restarted chain or Redis would load it
             if self.worker is not None and self.worker.poll() is None:
                 self.worker.kill()
-            for proc in ("st_node", "sc_node"):
-                if hasattr(self, proc):
-                    getattr(self, proc).stop()
+            for node in self.nodes.values():
+                node.stop()
             self._stop_redis()
             for paths in getattr(self, "paths", {}).values():
                 for proxy in paths:
@@ -871,7 +901,7 @@ class Chaos:
         await injector
         if self._background:
             await asyncio.gather(*self._background)
-        for node in (self.st_node, self.sc_node):
+        for node in self.nodes.values():
             if not port_open(node.port):
                 node.start()
         for redis_node in (self.group.nodes if self.group is not None else [self.redis]):
@@ -884,7 +914,7 @@ class Chaos:
             if lifted:
                 self.echo(f"issuer actions still in force at the end (a reorg brought them back), lifted: {lifted}")
         # make every timelock pass, give the relayer time to refund what is left
-        for chain in (self.st, self.sc):
+        for chain in self.chains.values():
             await chain.rpc("evm_increaseTime", [4 * self.cfg.st_lock_duration])
             await chain.rpc("evm_mine", [])
         result = await self.settle_out()
@@ -892,13 +922,15 @@ class Chaos:
         await self.teardown()
         self.report(result, time.monotonic() - t0)
         (self.cfg.workdir / "outcomes.json").write_text(json.dumps({
-            "trades": {t: {"outcome": o, "kind": self.kind_of.get(t), "claim_window": self.windows.get(t)}
+            "trades": {t: {"outcome": o, "kind": self.kind_of.get(t), "st_platform": self.st_of.get(t),
+                           "claim_window": self.windows.get(t)}
                        for t, o in self.outcomes.items()},
             "outages": [[o.what, o.start, o.end] for o in self.outages], "clock_offsets": self.clocks.changes,
             "budget_seconds": self.delta - self.cfg.margin, "lost_blocks": self.lost_blocks,
             "lost_trades": self.lost, "evidence": self.evidence, "deep_reorgs": self.deep_reorgs,
             "issuer_actions": self.issuer_acts, "refused": dict(self.refused),
-            "faults": dict(self.stats.faults)}, indent=1))
+            "faults": dict(self.stats.faults),
+            "faults_by_chain": {f"{k}:{c}": n for (k, c), n in sorted(self.target_counts.items())}}, indent=1))
         bad = sum(result[v] for v in VIOLATIONS) + len(self.stats.checks_failed) + result["PENDING"] + len(self.lost)
         return 1 if bad else 0
 
@@ -936,16 +968,16 @@ class Chaos:
     async def settle_out(self, timeout: float = 120.0) -> Counter[str]:
         limit = time.monotonic() + timeout
         while True:
-            st, sc = await read_both(self.doc)
-            self.outcomes = classify_all(self.instructions, st, sc, self.delta)
+            logs = await read_all(self.doc, CHAINS)
+            self.outcomes = classify_all(self.instructions, logs, self.delta)
             result = Counter(self.outcomes.values())
             if (not result["STUCK"] and not result["PENDING"]) or time.monotonic() > limit:
                 break
             await asyncio.sleep(2)
-        await self._explain(st, sc)
+        await self._explain(logs)
         return Counter(self.outcomes.values())
 
-    async def _explain(self, st: Any, sc: Any) -> None:
+    async def _explain(self, logs: dict[int, ChainLogs]) -> None:
         """Date every ONE-SIDED trade's claim window and set apart those whose injected outages left less than
         Δ − margin seconds to claim in: the HTLC limit (chaos.timeline). All others stay violations."""
         budget = float(self.delta - self.cfg.margin)
@@ -953,34 +985,37 @@ class Chaos:
             tid = ins["tradeId"]
             if self.outcomes.get(tid) != "ONE-SIDED":
                 continue
+            st, sc = of_trade(ins, logs)
             st_leg, sc_leg = legs(ins, st, sc)
+            platform = self.st_of.get(tid, "st")
             trade_id = bytes.fromhex(tid[2:])
             # a deep reorg took out a final event of this trade's own swaps (its seller's ST swap, its buyer's SC
             # swap; not a bot's or a stray lock under the same trade id)
-            touched = [self.reorged_out[key] for key in (("st", swap_id(ins["sellerStAccount"], trade_id)),
+            touched = [self.reorged_out[key] for key in ((platform, swap_id(ins["sellerStAccount"], trade_id)),
                                                          ("sc", swap_id(ins["buyerScAccount"], trade_id)))
                        if key in self.reorged_out]
-            done, done_logs, missing, name = ((sc_leg, sc, st_leg, "st") if sc_leg.claimed
+            done, done_logs, missing, name = ((sc_leg, sc, st_leg, platform) if sc_leg.claimed
                                               else (st_leg, st, sc_leg, "sc"))
+            revealed_on = "sc" if name != "sc" else platform
             if done.claimed_block is None or missing.locked is None:
                 if touched:  # the missing leg's lock or claim is gone from the final chain
                     self.outcomes[tid], self.evidence[tid] = DEEP_REORG, "; ".join(why for _, why in touched)
                 continue
             revealed = await done_logs.block_time(done.claimed_block)
             observe = self.cfg.confirmations * self.cfg.block_time
-            window = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
+            window = claim_window(name, revealed, revealed_on, missing.locked["timelock"],
                                   self.clocks, self.outages, budget, observe=observe)
             self.windows[tid] = window.as_dict()
             # an issuer action excuses a missing ST claim only if it hit this trade (every holder, or its buyer) and,
             # when our relayer revealed, began after its last look before revealing (≈ the reveal block; 2 s for the
             # check, the inclusion and the clocks): one in force before should have held the secret back. When the
             # counterparty (a bot seller) chose to reveal, any action in force after the reveal counts.
-            reveal_wall = self.clocks.to_wall("sc", revealed)
+            reveal_wall = self.clocks.to_wall(revealed_on, revealed)
             ours = ins["sellerScAccount"] != self.bot_seller.address
             hits = [(a, s0, e0) for a, s0, e0, who in self.issuer_acts
                     if name == "st" and who in ("", ins["buyerStAccount"])
                     and (s0 >= reveal_wall - 2.0 if ours else e0 > reveal_wall)]
-            with_issuer = claim_window(name, revealed, "sc" if name == "st" else "st", missing.locked["timelock"],
+            with_issuer = claim_window(name, revealed, revealed_on, missing.locked["timelock"],
                                        self.clocks, self.outages + [Outage("st issuer", s0, e0) for _, s0, e0 in hits],
                                        budget, observe=observe, also=frozenset({"st issuer"}))
             if window.beyond_guarantee:
@@ -1023,9 +1058,16 @@ class Chaos:
             outs = Counter(o for t, o in self.outcomes.items() if self.kind_of.get(t) == k)
             other = v - outs["SETTLED"] - outs["ABORTED"]
             self.echo(f"  {k:<22}{v:>7}{outs['SETTLED']:>9}{outs['ABORTED']:>9}{other:>7}")
-        self.echo(f"{'fault injected':<40}{'count':>8}")
+        self.echo(f"{'ST platform':<24}{'trades':>7}{'SETTLED':>9}{'ABORTED':>9}{'other':>7}")
+        for name in ST_CHAINS:
+            outs = Counter(o for t, o in self.outcomes.items() if self.st_of.get(t) == name)
+            total = sum(outs.values())
+            self.echo(f"  {name:<22}{total:>7}{outs['SETTLED']:>9}{outs['ABORTED']:>9}"
+                      f"{total - outs['SETTLED'] - outs['ABORTED']:>7}")
+        self.echo(f"{'fault injected':<40}{'count':>8}  by chain")
         for k in FAULTS + BOT_KINDS:
-            self.echo(f"  {k:<38}{self.stats.faults.get(k, 0):>8}")
+            by_chain = ", ".join(f"{c} {self.target_counts[(k, c)]}" for c in CHAINS if self.target_counts[(k, c)])
+            self.echo(f"  {k:<38}{self.stats.faults.get(k, 0):>8}  {by_chain}".rstrip())
             if k == "issuer_action":
                 for action in ACTIONS:
                     self.echo(f"    {action:<36}{self.stats.faults.get(f'issuer:{action}', 0):>8}")

@@ -26,7 +26,7 @@ DEEP_REORG = "ONE-SIDED (reorg deeper than k)"
 
 @dataclass
 class Outage:
-    what: str  # "worker", "redis", "st chain", "sc chain"
+    what: str  # "worker", "redis", "<ledger> chain" ("st chain", "st2 chain", "sc chain"), "st issuer"
     start: float  # wall clock
     end: float
 
@@ -35,16 +35,16 @@ class Outage:
 class ClockLog:
     """Chain time = wall time + the offset the runner set (evm_setTime), per chain, as it changed."""
 
-    changes: dict[str, list[tuple[float, int]]] = field(default_factory=lambda: {"st": [(0.0, 0)], "sc": [(0.0, 0)]})
+    changes: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # chain -> (wall, offset) as set
 
     def set(self, chain: str, wall: float, offset: int) -> None:
-        self.changes[chain].append((wall, offset))
+        self.changes.setdefault(chain, [(0.0, 0)]).append((wall, offset))
 
     def to_wall(self, chain: str, chain_time: int) -> float:
         """The wall time at which `chain`'s clock showed `chain_time` (offsets are a few seconds at most)."""
         wall = float(chain_time)
         for _ in range(2):  # the offset in force depends on the wall time we are solving for
-            offset = max((c for c in self.changes[chain] if c[0] <= wall), default=(0.0, 0))[1]
+            offset = max((c for c in self.changes.get(chain, ()) if c[0] <= wall), default=(0.0, 0))[1]
             wall = chain_time - offset
         return wall
 
@@ -66,7 +66,7 @@ def down_seconds(outages: list[Outage], start: float, end: float, what: set[str]
 class ClaimWindow:
     """For a ONE-SIDED trade: the leg left unclaimed, and the wall-clock window its claim had."""
 
-    unclaimed: str  # "st" (buyer's ST claim missing) or "sc" (seller's SC claim missing)
+    unclaimed: str  # the ledger of the missing claim: an ST platform ("st", "st2": the buyer's) or "sc" (the seller's)
     start: float  # the other leg's claim was mined (the secret became public)
     end: float  # the unclaimed leg's timelock
     down: float  # seconds of the window with the relayer, Redis or that chain down

@@ -132,18 +132,21 @@ async def _deploy_second_platform(url: str, issuer: Any, seller: Any, buyer: Any
         await chain.close()
 
 
-def ledgers_toml(doc: dict[str, Any]) -> str:
-    """The devnet's ledgers as a DVP_CONFIG_FILE (one [[ledgers]] table per chain)."""
+def ledgers_toml(doc: dict[str, Any], rpc_urls: dict[str, list[str]] | None = None) -> str:
+    """The devnet's ledgers as a DVP_CONFIG_FILE (one [[ledgers]] table per chain). `rpc_urls`: other endpoints
+    for some ledgers (primary first, then standbys; the chaos run's proxies), then without a WebSocket URL."""
     out = ["# written by `dvp-relayer devnet up`: the devnet's ledgers (see docs/ledgers.example.toml)"]
     for name in CHAINS:
         if name not in doc:
             continue
         c = doc[name]
         tokens = ", ".join(f'"{t}"' for t in c["tokens"].values())
+        urls = (rpc_urls or {}).get(name)
         out += ["", "[[ledgers]]", f'name = "{name}"', f'role = "{"sc" if name == "sc" else "st"}"',
-                f"chain_id = {c['chain_id']}", f'rpc_urls = ["{c["rpc_url"]}"]',
-                f'ws_url = "{c["rpc_url"].replace("http://", "ws://")}"', f'escrow = "{c["escrow"]}"',
-                f"tokens = [{tokens}]", f"start_block = {c['deploy_block']}"]
+                f"chain_id = {c['chain_id']}", "rpc_urls = [" + ", ".join(f'"{u}"' for u in urls or [c["rpc_url"]]) + "]"]
+        if urls is None:
+            out.append(f'ws_url = "{c["rpc_url"].replace("http://", "ws://")}"')
+        out += [f'escrow = "{c["escrow"]}"', f"tokens = [{tokens}]", f"start_block = {c['deploy_block']}"]
         if c.get("dvp") and name != "sc":
             out.append(f'dvp_contract = "{c["dvp"]}"')
         if c.get("profile") == "permissioned":

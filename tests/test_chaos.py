@@ -1,12 +1,13 @@
 """A bounded chaos run (`make test-slow`, which CI runs after `make test`): every fault and bot kind at least once
-(an ERC-3643 ST with issuer actions, a Sentinel Redis group with failovers), real processes, the independent
-checker, and every accepted trade looked up afterwards."""
+on the three-chain devnet (an ERC-3643 ST with issuer actions, a second ST platform on a permissioned profile, one
+coin ledger, a Sentinel Redis group with failovers), real processes, the independent checker, and every accepted
+trade looked up afterwards."""
 
 from __future__ import annotations
 
 import pytest
 
-from chaos.runner import BOT_KINDS, FAULTS, Chaos, ChaosConfig
+from chaos.runner import BOT_KINDS, CHAINS, FAULTS, ST_CHAINS, Chaos, ChaosConfig
 
 
 @pytest.mark.slow
@@ -29,6 +30,10 @@ async def test_bounded_chaos_run_has_no_one_sided_or_stuck_trade(tmp_path):
         assert chaos.stats.faults[kind] >= 1 or kind in ("duplicate", "replay_conflict"), (kind, report)
     honest = [t for t, k in chaos.kind_of.items() if k == "honest"]
     assert sum(chaos.outcomes[t] == "SETTLED" for t in honest) >= len(honest) // 2, report
+    # trades went to both ST platforms and settled on each; faults hit each of the three chains
+    for platform in ST_CHAINS:
+        assert any(chaos.outcomes[t] == "SETTLED" for t, p in chaos.st_of.items() if p == platform), (platform, report)
+    assert {chain for _, chain in chaos.target_counts} == set(CHAINS), (chaos.target_counts, report)
     assert not chaos.stats.checks_failed, report
     # every injected deep reorg left its evidence (the events it took out), none failed to be read
     assert not [k for k in chaos.stats.api_errors if k.startswith("evidence:")], report

@@ -46,3 +46,13 @@ def test_a_reveal_made_while_the_relayer_was_down_counts_from_when_it_could_read
     outages = [Outage("worker", 99, 101.5), Outage("sc chain", 100.8, 115)]
     w = claim_window("st", 100, "sc", 114, ClockLog(), outages, budget=6, observe=1.0)
     assert w.start == 115 and w.beyond_guarantee
+
+
+def test_a_third_chain_has_its_own_clock_and_its_own_outages():
+    clocks = ClockLog()
+    clocks.set("st2", 50.0, 3)
+    assert clocks.to_wall("st2", 103) == 100.0 and clocks.to_wall("st", 103) == 103.0
+    # the buyer's ST claim on st2 is missing: an st2 outage counts against its window, an st outage does not
+    w = claim_window("st2", 100, "sc", 115, clocks, [Outage("st chain", 100, 110), Outage("st2 chain", 104, 106)],
+                     budget=6)
+    assert (w.start, w.end, w.down) == (100.0, 112.0, 2.0) and not w.beyond_guarantee
