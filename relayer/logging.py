@@ -13,16 +13,30 @@ import structlog
 REDACTED_KEYS = frozenset({"secret", "preimage", "private_key", "key", "party_keys", "secret_key", "sealed",
                            "signature_key", "raw", "pin", "passphrase", "signers", "previous_secret_keys",
                            "authorization", "rpc_auth", "auth_header", "api_tokens", "token", "password"})
-# credentials inside a URL (redis://user:password@host, https://user:key@node): the part before @ is hidden
-_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+# a URL's credentials: its user-info (redis://user:password@host, https://user:key@node) and everything after the
+# host (node providers put API keys in the path, https://mainnet.infura.io/v3/<key>, or in the query, ?apikey=):
+# only scheme://host:port is kept, so an operator still sees which endpoint a line is about
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^/@\s'\"]*@)?([^/\s?#'\"<>]+)([^\s'\"<>]*)", re.IGNORECASE)
+
+
+def _hide_url_secrets(text: str) -> str:
+    def hide(m: re.Match[str]) -> str:
+        rest = m.group(4)
+        return (m.group(1) + ("[redacted]@" if m.group(2) else "") + m.group(3)
+                + ("/[redacted]" if rest not in ("", "/") else rest))
+    return _URL.sub(hide, text)
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Runs after the traceback is formatted: an exception's message that names a URL is a string like any other."""
     for k in list(event_dict):
+        value = event_dict[k]
         if k.lower() in REDACTED_KEYS:
             event_dict[k] = "[redacted]"
-        elif isinstance(event_dict[k], str) and "@" in event_dict[k]:
-            event_dict[k] = _URL_CREDENTIALS.sub(r"\1[redacted]@", event_dict[k])
+        elif isinstance(value, str) and "://" in value:
+            event_dict[k] = _hide_url_secrets(value)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, str) and "://" in v for v in value):
+            event_dict[k] = [_hide_url_secrets(v) if isinstance(v, str) else v for v in value]
     return event_dict
 
 
@@ -33,8 +47,8 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
             structlog.processors.format_exc_info,
+            _redact,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
