@@ -49,7 +49,8 @@ class Round:
     observed_at: float  # monotonic time the round finished reading the chains
     min_left: dict[str, float] = field(default_factory=lambda: {"st": float("inf"), "sc": float("inf")})
     claims_due_near: dict[str, int] = field(default_factory=lambda: {"st": 0, "sc": 0})  # see _watch_timelocks
-    alerts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (trade id, alert, data), once each
+    # (trade id, alert, data, what `Driver._first` marked reported): once each, and again if it could not be queued
+    alerts: list[tuple[str, str, dict[str, Any], str]] = field(default_factory=list)
 
     def now(self, side: ChainSide) -> int:
         return self.clocks[side.name]
@@ -104,6 +105,10 @@ class Driver:
             return False
         seen.add(what)
         return True
+
+    def unreport(self, trade_id: str, what: str) -> None:
+        """`what` counts as not reported after all (its alert could not be queued): the next round raises it again."""
+        self._reported.get(trade_id, set()).discard(what)
 
     def forget(self, trade_id: str) -> None:
         self._reported.pop(trade_id, None)
@@ -391,7 +396,8 @@ class Driver:
             if due and left < route.policy.delta():
                 rnd.claims_due_near[leg] += 1
                 if self._first(rec.trade_id, f"racing-{leg}"):
-                    rnd.alerts.append((rec.trade_id, "claim_racing_refund", {"leg": leg, "seconds_left": left}))
+                    rnd.alerts.append((rec.trade_id, "claim_racing_refund", {"leg": leg, "seconds_left": left},
+                                       f"racing-{leg}"))
             if 0 < left < 2 * route.policy.delta():
                 if self._first(rec.trade_id, f"near-{leg}"):
                     log.warning("timelock_near", leg=leg, seconds_left=left, state=rec.state.value)

@@ -45,7 +45,7 @@ from relayer.routing import Routes
 from relayer.schedule import Schedule, next_instants
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
-from relayer.webhooks import WebhookSender, enqueue_alert
+from relayer.webhooks import WebhookSender, queue_alerts
 
 PRUNE_EVERY_ROUNDS = 200
 # trades decided concurrently in a round (their Redis writes overlap; decide() itself is CPU): half the Redis pool,
@@ -272,6 +272,8 @@ class Engine:
             for tid in ids:  # the round failed part way: what it took is decided again next round
                 if tid in self._states or tid in routed:
                     self.schedule.mark(tid)
+            for tid, _, _, what in rnd.alerts:  # and the alerts it raised but did not queue are raised again
+                self.driver.unreport(tid, what)
             raise
         self.rounds += 1
 
@@ -419,6 +421,9 @@ class Engine:
                 pass
 
     async def _export(self, rnd: Round) -> None:
+        if self.webhooks is not None:  # first: a metric Redis cannot count must not cost an alert
+            await queue_alerts(self.store, rnd.alerts, self.driver.unreport, self.log)
+            rnd.alerts.clear()  # queued, or handed back to be raised again: the round's failure cannot double them
         counts = Counter(self._states.values())
         for state in TradeState:
             if state not in TERMINAL:
@@ -430,6 +435,3 @@ class Engine:
         for leg, near in rnd.claims_due_near.items():
             metrics.CLAIMS_DUE_NEAR.labels(leg).set(near)
         metrics.INTAKE_PAUSED.set(1 if await self.operator.intake_pause() is not None else 0)
-        if self.webhooks is not None:
-            for trade_id, alert, data in rnd.alerts:
-                await enqueue_alert(self.store, trade_id, alert, **data)

@@ -24,6 +24,7 @@ import hmac
 import json
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -52,6 +53,21 @@ def backoff(attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: 2, 4, 8, … up to 15 minutes, with ±20% jitter (no thundering
     retries)."""
     return min(BACKOFF_CAP, 2.0 ** attempt) * random.uniform(0.8, 1.2)
+
+
+async def queue_alerts(store: Store, alerts: list[tuple[str, str, dict[str, Any], str]],
+                       unreport: Callable[[str, str], None], log: Any) -> None:
+    """Each of a round's alerts into the outbox. From the first one Redis refuses on, each is handed back to
+    `unreport` (trade id, what was marked reported), so the next round that still sees it raises it again: an alert
+    counts as reported only once it is queued."""
+    for i, (trade_id, alert, data, _) in enumerate(alerts):
+        try:
+            await enqueue_alert(store, trade_id, alert, **data)
+        except (RedisError, OSError) as exc:
+            for later_id, _, _, what in alerts[i:]:
+                unreport(later_id, what)
+            log.warning("alerts_not_queued", count=len(alerts) - i, error=str(exc), error_type=type(exc).__name__)
+            return
 
 
 async def enqueue_alert(store: Store, trade_id: str, alert: str, **data: Any) -> None:

@@ -605,3 +605,48 @@ async def test_submissions_sent_together_run_as_one_batch_and_each_gets_its_own_
     failing = Together(down, most=500)
     both = await asyncio.gather(failing.submit(1), failing.submit(2), return_exceptions=True)
     assert all(isinstance(e, ConnectionError) for e in both) and both[0] is not both[1]  # each its own object
+
+
+async def test_an_alert_redis_refuses_to_queue_is_raised_again_by_the_next_round():
+    """The back office's claim_racing_refund alert is reported once per trade: if the outbox write fails, it must
+    not count as reported (before, the driver had marked it at decide time and it was never sent)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from relayer.logging import get_logger
+    from relayer.protocol.rules import LegView, ObservedLock
+    from relayer.webhooks import queue_alerts
+
+    store, _, _, _, driver, _ = world()
+    rec = new_trade(store)
+    route = driver.routes.route(rec.signed.instruction)
+    delta = route.policy.delta()
+    lock = ObservedLock(SELLER, BUYER, ST_TOKEN, 1, b"h" * 32, NOW + delta // 2)
+    claimed = LegView(ObservedLock(SELLER, BUYER, ST_TOKEN, 1, b"h" * 32, NOW + 1), claimed=True)
+
+    class Outbox:
+        def __init__(self) -> None:
+            self.entries: list[dict] = []
+            self.refuse = True
+
+        async def xadd(self, _key: str, entry: dict) -> str:
+            if self.refuse:
+                raise RedisConnectionError("Redis is restarting")
+            self.entries.append(entry)
+            return "1-0"
+
+    outbox = Outbox()
+    store.r = outbox
+    first = rnd()
+    driver._watch_timelocks(rec, route, LegView(lock), claimed, first, get_logger())
+    assert [a[1] for a in first.alerts] == ["claim_racing_refund"]
+    await queue_alerts(store, first.alerts, driver.unreport, get_logger())
+    assert outbox.entries == []
+    outbox.refuse = False
+    second = rnd()
+    driver._watch_timelocks(rec, route, LegView(lock), claimed, second, get_logger())
+    assert [a[1] for a in second.alerts] == ["claim_racing_refund"]  # raised again: it was never queued
+    await queue_alerts(store, second.alerts, driver.unreport, get_logger())
+    assert [e["alert"] for e in outbox.entries] == ["claim_racing_refund"]
+    third = rnd()
+    driver._watch_timelocks(rec, route, LegView(lock), claimed, third, get_logger())
+    assert third.alerts == []  # queued once: reported
