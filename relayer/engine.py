@@ -148,6 +148,8 @@ class Engine:
         """Redis and at least one chain must answer; a chain that is down is started later, by a round, so a
         worker restarted during an outage of one chain still protects the trades' legs on the other."""
         await self.store.ping()
+        if indexed := await self.store.index_states():  # once per Redis: trades written before the state index
+            self.log.info("state_index_built", trades=indexed)
         errors = []
         for side in self.sides:
             try:

@@ -80,7 +80,8 @@ def _err(description: str) -> dict[str, Any]:
 _PAGING_PARAMS = [
     {"name": "state", "in": "query", "required": False,
      "schema": {"type": "string", "enum": [s.value for s in TradeState]},
-     "description": "only trades in this state, among the newest 5,000"},
+     "description": "only trades in this state: ONE_SIDED and REJECTED among all trades (an index), an "
+                    "open state among the open trades, SETTLED or ABORTED among the newest 5,000"},
     {"name": "offset", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
     {"name": "limit", "in": "query", "required": False,

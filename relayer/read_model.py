@@ -4,6 +4,7 @@ clocks and the readiness checks. The API reaches nothing else of the worker."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adapters.errors import LedgerError
@@ -15,10 +16,10 @@ from relayer.explain import Waiting, explain
 from relayer.intake import Intake
 from relayer.operator import OperatorDesk
 from relayer.protocol.instruction import SignedInstruction
-from relayer.protocol.states import TradeState
+from relayer.protocol.states import TERMINAL, TradeState
 from relayer.report import TokenNames, human
 from relayer.routing import Routes
-from relayer.store import Store, TradeRecord
+from relayer.store import INDEXED_STATES, Store, TradeRecord
 from relayer.webhooks import DEAD, OUTBOX, RETRY
 
 TradeWithAudit = tuple[TradeRecord, list[dict[str, Any]]]
@@ -144,29 +145,40 @@ class ReadModel:
         return out
 
     async def page(self, offset: int, limit: int, state: str | None, scan_most: int = 5_000) -> list[TradeWithAudit]:
-        """A page of trades, newest first, read in a few pipelined round trips (not one per trade); with `state`,
-        those in that state among the newest `scan_most` trades."""
+        """A page of trades, newest first, read in a few pipelined round trips (not one per trade). With `state`:
+        a rare final state (ONE_SIDED, REJECTED) from its index, among all trades; an open state among the open
+        trades; SETTLED or ABORTED, the bulk of all trades, among the newest `scan_most`."""
         if state is None:
-            ids = await self.store.list_trades(offset, limit)
-            recs = await self.store.get_many(ids)
+            recs = await self.store.get_many(await self.store.list_trades(offset, limit))
+        elif state in INDEXED_STATES:
+            recs = await self.store.get_many(await self.store.list_in_state(TradeState(state), offset, limit))
+        elif state in TradeState.__members__ and TradeState(state) not in TERMINAL:
+            recs = await self._scan(self.store.list_open, offset, limit, state, scan_most=None)
         else:
-            recs, skipped, scanned = [], 0, 0
-            while len(recs) < limit and scanned < scan_most:
-                ids = await self.store.list_trades(scanned, 500)
-                if not ids:
-                    break
-                scanned += len(ids)
-                for rec in await self.store.get_many(ids):
-                    if rec.state.value != state:
-                        continue
-                    if skipped < offset:
-                        skipped += 1
-                        continue
-                    recs.append(rec)
-                    if len(recs) >= limit:
-                        break
+            recs = await self._scan(self.store.list_trades, offset, limit, state, scan_most)
         audits = await self.store.audits([r.trade_id for r in recs])
         return [(r, audits.get(r.trade_id, [])) for r in recs]
+
+    async def _scan(self, ids_from: Callable[[int, int], Awaitable[list[str]]], offset: int, limit: int, state: str,
+                    scan_most: int | None) -> list[TradeRecord]:
+        """The trades in `state` among those `ids_from` lists (newest first), 500 at a time, at most `scan_most`."""
+        recs: list[TradeRecord] = []
+        skipped = scanned = 0
+        while len(recs) < limit and (scan_most is None or scanned < scan_most):
+            ids = await ids_from(scanned, 500)
+            if not ids:
+                break
+            scanned += len(ids)
+            for rec in await self.store.get_many(ids):
+                if rec.state.value != state:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                recs.append(rec)
+                if len(recs) >= limit:
+                    break
+        return recs
 
     async def health(self, max_lag_blocks: int = 20) -> dict[str, Any]:
         """The health strip: Redis, each ledger as the worker follows it (no RPC call: what the last rounds saw),

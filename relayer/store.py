@@ -54,6 +54,14 @@ REPLICATION_FENCE = PREFIX + "replication_fence"
 WEBHOOK_OUTBOX = PREFIX + "webhook:outbox"  # relayer/webhooks.py delivers it
 INTAKE_GROUP = "relayers"  # the consumer group of the intake stream (a group name, not a key)
 WORKERS = PREFIX + "workers"
+# the rare final states an operator looks for among all trades (GET /v1/trades?state=...): a sorted set each, by
+# when the trade got there; the open states are found through OPEN, SETTLED and ABORTED (the bulk) by a scan
+INDEXED_STATES = (TradeState.ONE_SIDED, TradeState.REJECTED)
+STATE_INDEX_BUILT = PREFIX + "state_index_built"  # set once every older trade of those states is indexed
+
+
+def state_key(state: TradeState) -> str:
+    return f"{PREFIX}state:{state.value}"
 
 
 def trade_key(trade_id: str) -> str:
@@ -83,7 +91,7 @@ def lock_nonce_key(chain_id: int, holder: str, nonce: int) -> str:
 LOCK_NONCE_TTL = 7 * 24 * 3600
 
 
-# KEYS: trade, audit, open, all, counts. ARGV: digest, record JSON, audit JSON, now
+# KEYS: trade, audit, open, all, counts, REJECTED index. ARGV: digest, record JSON, audit JSON, now
 _CREATE = """
 local existing = redis.call('HGET', KEYS[1], 'digest')
 if existing then
@@ -94,12 +102,15 @@ local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 if fields['state'] ~= 'REJECTED' then redis.call('ZADD', KEYS[3], ARGV[4], fields['trade_id'])
-else redis.call('HINCRBY', KEYS[5], 'REJECTED', 1) end
+else
+  redis.call('HINCRBY', KEYS[5], 'REJECTED', 1)
+  redis.call('ZADD', KEYS[6], ARGV[4], fields['trade_id'])
+end
 redis.call('ZADD', KEYS[4], ARGV[4], fields['trade_id'])
 return 1
 """
 
-# KEYS: trade, audit, open, counts, trade lease, webhook outbox. ARGV: expected version, fields JSON, audit JSON
+# KEYS: trade, audit, open, counts, trade lease, webhook outbox, ONE_SIDED index. ARGV: expected version, fields JSON, audit JSON
 # (or ''), terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools),
 # webhooks on ('1': a state change is added to the outbox in the same script), now
 _UPDATE = """
@@ -120,6 +131,7 @@ if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[3]) end
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[5])
   redis.call('HINCRBY', KEYS[4], fields['state'], 1)
+  if fields['state'] == 'ONE_SIDED' then redis.call('ZADD', KEYS[7], ARGV[8], ARGV[5]) end
 end
 return tonumber(v) + 1
 """
@@ -372,7 +384,7 @@ class Store:
         entry = _audit_entry(actor, event, **audit) if event else ""
         res = await self._updates.submit((
             [trade_key(rec.trade_id), audit_key(rec.trade_id), OPEN, COUNTS, lease_key(f"trade:{rec.trade_id}"),
-             WEBHOOK_OUTBOX],
+             WEBHOOK_OUTBOX, state_key(TradeState.ONE_SIDED)],
             [str(rec.version), json.dumps(str_fields), entry, "1" if new_state in TERMINAL else "0",
              rec.trade_id, fence, "1" if self.webhooks else "0", f"{time.time():.3f}"],
         ))
@@ -493,6 +505,36 @@ class Store:
 
     async def list_trades(self, offset: int = 0, limit: int = 100) -> list[str]:
         return list(await self.r.zrevrange(ALL, offset, offset + limit - 1))
+
+    async def list_open(self, offset: int = 0, limit: int = 100) -> list[str]:
+        """Open trades, newest first."""
+        return list(await self.r.zrevrange(OPEN, offset, offset + limit - 1))
+
+    async def list_in_state(self, state: TradeState, offset: int = 0, limit: int = 100) -> list[str]:
+        """Trades of an indexed final state (INDEXED_STATES), the latest to get there first."""
+        return list(await self.r.zrevrange(state_key(state), offset, offset + limit - 1))
+
+    async def index_states(self, chunk: int = 1000) -> int:
+        """Index the trades of INDEXED_STATES that were written before the index existed (once per Redis; several
+        workers doing it at once only repeat the same ZADDs). How many it indexed."""
+        if await self.r.exists(STATE_INDEX_BUILT):
+            return 0
+        indexed, start = 0, 0
+        while ids := await self.r.zrange(ALL, start, start + chunk - 1, withscores=True):
+            start += len(ids)
+            async with self.r.pipeline(transaction=False) as pipe:
+                for tid, _ in ids:
+                    pipe.hget(trade_key(tid), "state")
+                states = await pipe.execute()
+            found = [(tid, score, state) for (tid, score), state in zip(ids, states) if state in INDEXED_STATES]
+            if found:
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for tid, score, state in found:
+                        pipe.zadd(state_key(TradeState(state)), {tid: score})
+                    await pipe.execute()
+                indexed += len(found)
+        await self.r.set(STATE_INDEX_BUILT, "1")
+        return indexed
 
     async def hold_leases(self, names: list[str], token: str, ttl_ms: int,
                           dead: dict[str, str] | None = None) -> dict[str, str]:
@@ -721,7 +763,7 @@ def _create_call(signed: SignedInstruction, state: TradeState, actor: str, now: 
               "state": state.value, "version": "1", "created_at": f"{now:.3f}"}
     extra = {"note": note} if note else {}
     entry = _audit_entry(actor, "accepted" if state != TradeState.REJECTED else "rejected", **extra)
-    return ([trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS],
+    return ([trade_key(ins.tradeId), audit_key(ins.tradeId), OPEN, ALL, COUNTS, state_key(TradeState.REJECTED)],
             [ins.digest(), json.dumps(record), entry, f"{now:.3f}"])
 
 

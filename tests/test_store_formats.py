@@ -85,3 +85,46 @@ async def test_trades_archived_together_each_get_their_own_answer_and_a_corrupt_
     finally:
         await store.r.flushdb()
         await store.close()
+
+
+async def test_a_rare_final_state_is_found_among_all_trades_and_older_records_are_indexed_once(redis_server):
+    """GET /v1/trades?state=ONE_SIDED is the operator's question "which trades need me": it scanned only the newest
+    5,000 trades, so on a busy venue an older ONE_SIDED trade was not listed. ONE_SIDED and REJECTED trades now
+    have an index of their own (written by the same scripts as the state), and records written before it existed
+    are indexed once at start."""
+    from relayer.read_model import ReadModel
+    from relayer.store import STATE_INDEX_BUILT, state_key
+    from tests.relayer_kit import fresh_db
+
+    store = Store.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{fresh_db()}")
+    model = ReadModel.__new__(ReadModel)  # the page reads the store only
+    model.store = store
+    try:
+        trades = []
+        for i in range(31):
+            signed = sign_instruction(instruction(tradeId="0x" + f"{i:064x}"), PTS.key, SALT)
+            await store.create(signed, TradeState.MATCHED, "test")
+            trades.append(signed.instruction.tradeId)
+        rejected = sign_instruction(instruction(tradeId="0x" + "ee" * 32), PTS.key, SALT)
+        await store.create(rejected, TradeState.REJECTED, "test", note="bad terms")
+        one_sided = trades[0]  # the oldest trade; the 30 newer ones settle
+        rec = await store.get(one_sided)
+        await store.update(rec, {"state": "ONE_SIDED"}, actor="test", event="state")
+        for tid in trades[1:]:
+            await store.update(await store.get(tid), {"state": "SETTLED"}, actor="test", event="state")
+
+        async def listed(state: str) -> list[str]:
+            return [r.trade_id for r, _ in await model.page(0, 10, state, scan_most=20)]
+
+        assert await listed("ONE_SIDED") == [one_sided]  # beyond the 20 newest scanned
+        assert await listed("REJECTED") == [rejected.instruction.tradeId]
+        assert len(await listed("SETTLED")) == 10
+        assert await listed("MATCHED") == []
+        # records from before the index: gone from it, found again by the one-time build, not twice
+        await store.r.delete(state_key(TradeState.ONE_SIDED), state_key(TradeState.REJECTED), STATE_INDEX_BUILT)
+        assert await listed("ONE_SIDED") == []
+        assert await store.index_states(chunk=7) == 2
+        assert await listed("ONE_SIDED") == [one_sided] and await store.index_states() == 0
+    finally:
+        await store.r.flushdb()
+        await store.close()
