@@ -3,7 +3,7 @@ against both chains (`dvp-relayer report --from --to --format csv|json [--verify
 
 Rows come from the store (what the relayer recorded); `--verify` reads the chains themselves: for every trade, the
 escrow's Locked / Claimed / Refunded events of its two swaps (the seller's ST swap, the buyer's SC swap) and their
-slots. A SETTLED trade must show both swaps claimed with the instruction's amounts, an ABORTED one neither
+slots, in a few calls per ledger for all the trades (not six per trade). A SETTLED trade must show both swaps claimed with the instruction's amounts, an ABORTED one neither
 claimed, a ONE_SIDED one exactly one, and no finished trade may leave a slot holding a lock. What does not agree is
 printed; the command exits 1 when anything does not.
 """
@@ -164,31 +164,45 @@ async def build_rows(routes: Routes, trades: list[tuple[TradeRecord, list[dict[s
     return rows
 
 
-async def _swap_events(route_side: Any, trade_id: bytes, sender: str) -> dict[str, Any]:
-    """The chain's own record of one swap: its Locked args (by this sender), whether it was claimed or refunded,
-    and whether its slot still holds a lock."""
+VERIFY_CHUNK = 100  # trade or swap ids OR-ed into one eth_getLogs topic filter
+
+
+async def _swap_records(route_side: Any, swaps: list[tuple[bytes, str]]) -> list[dict[str, Any]]:
+    """The chain's own record of each swap (trade id, sender) on one ledger: its Locked args (by this sender),
+    whether it was claimed or refunded, and whether its slot still holds a lock. A few calls for all of them:
+    the Locked events by trade id and the Claimed / Refunded events by swap id, VERIFY_CHUNK ids per eth_getLogs
+    (the node's topic index answers each), and the slots in one batch."""
     ledger = route_side.ledger
     escrow = AsyncWeb3().eth.contract(abi=abi("HashedTimelockEscrow"))
-    sid = ledger.swap_id_of(sender, trade_id)
     start = route_side.config.start_block or 0
+    sids = [ledger.swap_id_of(sender, tid) for tid, sender in swaps]
 
-    async def logs(topics: list[Any]) -> list[Any]:
-        return list(await ledger.chain.call(lambda w3: w3.eth.get_logs(
-            {"address": ledger.escrow, "fromBlock": start, "toBlock": "latest", "topics": topics})))
+    async def logs(topic0: Any, ids: list[bytes]) -> list[Any]:
+        found: list[Any] = []
+        for i in range(0, len(ids), VERIFY_CHUNK):
+            topics = [topic0, ["0x" + x.hex() for x in ids[i:i + VERIFY_CHUNK]]]
+            found += await ledger.chain.call(lambda w3, topics=topics: w3.eth.get_logs(
+                {"address": ledger.escrow, "fromBlock": start, "toBlock": "latest", "topics": topics}))
+        return found
 
-    locked_topic = bytes(HexBytes(escrow.events.Locked().topic))
-    locked = [escrow.events.Locked().process_log(lg)["args"] for lg in await logs([None, "0x" + trade_id.hex()])
-              if bytes(lg["topics"][0]) == locked_topic]
-    mine = [dict(a) for a in locked if a["sender"] == sender]
-    claimed = bool(await logs([escrow.events.Claimed().topic, "0x" + sid.hex()]))
-    refunded = bool(await logs([escrow.events.Refunded().topic, "0x" + sid.hex()]))
-    live = await ledger.swap_slot(sid) != bytes(32)
-    return {"lock": mine[-1] if mine else None, "claimed": claimed, "refunded": refunded, "live": live}
+    events = escrow.events
+    locks: dict[tuple[bytes, str], dict[str, Any]] = {}
+    for lg in await logs(events.Locked().topic, sorted({tid for tid, _ in swaps})):  # in chain order: the last wins
+        args = events.Locked().process_log(lg)["args"]
+        locks[(bytes(args["tradeId"]), args["sender"])] = dict(args)
+    ended = await logs([events.Claimed().topic, events.Refunded().topic], sorted(set(sids)))
+    claimed_topic = bytes(HexBytes(events.Claimed().topic))
+    claimed = {bytes(lg["topics"][1]) for lg in ended if bytes(lg["topics"][0]) == claimed_topic}
+    refunded = {bytes(lg["topics"][1]) for lg in ended if bytes(lg["topics"][0]) != claimed_topic}
+    slots = await ledger.swap_slots(sids) if sids else []
+    return [{"lock": locks.get((tid, sender)), "claimed": sid in claimed, "refunded": sid in refunded,
+             "live": slot != bytes(32)} for (tid, sender), sid, slot in zip(swaps, sids, slots)]
 
 
 async def verify(routes: Routes, rows: list[ReportRow], trades: list[tuple[TradeRecord, Any]]) -> int:
     """Check each row against both chains; the problems go into the rows. Returns how many rows disagree."""
     bad = 0
+    checked: list[tuple[ReportRow, TradeRecord, Route]] = []
     for row, (rec, _) in zip(rows, trades):
         ins = rec.signed.instruction
         if row.problems:  # not verifiable (its ledger is not configured)
@@ -198,8 +212,21 @@ async def verify(routes: Routes, rows: list[ReportRow], trades: list[tuple[Trade
         if route.is_atomic(ins):
             row.verified = "no: same-ledger (AtomicDvP) trades are not checked yet"
             continue
-        st = await _swap_events(route.st, ins.trade_id_bytes, ins.sellerStAccount)
-        sc = await _swap_events(route.sc, ins.trade_id_bytes, ins.buyerScAccount)
+        checked.append((row, rec, route))
+    # every swap of every checked trade, read ledger by ledger: (ledger name, trade id, sender) -> its record
+    wanted: dict[str, tuple[Any, list[tuple[bytes, str]]]] = {}
+    for _, rec, route in checked:
+        ins = rec.signed.instruction
+        for side, sender in ((route.st, ins.sellerStAccount), (route.sc, ins.buyerScAccount)):
+            wanted.setdefault(side.name, (side, []))[1].append((ins.trade_id_bytes, sender))
+    records: dict[tuple[str, bytes, str], dict[str, Any]] = {}
+    for name, (side, swaps) in wanted.items():
+        for swap, record in zip(swaps, await _swap_records(side, swaps)):
+            records[(name, *swap)] = record
+    for row, rec, route in checked:
+        ins = rec.signed.instruction
+        st = records[(route.st.name, ins.trade_id_bytes, ins.sellerStAccount)]
+        sc = records[(route.sc.name, ins.trade_id_bytes, ins.buyerScAccount)]
         problems = row.problems
         for name, leg, amount, receiver in (("st", st, ins.stAmount, ins.buyerStAccount),
                                             ("sc", sc, ins.scAmount, ins.sellerScAccount)):
