@@ -39,8 +39,8 @@ Per-trade counterparty behaviour (a bot holding keys the relayer does not have):
   bot_late_claim    the bot seller claims the SC just before T_sc
   bot_relock        the bot buyer locks SC with a wrong amount and a short timelock, and once that lock is
                     refunded locks the same trade id again with the right terms
-  bot_front_run     an honest trade, and a third party that claims the ST for the buyer with the secret the
-                    seller revealed, tipping to land before the relayer's own claim
+  bot_front_run     an honest trade (on "st", where a tip buys priority), and a third party that claims the ST for
+                    the buyer with the secret the seller revealed, tipping to land before the relayer's own claim
   bot_congest       the bot buyer locks the right terms 6 s before T_sc while filling the coin ledger's blocks
                     (chaos/congestion.py) for 6-12 s, its own lock tipping above the filler
 At the end every timelock is made to pass, the relayer refunds what is left, and the independent checker
@@ -346,7 +346,9 @@ class Chaos:
         elif kind not in ("honest", "bot_front_run"):  # a front-runner is a third party to an honest trade
             buyer = self.bot_buyer.address
         deadline = time.monotonic() + 120
-        platform = rng.choice(ST_CHAINS)  # the trade's ST platform: the exchange lists securities on both
+        # the trade's ST platform: the exchange lists securities on both. A front-runner outbids the relayer with a
+        # tip, which the permissioned platform (every transaction at gas price 0) has no use for
+        platform = "st" if kind == "bot_front_run" else rng.choice(ST_CHAINS)
         while True:
             now = await self._chain_now(self.chains[platform])
             ins = TradeInstruction(
@@ -724,7 +726,7 @@ class Chaos:
                     finally:  # a failover that went wrong is downtime all the same
                         self.outages.append(Outage("redis", started, time.time()))
                 elif fault == "clock_skew":
-                    # each chain's clock runs 0..max_skew s ahead of wall time, so the two never differ by more
+                    # each chain's clock runs 0..max_skew s ahead of wall time, so no two differ by more
                     # than the bound Δ is built on, and a restart's first block (anvil stamps it before the
                     # clock is set again) is off by at most that much too
                     name = self.target = self.rng.choice(CHAINS)
@@ -825,6 +827,7 @@ class Chaos:
         """One agent action on the ERC-3643 ST, held for 1 s to 1.5 Δ, then undone (an interval "st issuer")."""
         assert self.agent is not None
         action = self.rng.choice(ACTIONS)
+        self.target = "st"  # the ERC-3643 platform
         started = time.time()
         self.issuer_until = float("inf")
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import sys
@@ -13,31 +15,40 @@ import structlog
 REDACTED_KEYS = frozenset({"secret", "preimage", "private_key", "key", "party_keys", "secret_key", "sealed",
                            "signature_key", "raw", "pin", "passphrase", "signers", "previous_secret_keys",
                            "authorization", "rpc_auth", "auth_header", "api_tokens", "token", "password"})
-# a URL's credentials: its user-info (redis://user:password@host, https://user:key@node) and everything after the
-# host (node providers put API keys in the path, https://mainnet.infura.io/v3/<key>, or in the query, ?apikey=):
-# only scheme://host:port is kept, so an operator still sees which endpoint a line is about
-_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^/@\s'\"]*@)?([^/\s?#'\"<>]+)([^\s'\"<>]*)", re.IGNORECASE)
+# a URL's credentials: its user-info (redis://user:password@host, https://user:key@node, up to the last @ as URL
+# parsers read it) and everything after the host (node providers put API keys in the path,
+# https://mainnet.infura.io/v3/<key>, or in the query, ?apikey=). scheme://host:port is kept, and the rest becomes
+# a short digest, so an operator still tells two endpoints on one host apart. Applied to the rendered JSON line:
+# every value, whatever its type (an exception's repr, a dict, a traceback), and a `"` or `\` ends a URL there.
+_URL = re.compile(
+    r"\b([a-z][a-z0-9+.-]*://)"  # scheme
+    r"([^/?#\s\"\\]*@)?"  # user-info
+    r"([^/@\s?#'\"<>\\]*)"  # host[:port], may be empty (unix:///run/redis.sock)
+    r"([^\s'\"<>\\]*[^\s'\"<>\\.,;:!?)\]}])?",  # path, query, fragment, without a trailing punctuation mark
+    re.IGNORECASE)
 
 
 def _hide_url_secrets(text: str) -> str:
+    if "://" not in text:
+        return text
+
     def hide(m: re.Match[str]) -> str:
-        rest = m.group(4)
-        return (m.group(1) + ("[redacted]@" if m.group(2) else "") + m.group(3)
-                + ("/[redacted]" if rest not in ("", "/") else rest))
+        rest = m.group(4) or ""
+        if rest not in ("", "/") and not rest.startswith("/[redacted"):
+            rest = f"/[redacted:{hashlib.sha256(rest.encode()).hexdigest()[:6]}]"
+        return m.group(1) + ("[redacted]@" if m.group(2) else "") + m.group(3) + rest
     return _URL.sub(hide, text)
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Runs after the traceback is formatted: an exception's message that names a URL is a string like any other."""
     for k in list(event_dict):
-        value = event_dict[k]
         if k.lower() in REDACTED_KEYS:
             event_dict[k] = "[redacted]"
-        elif isinstance(value, str) and "://" in value:
-            event_dict[k] = _hide_url_secrets(value)
-        elif isinstance(value, (list, tuple)) and any(isinstance(v, str) and "://" in v for v in value):
-            event_dict[k] = [_hide_url_secrets(v) if isinstance(v, str) else v for v in value]
     return event_dict
+
+
+def _render(obj: Any, **kw: Any) -> str:
+    return _hide_url_secrets(json.dumps(obj, **kw))
 
 
 def configure(level: str = "INFO", stream: Any = None) -> None:
@@ -49,7 +60,7 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_render),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),

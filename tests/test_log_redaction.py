@@ -46,6 +46,26 @@ def test_a_logged_exception_that_names_the_url_does_not_carry_the_key():
 
 def test_plain_values_and_bare_hosts_are_left_as_they_are():
     line = _logged(lambda log: log.info("chain_reread", chain="sc", from_block=12,
-                                        now_using="http://127.0.0.1:8546", note="see https://docs.example.com/"))
-    assert line["now_using"] == "http://127.0.0.1:8546" and line["note"] == "see https://docs.example.com/"
+                                        now_using="http://127.0.0.1:8546", note="see https://docs.example.com/."))
+    assert line["now_using"] == "http://127.0.0.1:8546" and line["note"] == "see https://docs.example.com/."
     assert line["from_block"] == 12
+
+
+def test_passwords_with_at_signs_or_quotes_unix_sockets_and_values_that_are_not_strings_are_redacted():
+    class Settings:  # logged as an object: JSON renders its repr
+        def __repr__(self) -> str:
+            return f"Settings(redis_url='redis://:{KEY}@cache:6379/0')"
+
+    line = _logged(lambda log: log.warning(
+        "odd", a=f"redis://:p@{KEY}@cache:6379/0", b=f"redis://:pa'{KEY}@cache:6379", c=f"unix:///run/r.sock?password={KEY}",
+        d=f"unix://:{KEY}@/run/redis.sock", e={"urls": [f"https://h.example/v3/{KEY}"]}, f=Settings(),
+        g=f"(https://x.io/v3/{KEY}), then"))
+    text = json.dumps(line)
+    assert KEY not in text and "p@" not in line["a"], text
+    assert line["a"].startswith("redis://[redacted]@cache:6379/") and line["g"].endswith("), then")
+
+
+def test_two_endpoints_on_one_host_stay_apart():
+    line = _logged(lambda log: log.warning("rpc_endpoint_slow", left=f"https://mainnet.infura.io/v3/{KEY}",
+                                           now_using="https://mainnet.infura.io/v3/" + "7" * 32))
+    assert line["left"] != line["now_using"] and KEY not in json.dumps(line)
