@@ -715,14 +715,14 @@ class Chaos:
                     await asyncio.sleep(self.rng.uniform(0.2, 2.0))
                     redis_node.start()
                     if self.group is not None:
-                        await asyncio.to_thread(self.group.wait_writable, self.group.master(), 30)
+                        await asyncio.to_thread(self.group.wait_master_writable, 30)
                     self.outages.append(Outage("redis", started, time.time()))
                 elif fault == "redis_failover":
                     assert self.group is not None
                     started = time.time()
                     try:
                         await asyncio.to_thread(self.group.fail_over)
-                        await asyncio.to_thread(self.group.wait_writable, self.group.master(), 30)
+                        await asyncio.to_thread(self.group.wait_master_writable, 30)
                     finally:  # a failover that went wrong is downtime all the same
                         self.outages.append(Outage("redis", started, time.time()))
                 elif fault == "clock_skew":

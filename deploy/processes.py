@@ -273,6 +273,26 @@ class SentinelGroup:
                 raise ProcessStartError(f"redis-server on port {node.port} has no good replica")
             time.sleep(0.2)
 
+    def wait_master_writable(self, timeout: float) -> RedisProcess:
+        """Until the node the Sentinel names master, asked again each time, counts a good replica; that node. A
+        master that stalls for longer than down-after-milliseconds right after a promotion (a full resync of the
+        old master, a loaded machine) is failed over again: the master to wait for is the one named now."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            node = self.master()
+            try:
+                with redis.Redis(port=node.port, socket_timeout=2) as r:
+                    info = r.info("replication")
+                    if info.get("role") == "master" and int(info.get("min_slaves_good_slaves", 0)) >= 1:
+                        return node
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise ProcessStartError(f"no master with a good replica after {timeout:.0f} s (named: {node.port})")
+            time.sleep(0.2)
+
     def _ask(self, *cmd: str) -> object:
         import redis
 
