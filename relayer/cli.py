@@ -196,14 +196,6 @@ def run() -> None:
         install_heap_probe(loop)
         await serve(settings, stop)
 
-    if settings.event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # a platform without its wheel: Python's own loop, said once
-            click.echo("DVP_EVENT_LOOP=uvloop: uvloop is not installed here; running on asyncio's loop", err=True)
-        else:
-            uvloop.run(go())
-            return
     asyncio.run(go())
 
 

@@ -245,8 +245,6 @@ class Settings(BaseSettings):
     compliance_checks: bool = Field(True, description="ask each token at intake whether it would make the trade's "
                                     "transfers (ERC-3643 compliance, allowlists, pause, freezes)")
     log_level: str = "INFO"
-    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="the worker's event loop: uvloop (libuv, "
-                                                     "less CPU per request) or Python's own asyncio loop")
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, description="HTTP API + dashboard port; 0 disables the API in this worker")
