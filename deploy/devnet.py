@@ -143,7 +143,8 @@ def ledgers_toml(doc: dict[str, Any], rpc_urls: dict[str, list[str]] | None = No
         tokens = ", ".join(f'"{t}"' for t in c["tokens"].values())
         urls = (rpc_urls or {}).get(name)
         out += ["", "[[ledgers]]", f'name = "{name}"', f'role = "{"sc" if name == "sc" else "st"}"',
-                f"chain_id = {c['chain_id']}", "rpc_urls = [" + ", ".join(f'"{u}"' for u in urls or [c["rpc_url"]]) + "]"]
+                f"chain_id = {c['chain_id']}",
+                "rpc_urls = [" + ", ".join(f'"{u}"' for u in urls or [c["rpc_url"]]) + "]"]
         if urls is None:
             out.append(f'ws_url = "{c["rpc_url"].replace("http://", "ws://")}"')
         out += [f'escrow = "{c["escrow"]}"', f"tokens = [{tokens}]", f"start_block = {c['deploy_block']}"]

@@ -253,25 +253,8 @@ class SentinelGroup:
             if time.monotonic() > deadline:
                 raise ProcessStartError("the Sentinel never saw the replica")
             time.sleep(0.2)
-        self.wait_writable(first, deadline - time.monotonic())
+        self.wait_master_writable(deadline - time.monotonic())
         return self
-
-    @staticmethod
-    def wait_writable(node: RedisProcess, timeout: float) -> None:
-        """Until `node` counts a good replica (its min-replicas-to-write check passes once a second)."""
-        import redis
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with redis.Redis(port=node.port, socket_timeout=2) as r:
-                    if int(r.info("replication").get("min_slaves_good_slaves", 0)) >= 1:
-                        return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise ProcessStartError(f"redis-server on port {node.port} has no good replica")
-            time.sleep(0.2)
 
     def wait_master_writable(self, timeout: float) -> RedisProcess:
         """Until the node the Sentinel names master, asked again each time, counts a good replica; that node. A

@@ -3,8 +3,8 @@ against both chains (`dvp-relayer report --from --to --format csv|json [--verify
 
 Rows come from the store (what the relayer recorded); `--verify` reads the chains themselves: for every trade, the
 escrow's Locked / Claimed / Refunded events of its two swaps (the seller's ST swap, the buyer's SC swap) and their
-slots, in a few calls per ledger for all the trades (not six per trade). A SETTLED trade must show both swaps claimed with the instruction's amounts, an ABORTED one neither
-claimed, a ONE_SIDED one exactly one, and no finished trade may leave a slot holding a lock. What does not agree is
+slots, in a few calls per ledger for all the trades (not six per trade). A SETTLED trade must show both swaps
+claimed with the instruction's amounts, an ABORTED one neither claimed, a ONE_SIDED one exactly one, and no finished trade may leave a slot holding a lock. What does not agree is
 printed; the command exits 1 when anything does not.
 """
 

@@ -110,8 +110,8 @@ redis.call('ZADD', KEYS[4], ARGV[4], fields['trade_id'])
 return 1
 """
 
-# KEYS: trade, audit, open, counts, trade lease, webhook outbox, ONE_SIDED index. ARGV: expected version, fields JSON, audit JSON
-# (or ''), terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools),
+# KEYS: trade, audit, open, counts, trade lease, webhook outbox, ONE_SIDED index. ARGV: expected version, fields
+# JSON, audit JSON (or ''), terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools),
 # webhooks on ('1': a state change is added to the outbox in the same script), now
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'version')

@@ -57,7 +57,8 @@ def test_passwords_with_at_signs_or_quotes_unix_sockets_and_values_that_are_not_
             return f"Settings(redis_url='redis://:{KEY}@cache:6379/0')"
 
     line = _logged(lambda log: log.warning(
-        "odd", a=f"redis://:p@{KEY}@cache:6379/0", b=f"redis://:pa'{KEY}@cache:6379", c=f"unix:///run/r.sock?password={KEY}",
+        "odd", a=f"redis://:p@{KEY}@cache:6379/0", b=f"redis://:pa'{KEY}@cache:6379",
+        c=f"unix:///run/r.sock?password={KEY}",
         d=f"unix://:{KEY}@/run/redis.sock", e={"urls": [f"https://h.example/v3/{KEY}"]}, f=Settings(),
         g=f"(https://x.io/v3/{KEY}), then"))
     text = json.dumps(line)
