@@ -29,7 +29,7 @@ from relayer.coordination import Coordinator
 from relayer.driver import Driver, Quarantine, Round
 from relayer.errors import ConcurrentUpdate, ConfigError, CorruptRecord, FencedOut
 from relayer.executor import Executor
-from relayer.follow import ChainSide, Followers
+from relayer.follow import FOLLOW_BUDGET, ChainSide, Followers
 from relayer.authorizations import HolderLocks, SettlementAuthorizations
 from relayer.intake import Intake
 from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
@@ -150,20 +150,47 @@ class Engine:
         await self.store.ping()
         if indexed := await self.store.index_states():  # once per Redis: trades written before the state index
             self.log.info("state_index_built", trades=indexed)
-        errors = []
-        for side in self.sides:
-            try:
-                await self.followers.start_side(side)
-                for token in side.config.token_set():  # each token's kind, once: fixed gas for known ones
-                    await side.ledger.rules.rules(token)
-            except (LedgerError, OSError) as exc:
-                errors.append(exc)
-                self.log.warning("chain_not_started", chain=side.name, error=str(exc))
-        if len(errors) == len(self.sides):
-            raise errors[0]
+        await self._start_ledgers()
         self.started = True
         self.log.info("engine_started", ledgers={s.name: s.chain_id for s in self.sides})
         self._warn_raw_keys()
+
+    async def _start_ledgers(self) -> None:
+        """Start every ledger at once. Once one has started, the others get FOLLOW_BUDGET more; one still not
+        answering (a hung node waits for the request timeout, with retries) is left to the rounds, which start
+        it when it answers, so it never holds up the trades on the other ledgers. Fails only if none started."""
+        tasks = {asyncio.create_task(self._start_ledger(side)): side for side in self.sides}
+        pending, errors, started = set(tasks), [], 0
+        loop, deadline = asyncio.get_running_loop(), None
+        try:
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        started += 1
+                        deadline = deadline or loop.time() + FOLLOW_BUDGET
+                    elif isinstance(exc, (LedgerError, OSError)):
+                        errors.append(exc)
+                        self.log.warning("chain_not_started", chain=tasks[task].name, error=str(exc))
+                    else:
+                        raise exc  # e.g. ConfigError: the wrong chain behind a URL is not waited for
+        finally:
+            for task in pending:
+                task.cancel()
+                self.log.warning("chain_not_started", chain=tasks[task].name, error="slow: left to the rounds",
+                                 budget_s=FOLLOW_BUDGET)
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not started:
+            raise errors[0]
+
+    async def _start_ledger(self, side: ChainSide) -> None:
+        await self.followers.start_side(side)
+        for token in side.config.token_set():  # each token's kind, once: fixed gas for known ones
+            await side.ledger.rules.rules(token)
 
     def _warn_raw_keys(self) -> None:
         """Raw keys in the environment are for a devnet: say so loudly when they sign for a chain that is not one."""

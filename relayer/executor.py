@@ -10,6 +10,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from adapters.errors import LedgerError, LeaseLost, TransactionReverted
 from adapters.evm import TxSender
 from adapters.htlc import HtlcLedger
@@ -200,6 +202,11 @@ class Executor:
             metrics.ACTION_FAILURES.labels(action.value).inc()
             self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
                              error_type=type(exc).__name__)
+        except (RedisError, OSError) as exc:  # Redis failing over or full (NOREPLICAS, refused): an outage
+            cooldown = 2 * side.block_time
+            metrics.ACTION_FAILURES.labels(action.value).inc()
+            self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
+                             error_type=type(exc).__name__, retry="after the cooldown; the chain is re-read")
         except Exception as exc:  # noqa: BLE001 - a bug or an unexpected node answer: retry later, never die
             cooldown = 2 * side.block_time
             metrics.ACTION_FAILURES.labels(action.value).inc()

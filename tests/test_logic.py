@@ -214,6 +214,28 @@ async def test_a_batch_that_would_revert_is_sent_one_by_one_and_only_the_bad_ent
     assert executor.not_before[dues[1].key] > time.monotonic()  # the failed one cools down before a retry
 
 
+async def test_redis_refusing_the_record_of_a_sent_claim_is_a_retry_later_not_a_crash():
+    """Chaos (Redis failover): a claim was sent and Redis answered NOREPLICAS / refused the connection when the
+    worker recorded it. That is an outage, not a bug: a warning and a cooldown, no traceback at error level."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from structlog.testing import capture_logs
+
+    store, st_side, sc_side, _, _, executor = world()
+    dues = _claims(store, st_side, 2, executor.box)
+
+    async def refuse(entries):
+        raise RedisConnectionError("Connection refused")
+
+    store.add_audits = refuse  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        executor.dispatch(dues)
+        await _settle(executor)
+    failed = [e for e in logs if e["event"] == "action_failed"]
+    assert failed and failed[0]["error_type"] == "ConnectionError", logs
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    assert all(executor.not_before[d.key] > time.monotonic() for d in dues)  # cooled down, then re-decided
+
+
 async def test_a_lock_whose_account_another_worker_signs_for_is_routed_not_sent():
     store, st_side, sc_side, _, _, executor = world(keys_sc=(BUYER,))
     sc_side.ledger.senders.clear()  # the buyer's account lease is held by another worker

@@ -105,3 +105,39 @@ async def test_a_seller_cut_off_from_the_st_chain_never_reveals_and_reveals_once
         await close_engine(seller_firm)
         await close_engine(buyer_firm)
         await proxy.stop()
+
+
+async def test_a_worker_started_while_one_chain_hangs_starts_the_others_at_once_and_that_one_later(net: Net):
+    """Chaos seed 42 (three chains): a worker restarted while the `st` node hung started its ledgers one after
+    another, so the coin ledger and the second ST platform waited for st's request timeout and a reveal's ST
+    claim on st2 went out too late (ONE-SIDED). Each ledger starts on its own; one that hangs is left to the
+    rounds, which start it once it answers."""
+    real = net.doc["st"]["rpc_url"]
+    proxy = await _proxy(real)
+    proxy.set(BLACKHOLE)  # connections open, nothing answers: every st request waits for the timeout
+    rpc_timeout = 10.0
+    settings = net.settings([net.seller, net.buyer], st_rpc_url=proxy.url, rpc_timeout=rpc_timeout)
+    from relayer.service import build_engine
+    from relayer.store import Store
+
+    engine = build_engine(settings, Store.from_url(settings.redis_url))
+    try:
+        started = time.monotonic()
+        await engine.start()
+        took = time.monotonic() - started
+        sides = {s.name: s for s in engine.sides}
+        assert sides["sc"].follower is not None  # the coin ledger is followed although st does not answer
+        assert sides["st"].follower is None
+        assert took < rpc_timeout / 2, f"start waited {took:.1f} s for the hanging chain"
+        proxy.set(PASS)  # st answers again: a round starts its follower
+        deadline = time.monotonic() + 30
+        while sides["st"].follower is None:
+            assert time.monotonic() < deadline, "the rounds never started the st ledger"
+            await engine.step()
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], timeout=90))[tid] == TradeState.SETTLED, await _events(engine, tid)
+    finally:
+        await close_engine(engine)
+        await proxy.stop()
