@@ -151,7 +151,10 @@ class ChainIndex:
                 self.by_hashlock[e.hashlock].add(t)
 
     def forget(self, trade_id: bytes) -> None:
-        """Drop a finished trade's events (its live strays are kept in Redis, see Store.add_strays)."""
+        """Drop a finished trade's events, except its locks still live: a lock the follower delivered while the
+        trade was being finished (mined just before its timelock, shown k blocks later) must reach the janitor's
+        late-lock sweep and be refunded, not vanish here (chaos: a STUCK lock of an ABORTED trade)."""
+        live = [i.lock for i in self.instances(trade_id) if i.live]
         for ev in self.locks.pop(trade_id, []):
             self.preimages.pop(ev.hashlock, None)
             self.ends.pop(ev.swap_id, None)
@@ -162,6 +165,8 @@ class ChainIndex:
                 if not held:
                     del self.by_hashlock[ev.hashlock]
         self.settlements.pop(trade_id, None)
+        if live:
+            self.apply(live)
 
 
 def _position(ev: LockedEvent | ClaimedEvent | RefundedEvent) -> tuple[int, int]:

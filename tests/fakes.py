@@ -17,7 +17,7 @@ from adapters.htlc import ClaimsAtDepth, HtlcLedger, LockedEvent, SlotsAtDepth
 from relayer.errors import ConcurrentUpdate
 from relayer.follow import ChainSide
 from relayer.protocol.instruction import SignedInstruction
-from relayer.protocol.states import TradeState
+from relayer.protocol.states import TERMINAL, TradeState
 from relayer.store import TradeRecord
 
 
@@ -74,6 +74,18 @@ class FakeStore:
             return False
         self.routed.append((account, trade_id))
         return True
+
+    async def open_trades(self) -> list[str]:
+        return [t for t, f in self.fields.items() if TradeState(f["state"]) not in TERMINAL]
+
+    async def get_many(self, trade_ids: list[str]) -> list[TradeRecord]:
+        return [self.get(t) for t in trade_ids if t in self.fields]
+
+    async def due_strays(self, chain: str, now: int) -> list[dict[str, Any]]:
+        return [t for t in self.strays[chain] if int(t["timelock"]) <= now]
+
+    async def drop_strays(self, chain: str, locks: list[dict[str, Any]]) -> None:
+        self.strays[chain] = [t for t in self.strays[chain] if t not in locks]
 
     def events(self, trade_id: str) -> list[str]:
         return [str(e["event"]) for e in self.audits.get(trade_id, [])]

@@ -10,7 +10,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.htlc import ClaimedEvent, HtlcLedger
+from adapters.htlc import ClaimedEvent, HtlcLedger, RefundedEvent
 from relayer.actions import Due
 from relayer.config import Settings
 from relayer.driver import Driver, Round
@@ -522,6 +522,30 @@ async def _settle(executor: Executor) -> None:
     import asyncio
 
     await asyncio.gather(*executor.tasks())
+
+
+async def test_a_lock_the_follower_delivers_while_its_trade_is_being_finished_is_still_refunded():
+    """Chaos (STUCK): the driver finished a trade as ABORTED on a view without its ST lock (mined just before
+    T_st, shown k blocks later); the follower delivered the lock meanwhile, and finishing the trade dropped it
+    from the index with everything else, so no sweep ever saw it. A live lock outlives its trade's finish."""
+    from relayer.janitor import Janitor
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, _, _ = world()
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    ev = st_side.ledger.lock(lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, os.urandom(32),
+                                        NOW - 1))  # its timelock has passed: a refund is due
+    st_side.index.apply([ev])
+    done = await store.update(rec, {"state": TradeState.ABORTED.value}, actor="t", event="state")
+    archive_later = lambda coro: coro.close()  # noqa: E731 - the archival it schedules is not under test
+    janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), archive_later)  # type: ignore[arg-type]
+    janitor.finished(done)
+    due = await janitor.sweep(time.monotonic())
+    assert [(d.action, d.st_ev.swap_id) for d in due] == [(Action.REFUND_ST, ev.swap_id)]
+    st_side.index.apply([RefundedEvent(ev.swap_id, 95, "0x" + "ab" * 32)])  # refunded: now it may go
+    janitor.finished(done)
+    assert ins.trade_id_bytes not in st_side.index.live_trade_ids() and not st_side.index.locks.get(ins.trade_id_bytes)
 
 
 # ------------------------------------------------------------------ schedule
