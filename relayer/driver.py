@@ -4,6 +4,7 @@ Redis before the ST lock can be sent."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -39,6 +40,8 @@ from relayer.reveal_proofs import REVEALS_KEPT, RevealProofs
 from relayer.routing import Route, Routes
 from relayer.secrets import SecretBox
 from relayer.store import Store, TradeRecord
+
+NO_EVENT_CHECK_TIMEOUT = 1.5  # seconds the lock-without-event slot read may take within a decision
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Driver:
         self._reported: dict[str, set[str]] = {}  # trade id -> what was already logged or audited once for it
         # read a ledger again from a block (a node gave no event for a lock its escrow holds): the followers'
         self.reread: Callable[[str, int], None] = lambda chain, from_block: None
+        self.slot_checks: dict[str, float] = {}  # ledger -> monotonic time until which its no-event check is skipped
         self.reveals = RevealProofs()  # our SC claims read k deep from the coin ledger itself (follower lagging)
         self._revealing: dict[str, None] = {}  # trades whose SC claim (the reveal) this driver found due (ordered)
 
@@ -175,10 +179,8 @@ class Driver:
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
         elif fence is not None and d.state is TradeState.SC_CLAIMED and st_leg.lock is None and \
                 (roles.buyer or roles.st_gas) and (sc_leg.preimage or seen_preimage) and _caught_up(route.st):
-            try:  # the secret is out and the ST follower has read up to the head: where is the ST lock?
-                await self._lock_without_event(rec, route, log, legs=("st",))
-            except LedgerError:
-                pass  # the ST chain went away meanwhile: asked again next time, the other trades go on
+            # the secret is out and the ST follower has read up to the head: where is the ST lock?
+            await self._lock_without_event(rec, route, log, legs=("st",))
         if fence is not None:
             await self._keep_strays(strays, log)
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
@@ -341,11 +343,21 @@ class Driver:
         first block (the followers switch endpoints)."""
         ins = rec.signed.instruction
         tid = ins.trade_id_bytes
-        found = False
+        found = unknown = False
         for side, sender, role in ((route.st, ins.sellerStAccount, "st"), (route.sc, ins.buyerScAccount, "sc")):
             if role not in legs or any(i.lock.sender == sender for i in side.index.instances(tid)):
                 continue  # the expected sender's lock seen: its end decides, not its absence (another's never)
-            if await side.ledger.swap_slot(side.ledger.swap_id_of(sender, tid)) == bytes(32):
+            if not side.fresh or time.monotonic() < self.slot_checks.get(side.name, 0.0):
+                unknown = True  # the chain cannot say now: not "no lock", asked again in a later round
+                continue
+            try:  # bounded: a hung node must not hold up the decisions of the trades decided with this one
+                slot = await asyncio.wait_for(side.ledger.swap_slot(side.ledger.swap_id_of(sender, tid)),
+                                              NO_EVENT_CHECK_TIMEOUT)
+            except (LedgerError, TimeoutError):
+                self.slot_checks[side.name] = time.monotonic() + max(2.0, 2 * side.block_time)
+                unknown = True
+                continue
+            if slot == bytes(32):
                 continue
             found = True
             from_block = rec.get_int(f"{role}_from_block") or side.config.start_block
@@ -355,7 +367,7 @@ class Driver:
                 await self.store.add_audit(rec.trade_id, ACTOR, "lock_without_event", chain=side.name,
                                            reread_from=from_block)
             self.reread(side.name, from_block)
-        return found
+        return found or unknown
 
     async def _note_from_blocks(self, rec: TradeRecord, route: Route, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""

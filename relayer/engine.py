@@ -160,8 +160,11 @@ class Engine:
         answering (a hung node waits for the request timeout, with retries) is left to the rounds, which start
         it when it answers, so it never holds up the trades on the other ledgers. Fails only if none started."""
         tasks = {asyncio.create_task(self._start_ledger(side)): side for side in self.sides}
-        pending, errors, started = set(tasks), [], 0
-        loop, deadline = asyncio.get_running_loop(), None
+        pending: set[asyncio.Task[None]] = set(tasks)
+        errors: list[BaseException] = []
+        started = 0
+        loop, deadline = asyncio.get_running_loop(), None  # deadline: once one ledger started
+        timeout: float | None
         try:
             while pending:
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
@@ -317,24 +320,39 @@ class Engine:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome  # an outage (chain, Redis): the round fails and is retried
-                due += outcome
+            # a claim close to its timelock goes out with its batch, not after every other open trade was decided
+            # (a reconciliation of hundreds of trades after an outage); the rest go together, in fuller batches
+            batch_due = [d for outcome in outcomes for d in outcome]  # type: ignore[union-attr]
+            urgent = [d for d in batch_due if self._racing(d)]
+            self.executor.dispatch(urgent)
+            due += [d for d in batch_due if d not in urgent]
         for tid, corrupt in broken.items():
             await self._set_aside(tid, corrupt)
+        self.executor.dispatch(due)  # before the sweep: its chain reads must not hold the trades' actions back
         if self.coordinator.sweeps() and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             try:
-                due += await self.janitor.sweep(rnd.observed_at)
-            except (LedgerError, RedisError, OSError) as exc:  # the sweep retries; the trades' actions go out
+                refunds_due = await self.janitor.sweep(rnd.observed_at)
+            except (LedgerError, RedisError, OSError) as exc:  # the sweep retries; the trades' actions went out
                 self.log.warning("sweep_failed", error=str(exc), error_type=type(exc).__name__)
             else:
+                self.executor.dispatch(refunds_due)
                 if self._sweep_request is not None:  # an operator asked for this one: say what it found
-                    refunds = sum(d.action in (Action.REFUND_ST, Action.REFUND_SC) for d in due)
+                    refunds = sum(d.action in (Action.REFUND_ST, Action.REFUND_SC) for d in due + refunds_due)
                     await self.operator.swept(self._sweep_request, refunds, len(ids))
                     self._sweep_request = None
         if self.rounds % PRUNE_EVERY_ROUNDS == 0:
             await self.janitor.prune_index()
-        self.executor.dispatch(due)
         await self._export(rnd)
+
+    def _racing(self, d: Due) -> bool:
+        """A claim whose lock expires within 2Δ: every second it waits for other trades' decisions counts."""
+        lock = d.lock
+        if d.action not in (Action.CLAIM_ST, Action.CLAIM_SC) or lock is None:
+            return False
+        route = self.routes.route(d.rec.signed.instruction)  # decided this round: its route is known
+        side = route.st if d.action is Action.CLAIM_ST else route.sc
+        return lock.timelock - side.now() <= 2 * route.policy.delta()
 
     async def _decide_one(self, rec: TradeRecord, owned: dict[str, str], rnd: Round) -> list[Due]:
         """One trade's decision and what it makes due; raises only for an outage (LedgerError, RedisError,

@@ -166,7 +166,7 @@ class ChainIndex:
                     del self.by_hashlock[ev.hashlock]
         self.settlements.pop(trade_id, None)
         if live:
-            self.apply(live)
+            self.apply(list[EscrowEvent](live))
 
 
 def _position(ev: LockedEvent | ClaimedEvent | RefundedEvent) -> tuple[int, int]:

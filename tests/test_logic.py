@@ -298,6 +298,39 @@ async def test_a_lock_the_chain_holds_but_the_node_gave_no_event_for_never_abort
     assert store.fields[rec.trade_id]["state"] == "ABORTED"
 
 
+async def test_a_chain_that_hangs_on_the_no_event_check_holds_up_no_decision():
+    """Chaos seed 7: after a Redis failover a worker re-decided every open trade while st2 was partitioned; the
+    check that a trade about to be ABORTED has no lock without an event (an inline slot read) waited for the RPC
+    timeout per trade, so the ST claims of revealed trades on the other ledgers went out 6 s late (ONE-SIDED).
+    The read is bounded; unanswered, the trade is simply not aborted this round, and the chain's other such
+    checks are skipped for a moment instead of each waiting again."""
+    import asyncio
+
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, _, driver, _ = world(keys_st=(), keys_sc=(BUYER,))
+    hung = asyncio.Event()
+
+    async def hangs(sid: bytes) -> bytes:
+        await hung.wait()
+        return bytes(32)
+
+    st_side.ledger.swap_slot = hangs  # type: ignore[method-assign]
+    first, second = new_trade(store, deadline=NOW - 10), new_trade(store, deadline=NOW - 10)
+    started = time.monotonic()
+    await asyncio.wait_for(driver.advance(first, rnd(), fence="f"), 10)
+    took_first = time.monotonic() - started
+    await asyncio.wait_for(driver.advance(second, rnd(), fence="f"), 10)
+    took_second = time.monotonic() - started - took_first
+    assert store.get(first.trade_id).state is TradeState.MATCHED  # unknown is not "no lock": not aborted yet
+    assert store.get(second.trade_id).state is TradeState.MATCHED
+    assert took_first < 3 and took_second < 0.5, (took_first, took_second)
+    hung.set()
+    driver.slot_checks.clear()  # the chain answers again
+    await driver.advance(store.get(first.trade_id), rnd(), fence="f")
+    assert store.get(first.trade_id).state is TradeState.ABORTED
+
+
 async def test_a_public_secret_whose_st_lock_the_index_lacks_makes_the_st_chain_read_again():
     """Chaos seed 7 (bot_late_claim): a worker restarted while the ST node dropped logs read past the seller's ST
     lock. We act for the buyer: the seller's claim of our SC lock made the secret public, but with no ST lock in
