@@ -35,7 +35,7 @@ from relayer.intake import Intake
 from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
 from relayer.actions import Due
 from relayer.leases import ACTOR, WORKER_TOKEN
-from relayer.logging import get_logger
+from relayer.logging import OutageLog, get_logger
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.rules import Action
 from relayer.protocol.states import TERMINAL, TradeState
@@ -222,12 +222,14 @@ class Engine:
         if self.webhooks is not None:
             watchers.append(asyncio.create_task(self.webhooks.run(stop)))
         waiter = asyncio.create_task(stop.wait())
+        outage = OutageLog(self.log, "round_failed")
         while not stop.is_set():
             wake.clear()
             try:
                 await self.step()
+                outage.ok_now(time.monotonic())
             except (LedgerError, RedisError, OSError) as exc:  # a chain or Redis is down: the next round retries
-                self.log.warning("round_failed", error=str(exc), error_type=type(exc).__name__)
+                outage.failed_now(exc, time.monotonic())
             except Exception as exc:  # noqa: BLE001 - keep the worker alive; the next round re-derives all
                 self.log.exception("round_crashed", error=str(exc))
             if wake.is_set():

@@ -70,3 +70,27 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
 
 def get_logger(**bound: Any) -> Any:
     return structlog.get_logger("dvp-relayer").bind(**bound)
+
+
+class OutageLog:
+    """One warning when rounds start failing, then one every `every` seconds with how many failed since, and one
+    info line when a round succeeds again: a Redis failover must not write ten warnings a second."""
+
+    def __init__(self, log: Any, event: str, every: float = 10.0) -> None:
+        self.log, self.event, self.every = log, event, every
+        self.since: float | None = None  # monotonic time of the first failure of this outage
+        self.last_logged = 0.0
+        self.failed = 0  # failures since the last line
+
+    def failed_now(self, exc: BaseException, now: float) -> None:
+        self.failed += 1
+        if self.since is None or now - self.last_logged >= self.every:
+            self.log.warning(self.event, error=str(exc), error_type=type(exc).__name__, failed=self.failed,
+                             failing_for_s=0.0 if self.since is None else round(now - self.since, 1))
+            self.since = self.since if self.since is not None else now
+            self.last_logged, self.failed = now, 0
+
+    def ok_now(self, now: float) -> None:
+        if self.since is not None:
+            self.log.info(f"{self.event}_recovered", failing_for_s=round(now - self.since, 1))
+        self.since, self.failed = None, 0
