@@ -24,8 +24,7 @@ from relayer.protocol.rules import TimingPolicy
 from relayer.secrets import SecretBox
 
 # chain ids of local devnets (anvil and hardhat, geth --dev and ganache, `dvp-relayer devnet up`, the chaos run's
-# three chains): raw env: keys
-# against any other chain id get a warning at start
+# three chains): raw env: keys against any other chain id get a warning at start
 DEVNET_CHAIN_IDS = frozenset({31337, 1337, 17001, 17002, 17003, 18101, 18102, 18103})
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
