@@ -294,13 +294,19 @@ class Followers:
         e.g. while it writes its state on shutdown) hold up the decisions for the others: after FOLLOW_BUDGET
         the round goes on with that chain stale, and its follow finishes in the background (it is not
         cancelled, so the follower's cursor and the index stay consistent)."""
-        tasks = []
+        tasks, started = [], []
         for side in self.sides:
             if side.following is None or side.following.done():
                 side.following = asyncio.create_task(self._follow_or_mark(side))
                 side.following.add_done_callback(_consume_exception)
+                started.append(side.following)
             tasks.append(side.following)
-        done, pending = await asyncio.wait(tasks, timeout=FOLLOW_BUDGET)
+        # a follow still running from an earlier round already cost that round its budget: every round would
+        # otherwise wait FOLLOW_BUDGET for a hung chain, and the trades on the others go at that pace
+        if started:
+            await asyncio.wait(started, timeout=FOLLOW_BUDGET)
+        done = [task for task in tasks if task.done()]
+        pending = [task for task in tasks if not task.done()]
         for task in done:
             task.result()  # a Redis error while saving a cursor fails the round
         for side in self.sides:
