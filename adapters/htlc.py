@@ -44,6 +44,7 @@ ATOMIC_DVP = "AtomicDvP"
 # blocks per follower read: every header is fetched (one batch) to check the answer by its bloom; 100 is within
 # the batch limits common node providers set
 BLOOM_CHECKED_RANGE = 100
+CATCH_UP_SECONDS = 1.0  # how long one poll goes on reading ranges while it is behind
 # The escrow's entry points by action kind, single and batched (the single ones carry selector-ordered names, see
 # the contract's lockTokens note).
 CLAIMED_TOPIC = "0x" + next(t for t, spec in event_specs(ESCROW).items() if spec[0] == "Claimed").hex()
@@ -264,12 +265,19 @@ class EscrowFollower:
         self.last_head, self.last_head_timestamp = head, int(head_block["timestamp"])
         result = FollowResult(head=head, head_timestamp=self.last_head_timestamp,
                               head_gas_limit=int(head_block.get("gasLimit", 0)))
+        target: int | None = head - (self.confirmations - 1)
         if self.finalized_tag:
             final = await self.chain.rpc("eth_getBlockByNumber", ["finalized", False])
-            if final:  # a node with nothing finalized yet (null) confirms nothing this poll, never rewinds
-                await self._confirmed(result, head, min(int(final["number"], 16), head))
-        else:
-            await self._confirmed(result, head)
+            # a node with nothing finalized yet (null) confirms nothing this poll, never rewinds
+            target = min(int(final["number"], 16), head) if final else None
+        # far behind (a restart replaying from an open trade's first block): whole ranges, one after the other,
+        # within CATCH_UP_SECONDS, rather than one range a round
+        until = time.monotonic() + CATCH_UP_SECONDS
+        while target is not None:
+            before = self.height
+            await self._confirmed(result, head, target)
+            if result.rewound_to is not None or self.height in (before, target) or time.monotonic() >= until:
+                break
         if result.rewound_to is None and head > max(self.height, self._preimages_read_to):
             start = max(self.height, self._preimages_read_to) + 1
             logs = await self._logs({"address": self.escrow, "fromBlock": hex(start), "toBlock": hex(head),

@@ -159,3 +159,19 @@ async def test_a_cursor_above_a_shorter_chain_it_never_saw_rewinds_far_enough_to
         seen += (await stale.poll()).events
     assert trade in [e.trade_id for e in seen if isinstance(e, LockedEvent)]
 
+
+
+async def test_a_follower_far_behind_catches_up_in_one_poll_not_a_hundred_blocks_a_round(chain_env):
+    """Chaos seed 7: a restarted worker's follower replays from the oldest open trade's first block, 100 blocks
+    a poll and one poll a round, so the ST lock of a revealed trade 300 blocks back was known two rounds late
+    and its claim missed T_st. A poll goes on reading while it reads whole ranges, within a time bound."""
+    chain, escrow, token, s_tx, buyer = chain_env
+    start = await chain.block_number()
+    await chain.rpc("anvil_mine", [300])
+    trade = await _lock(chain, escrow, token, s_tx, buyer)
+    await chain.rpc("anvil_mine", [3])
+    follower = EscrowFollower(chain, escrow, confirmations=2, start_height=start)
+    res = await follower.poll()
+    head = await chain.block_number()
+    assert follower.height == head - 1  # k=2: everything up to one block below the head, in one poll
+    assert any(isinstance(e, LockedEvent) and e.trade_id == trade for e in res.events)
