@@ -375,16 +375,21 @@ class Chaos:
             self.stats.checks_failed.append(f"trade {i}: submission answered {status} {code}: {message}")
             return
         self.accepted.add(ins.tradeId)
+        # each replay gets its own 120 s to be answered: the first submission may have used the trade's up
         if rng.random() < 0.15:
             self.stats.faults["duplicate"] += 1
-            if (await self.submit(http, body, deadline))[0] != 202:
-                self.stats.checks_failed.append(f"trade {i}: duplicate not answered 202")
+            status, code, _ = await self.submit(http, body, time.monotonic() + 120)
+            if status != 202:
+                self.stats.checks_failed.append(f"trade {i} {ins.tradeId}: duplicate answered {status} {code}, "
+                                                "not 202")
         if rng.random() < 0.15:
             self.stats.faults["replay_conflict"] += 1
             other = sign_instruction(ins.model_copy(update={"scAmount": ins.scAmount + 1}),
                                      dev_account(ROLES["pts"]).key, DOMAIN_SALT)
-            if (await self.submit(http, other.model_dump_json(), deadline))[0] != 409:
-                self.stats.checks_failed.append(f"trade {i}: conflicting replay not answered 409")
+            status, code, _ = await self.submit(http, other.model_dump_json(), time.monotonic() + 120)
+            if status != 409:
+                self.stats.checks_failed.append(f"trade {i} {ins.tradeId}: conflicting replay answered {status} "
+                                                f"{code}, not 409")
         if kind != "honest":
             try:
                 await self.bot(kind, ins)
