@@ -375,7 +375,7 @@ class Chaos:
             self.stats.checks_failed.append(f"trade {i}: submission answered {status} {code}: {message}")
             return
         self.accepted.add(ins.tradeId)
-        # each replay gets its own 120 s to be answered: the first submission may have used the trade's up
+        # each replay gets its own 120 s to be answered: the first submission may have used up most of the trade's
         if rng.random() < 0.15:
             self.stats.faults["duplicate"] += 1
             status, code, _ = await self.submit(http, body, time.monotonic() + 120)
