@@ -34,7 +34,7 @@ from adapters.contracts import (
     typed_data_digest,
 )
 from adapters.addresses import checksum
-from adapters.errors import LeaseLost, RpcError
+from adapters.errors import LeaseLost, LedgerError, RpcError
 from adapters.evm import EvmChain, TxSender
 from adapters.log_bloom import watched_logs, withheld_blocks
 from adapters.signers import Signer
@@ -273,15 +273,26 @@ class EscrowFollower:
         # far behind (a restart replaying from an open trade's first block): whole ranges, one after the other,
         # within CATCH_UP_SECONDS, rather than one range a round
         until = time.monotonic() + CATCH_UP_SECONDS
+        polled_from = self.height
         while target is not None:
             before = self.height
-            await self._confirmed(result, head, target)
+            try:
+                await self._confirmed(result, head, target)
+            except LedgerError:
+                if self.height == polled_from:
+                    raise  # nothing read this poll: it fails as before
+                break  # self.height is past the ranges read: their events must be delivered, not dropped
             if result.rewound_to is not None or self.height in (before, target) or time.monotonic() >= until:
                 break
         if result.rewound_to is None and head > max(self.height, self._preimages_read_to):
             start = max(self.height, self._preimages_read_to) + 1
-            logs = await self._logs({"address": self.escrow, "fromBlock": hex(start), "toBlock": hex(head),
-                                     "topics": [self._claimed_topic]})
+            try:
+                logs = await self._logs({"address": self.escrow, "fromBlock": hex(start), "toBlock": hex(head),
+                                         "topics": [self._claimed_topic]})
+            except LedgerError:
+                if self.height == polled_from:
+                    raise
+                return result  # confirmed events delivered; unconfirmed preimages are read next poll
             result.preimages = [ev.preimage for ev in map(self._decode, logs) if isinstance(ev, ClaimedEvent)]
             self._preimages_read_to = head
         elif result.rewound_to is not None:

@@ -158,7 +158,8 @@ class Engine:
     async def _start_ledgers(self) -> None:
         """Start every ledger at once. Once one has started, the others get FOLLOW_BUDGET more; one still not
         answering (a hung node waits for the request timeout, with retries) is left to the rounds, which start
-        it when it answers, so it never holds up the trades on the other ledgers. Fails only if none started."""
+        it when it answers, so it never holds up the trades on the other ledgers. Fails if none started, or at
+        once on a ConfigError (the wrong chain behind a URL is not waited for)."""
         tasks = {asyncio.create_task(self._start_ledger(side)): side for side in self.sides}
         pending: set[asyncio.Task[None]] = set(tasks)
         errors: list[BaseException] = []
@@ -171,7 +172,8 @@ class Engine:
                 done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     break
-                for task in done:
+                fatal = None
+                for task in done:  # every finished one looked at, so none leaves its exception unretrieved
                     exc = task.exception()
                     if exc is None:
                         started += 1
@@ -180,7 +182,9 @@ class Engine:
                         errors.append(exc)
                         self.log.warning("chain_not_started", chain=tasks[task].name, error=str(exc))
                     else:
-                        raise exc  # e.g. ConfigError: the wrong chain behind a URL is not waited for
+                        fatal = fatal or exc
+                if fatal is not None:
+                    raise fatal
         finally:
             for task in pending:
                 task.cancel()
@@ -327,7 +331,7 @@ class Engine:
             batch_due = [d for outcome in outcomes for d in outcome]  # type: ignore[union-attr]
             urgent = [d for d in batch_due if self._racing(d)]
             self.executor.dispatch(urgent)
-            due += [d for d in batch_due if d not in urgent]
+            due += [d for d in batch_due if not self._racing(d)]
         for tid, corrupt in broken.items():
             await self._set_aside(tid, corrupt)
         self.executor.dispatch(due)  # before the sweep: its chain reads must not hold the trades' actions back

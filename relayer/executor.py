@@ -203,7 +203,7 @@ class Executor:
             self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
                              error_type=type(exc).__name__)
         except (RedisError, OSError) as exc:  # Redis failing over or full (NOREPLICAS, refused): an outage
-            cooldown = 2 * side.block_time
+            # the transaction may be out already: the sent cooldown, (k+1) blocks, before the chain is re-read
             metrics.ACTION_FAILURES.labels(action.value).inc()
             self.log.warning("action_failed", action=action.value, size=len(items), reason=str(exc),
                              error_type=type(exc).__name__, retry="after the cooldown; the chain is re-read")

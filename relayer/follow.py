@@ -10,6 +10,7 @@ height; the pairing is recomputed from what is left, so the order events arrive 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -251,6 +252,8 @@ class Followers:
         self.rewound = False
         self.misconfigured: set[str] = set()  # ledgers whose RPC serves another chain than configured
         self._exported: dict[tuple[int, str], int] = {}  # (metric, chain): how much of the chain's count it has
+        self._follow_started: dict[str, float] = {}  # ledger -> monotonic time its running follow started
+        self._last_took: dict[str, float] = {}  # ledger -> seconds its last follow took (inf: failed or hung)
 
     async def start_side(self, side: ChainSide) -> None:
         """Connect to one chain and place its follower where no open trade's events can be missed."""
@@ -294,17 +297,25 @@ class Followers:
         e.g. while it writes its state on shutdown) hold up the decisions for the others: after FOLLOW_BUDGET
         the round goes on with that chain stale, and its follow finishes in the background (it is not
         cancelled, so the follower's cursor and the index stay consistent)."""
-        tasks, started = [], []
+        tasks, waited = [], []
+        now = time.monotonic()
         for side in self.sides:
             if side.following is None or side.following.done():
                 side.following = asyncio.create_task(self._follow_or_mark(side))
                 side.following.add_done_callback(_consume_exception)
-                started.append(side.following)
+                side.following.add_done_callback(functools.partial(self._took, side.name, now))
+                self._follow_started[side.name] = now
+                waited.append(side.following)
+            elif self._last_took.get(side.name, float("inf")) < 2 * FOLLOW_BUDGET and \
+                    now < self._follow_started[side.name] + 2 * FOLLOW_BUDGET:
+                # slow, not hung (its last follow answered within 2 x FOLLOW_BUDGET): waited for into this
+                # round, else a chain a little over the budget is never fresh when the trades are decided
+                waited.append(side.following)
             tasks.append(side.following)
-        # a follow still running from an earlier round already cost that round its budget: every round would
+        # a follow hanging from an earlier round already cost that round its budget: every round would
         # otherwise wait FOLLOW_BUDGET for a hung chain, and the trades on the others go at that pace
-        if started:
-            await asyncio.wait(started, timeout=FOLLOW_BUDGET)
+        if waited:
+            await asyncio.wait(waited, timeout=FOLLOW_BUDGET)
         done = [task for task in tasks if task.done()]
         pending = [task for task in tasks if not task.done()]
         for task in done:
@@ -315,6 +326,10 @@ class Followers:
                     self.log.warning("chain_slow", chain=side.name, budget_s=FOLLOW_BUDGET)
                 side.fresh = False
         return [side.fresh for side in self.sides]
+
+    def _took(self, name: str, started_at: float, task: asyncio.Task[bool]) -> None:
+        ok = not task.cancelled() and task.exception() is None and task.result()
+        self._last_took[name] = time.monotonic() - started_at if ok else float("inf")
 
     def take_changes(self) -> tuple[set[str], bool]:
         """The trade ids (0x-hex) whose chain view changed since the last call, and whether every trade may have

@@ -80,17 +80,20 @@ class OutageLog:
         self.log, self.event, self.every = log, event, every
         self.since: float | None = None  # monotonic time of the first failure of this outage
         self.last_logged = 0.0
+        self.last_type = ""  # a new kind of error is said at once
         self.failed = 0  # failures since the last line
 
     def failed_now(self, exc: BaseException, now: float) -> None:
         self.failed += 1
-        if self.since is None or now - self.last_logged >= self.every:
-            self.log.warning(self.event, error=str(exc), error_type=type(exc).__name__, failed=self.failed,
+        kind = type(exc).__name__
+        if self.since is None or now - self.last_logged >= self.every or kind != self.last_type:
+            self.log.warning(self.event, error=str(exc), error_type=kind, failed=self.failed,
                              failing_for_s=0.0 if self.since is None else round(now - self.since, 1))
             self.since = self.since if self.since is not None else now
-            self.last_logged, self.failed = now, 0
+            self.last_logged, self.last_type, self.failed = now, kind, 0
 
     def ok_now(self, now: float) -> None:
         if self.since is not None:
-            self.log.info(f"{self.event}_recovered", failing_for_s=round(now - self.since, 1))
-        self.since, self.failed = None, 0
+            self.log.info(f"{self.event}_recovered", failing_for_s=round(now - self.since, 1),
+                          failed_since_last_line=self.failed)
+        self.since, self.last_type, self.failed = None, "", 0

@@ -175,3 +175,30 @@ async def test_a_follower_far_behind_catches_up_in_one_poll_not_a_hundred_blocks
     head = await chain.block_number()
     assert follower.height == head - 1  # k=2: everything up to one block below the head, in one poll
     assert any(isinstance(e, LockedEvent) and e.trade_id == trade for e in res.events)
+
+
+async def test_a_node_failing_partway_through_a_catch_up_loses_none_of_the_ranges_already_read(chain_env):
+    """A helper's review of the catch-up above: a later range failing raised out of the poll after the earlier
+    ranges had moved the follower's height on, so their events were never delivered (nor read again)."""
+    from adapters.errors import RpcUnavailable
+
+    chain, escrow, token, s_tx, buyer = chain_env
+    start = await chain.block_number()
+    trade = await _lock(chain, escrow, token, s_tx, buyer)  # in the first range
+    await chain.rpc("anvil_mine", [300])
+    follower = EscrowFollower(chain, escrow, confirmations=2, start_height=start)
+    read_logs, calls = follower._logs, []
+
+    async def fails_second(params):
+        calls.append(params)
+        if len(calls) == 2:
+            raise RpcUnavailable("the node went away during the second range")
+        return await read_logs(params)
+
+    follower._logs = fails_second  # type: ignore[method-assign]
+    res = await follower.poll()
+    assert any(isinstance(e, LockedEvent) and e.trade_id == trade for e in res.events)
+    assert follower.height == start + 100  # the first range only: the rest is read next poll
+    follower._logs = read_logs  # type: ignore[method-assign]
+    await follower.poll()
+    assert follower.height == await chain.block_number() - 1
