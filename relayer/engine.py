@@ -278,6 +278,7 @@ class Engine:
         if not any(fresh):
             raise RpcUnavailable("no chain answers: nothing can be decided this round")
         touched, rewound = self.followers.take_changes()
+        await self._after_deep_reorgs()
         rnd = Round({side.name: side.now() for side in self.sides}, time.monotonic())
         offsets = [rnd.offset(route) for route in self.routes.pairs()]
         skew_ok = tuple(abs(o) <= self.settings.max_clock_skew for o in offsets)
@@ -314,6 +315,17 @@ class Engine:
                 self.driver.unreport(tid, what)
             raise
         self.rounds += 1
+
+    async def _after_deep_reorgs(self) -> None:
+        """The janitor reads again the locks of trades finished lately on a ledger a deep reorg rewound; a read
+        that fails is tried again next round."""
+        for name in sorted(self.followers.deep_reorged):
+            try:
+                await asyncio.wait_for(self.janitor.after_deep_reorg(self.routes.by_name[name]), FOLLOW_BUDGET)
+            except (LedgerError, RedisError, OSError, TimeoutError) as exc:
+                self.log.warning("deep_reorg_recheck_failed", chain=name, error=str(exc), error_type=type(exc).__name__)
+            else:
+                self.followers.deep_reorged.discard(name)
 
     async def _decide(self, ids: list[str], owned: dict[str, str], rnd: Round) -> None:
         """Decide these trades, run the janitor when due, export metrics, send what is due."""

@@ -251,6 +251,7 @@ class Followers:
         # clock (timers set from it are off): every trade may differ
         self.rewound = False
         self.misconfigured: set[str] = set()  # ledgers whose RPC serves another chain than configured
+        self.deep_reorged: set[str] = set()  # ledgers a reorg deeper than k rewound since the engine last looked
         self._exported: dict[tuple[int, str], int] = {}  # (metric, chain): how much of the chain's count it has
         self._follow_started: dict[str, float] = {}  # ledger -> monotonic time its running follow started
         self._last_took: dict[str, float] = {}  # ledger -> seconds its last follow took (inf: failed or hung)
@@ -368,6 +369,7 @@ class Followers:
         if res.rewound_to is not None:
             side.index.rewind(res.rewound_to)
             self.rewound = True  # every trade is decided again from the new chain
+            self.deep_reorged.add(side.name)  # and the trades finished lately are looked at again (janitor)
             # the blocks it replaced were k deep: processed as final. Beyond the guarantee: an alert, with its depth
             metrics.DEEP_REORGS.labels(side.name).inc()
             self.log.error("reorg_beyond_confirmations", chain=side.name, to_height=res.rewound_to,

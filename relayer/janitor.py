@@ -5,6 +5,7 @@ index and in-memory traces of finished trades are dropped so memory stays flat."
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +17,12 @@ from relayer.config import Settings
 from relayer.follow import ChainSide, LockInstance
 from relayer.logging import get_logger
 from relayer.protocol.rules import Action
-from relayer.protocol.states import TERMINAL
+from relayer.protocol.states import TERMINAL, TradeState
 from relayer.store import Store, TradeRecord
 
 SWEEP_EVERY = 2.0  # seconds between looks for late locks and strays whose timelock passed
+# locks of trades finished lately, per chain, read again after a reorg deeper than k took out their ends
+FINISHED_LOCKS_KEPT = 5000
 
 
 class StrayBook:
@@ -56,6 +59,9 @@ class Janitor:
         self.spawn = spawn
         self.log = get_logger()
         self._announced: set[tuple[str, str]] = set()  # (trade id, stray terms hash) logged as refund due
+        # chain -> swap id -> (lock, final state) of the trades finished lately (what a deep reorg may undo)
+        self.finished_locks: dict[str, OrderedDict[bytes, tuple[LockedEvent, TradeState]]] = {
+            side.name: OrderedDict() for side in sides}
 
     async def sweep(self, observed_at: float) -> list[Due]:
         """Every lock the relayer has seen under one of its trade ids ends claimed or refunded. Locks the protocol
@@ -105,6 +111,25 @@ class Janitor:
                 self.log.info("stray_lock_refund_due", trade_id=rec.trade_id, chain=side.name, sender=ev.sender)
         return out
 
+    async def after_deep_reorg(self, side: ChainSide) -> None:
+        """A reorg deeper than k may have taken out the refund or claim that finished a trade (beyond the
+        guarantee; the follower alerted). Read the slots of the locks of trades finished lately on this chain:
+        a live one of an ABORTED trade is kept as a stray, refunded at its timelock (the refund it had); one of
+        any other finished trade is alerted for the operator (a refund could take back what was paid for)."""
+        kept = self.finished_locks.get(side.name)
+        if not kept:
+            return
+        entries = list(kept.values())
+        slots = await side.ledger.swap_slots([lock.swap_id for lock, _ in entries])
+        live = [(lock, state) for (lock, state), slot in zip(entries, slots) if slot == lock.terms_hash]
+        for lock, state in live:
+            (self.log.warning if state is TradeState.ABORTED else self.log.error)(
+                "finished_trade_lock_live_again", trade_id="0x" + lock.trade_id.hex(), chain=side.name,
+                state=state.value, sender=lock.sender, timelock=lock.timelock)
+        refund = [lock for lock, state in live if state is TradeState.ABORTED]
+        if refund and await self.strays.keep(side.name, refund):
+            self.log.info("late_locks_kept", chain=side.name, locks=len(refund), after="deep reorg")
+
     async def prune_index(self) -> None:
         """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
         open_ids = {bytes.fromhex(t[2:]) for t in await self.store.open_trades()}
@@ -116,7 +141,13 @@ class Janitor:
         self._announced = {k for k in self._announced if k[0] != rec.trade_id}
         tid = rec.signed.instruction.trade_id_bytes
         for side in self.sides:
-            self.strays.forget(side.name, [i.lock for i in side.index.instances(tid)])
+            locks = [i.lock for i in side.index.instances(tid)]
+            kept = self.finished_locks.setdefault(side.name, OrderedDict())
+            for lock in locks:
+                kept[lock.swap_id] = (lock, rec.state)
+            while len(kept) > FINISHED_LOCKS_KEPT:
+                kept.popitem(last=False)
+            self.strays.forget(side.name, locks)
             side.index.forget(tid)
         self._archive_later(rec.trade_id)
 

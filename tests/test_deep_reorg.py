@@ -43,3 +43,31 @@ async def test_a_reorg_deeper_than_k_that_removes_our_lock_is_alerted_and_the_lo
         assert metrics.DEEP_REORGS.labels("st")._value.get() == before + 1  # alerted once
     finally:
         await close_engine(engine)
+
+
+async def test_a_refund_a_reorg_deeper_than_k_took_out_of_an_aborted_trade_is_made_again(net: Net):
+    """Chaos seed 42: five trades on st2 were ABORTED on a refund batch 3 blocks deep (k=2) that a reorg of depth
+    4 took out; finished and forgotten, their ST locks stayed live (STUCK). The locks of trades finished lately
+    are read again after a deep reorg, and a live one of an aborted trade is refunded again."""
+    engine = await net.engine([net.seller])  # the seller's firm alone: no buyer locks, the trade aborts
+    try:
+        signed = await net.instruction()
+        tid = signed.instruction.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], until={TradeState.ST_LOCKED}, timeout=30))[tid] == TradeState.ST_LOCKED
+        await net.warp(3600)  # past T_st and the deadline
+        assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.ABORTED
+        refund_block = next(e["block"] for e in await engine.store.audit(tid) if e["event"] == "refund_st_mined")
+        ledger = next(side.ledger for side in engine.sides if side.name == "st")
+        swap = ledger.swap_id_of(net.seller.address, signed.instruction.trade_id_bytes)
+        await net.st.rpc("anvil_mine", [3])  # the refund is k deep: final for the follower
+        await drive(engine, [tid], until=set(), timeout=2)
+        await net.st.rpc("anvil_reorg", [await net.st.block_number() - refund_block + 1, []])  # takes it out
+        assert await ledger.swap_slot(swap) != bytes(32)  # the lock is live again
+        deadline = time.monotonic() + 30
+        while await ledger.swap_slot(swap) != bytes(32):  # refunded again, by the janitor, as a stray
+            assert time.monotonic() < deadline, [e["event"] for e in await engine.store.audit(tid)]
+            await drive(engine, [tid], until=set(), timeout=0.5)
+        assert (await engine.store.get(tid)).state == TradeState.ABORTED
+    finally:
+        await close_engine(engine)

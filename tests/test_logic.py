@@ -660,6 +660,38 @@ async def test_a_lock_the_follower_delivers_while_its_trade_is_being_finished_is
     assert ins.trade_id_bytes not in st_side.index.live_trade_ids() and not st_side.index.locks.get(ins.trade_id_bytes)
 
 
+async def test_a_refund_a_reorg_deeper_than_k_took_out_is_made_again_and_a_settled_trades_live_lock_is_alerted():
+    """Chaos seed 42 (five STUCK trades): one refund batch on st2 was 3 blocks deep (k=2) when a reorg of depth 4
+    removed it. The trades were ABORTED and forgotten, so their ST locks stayed live with nobody to refund them.
+    Beyond the guarantee, but re-derived: after a deep reorg the locks of trades finished lately on that chain
+    are read again; an aborted trade's live lock is refunded (a stray at its timelock), a settled trade's is
+    alerted (its claim went; a refund would take the asset back from who paid for it)."""
+    from structlog.testing import capture_logs
+
+    from relayer.janitor import Janitor
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, _, _ = world()
+    janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), lambda coro: coro.close())  # type: ignore[arg-type]
+    finished = {}
+    for state in (TradeState.ABORTED, TradeState.SETTLED):
+        rec = new_trade(store)
+        ins = rec.signed.instruction
+        ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, os.urandom(32), NOW - 1)
+        st_side.index.apply([ev, RefundedEvent(ev.swap_id, 95, "0x" + "ab" * 32)])  # ended (refund or claim)
+        janitor.finished(await store.update(rec, {"state": state.value}, actor="t", event="state"))
+        finished[state] = ev
+    assert not await janitor.sweep(time.monotonic())  # nothing live: nothing to do
+    for ev in finished.values():
+        st_side.ledger.lock(ev)  # the reorg took their ends out: the slots hold the locks again
+    with capture_logs() as logs:
+        await janitor.after_deep_reorg(st_side)
+    due = await janitor.sweep(time.monotonic())
+    assert [(d.action, d.st_ev.swap_id) for d in due] == [(Action.REFUND_ST, finished[TradeState.ABORTED].swap_id)]
+    alerts = [e for e in logs if e["event"] == "finished_trade_lock_live_again"]
+    assert {(e["state"], e["log_level"]) for e in alerts} == {("ABORTED", "warning"), ("SETTLED", "error")}, logs
+
+
 # ------------------------------------------------------------------ schedule
 
 
