@@ -278,7 +278,7 @@ class Engine:
         if not any(fresh):
             raise RpcUnavailable("no chain answers: nothing can be decided this round")
         touched, rewound = self.followers.take_changes()
-        await self._after_deep_reorgs()
+        self._after_deep_reorgs()
         rnd = Round({side.name: side.now() for side in self.sides}, time.monotonic())
         offsets = [rnd.offset(route) for route in self.routes.pairs()]
         skew_ok = tuple(abs(o) <= self.settings.max_clock_skew for o in offsets)
@@ -316,16 +316,19 @@ class Engine:
             raise
         self.rounds += 1
 
-    async def _after_deep_reorgs(self) -> None:
-        """The janitor reads again the locks of trades finished lately on a ledger a deep reorg rewound; a read
-        that fails is tried again next round."""
+    def _after_deep_reorgs(self) -> None:
+        """The janitor reads again, in the background, the locks of trades finished lately on a ledger a deep
+        reorg rewound (thousands of slot reads must not hold the round); one that fails is tried again."""
         for name in sorted(self.followers.deep_reorged):
-            try:
-                await asyncio.wait_for(self.janitor.after_deep_reorg(self.routes.by_name[name]), FOLLOW_BUDGET)
-            except (LedgerError, RedisError, OSError, TimeoutError) as exc:
-                self.log.warning("deep_reorg_recheck_failed", chain=name, error=str(exc), error_type=type(exc).__name__)
-            else:
-                self.followers.deep_reorged.discard(name)
+            self.followers.deep_reorged.discard(name)
+            self._in_background(self._recheck_finished(name))
+
+    async def _recheck_finished(self, name: str) -> None:
+        try:
+            await self.janitor.after_deep_reorg(self.routes.by_name[name])
+        except (LedgerError, RedisError, OSError) as exc:
+            self.log.warning("deep_reorg_recheck_failed", chain=name, error=str(exc), error_type=type(exc).__name__)
+            self.followers.deep_reorged.add(name)
 
     async def _decide(self, ids: list[str], owned: dict[str, str], rnd: Round) -> None:
         """Decide these trades, run the janitor when due, export metrics, send what is due."""

@@ -5,6 +5,7 @@ index and in-memory traces of finished trades are dropped so memory stays flat."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,10 @@ from relayer.protocol.states import TERMINAL, TradeState
 from relayer.store import Store, TradeRecord
 
 SWEEP_EVERY = 2.0  # seconds between looks for late locks and strays whose timelock passed
-# locks of trades finished lately, per chain, read again after a reorg deeper than k took out their ends
+# locks of trades finished lately, per chain, read again after a reorg deeper than k took out their ends: those
+# of the last FINISHED_LOCKS_BLOCKS block times, at most FINISHED_LOCKS_KEPT (memory stays flat at any rate)
 FINISHED_LOCKS_KEPT = 5000
+FINISHED_LOCKS_BLOCKS = 64
 
 
 class StrayBook:
@@ -60,7 +63,7 @@ class Janitor:
         self.log = get_logger()
         self._announced: set[tuple[str, str]] = set()  # (trade id, stray terms hash) logged as refund due
         # chain -> swap id -> (lock, final state) of the trades finished lately (what a deep reorg may undo)
-        self.finished_locks: dict[str, OrderedDict[bytes, tuple[LockedEvent, TradeState]]] = {
+        self.finished_locks: dict[str, OrderedDict[bytes, tuple[LockedEvent, TradeState, float]]] = {
             side.name: OrderedDict() for side in sides}
 
     async def sweep(self, observed_at: float) -> list[Due]:
@@ -119,7 +122,7 @@ class Janitor:
         kept = self.finished_locks.get(side.name)
         if not kept:
             return
-        entries = list(kept.values())
+        entries = [(lock, state) for lock, state, _ in kept.values()]
         slots = await side.ledger.swap_slots([lock.swap_id for lock, _ in entries])
         live = [(lock, state) for (lock, state), slot in zip(entries, slots) if slot == lock.terms_hash]
         for lock, state in live:
@@ -140,12 +143,14 @@ class Janitor:
         """A trade reached a terminal state: drop its index entries and traces, archive it a little later."""
         self._announced = {k for k in self._announced if k[0] != rec.trade_id}
         tid = rec.signed.instruction.trade_id_bytes
+        now = time.monotonic()
         for side in self.sides:
             locks = [i.lock for i in side.index.instances(tid)]
             kept = self.finished_locks.setdefault(side.name, OrderedDict())
             for lock in locks:
-                kept[lock.swap_id] = (lock, rec.state)
-            while len(kept) > FINISHED_LOCKS_KEPT:
+                kept[lock.swap_id] = (lock, rec.state, now)
+            horizon = now - FINISHED_LOCKS_BLOCKS * side.block_time
+            while kept and (len(kept) > FINISHED_LOCKS_KEPT or next(iter(kept.values()))[2] < horizon):
                 kept.popitem(last=False)
             self.strays.forget(side.name, locks)
             side.index.forget(tid)
