@@ -123,6 +123,7 @@ class Intake:
                 checked.append(exc)
         for (n, _, _), err in zip(routed, await self.refusals([(ins, r) for _, ins, r in routed])):
             checked[n] = err
+        await self._answer_taken_ids(signed, checked)
         valid = [s for s, err in zip(signed, checked) if err is None]
         stored = iter(await self.store.create_many(valid, ACTOR))
         out: list[bool | RelayerError] = [err if err is not None else next(stored) for err in checked]
@@ -130,6 +131,19 @@ class Intake:
         if created:
             self.log.info("trades_accepted", count=created, refused=sum(1 for r in out if isinstance(r, Exception)))
         return out
+
+    async def _answer_taken_ids(self, signed: list[SignedInstruction], checked: list[RelayerError | None]) -> None:
+        """A resent instruction is answered for its trade id (202 the same, 409 other terms), not refused by
+        what the token or the clock say now (an agent's pause after intake, a deadline now close): its refusal
+        is dropped when the id is taken, and create_many, which never writes over a taken id, answers it."""
+        late = [n for n, err in enumerate(checked) if isinstance(err, ComplianceRefused)
+                or (isinstance(err, InvalidInstruction) and err.code == "deadline_too_close")]
+        if not late:
+            return
+        taken = await self.store.existing([signed[n].instruction.tradeId for n in late])
+        for n in late:
+            if signed[n].instruction.tradeId in taken:
+                checked[n] = None
 
     async def accept(self, signed: SignedInstruction) -> bool:
         """Validate and store. True if new, False if the same instruction was already accepted. Submissions that

@@ -317,6 +317,14 @@ class Store:
             raise NotReplicated(f"{replies[-1]} of {self.min_replicas} Redis replicas acknowledged the trade within "
                                 f"{self.replica_wait_ms} ms; retry (the same instruction again is idempotent)")
 
+    async def existing(self, trade_ids: list[str]) -> set[str]:
+        """Which of these trade ids are taken, in one round trip."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in trade_ids:
+                pipe.exists(trade_key(tid))
+            found = await pipe.execute()
+        return {tid for tid, n in zip(trade_ids, found) if n}
+
     async def get(self, trade_id: str) -> TradeRecord | None:
         return self._record(trade_id, await self.r.hgetall(trade_key(trade_id)))
 

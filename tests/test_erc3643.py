@@ -15,7 +15,7 @@ import pytest
 from adapters.evm import TxSender
 from deploy import trex
 from deploy.devnet import dev_account
-from relayer.errors import ComplianceRefused
+from relayer.errors import ComplianceRefused, ConflictingInstruction
 from relayer.protocol.states import TradeState
 from tests.relayer_kit import Net, close_engine, drive, two_chain_net
 
@@ -333,3 +333,23 @@ async def test_onboard_escrow_lists_the_missing_calls_and_the_agent_registration
     assert after.admitted and after.steps == [] and after.facts["registered_identity"] == identity
     own = await escrow_status(tnet.sc, tnet.sc_token, escrow)  # the coin ledger's allowlist token
     assert own.standard == "allowlist"
+
+
+async def test_a_replay_while_the_agent_acts_is_answered_for_the_trade_id_not_refused_for_compliance(tnet: Net):
+    """The bounded chaos run (CI): a PTS resending an accepted instruction while the issuer's agent had paused the
+    token was answered 422 compliance_refused, where the same instruction is 202 and other terms under its id
+    409. An id already taken is answered for what it is; nothing new is created past the token's rules."""
+    engine = await tnet.engine([tnet.seller, tnet.buyer])
+    try:
+        signed = await tnet.instruction()
+        assert await engine.intake(signed)
+        await token_agent(tnet, "pause")
+        assert await engine.intake(signed) is False  # the same instruction: known (202)
+        other = await tnet.instruction(tradeId=signed.instruction.tradeId, scAmount=signed.instruction.scAmount + 1)
+        with pytest.raises(ConflictingInstruction):
+            await engine.intake(other)  # other terms under a taken id (409)
+        with pytest.raises(ComplianceRefused):
+            await engine.intake(await tnet.instruction())  # a new trade is still refused (422)
+    finally:
+        await close_engine(engine)
+        await token_agent(tnet, "unpause")
