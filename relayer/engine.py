@@ -344,9 +344,9 @@ class Engine:
             # a claim close to its timelock goes out with its batch, not after every other open trade was decided
             # (a reconciliation of hundreds of trades after an outage); the rest go together, in fuller batches
             batch_due = [d for outcome in outcomes for d in outcome]  # type: ignore[union-attr]
-            urgent = [d for d in batch_due if self._racing(d)]
-            self.executor.dispatch(urgent)
-            due += [d for d in batch_due if not self._racing(d)]
+            racing = [self._racing(d) for d in batch_due]
+            self.executor.dispatch([d for d, r in zip(batch_due, racing) if r])
+            due += [d for d, r in zip(batch_due, racing) if not r]
         for tid, corrupt in broken.items():
             await self._set_aside(tid, corrupt)
         self.executor.dispatch(due)  # before the sweep: its chain reads must not hold the trades' actions back
