@@ -45,6 +45,10 @@ class Due:
     sc_ev: LockedEvent | None
     observed_at: float = 0.0  # monotonic time the round finished reading both chains
     chain: str = ""  # the ledger the lock is on when it is not one of the trade's own (a stray found elsewhere)
+    # a claim made again after a reorg deeper than k took it out (the janitor): the secret it had revealed, and
+    # whether it is public still (the trade's ST claim stands), in which case no reveal gate applies
+    preimage: bytes | None = None
+    revealed: bool = False
 
     @property
     def lock(self) -> LockedEvent | None:

@@ -350,6 +350,10 @@ class Engine:
         for tid, corrupt in broken.items():
             await self._set_aside(tid, corrupt)
         self.executor.dispatch(due)  # before the sweep: its chain reads must not hold the trades' actions back
+        try:  # claims a reorg deeper than k took out (rare; nothing read when there are none): every round
+            self.executor.dispatch(await self.janitor.reclaims_due(rnd.observed_at))
+        except (LedgerError, RedisError, OSError) as exc:
+            self.log.warning("reclaims_failed", error=str(exc), error_type=type(exc).__name__)
         if self.coordinator.sweeps() and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             try:

@@ -23,10 +23,10 @@ from relayer.coordination import Coordinator
 from relayer.follow import ChainSide
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
-from relayer.protocol.rules import Action, TradeView, sc_timelock_for
+from relayer.protocol.rules import Action, sc_timelock_for
 from relayer.routing import Routes
 from relayer.secrets import SecretBox
-from relayer.store import Store, TradeRecord
+from relayer.store import Store
 
 
 FORGET_BATCH = 256  # finished trades forgotten in one sweep of the executor's maps
@@ -356,10 +356,10 @@ class Executor:
         if action in (Action.REFUND_ST, Action.REFUND_SC):
             swap = (ev.trade_id, ev.sender, ev.token, ev.amount, ev.receiver, ev.hashlock, ev.timelock)
             return Prepared(d, ledger, via, swap, (ev.token, ev.sender))
-        preimage = self._preimage(rec, d.view)
+        preimage = self._preimage(d)
         if preimage is None:
             return None
-        if action is Action.CLAIM_SC and not self._public(d.view) and not self._reveal_ok.pop(d.key, False):
+        if action is Action.CLAIM_SC and not self._public(d) and not self._reveal_ok.pop(d.key, False):
             return None  # do not reveal: asked again next round while the reveal window lasts, then both refund
         claim = (preimage, ev.swap_id, ev.token, ev.amount, ev.receiver, ev.timelock)
         return Prepared(d, ledger, via, claim, (ev.token, ev.receiver), expires=ev.timelock)
@@ -438,8 +438,10 @@ class Executor:
         return Prepared(d, ledger, via, (terms, *signatures), expires=ins.deadline, to=ledger.dvp)
 
     @staticmethod
-    def _public(view: TradeView | None) -> bool:
-        return view is not None and bool(view.sc.preimage or view.st.preimage or view.seen_preimage)
+    def _public(d: Due) -> bool:
+        """The secret is on chain already (a claim seen, or one a deep reorg took out while the ST claim stands)."""
+        view = d.view
+        return d.revealed or (view is not None and bool(view.sc.preimage or view.st.preimage or view.seen_preimage))
 
     async def _gate_reveals(self, items: list[Due]) -> None:
         """The reveal rule's chain half: the SC claim shows the secret, after which the buyer's ST claim must go
@@ -448,7 +450,7 @@ class Executor:
         "not established". Fills _reveal_ok for _prepare."""
         by_rules: dict[int, tuple[Any, list[tuple[Due, Any]]]] = {}
         for d in items:
-            if self._public(d.view):
+            if self._public(d):
                 continue
             route = self.routes.route(d.rec.signed.instruction)
             rules = route.st.ledger.rules
@@ -472,8 +474,9 @@ class Executor:
                     self.log.warning("reveal_withheld", trade_id=tid, chain=route.st.name, reason=reason)
                     await self.store.add_audit(tid, ACTOR, "reveal_withheld", reason=reason)
 
-    def _preimage(self, rec: TradeRecord, view: TradeView | None) -> bytes | None:
-        public = (view.sc.preimage or view.st.preimage or view.seen_preimage) if view is not None else None
+    def _preimage(self, d: Due) -> bytes | None:
+        view, rec = d.view, d.rec
+        public = (view.sc.preimage or view.st.preimage or view.seen_preimage) if view is not None else d.preimage
         if public is not None:
             return public
         sealed = rec.get("secret")

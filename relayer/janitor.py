@@ -8,11 +8,11 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
-from adapters.htlc import LockedEvent
+from adapters.htlc import ClaimedEvent, LockedEvent, RefundedEvent
 from relayer.actions import Due
 from relayer.config import Settings
 from relayer.follow import ChainSide, LockInstance
@@ -26,6 +26,15 @@ SWEEP_EVERY = 2.0  # seconds between looks for late locks and strays whose timel
 # of the last FINISHED_LOCKS_BLOCKS block times, at most FINISHED_LOCKS_KEPT (memory stays flat at any rate)
 FINISHED_LOCKS_KEPT = 5000
 FINISHED_LOCKS_BLOCKS = 64
+
+
+class FinishedLock(NamedTuple):
+    """A lock of a trade finished lately, and how it ended then (None: still live, a stray's)."""
+
+    lock: LockedEvent
+    state: TradeState
+    at: float  # monotonic time the trade finished
+    end: ClaimedEvent | RefundedEvent | None
 
 
 class StrayBook:
@@ -62,9 +71,12 @@ class Janitor:
         self.spawn = spawn
         self.log = get_logger()
         self._announced: set[tuple[str, str]] = set()  # (trade id, stray terms hash) logged as refund due
-        # chain -> swap id -> (lock, final state) of the trades finished lately (what a deep reorg may undo)
-        self.finished_locks: dict[str, OrderedDict[bytes, tuple[LockedEvent, TradeState, float]]] = {
-            side.name: OrderedDict() for side in sides}
+        # chain -> swap id -> (lock, final state, when, how the lock ended) of the trades finished lately: what a
+        # deep reorg may undo
+        self.finished_locks: dict[str, OrderedDict[bytes, FinishedLock]] = {side.name: OrderedDict() for side in sides}
+        # chain -> swap id -> (lock, the preimage its claim had revealed): claims a deep reorg took out, made again
+        # until the slot no longer holds the lock or its timelock passed
+        self.reclaims: dict[str, dict[bytes, tuple[LockedEvent, bytes]]] = {side.name: {} for side in sides}
 
     async def sweep(self, observed_at: float) -> list[Due]:
         """Every lock the relayer has seen under one of its trade ids ends claimed or refunded. Locks the protocol
@@ -116,22 +128,71 @@ class Janitor:
 
     async def after_deep_reorg(self, side: ChainSide) -> None:
         """A reorg deeper than k may have taken out the refund or claim that finished a trade (beyond the
-        guarantee; the follower alerted). Read the slots of the locks of trades finished lately on this chain:
-        a live one of an ABORTED trade is kept as a stray, refunded at its timelock (the refund it had); one of
-        any other finished trade is alerted for the operator (a refund could take back what was paid for)."""
+        guarantee; the follower alerted). Read the slots of the locks of trades finished lately on this chain;
+        each live one gets back the end it had. A refund is made again (kept as a stray, refunded at its
+        timelock: it pays the sender back). A claim is made again with the preimage it had revealed while its
+        timelock allows (reclaims_due): left live, the lock would refund and take back what was paid for. A claim
+        too late for that is an error alert for the operator."""
         kept = self.finished_locks.get(side.name)
         if not kept:
             return
-        entries = [(lock, state) for lock, state, _ in kept.values()]
-        slots = await side.ledger.swap_slots([lock.swap_id for lock, _ in entries])
-        live = [(lock, state) for (lock, state), slot in zip(entries, slots) if slot == lock.terms_hash]
-        for lock, state in live:
-            (self.log.warning if state is TradeState.ABORTED else self.log.error)(
+        entries = list(kept.values())
+        slots = await side.ledger.swap_slots([f.lock.swap_id for f in entries])
+        refund: list[LockedEvent] = []
+        for f, slot in zip(entries, slots):
+            if slot != f.lock.terms_hash:
+                continue
+            lock = f.lock
+            if isinstance(f.end, ClaimedEvent):
+                late = lock.timelock <= side.now()
+                if not late:
+                    self.reclaims[side.name][lock.swap_id] = (lock, f.end.preimage)
+                then = "past its timelock: not claimed again" if late else "claimed again"
+            else:
+                refund.append(lock)
+                late, then = False, "refunded again at its timelock"
+            (self.log.error if late else self.log.warning)(
                 "finished_trade_lock_live_again", trade_id="0x" + lock.trade_id.hex(), chain=side.name,
-                state=state.value, sender=lock.sender, timelock=lock.timelock)
-        refund = [lock for lock, state in live if state is TradeState.ABORTED]
+                state=f.state.value, sender=lock.sender, timelock=lock.timelock, then=then)
         if refund and await self.strays.keep(side.name, refund):
             self.log.info("late_locks_kept", chain=side.name, locks=len(refund), after="deep reorg")
+
+    async def reclaims_due(self, observed_at: float) -> list[Due]:
+        """The claims a deep reorg took out, due again while their locks are live and their timelocks ahead (one
+        slot read per chain that has any). A coin claim is made without the reveal gate while the trade's ST claim
+        stands (its secret is public there, and the escrow no longer holds the ST the gate would look for); with
+        the gate while the ST lock is live again too."""
+        if not any(self.reclaims.values()):
+            return []
+        found: list[tuple[ChainSide, LockedEvent, bytes]] = []
+        for side in self.sides:
+            pending = self.reclaims[side.name]
+            if not pending or not side.fresh:
+                continue
+            entries = list(pending.values())
+            slots = await side.ledger.swap_slots([lock.swap_id for lock, _ in entries])
+            for (lock, preimage), slot in zip(entries, slots):
+                if slot != lock.terms_hash or lock.timelock <= side.head_timestamp:
+                    del pending[lock.swap_id]  # claimed (by us or anyone) or refunded; or too late for a claim
+                    if slot == lock.terms_hash:
+                        self.log.error("reclaim_too_late", trade_id="0x" + lock.trade_id.hex(), chain=side.name,
+                                       timelock=lock.timelock)
+                    continue
+                found.append((side, lock, preimage))
+        live_st = {lock.trade_id for side in self.sides if side.role == "st"  # ST claims still to be made again
+                   for lock, _ in self.reclaims[side.name].values()}
+        recs = {rec.trade_id: rec for rec in await self.store.get_many(
+            sorted({"0x" + lock.trade_id.hex() for _, lock, _ in found}))}
+        out = []
+        for side, lock, preimage in found:
+            rec = recs.get("0x" + lock.trade_id.hex())
+            if rec is None:
+                continue
+            st = side.role == "st"
+            out.append(Due(rec, Action.CLAIM_ST if st else Action.CLAIM_SC, None, lock if st else None,
+                           None if st else lock, observed_at, chain=side.name, preimage=preimage,
+                           revealed=st or lock.trade_id not in live_st))
+        return out
 
     async def prune_index(self) -> None:
         """Drop chain-index entries of trades that are no longer open (finished under another worker)."""
@@ -145,12 +206,13 @@ class Janitor:
         tid = rec.signed.instruction.trade_id_bytes
         now = time.monotonic()
         for side in self.sides:
-            locks = [i.lock for i in side.index.instances(tid)]
+            instances = side.index.instances(tid)
+            locks = [i.lock for i in instances]
             kept = self.finished_locks.setdefault(side.name, OrderedDict())
-            for lock in locks:
-                kept[lock.swap_id] = (lock, rec.state, now)
+            for i in instances:
+                kept[i.lock.swap_id] = FinishedLock(i.lock, rec.state, now, i.end)
             horizon = now - FINISHED_LOCKS_BLOCKS * side.block_time
-            while kept and (len(kept) > FINISHED_LOCKS_KEPT or next(iter(kept.values()))[2] < horizon):
+            while kept and (len(kept) > FINISHED_LOCKS_KEPT or next(iter(kept.values())).at < horizon):
                 kept.popitem(last=False)
             self.strays.forget(side.name, locks)
             side.index.forget(tid)

@@ -71,3 +71,41 @@ async def test_a_refund_a_reorg_deeper_than_k_took_out_of_an_aborted_trade_is_ma
         assert (await engine.store.get(tid)).state == TradeState.ABORTED
     finally:
         await close_engine(engine)
+
+
+async def test_a_claim_a_reorg_deeper_than_k_took_out_of_a_settled_trade_is_made_again(net: Net):
+    """The settled trade's ST claim, k deep, is taken out by a deeper reorg: the buyer no longer holds the ST it
+    paid for, and the lock would refund to the seller at T_st. The record is archived by then (no sealed secret
+    left): the claim is made again with the preimage it had revealed, before T_st."""
+    from relayer.store import trade_key
+
+    engine = await net.engine([net.seller, net.buyer])
+    try:
+        signed = await net.instruction()
+        ins = signed.instruction
+        tid = ins.tradeId
+        assert await engine.intake(signed)
+        assert (await drive(engine, [tid], timeout=60))[tid] == TradeState.SETTLED
+        claim_block = next(e["block"] for e in await engine.store.audit(tid) if e["event"] == "claim_st_mined")
+        ledger = next(side.ledger for side in engine.sides if side.name == "st")
+        swap = ledger.swap_id_of(ins.sellerStAccount, ins.trade_id_bytes)
+        held = await net.balance(net.st, ins.stToken, ins.buyerStAccount)
+        await net.st.rpc("anvil_mine", [3])  # the claim is k deep: final for the follower, and for its sender
+        await drive(engine, [tid], until=set(), timeout=2)  # (which no longer re-sends it if a reorg takes it out)
+        deadline = time.monotonic() + 30
+        while not await engine.store.r.hexists(trade_key(tid), "archive"):  # archived: no sealed secret left
+            assert time.monotonic() < deadline
+            await drive(engine, [tid], until=set(), timeout=0.5)
+        assert not await engine.store.r.hexists(trade_key(tid), "secret")
+        await net.st.rpc("anvil_reorg", [await net.st.block_number() - claim_block + 1, []])  # takes it out
+        assert await ledger.swap_slot(swap) != bytes(32)  # the lock is live again
+        assert await net.balance(net.st, ins.stToken, ins.buyerStAccount) == held - ins.stAmount
+        deadline = time.monotonic() + 30
+        while await ledger.swap_slot(swap) != bytes(32):  # claimed again, for the buyer
+            assert time.monotonic() < deadline, [e["event"] for e in await engine.store.audit(tid)]
+            await drive(engine, [tid], until=set(), timeout=0.5)
+        assert await net.balance(net.st, ins.stToken, ins.buyerStAccount) == held
+        events = [e["event"] for e in await engine.store.audit(tid)]
+        assert events.count("claim_st_mined") == 2 and (await engine.store.get(tid)).state == TradeState.SETTLED
+    finally:
+        await close_engine(engine)

@@ -660,36 +660,92 @@ async def test_a_lock_the_follower_delivers_while_its_trade_is_being_finished_is
     assert ins.trade_id_bytes not in st_side.index.live_trade_ids() and not st_side.index.locks.get(ins.trade_id_bytes)
 
 
-async def test_a_refund_a_reorg_deeper_than_k_took_out_is_made_again_and_a_settled_trades_live_lock_is_alerted():
+async def test_what_a_reorg_deeper_than_k_took_out_of_finished_trades_is_made_again_refunds_and_claims():
     """Chaos seed 42 (five STUCK trades): one refund batch on st2 was 3 blocks deep (k=2) when a reorg of depth 4
     removed it. The trades were ABORTED and forgotten, so their ST locks stayed live with nobody to refund them.
     Beyond the guarantee, but re-derived: after a deep reorg the locks of trades finished lately on that chain
-    are read again; an aborted trade's live lock is refunded (a stray at its timelock), a settled trade's is
-    alerted (its claim went; a refund would take the asset back from who paid for it)."""
+    are read again and each live one gets back the end it had. A refund is made again (a stray at its
+    timelock). A claim is made again with the secret it had revealed, while its timelock allows: left live, the
+    lock would refund at its timelock and take back from the buyer what the seller was paid for (an archived
+    record keeps no secret: the claim's own preimage is kept). Too late for that, it is an error alert."""
     from structlog.testing import capture_logs
 
     from relayer.janitor import Janitor
     from relayer.protocol.states import TradeState
 
-    store, st_side, sc_side, box, _, _ = world()
+    store, st_side, sc_side, box, _, executor = world()
     janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), lambda coro: coro.close())  # type: ignore[arg-type]
-    finished = {}
-    for state in (TradeState.ABORTED, TradeState.SETTLED):
+    locks = {}
+    for name, state, timelock in (("aborted", TradeState.ABORTED, NOW - 1), ("settled", TradeState.SETTLED, NOW + 300),
+                                  ("too late", TradeState.SETTLED, NOW - 1)):
         rec = new_trade(store)
         ins = rec.signed.instruction
-        ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, os.urandom(32), NOW - 1)
-        st_side.index.apply([ev, RefundedEvent(ev.swap_id, 95, "0x" + "ab" * 32)])  # ended (refund or claim)
+        secret = os.urandom(32)
+        ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, hashlib.sha256(secret).digest(),
+                        timelock)
+        end = RefundedEvent(ev.swap_id, 95, "0x" + "ab" * 32) if state is TradeState.ABORTED else \
+            ClaimedEvent(ev.swap_id, secret, 95, "0x" + "cd" * 32)
+        st_side.index.apply([ev, end])
         janitor.finished(await store.update(rec, {"state": state.value}, actor="t", event="state"))
-        finished[state] = ev
-    assert not await janitor.sweep(time.monotonic())  # nothing live: nothing to do
-    for ev in finished.values():
+        locks[name] = (ev, secret, rec.trade_id)
+    assert not await janitor.sweep(time.monotonic()) and not await janitor.reclaims_due(time.monotonic())
+    for ev, _, _ in locks.values():
         st_side.ledger.lock(ev)  # the reorg took their ends out: the slots hold the locks again
     with capture_logs() as logs:
         await janitor.after_deep_reorg(st_side)
-    due = await janitor.sweep(time.monotonic())
-    assert [(d.action, d.st_ev.swap_id) for d in due] == [(Action.REFUND_ST, finished[TradeState.ABORTED].swap_id)]
-    alerts = [e for e in logs if e["event"] == "finished_trade_lock_live_again"]
-    assert {(e["state"], e["log_level"]) for e in alerts} == {("ABORTED", "warning"), ("SETTLED", "error")}, logs
+        refunds = await janitor.sweep(time.monotonic())
+        claims = await janitor.reclaims_due(time.monotonic())
+    assert [(d.action, d.st_ev.swap_id) for d in refunds] == [(Action.REFUND_ST, locks["aborted"][0].swap_id)]
+    assert [(d.action, d.st_ev.swap_id, d.preimage) for d in claims] == [
+        (Action.CLAIM_ST, locks["settled"][0].swap_id, locks["settled"][1])]
+    alerts = {e["trade_id"]: e["log_level"] for e in logs if e["event"] == "finished_trade_lock_live_again"}
+    assert alerts == {locks["aborted"][2]: "warning", locks["settled"][2]: "warning", locks["too late"][2]: "error"}
+    assert str(logs).count(locks["settled"][1].hex()) == 0  # the secret is not logged
+    executor.dispatch(claims)  # the record is archived: no sealed secret, the claim's own preimage is used
+    await _settle(executor)
+    sent = [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
+    assert len(sent) == 1 and locks["settled"][1].hex() in sent[0][1]
+    st_side.ledger.slots.pop(locks["settled"][0].swap_id)  # claimed again, mined
+    assert not await janitor.reclaims_due(time.monotonic()) and not janitor.reclaims["st"]
+
+
+async def test_a_coin_claim_a_deep_reorg_took_out_is_made_again_without_the_reveal_gate_only_while_the_st_claim_stands():
+    """The reveal gate asks the ST token whether the buyer's ST claim can follow. Once that claim stands (the
+    secret is public on the ST chain), the escrow no longer holds the ST and the gate would refuse: the seller's
+    payment is re-claimed without it. When the deep reorg took out the ST claim too, the gate applies (the ST
+    token may refuse the buyer by now: then neither claim is made again and both legs refund)."""
+    from relayer.janitor import Janitor
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, _, executor = world()
+    janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), lambda coro: coro.close())  # type: ignore[arg-type]
+    trades = []
+    for _ in range(2):
+        rec = new_trade(store)
+        ins = rec.signed.instruction
+        secret = os.urandom(32)
+        h = hashlib.sha256(secret).digest()
+        st_ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, NOW + 600)
+        sc_ev = lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h, NOW + 300)
+        st_side.index.apply([st_ev, ClaimedEvent(st_ev.swap_id, secret, 95, "0x" + "cd" * 32)])
+        sc_side.index.apply([sc_ev, ClaimedEvent(sc_ev.swap_id, secret, 95, "0x" + "ef" * 32)])
+        janitor.finished(await store.update(rec, {"state": TradeState.SETTLED.value}, actor="t", event="state"))
+        trades.append((rec, st_ev, sc_ev, secret))
+    for _, _, sc_ev, _ in trades:
+        sc_side.ledger.lock(sc_ev)  # a deep reorg on the coin ledger took out both SC claims
+    st_side.ledger.rules.refuse[(ST_TOKEN, ST_ESCROW, BUYER)] = "insufficient_balance:" + ST_ESCROW  # ST gone
+    st_side.ledger.lock(trades[1][1])  # and one ST claim, on the ST chain
+    await janitor.after_deep_reorg(sc_side)
+    await janitor.after_deep_reorg(st_side)
+    claims = await janitor.reclaims_due(time.monotonic())
+    assert sorted((d.rec.trade_id, d.action) for d in claims) == sorted(
+        [(trades[0][0].trade_id, Action.CLAIM_SC), (trades[1][0].trade_id, Action.CLAIM_SC),
+         (trades[1][0].trade_id, Action.CLAIM_ST)])
+    executor.dispatch(claims)
+    await _settle(executor)
+    sc_sent = [tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]
+    assert len(sc_sent) == 1 and trades[0][3].hex() in sc_sent[0][1] and trades[1][3].hex() not in sc_sent[0][1]
+    assert "reveal_withheld" in store.events(trades[1][0].trade_id)
 
 
 # ------------------------------------------------------------------ schedule
