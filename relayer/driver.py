@@ -17,7 +17,7 @@ from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
 from relayer.authorizations import kept_dvp_signature, stored_authorization
 from relayer.follow import ChainSide, LockInstance
-from relayer.janitor import StrayBook
+from relayer.strays import StrayBook
 from relayer.leases import ACTOR
 from relayer.logging import get_logger
 from relayer.protocol.instruction import TradeInstruction

@@ -32,7 +32,8 @@ from relayer.executor import Executor
 from relayer.follow import FOLLOW_BUDGET, ChainSide, Followers
 from relayer.authorizations import HolderLocks, SettlementAuthorizations
 from relayer.intake import Intake
-from relayer.janitor import SWEEP_EVERY, Janitor, StrayBook
+from relayer.janitor import SWEEP_EVERY, Janitor
+from relayer.strays import StrayBook
 from relayer.actions import Due
 from relayer.leases import ACTOR, WORKER_TOKEN
 from relayer.logging import OutageLog, get_logger
@@ -352,8 +353,10 @@ class Engine:
         self.executor.dispatch(due)  # before the sweep: its chain reads must not hold the trades' actions back
         try:  # claims a reorg deeper than k took out (rare; nothing read when there are none): every round
             self.executor.dispatch(await self.janitor.reclaims_due(rnd.observed_at))
-        except (LedgerError, RedisError, OSError) as exc:
+        except (LedgerError, RedisError, OSError) as exc:  # an outage: asked again next round
             self.log.warning("reclaims_failed", error=str(exc), error_type=type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug in this rare path must not stop every trade's round
+            self.log.exception("reclaims_crashed", error=str(exc))
         if self.coordinator.sweeps() and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY
             try:

@@ -14,7 +14,7 @@ from hexbytes import HexBytes
 from adapters.compliance import Transfer
 from adapters.errors import TransactionReverted
 from adapters.htlc import ClaimsAtDepth, HtlcLedger, LockedEvent, SlotsAtDepth
-from relayer.errors import ConcurrentUpdate
+from relayer.errors import ConcurrentUpdate, CorruptRecord
 from relayer.follow import ChainSide
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
@@ -30,6 +30,7 @@ class FakeStore:
         self.audits: dict[str, list[dict[str, Any]]] = {}
         self.strays: dict[str, list[dict[str, Any]]] = {"st": [], "sc": []}
         self.routed: list[tuple[str, str]] = []
+        self.corrupt: set[str] = set()  # trade ids whose records cannot be read back (get_many)
 
     def put(self, signed: SignedInstruction, state: TradeState = TradeState.MATCHED) -> TradeRecord:
         tid = signed.instruction.tradeId
@@ -78,8 +79,18 @@ class FakeStore:
     async def open_trades(self) -> list[str]:
         return [t for t, f in self.fields.items() if TradeState(f["state"]) not in TERMINAL]
 
-    async def get_many(self, trade_ids: list[str]) -> list[TradeRecord]:
-        return [self.get(t) for t in trade_ids if t in self.fields]
+    async def get_many(self, trade_ids: list[str], broken: dict[str, CorruptRecord] | None = None
+                       ) -> list[TradeRecord]:
+        """As Store.get_many: a record in `corrupt` raises, or is put in `broken` when that is given."""
+        out = []
+        for t in [t for t in trade_ids if t in self.fields]:
+            if t in self.corrupt:
+                if broken is None:
+                    raise CorruptRecord(t, "unreadable (test)")
+                broken[t] = CorruptRecord(t, "unreadable (test)")
+                continue
+            out.append(self.get(t))
+        return out
 
     async def due_strays(self, chain: str, now: int) -> list[dict[str, Any]]:
         return [t for t in self.strays[chain] if int(t["timelock"]) <= now]

@@ -667,7 +667,8 @@ async def test_what_a_reorg_deeper_than_k_took_out_of_finished_trades_is_made_ag
     are read again and each live one gets back the end it had. A refund is made again (a stray at its
     timelock). A claim is made again with the secret it had revealed, while its timelock allows: left live, the
     lock would refund at its timelock and take back from the buyer what the seller was paid for (an archived
-    record keeps no secret: the claim's own preimage is kept). Too late for that, it is an error alert."""
+    record keeps no secret: the claim's own preimage is kept). Too late for that, it is an error alert, and the
+    lock is refunded rather than left locked for ever."""
     from structlog.testing import capture_logs
 
     from relayer.janitor import Janitor
@@ -695,57 +696,139 @@ async def test_what_a_reorg_deeper_than_k_took_out_of_finished_trades_is_made_ag
         await janitor.after_deep_reorg(st_side)
         refunds = await janitor.sweep(time.monotonic())
         claims = await janitor.reclaims_due(time.monotonic())
-    assert [(d.action, d.st_ev.swap_id) for d in refunds] == [(Action.REFUND_ST, locks["aborted"][0].swap_id)]
+    assert sorted((d.action, d.st_ev.swap_id) for d in refunds) == sorted(
+        [(Action.REFUND_ST, locks["aborted"][0].swap_id), (Action.REFUND_ST, locks["too late"][0].swap_id)])
     assert [(d.action, d.st_ev.swap_id, d.preimage) for d in claims] == [
         (Action.CLAIM_ST, locks["settled"][0].swap_id, locks["settled"][1])]
+    assert locks["settled"][0].terms() not in store.strays["st"]  # never refunded by the relayer
     alerts = {e["trade_id"]: e["log_level"] for e in logs if e["event"] == "finished_trade_lock_live_again"}
     assert alerts == {locks["aborted"][2]: "warning", locks["settled"][2]: "warning", locks["too late"][2]: "error"}
-    assert str(logs).count(locks["settled"][1].hex()) == 0  # the secret is not logged
+    secret = locks["settled"][1]
+    assert secret.hex() not in str(logs) and repr(secret) not in str(logs)  # the secret is not logged
     executor.dispatch(claims)  # the record is archived: no sealed secret, the claim's own preimage is used
     await _settle(executor)
     sent = [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
-    assert len(sent) == 1 and locks["settled"][1].hex() in sent[0][1]
+    assert len(sent) == 1 and secret.hex() in sent[0][1]
     st_side.ledger.slots.pop(locks["settled"][0].swap_id)  # claimed again, mined
-    assert not await janitor.reclaims_due(time.monotonic()) and not janitor.reclaims["st"]
+    assert not await janitor.reclaims_due(time.monotonic()) and not janitor.restore.reclaims["st"]
+    assert not janitor.restore.claimed(st_side, locks["aborted"][0])  # a refunded lock live again: refunded again
 
 
-async def test_a_coin_claim_a_deep_reorg_took_out_is_made_again_without_the_reveal_gate_only_while_the_st_claim_stands():
+async def test_an_unreadable_record_of_a_trade_to_claim_again_does_not_fail_the_round():
+    """A record that cannot be read back is left out (logged at error) and the other claims go on; it must not
+    raise out of the round every round until the lock's timelock."""
+    from structlog.testing import capture_logs
+
+    from relayer.janitor import Janitor
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, _, _ = world()
+    janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), lambda coro: coro.close())  # type: ignore[arg-type]
+    evs = []
+    for _ in range(2):
+        rec = new_trade(store)
+        ins = rec.signed.instruction
+        secret = os.urandom(32)
+        ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, hashlib.sha256(secret).digest(),
+                        NOW + 300)
+        st_side.index.apply([ev, ClaimedEvent(ev.swap_id, secret, 95, "0x" + "cd" * 32)])
+        janitor.finished(await store.update(rec, {"state": TradeState.SETTLED.value}, actor="t", event="state"))
+        st_side.ledger.lock(ev)
+        evs.append((rec.trade_id, ev))
+    store.corrupt.add(evs[0][0])
+    await janitor.after_deep_reorg(st_side)
+    with capture_logs() as logs:
+        claims = await janitor.reclaims_due(time.monotonic())
+    assert [d.st_ev for d in claims] == [evs[1][1]]
+    assert [e["trade_id"] for e in logs if e["event"] == "reclaim_record_unreadable"] == [evs[0][0]]
+
+
+async def test_a_claim_whose_lock_came_back_after_the_recheck_is_made_again_not_refunded():
+    """The deep reorg took out the lock and its claim; the recheck found the slot empty. A few blocks later the
+    lock is mined again (its sender re-broadcast it) and the follower delivers it live: the sweep would keep it
+    as a stray of a finished trade and refund it at its timelock. It had been claimed: it is claimed again. And
+    a second lock under the same swap id (a re-lock of the settled trade id) does not hide the claimed one."""
+    from relayer.janitor import Janitor
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, _, _ = world()
+    janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), lambda coro: coro.close())  # type: ignore[arg-type]
+    rec = new_trade(store)
+    ins = rec.signed.instruction
+    secret = os.urandom(32)
+    ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, hashlib.sha256(secret).digest(),
+                    NOW + 300)
+    relock = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, 1, os.urandom(32), NOW + 900, block=99)
+    st_side.index.apply([ev, ClaimedEvent(ev.swap_id, secret, 95, "0x" + "cd" * 32), relock])
+    janitor.finished(await store.update(rec, {"state": TradeState.SETTLED.value}, actor="t", event="state"))
+    await janitor.after_deep_reorg(st_side)  # the slot holds the re-lock, then nothing: nothing to do yet
+    assert not await janitor.reclaims_due(time.monotonic())
+    st_side.ledger.lock(ev)  # mined again
+    st_side.index.apply([ev])  # and delivered live by the follower
+    await janitor.sweep(time.monotonic())
+    claims = await janitor.reclaims_due(time.monotonic())
+    assert [(d.action, d.st_ev, d.preimage) for d in claims] == [(Action.CLAIM_ST, ev, secret)]
+    assert ev.terms() not in store.strays["st"]
+
+
+async def test_a_coin_claim_a_deep_reorg_took_out_is_made_again_in_the_protocols_order():
     """The reveal gate asks the ST token whether the buyer's ST claim can follow. Once that claim stands (the
     secret is public on the ST chain), the escrow no longer holds the ST and the gate would refuse: the seller's
-    payment is re-claimed without it. When the deep reorg took out the ST claim too, the gate applies (the ST
-    token may refuse the buyer by now: then neither claim is made again and both legs refund)."""
+    payment is claimed again without it (trade A). When the deep reorg took out the ST claim too (B), read from
+    the chain, whichever ledger's recheck runs first: the coin claim goes through the gate (the ST token may
+    refuse the buyer by now), and the ST claim waits until the coin claim stands. When the coin claim can no
+    longer be made in time (C), the ST claim is not made either: both legs go back to their senders."""
+    from structlog.testing import capture_logs
+
     from relayer.janitor import Janitor
     from relayer.protocol.states import TradeState
 
     store, st_side, sc_side, box, _, executor = world()
     janitor = Janitor([st_side, sc_side], SETTINGS, store, StrayBook(store), lambda coro: coro.close())  # type: ignore[arg-type]
-    trades = []
-    for _ in range(2):
+    trades = {}
+    for name, t_sc in (("A", NOW + 300), ("B", NOW + 300), ("C", NOW - 1)):
         rec = new_trade(store)
         ins = rec.signed.instruction
         secret = os.urandom(32)
         h = hashlib.sha256(secret).digest()
         st_ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, NOW + 600)
-        sc_ev = lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h, NOW + 300)
+        sc_ev = lock_event(ins.trade_id_bytes, BUYER, SELLER, SC_TOKEN, ins.scAmount, h, t_sc)
         st_side.index.apply([st_ev, ClaimedEvent(st_ev.swap_id, secret, 95, "0x" + "cd" * 32)])
         sc_side.index.apply([sc_ev, ClaimedEvent(sc_ev.swap_id, secret, 95, "0x" + "ef" * 32)])
         janitor.finished(await store.update(rec, {"state": TradeState.SETTLED.value}, actor="t", event="state"))
-        trades.append((rec, st_ev, sc_ev, secret))
-    for _, _, sc_ev, _ in trades:
-        sc_side.ledger.lock(sc_ev)  # a deep reorg on the coin ledger took out both SC claims
-    st_side.ledger.rules.refuse[(ST_TOKEN, ST_ESCROW, BUYER)] = "insufficient_balance:" + ST_ESCROW  # ST gone
-    st_side.ledger.lock(trades[1][1])  # and one ST claim, on the ST chain
-    await janitor.after_deep_reorg(sc_side)
-    await janitor.after_deep_reorg(st_side)
-    claims = await janitor.reclaims_due(time.monotonic())
-    assert sorted((d.rec.trade_id, d.action) for d in claims) == sorted(
-        [(trades[0][0].trade_id, Action.CLAIM_SC), (trades[1][0].trade_id, Action.CLAIM_SC),
-         (trades[1][0].trade_id, Action.CLAIM_ST)])
-    executor.dispatch(claims)
-    await _settle(executor)
-    sc_sent = [tx for s in sc_side.ledger.all_senders.values() for tx in s.sent]
-    assert len(sc_sent) == 1 and trades[0][3].hex() in sc_sent[0][1] and trades[1][3].hex() not in sc_sent[0][1]
-    assert "reveal_withheld" in store.events(trades[1][0].trade_id)
+        trades[name] = (rec.trade_id, st_ev, sc_ev, secret)
+        sc_side.ledger.lock(sc_ev)  # a deep reorg on the coin ledger took out every SC claim
+        if name != "A":
+            st_side.ledger.lock(st_ev)  # and one on the ST chain took out B's and C's ST claims
+    refuse = (ST_TOKEN, ST_ESCROW, BUYER)
+    st_side.ledger.rules.refuse[refuse] = "frozen:" + BUYER
+    with capture_logs() as logs:
+        await janitor.after_deep_reorg(sc_side)  # the coin ledger's recheck first; the ST chain's not yet
+        claims = await janitor.reclaims_due(time.monotonic())
+        assert sorted((d.rec.trade_id, d.action, d.revealed) for d in claims) == sorted(
+            [(trades["A"][0], Action.CLAIM_SC, True), (trades["B"][0], Action.CLAIM_SC, False)])
+        executor.dispatch(claims)
+        await _settle(executor)
+        sc_sent = [tx[1] for s in sc_side.ledger.all_senders.values() for tx in s.sent]
+        assert len(sc_sent) == 1 and trades["A"][3].hex() in sc_sent[0] and trades["B"][3].hex() not in sc_sent[0]
+        assert "reveal_withheld" in store.events(trades["B"][0])
+        sc_side.ledger.slots.pop(trades["A"][2].swap_id)  # A's coin claim mined
+        await janitor.after_deep_reorg(st_side)
+        executor.not_before.clear()
+        claims = await janitor.reclaims_due(time.monotonic())
+        assert [(d.rec.trade_id, d.action) for d in claims] == [(trades["B"][0], Action.CLAIM_SC)]  # B's ST waits
+        del st_side.ledger.rules.refuse[refuse]  # the issuer unfroze the buyer
+        executor.dispatch(claims)
+        await _settle(executor)
+        sc_side.ledger.slots.pop(trades["B"][2].swap_id)  # B's coin claim mined: now its ST claim
+        claims = await janitor.reclaims_due(time.monotonic())
+    assert [(d.rec.trade_id, d.action) for d in claims] == [(trades["B"][0], Action.CLAIM_ST)]
+    assert not [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]  # no ST claim went out before
+    given_up = {(e["trade_id"], e["chain"]) for e in logs if e["event"] in ("reclaim_given_up",
+                                                                           "finished_trade_lock_live_again")
+                and e["log_level"] == "error"}
+    assert given_up == {(trades["C"][0], "sc"), (trades["C"][0], "st")}, logs
+    assert trades["C"][1].terms() in store.strays["st"] and trades["C"][2].terms() in store.strays["sc"]
 
 
 # ------------------------------------------------------------------ schedule
