@@ -14,6 +14,7 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_abi.exceptions import EncodingError
+from eth_hash.auto import keccak as keccak256
 from eth_utils import function_signature_to_4byte_selector, keccak
 from eth_utils.abi import collapse_if_tuple
 from web3 import AsyncWeb3
@@ -67,13 +68,13 @@ SWAP_NAMESPACE = bytes(keccak(text="dvp.HashedTimelockEscrow.swap"))
 def swap_id(sender: str, trade_id: bytes) -> bytes:
     """The escrow's id (and storage slot) of the swap `sender` locked for `trade_id`:
     keccak256(abi.encode(SWAP_NAMESPACE, sender, tradeId))."""
-    return bytes(keccak(SWAP_NAMESPACE + bytes(12) + bytes.fromhex(sender[2:]) + trade_id))
+    return keccak256(SWAP_NAMESPACE + bytes(12) + bytes.fromhex(sender[2:]) + trade_id)
 
 
 def terms_hash(token: str, amount: int, receiver: str, hashlock: bytes, timelock: int) -> bytes:
     """What the escrow stores for a live swap with these terms (HashedTimelockEscrow.termsHash)."""
-    return bytes(keccak(bytes(12) + bytes.fromhex(token[2:]) + amount.to_bytes(32, "big") + bytes(12)
-                        + bytes.fromhex(receiver[2:]) + hashlock + timelock.to_bytes(32, "big")))
+    return keccak256(bytes(12) + bytes.fromhex(token[2:]) + amount.to_bytes(32, "big") + bytes(12)
+                     + bytes.fromhex(receiver[2:]) + hashlock + timelock.to_bytes(32, "big"))
 
 
 _DOMAIN_FIELDS = [
@@ -127,7 +128,7 @@ def typed_data_digest(message: dict[str, Any]) -> bytes:
     from eth_account.messages import encode_typed_data
 
     m = encode_typed_data(full_message=message)
-    return bytes(keccak(b"\x19" + m.version + m.header + m.body))
+    return keccak256(b"\x19" + m.version + m.header + m.body)
 
 
 def encode_call(name: str, fn: str, *args: Any) -> str:

@@ -36,7 +36,8 @@ from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_keys.datatypes import PrivateKey, PublicKey, Signature
 from eth_keys.exceptions import ValidationError as KeyValidationError
 from eth_typing import ChecksumAddress
-from eth_utils import keccak, to_checksum_address
+from eth_hash.auto import keccak as keccak256
+from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 
 from adapters.errors import LedgerError
@@ -90,7 +91,7 @@ class HashSigner:
     def sign_transaction(self, transaction_dict: Any) -> SignedTransaction:
         """Sign a transaction dict (legacy or typed) exactly as eth-account would with the key itself."""
         v, r, s, encoded = sign_transaction_dict(_HashKey(self), dict(transaction_dict))  # type: ignore[arg-type]
-        return SignedTransaction(raw_transaction=HexBytes(encoded), hash=HexBytes(keccak(encoded)), r=r, s=s, v=v)
+        return SignedTransaction(raw_transaction=HexBytes(encoded), hash=HexBytes(keccak256(encoded)), r=r, s=s, v=v)
 
     def sign_typed_data(self, *, full_message: dict[str, Any]) -> SignedMessage:
         """An EIP-712 signature (65 bytes r ‖ s ‖ v, v = 27/28), as eth-account's sign_typed_data gives."""

@@ -311,3 +311,19 @@ def test_the_signing_digest_is_the_one_eth_account_hashes_from_the_typed_data():
         assert signing_digest(ins, salt) == expected
 
     check()
+
+
+def test_the_relayer_hashes_with_the_c_keccak_not_pycryptodomes():
+    """eth-hash picks pycryptodome first when both are installed, ~4x slower per hash on the relayer's short
+    inputs (scripts/keccak_speed.py); importing the relayer chooses safe-pysha3 before anything hashes."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.environ.pop('ETH_HASH_BACKEND', None)\n"
+            "import relayer.protocol.instruction\n"
+            "from eth_hash.auto import keccak\n"
+            "assert keccak(b'').hex() == 'c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470'\n"
+            "print(type(keccak._backend.keccak256.__self__).__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "eth_hash.backends.pysha3"

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from eth_abi import encode as abi_encode
 from eth_account import Account
+from eth_hash.auto import keccak as keccak256
 from eth_utils import is_checksum_address, keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -143,8 +144,8 @@ def signing_digest(instruction: TradeInstruction, salt: bytes) -> bytes:
     eth-account's encode_typed_data hashes (test_protocol checks both), at a fraction of its cost: it parses the
     whole typed-data document for every instruction."""
     values = [instruction.trade_id_bytes if name == "tradeId" else getattr(instruction, name) for name, _ in _FIELDS]
-    struct = keccak(abi_encode(["bytes32"] + [kind for _, kind in _FIELDS], [_TYPE_HASH, *values]))
-    return keccak(b"\x19\x01" + _domain_separator(salt) + struct)
+    struct = keccak256(abi_encode(["bytes32"] + [kind for _, kind in _FIELDS], [_TYPE_HASH, *values]))
+    return keccak256(b"\x19\x01" + _domain_separator(salt) + struct)
 
 
 class SignedInstruction(BaseModel):
