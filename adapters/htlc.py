@@ -299,13 +299,11 @@ class EscrowFollower:
             self._preimages_read_to = 0
         return result
 
-    async def _confirmed(self, result: FollowResult, head: int, target: int | None = None) -> None:
+    async def _confirmed(self, result: FollowResult, head: int, target: int) -> None:
         rewound = await self._check_reorg(head)
         if rewound is not None:
             result.rewound_to = rewound
             return
-        if target is None:
-            target = head - (self.confirmations - 1)
         if target <= self.height:
             if target < self.height:  # the chain got shorter (rollback) without a hash mismatch yet
                 result.rewound_to = self.height = max(target, 0)
