@@ -186,11 +186,17 @@ def _claims(store, st_side, n, box):
 
 
 async def test_claims_due_together_go_out_as_one_batch_and_a_claimed_swap_is_left_alone():
+    from structlog.testing import capture_logs
+
     store, st_side, sc_side, _, _, executor = world()
     dues = _claims(store, st_side, 3, executor.box)
     st_side.ledger.slots.pop(dues[2].st_ev.swap_id)  # claimed meanwhile (by the buyer itself, say)
-    executor.dispatch(dues)
-    await _settle(executor)
+    with capture_logs() as logs:
+        executor.dispatch(dues)
+        await _settle(executor)
+    tx_lines = [(e["event"], e.get("trade_ids")) for e in logs if e["event"].startswith("tx_")]
+    ids = [d.rec.trade_id for d in dues[:2]]
+    assert sorted(tx_lines) == [("tx_mined", ids), ("tx_sent", ids)]  # one line per transaction, naming both
     sent = [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
     assert len(sent) == 1 and sent[0][1].startswith(CLAIM_BATCH)
     for d in dues[:2]:
