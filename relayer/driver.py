@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.errors import LedgerError
+from adapters.htlc import LockedEvent
 from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
 from relayer.authorizations import kept_dvp_signature, stored_authorization
@@ -174,6 +175,12 @@ class Driver:
             d.state = TradeState.SC_CLAIMED  # our reveal is k deep: the secret is public, the ST claim is out
         elif reveal_lock is not None:
             self._prove_reveal(rec, route, view, d, reveal_lock)
+        if rec.state is TradeState.SC_CLAIMED and st_leg.lock is None and (roles.buyer or roles.st_gas) and \
+                Action.CLAIM_ST not in d.actions:
+            recorded = await self._recorded_st_lock(rec, route, view)
+            if recorded is not None:  # the follower has not shown it yet (a restart's replay): claimed from the record
+                st_ev = recorded
+                d.actions.append(Action.CLAIM_ST)
         finished = False
         if fence is not None and d.state is TradeState.ABORTED and await self._lock_without_event(rec, route, log):
             d.state = rec.state  # the chain holds a lock the node gave no event for: never abort on missing logs
@@ -369,6 +376,27 @@ class Driver:
             self.reread(side.name, from_block)
         return found or unknown
 
+    async def _recorded_st_lock(self, rec: TradeRecord, route: Route, view: TradeView) -> LockedEvent | None:
+        """The seller's ST lock as the record describes it, when the escrow holds exactly that (one bounded slot
+        read): the trade's parties, token and amount, T_st as observed (else as planned), the hashlock of the
+        secret known. For a trade whose secret is public while the ST follower has not shown the lock (a
+        restarted worker replaying the chain from the trade's first block while T_st runs out). None otherwise."""
+        ins = rec.signed.instruction
+        side = route.st
+        sealed = rec.get("secret")
+        preimage = view.sc.preimage or view.seen_preimage or (self.box.open(sealed, ins.tradeId) if sealed else None)
+        timelock = rec.get_int("st_timelock") or rec.get_int("t_st")
+        if preimage is None or timelock is None or not side.fresh or time.monotonic() < self.slot_checks.get(side.name, 0):
+            return None
+        lock = LockedEvent(ins.trade_id_bytes, ins.sellerStAccount, ins.buyerStAccount, ins.stToken, ins.stAmount,
+                           hashlib.sha256(preimage).digest(), timelock, 0, "")
+        try:  # bounded: a hung node must not hold up the decisions of the trades decided with this one
+            slot = await asyncio.wait_for(side.ledger.swap_slot(lock.swap_id), NO_EVENT_CHECK_TIMEOUT)
+        except (LedgerError, TimeoutError):
+            self.slot_checks[side.name] = time.monotonic() + max(2.0, 2 * side.block_time)
+            return None
+        return lock if slot == lock.terms_hash else None
+
     async def _note_from_blocks(self, rec: TradeRecord, route: Route, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""
         st, sc = route.st, route.sc
@@ -435,8 +463,8 @@ class Driver:
         new T_st while the deadline leaves room, instead of letting the trade abort. The secret stays the same,
         so a lock from the old plan that lands after all still works with it; nothing is public before a lock."""
         t_st = rec.get_int("t_st")
-        if t_st is None or t_st - now_st >= policy.min_st_window():
-            return
+        if rec.state is not TradeState.MATCHED or t_st is None or t_st - now_st >= policy.min_st_window():
+            return  # (past MATCHED its lock was seen: a follower replaying it after a restart must not re-plan it)
         if self.in_flight((rec.trade_id, Action.LOCK_ST, b"")):  # Due.key of a lock
             return
         new_t_st = min(rec.signed.instruction.deadline, now_st + policy.st_lock_duration)

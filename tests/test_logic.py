@@ -837,6 +837,37 @@ async def test_a_coin_claim_a_deep_reorg_took_out_is_made_again_in_the_protocols
     assert trades["C"][1].terms() in store.strays["st"] and trades["C"][2].terms() in store.strays["sc"]
 
 
+async def test_a_restarted_worker_claims_the_st_from_the_record_and_a_slot_read_while_its_follower_replays():
+    """Chaos seed 42, 50 rounds (7 ONE-SIDED in one window): the SC claim was mined, the ST claim sent, and the
+    worker was killed; the ST chain restarted with an empty mempool. The new worker's follower was still
+    replaying the ST chain from the trade's first block when T_st came, so no ST lock was in its index and
+    nothing claimed it; it even re-planned the ST lock of a trade past it. The lock's terms are all in the
+    record (the trade's amounts and parties, T_st as observed, the hashlock of the known secret): one slot
+    read says whether the escrow holds exactly that lock, and the claim goes out without waiting for the
+    replay. A slot with other terms (or none) is left to the follower."""
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, driver, executor = world()
+    rec = new_trade(store)
+    await driver.advance(rec, rnd(), fence="f")  # intent: the secret, its hashlock, T_st
+    rec = store.get(rec.trade_id)
+    ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+    ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, t_st)
+    rec = await store.update(rec, {"state": TradeState.SC_CLAIMED.value, "st_timelock": t_st}, actor="t", event="state")
+    st_side.follower.height = 10  # replaying: far below the head, the lock's block not read yet
+    out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    assert not [d for d in out.due if d.action is Action.CLAIM_ST]  # the escrow holds no such lock (yet)
+    st_side.ledger.lock(ev)
+    out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")
+    claims = [d for d in out.due if d.action is Action.CLAIM_ST]
+    assert [(d.st_ev.swap_id, d.st_ev.terms_hash) for d in claims] == [(ev.swap_id, ev.terms_hash)]
+    assert "lock_replanned" not in store.events(rec.trade_id)  # a trade past its ST lock is never re-planned
+    executor.dispatch(claims)
+    await _settle(executor)
+    sent = [tx for s in st_side.ledger.all_senders.values() for tx in s.sent]
+    assert len(sent) == 1 and box.open(rec.fields["secret"], rec.trade_id).hex() in sent[0][1]
+
+
 # ------------------------------------------------------------------ schedule
 
 
