@@ -76,3 +76,16 @@ def softhsm(tmp_path_factory):
     os.environ.update(hsm.env())
     hsm.init_token("dvp-test", pin="271828", so_pin="314159")
     return hsm
+
+
+@pytest.fixture(autouse=True)
+async def chain_clocks_left_together(request):
+    """The `net` chains are shared by the whole session: a test that leaves their clocks apart (a deep anvil_reorg
+    sets a chain's clock back for good) makes every later trade refuse to lock at the clock-difference gate, and
+    the failures show far from their cause. This names the test that did it."""
+    yield
+    if "net" not in request.fixturenames:
+        return
+    net = request.getfixturevalue("net")
+    apart = abs(await net.st.now() - await net.sc.now())
+    assert apart <= 3, f"{request.node.nodeid} left the net's chain clocks {apart} s apart (use Net.reorg / Net.warp)"

@@ -104,6 +104,18 @@ class Net:
             await chain.rpc("evm_increaseTime", [seconds])
             await chain.rpc("evm_mine", [])
 
+    async def reorg(self, chain: EvmChain, depth: int) -> None:
+        """anvil_reorg `depth` blocks, then put that chain's clock back beside the other's: anvil re-mines the
+        blocks 1 s apart from the fork point, so a deep reorg leaves its chain's clock behind for good (10 s
+        after a 13-block reorg at 0.5 s blocks), and the session's later trades would find the clocks too far
+        apart to lock (the relayer's clock-difference gate)."""
+        other = self.sc if chain is self.st else self.st
+        await chain.rpc("anvil_reorg", [depth, []])
+        lag = await other.now() - await chain.now()
+        if lag > 0:
+            await chain.rpc("evm_increaseTime", [lag])
+            await chain.rpc("evm_mine", [])
+
     async def balance(self, chain: EvmChain, token: str, who: str) -> int:
         raw = await chain.call(lambda w3: w3.eth.call({"to": token, "data": encode_call("SecurityToken", "balanceOf", who)}))
         return int.from_bytes(bytes(raw)[-32:], "big")

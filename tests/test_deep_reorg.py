@@ -25,7 +25,7 @@ async def test_a_reorg_deeper_than_k_that_removes_our_lock_is_alerted_and_the_lo
         assert (await drive(engine, [tid], until={TradeState.ST_LOCKED}, timeout=30))[tid] == TradeState.ST_LOCKED
         lock_block = next(e["block"] for e in await engine.store.audit(tid) if e["event"] == "lock_st_mined")
         started = time.monotonic()
-        await net.st.rpc("anvil_reorg", [await net.st.block_number() - lock_block + 1, []])  # the lock's block on
+        await net.reorg(net.st, await net.st.block_number() - lock_block + 1)  # the lock's block on
         assert time.monotonic() - started < 10
 
         ledger = next(side.ledger for side in engine.sides if side.name == "st")
@@ -62,7 +62,7 @@ async def test_a_refund_a_reorg_deeper_than_k_took_out_of_an_aborted_trade_is_ma
         swap = ledger.swap_id_of(net.seller.address, signed.instruction.trade_id_bytes)
         await net.st.rpc("anvil_mine", [3])  # the refund is k deep: final for the follower
         await drive(engine, [tid], until=set(), timeout=2)
-        await net.st.rpc("anvil_reorg", [await net.st.block_number() - refund_block + 1, []])  # takes it out
+        await net.reorg(net.st, await net.st.block_number() - refund_block + 1)  # takes it out
         assert await ledger.swap_slot(swap) != bytes(32)  # the lock is live again
         deadline = time.monotonic() + 30
         while await ledger.swap_slot(swap) != bytes(32):  # refunded again, by the janitor, as a stray
@@ -97,7 +97,7 @@ async def test_a_claim_a_reorg_deeper_than_k_took_out_of_a_settled_trade_is_made
             assert time.monotonic() < deadline
             await drive(engine, [tid], until=set(), timeout=0.5)
         assert not await engine.store.r.hexists(trade_key(tid), "secret")
-        await net.st.rpc("anvil_reorg", [await net.st.block_number() - claim_block + 1, []])  # takes it out
+        await net.reorg(net.st, await net.st.block_number() - claim_block + 1)  # takes it out
         assert await ledger.swap_slot(swap) != bytes(32)  # the lock is live again
         assert await net.balance(net.st, ins.stToken, ins.buyerStAccount) == held - ins.stAmount
         deadline = time.monotonic() + 30
