@@ -39,7 +39,7 @@ from relayer.protocol.rules import (
 from relayer.protocol.states import TERMINAL, TradeState, can_transition
 from relayer.reveal_proofs import REVEALS_KEPT, RevealProofs
 from relayer.routing import Route, Routes
-from relayer.secrets import SecretBox
+from relayer.secrets import SecretBox, SecretDecryptError
 from relayer.store import Store, TradeRecord
 
 NO_EVENT_CHECK_TIMEOUT = 1.5  # seconds the lock-without-event slot read may take within a decision
@@ -383,19 +383,36 @@ class Driver:
         restarted worker replaying the chain from the trade's first block while T_st runs out). None otherwise."""
         ins = rec.signed.instruction
         side = route.st
-        sealed = rec.get("secret")
-        preimage = view.sc.preimage or view.seen_preimage or (self.box.open(sealed, ins.tradeId) if sealed else None)
-        timelock = rec.get_int("st_timelock") or rec.get_int("t_st")
-        if preimage is None or timelock is None or not side.fresh or time.monotonic() < self.slot_checks.get(side.name, 0):
+        head_st = view.head_st if view.head_st is not None else view.now_st
+        # T_st as observed, and as planned (a lock made again after a re-plan stands on the planned one); only
+        # those the escrow still accepts a claim on (strictly before T_st): a claim after it is mined and reverts
+        timelocks = [t for t in dict.fromkeys((rec.get_int("st_timelock"), rec.get_int("t_st"))) if t and head_st < t]
+        if not timelocks or not side.fresh or time.monotonic() < self.slot_checks.get(side.name, 0):
             return None
-        lock = LockedEvent(ins.trade_id_bytes, ins.sellerStAccount, ins.buyerStAccount, ins.stToken, ins.stAmount,
-                           hashlib.sha256(preimage).digest(), timelock, 0, "")
+        preimage = view.sc.preimage or view.seen_preimage or self._own_secret(rec)
+        if preimage is None:
+            return None
+        hashlock = hashlib.sha256(preimage).digest()
+        locks = [LockedEvent(ins.trade_id_bytes, ins.sellerStAccount, ins.buyerStAccount, ins.stToken, ins.stAmount,
+                             hashlock, t, 0, "") for t in timelocks]
         try:  # bounded: a hung node must not hold up the decisions of the trades decided with this one
-            slot = await asyncio.wait_for(side.ledger.swap_slot(lock.swap_id), NO_EVENT_CHECK_TIMEOUT)
+            slot = await asyncio.wait_for(side.ledger.swap_slot(locks[0].swap_id), NO_EVENT_CHECK_TIMEOUT)
         except (LedgerError, TimeoutError):
             self.slot_checks[side.name] = time.monotonic() + max(2.0, 2 * side.block_time)
             return None
-        return lock if slot == lock.terms_hash else None
+        return next((lock for lock in locks if slot == lock.terms_hash), None)
+
+    def _own_secret(self, rec: TradeRecord) -> bytes | None:
+        """The trade's sealed secret, or None when there is none or it does not open with the keys held here (a
+        retired key: the follower's view of the claim still gives the preimage; this must not set the trade
+        aside meanwhile)."""
+        sealed = rec.get("secret")
+        if not sealed:
+            return None
+        try:
+            return self.box.open(sealed, rec.trade_id)
+        except SecretDecryptError:
+            return None
 
     async def _note_from_blocks(self, rec: TradeRecord, route: Route, fence: str) -> None:
         """Remember, once, from which blocks this trade's events must be read after a restart."""

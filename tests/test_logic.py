@@ -868,6 +868,38 @@ async def test_a_restarted_worker_claims_the_st_from_the_record_and_a_slot_read_
     assert len(sent) == 1 and box.open(rec.fields["secret"], rec.trade_id).hex() in sent[0][1]
 
 
+async def test_a_claim_from_the_record_waits_for_nothing_it_cannot_have_and_tries_the_planned_timelock_too():
+    """A review of the claim from the record: it was sent after T_st (mined, reverted, retried every cooldown); a
+    secret sealed with a key this worker lacks raised inside the decision and set the trade aside, although the
+    follower may show the preimage any moment; and a record whose observed T_st predates a re-plan never matched
+    the lock made on the planned one."""
+    from relayer.protocol.states import TradeState
+
+    store, st_side, sc_side, box, driver, executor = world()
+    rec = new_trade(store)
+    await driver.advance(rec, rnd(), fence="f")
+    rec = store.get(rec.trade_id)
+    ins, h, t_st = rec.signed.instruction, bytes.fromhex(rec.fields["hashlock"]), int(rec.fields["t_st"])
+    ev = lock_event(ins.trade_id_bytes, SELLER, BUYER, ST_TOKEN, ins.stAmount, h, t_st)
+    st_side.ledger.lock(ev)
+    st_side.follower.height = 10  # replaying: the lock's block not read yet
+    rec = await store.update(rec, {"state": TradeState.SC_CLAIMED.value, "st_timelock": t_st - 40}, actor="t",
+                             event="state")  # observed before a re-plan; the lock stands on the planned t_st
+    claims = [d for d in (await driver.advance(store.get(rec.trade_id), rnd(), fence="f")).due
+              if d.action is Action.CLAIM_ST]
+    assert [(d.st_ev.swap_id, d.st_ev.timelock) for d in claims] == [(ev.swap_id, t_st)]
+
+    st_side.head_timestamp = t_st  # T_st has come: the escrow refuses the claim, it is never sent
+    out = await driver.advance(store.get(rec.trade_id), Round({"st": t_st, "sc": t_st}, time.monotonic()), fence="f")
+    assert not [d for d in out.due if d.action is Action.CLAIM_ST]
+    st_side.head_timestamp = NOW
+
+    foreign = SecretBox(generate_key()).seal(os.urandom(32), rec.trade_id)  # a key this worker does not hold
+    rec = await store.update(store.get(rec.trade_id), {"secret": foreign}, actor="t", event=None)
+    out = await driver.advance(store.get(rec.trade_id), rnd(), fence="f")  # no exception: the trade is not set aside
+    assert not [d for d in out.due if d.action is Action.CLAIM_ST]
+
+
 # ------------------------------------------------------------------ schedule
 
 
