@@ -7,9 +7,14 @@ ONE-SIDED   exactly one leg claimed (a violation)
 STUCK       funds still locked although the lock's timelock has passed (a violation at the end of a run)
 PENDING     still locked, timelock not reached (only before the end of a run)
 BAD-TERMS-CLAIMED  a lock whose terms differ from the instruction was claimed anyway (a violation)
+LOCK-GONE-WITHOUT-EVENT  STUCK by the logs, but the escrow's slot for that swap is empty at the same block: the
+            chain's logs and its state disagree (seen once on anvil after an anvil_reorg; nothing is locked, so not
+            STUCK; printed apart with its evidence, as the relayer cannot act on a lock the state does not hold)
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +24,7 @@ from web3 import AsyncWeb3
 from adapters.contracts import abi, swap_id
 
 VIOLATIONS = ("ONE-SIDED", "STUCK", "BAD-TERMS-CLAIMED")
+LOCK_GONE = "LOCK-GONE-WITHOUT-EVENT"
 
 
 @dataclass
@@ -27,6 +33,7 @@ class Leg:
     claimed: bool = False
     refunded: bool = False
     claimed_block: int | None = None
+    gone: bool = False  # no Claimed/Refunded event, yet the escrow's slot is empty (logs and state disagree)
 
 
 @dataclass
@@ -34,6 +41,7 @@ class ChainLogs:
     locks: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)  # (tradeId, sender) -> args
     claimed: dict[bytes, int] = field(default_factory=dict)  # swapId -> block of the Claimed event
     refunded: set[bytes] = field(default_factory=set)
+    gone: set[bytes] = field(default_factory=set)  # swap ids locked with no end event whose slot is empty
     now: int = 0
     rpc_url: str = ""
 
@@ -67,6 +75,14 @@ async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 50
                     else:
                         out.refunded.add(bytes(a["swapId"]))
             start = end + 1
+        # the locks the logs leave open, against the escrow's storage at the same block (its slot at the swap id
+        # holds the terms hash while the lock is live): an empty one means the logs and the state disagree
+        open_ids = [swap_id(sender, tid) for (tid, sender) in out.locks]
+        open_ids = [sid for sid in open_ids if sid not in out.claimed and sid not in out.refunded]
+        for i in range(0, len(open_ids), 200):
+            batch = open_ids[i:i + 200]
+            slots = await asyncio.gather(*(w3.eth.get_storage_at(escrow, int.from_bytes(sid, "big"), head["number"]) for sid in batch))
+            out.gone |= {sid for sid, slot in zip(batch, slots) if not any(bytes(slot))}
     finally:
         await w3.provider.disconnect()
     return out
@@ -75,7 +91,7 @@ async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 50
 def _leg(logs: ChainLogs, trade_id: bytes, sender: str) -> Leg:
     sid = swap_id(sender, trade_id)
     return Leg(locked=logs.locks.get((trade_id, sender)), claimed=sid in logs.claimed, refunded=sid in logs.refunded,
-               claimed_block=logs.claimed.get(sid))
+               claimed_block=logs.claimed.get(sid), gone=sid in logs.gone)
 
 
 def classify(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs, delta: int) -> str:
@@ -93,8 +109,10 @@ def classify(ins: dict[str, Any], st: ChainLogs, sc: ChainLogs, delta: int) -> s
             return "PENDING"
         return "ONE-SIDED"
     for leg, now in ((st_leg, st.now), (sc_leg, sc.now)):
-        if leg.locked and not leg.claimed and not leg.refunded:
+        if leg.locked and not leg.claimed and not leg.refunded and not leg.gone:
             return "STUCK" if now >= leg.locked["timelock"] else "PENDING"
+    if any(leg.gone for leg in (st_leg, sc_leg)):
+        return LOCK_GONE
     return "ABORTED"
 
 

@@ -69,7 +69,7 @@ import aiohttp
 
 from adapters.contracts import encode_call, swap_id
 from adapters.evm import EvmChain, TxSender
-from chaos.checker import VIOLATIONS, ChainLogs, classify_all, legs, of_trade, read_all
+from chaos.checker import LOCK_GONE, VIOLATIONS, ChainLogs, classify_all, legs, of_trade, read_all
 from chaos.congestion import BlockFiller
 from chaos.issuer import ACTIONS, IssuerAgent
 from chaos.lying_node import LyingNode
@@ -1058,6 +1058,13 @@ class Chaos:
             for tid, why in self.evidence.items():
                 if self.outcomes[tid] == label:
                     self.echo(f"    {tid[:12]} {self.kind_of.get(tid)}: {why}")
+        gone = [tid for tid, o in self.outcomes.items() if o == LOCK_GONE]
+        self.echo(f"  {'lock gone without an event':<38}{len(gone):>8}")
+        if gone:
+            self.echo("    (a lock in the logs with no Claimed/Refunded event whose escrow slot is empty at the same "
+                      "block: the chain's logs and state disagree, nothing is locked; not a relayer outcome)")
+        for tid in gone:
+            self.echo(f"    {tid[:12]} {self.kind_of.get(tid)}")
         if self.refused:
             self.echo("refused at intake while the issuer acted (not accepted, nothing locked): " + ", ".join(
                 f"{k}={v}" for k, v in sorted(self.refused.items())))

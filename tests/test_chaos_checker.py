@@ -51,3 +51,19 @@ def test_an_st_claim_on_another_platform_does_not_settle_the_trade():
         "0x" + trade.hex(): "ONE-SIDED"}
     assert classify_all([_instruction(trade, ST)], {ST: st, ST2: st2, SC: sc}, DELTA) == {
         "0x" + trade.hex(): "SETTLED"}
+
+
+def test_a_lock_the_logs_leave_open_but_the_escrow_no_longer_holds_is_set_apart_not_stuck():
+    """Chaos seed 7 (20 rounds): anvil's logs showed the relayer's SC lock of a trade with no Claimed/Refunded
+    event, past its timelock (STUCK), while the escrow's slot for that swap was empty and its token balance
+    equalled the sum of the live slots: the chain's logs and state disagreed (block 1719 missing from its
+    history, block 1720's effects missing from its state). Nothing is locked: set apart, not STUCK."""
+    st, st2, sc = ChainLogs(now=2_000), ChainLogs(now=2_000), ChainLogs(now=2_000)
+    trade = b"\x04" * 32
+    _locked(st, trade, SELLER, TOKEN_ST, 5, BUYER, 1_000)
+    st.refunded.add(swap_id(SELLER, trade))
+    _locked(sc, trade, BUYER, TOKEN_SC, 100, SELLER, 1_000 - DELTA)  # no end event on the coin ledger
+    tid = "0x" + trade.hex()
+    assert classify_all([_instruction(trade, ST)], {ST: st, ST2: st2, SC: sc}, DELTA) == {tid: "STUCK"}
+    sc.gone.add(swap_id(BUYER, trade))  # ... and its slot is empty
+    assert classify_all([_instruction(trade, ST)], {ST: st, ST2: st2, SC: sc}, DELTA) == {tid: "LOCK-GONE-WITHOUT-EVENT"}
