@@ -15,7 +15,6 @@ LOCK-GONE-WITHOUT-EVENT  STUCK by the logs, but the escrow's slot for that swap 
 from __future__ import annotations
 
 import asyncio
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +80,8 @@ async def read_chain(rpc_url: str, escrow: str, from_block: int, chunk: int = 50
         open_ids = [sid for sid in open_ids if sid not in out.claimed and sid not in out.refunded]
         for i in range(0, len(open_ids), 200):
             batch = open_ids[i:i + 200]
-            slots = await asyncio.gather(*(w3.eth.get_storage_at(escrow, int.from_bytes(sid, "big"), head["number"]) for sid in batch))
+            slots = await asyncio.gather(*(w3.eth.get_storage_at(escrow, int.from_bytes(sid, "big"), head["number"])
+                                           for sid in batch))
             out.gone |= {sid for sid, slot in zip(batch, slots) if not any(bytes(slot))}
     finally:
         await w3.provider.disconnect()
