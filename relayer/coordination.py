@@ -16,7 +16,7 @@ from relayer.config import Settings
 from relayer.follow import ChainSide
 from relayer.leases import WORKER_TOKEN, holder_is_dead
 from relayer.logging import get_logger
-from relayer.store import Store
+from relayer.store import Store, refuses_writes
 
 
 INTAKE_MIN, INTAKE_MAX = 16, 1000  # intake stream entries one round reads
@@ -36,6 +36,9 @@ class Coordinator:
         self._next_scan = 0.0  # monotonic time of the next look for trades nobody drives
         self._share = INTAKE_MIN  # this worker's even share of the open trades, as of the last scan
         self._next_renew = 0.0  # monotonic time the trade leases are renewed next
+        # monotonic time since which every write this worker tried was refused (Redis answering reads only:
+        # NOREPLICAS, OOM, MISCONF; store.refuses_writes); None once one went through
+        self.refusing_since: float | None = None
 
     @property
     def accounts(self) -> list[str]:
@@ -50,7 +53,57 @@ class Coordinator:
     async def hold_accounts(self) -> None:
         """Several workers may share one Redis and the same keys: an account lease makes exactly one of them
         the signer of each account (no nonce races). Live workers split the accounts evenly; a lease passes
-        on when it lapses, or at once when its holder is a process on this host that has died."""
+        on when it lapses, or at once when its holder is a process on this host that has died.
+
+        Redis refusing every write is not a failed round: the accounts held stay held in this worker's view
+        (see may_send for what it still sends), and the round goes on with what Redis still answers."""
+        try:
+            await self._hold_accounts()
+        except RedisError as exc:
+            if not refuses_writes(exc):
+                raise
+            self._refused(exc)
+            return
+        self._writes_taken()
+
+    def refused_now(self) -> None:
+        """A write elsewhere (a trade's decision) found Redis refusing every write."""
+        self._refused(None)
+
+    def _refused(self, exc: RedisError | None) -> None:
+        if self.refusing_since is None:
+            self.refusing_since = time.monotonic()
+            metrics.REDIS_REFUSING_WRITES.set(1)
+            self.log.warning("redis_refusing_writes", error=str(exc).split("caused error: ")[-1] if exc else None,
+                             held=sorted(self.accounts_held),
+                             acting="claims and refunds only, on the accounts held; nothing new is started")
+
+    def _writes_taken(self) -> None:
+        if self.refusing_since is not None:
+            self.log.info("redis_takes_writes_again", refused_s=round(time.monotonic() - self.refusing_since, 1))
+            self.refusing_since = None
+            metrics.REDIS_REFUSING_WRITES.set(0)
+
+    async def may_send(self, account: str, needs_no_record: bool) -> bool:
+        """Whether this worker may sign for `account` now. Within its lease (as last renewed), yes. Past it, only
+        an action that needs nothing written (a claim, a refund: what it does is fixed by the lock on chain, so
+        a second sender could only waste gas or a nonce) on an account this worker held when Redis began
+        refusing writes, and only while it still refuses them: taking a lease is a write, so no other worker
+        can have taken this one. A write right before the send checks that; once one goes through, the leases
+        are held as usual first. Not covered: Redis taking writes only between two of this worker's attempts
+        (a round or TTL/4 apart) while another worker takes the lease, then refusing again."""
+        if time.monotonic() <= self.lease_valid_until:
+            return True
+        if not needs_no_record or self.refusing_since is None or account not in self.accounts_held:
+            return False
+        try:
+            await self.store.heartbeat(WORKER_TOKEN, self.settings.lease_ttl)
+        except RedisError as exc:
+            return refuses_writes(exc)  # refused: still nobody's to take; down or unknown: not sending
+        await self.hold_accounts()
+        return account in self.accounts_held and time.monotonic() <= self.lease_valid_until
+
+    async def _hold_accounts(self) -> None:
         accounts = self.accounts
         if not accounts:
             return
@@ -102,7 +155,17 @@ class Coordinator:
     async def own_trades(self) -> dict[str, str]:
         """The trades this worker drives: new ones from the intake stream (consumer group), ones whose driver
         died (lease lapsed, or its process on this host is gone), up to an even share of the open trades.
-        Each lease carries a fencing number; state writes check it (see Store.update)."""
+        Each lease carries a fencing number; state writes check it (see Store.update). While Redis refuses
+        writes (reading the stream and renewing a lease are writes): the ones it drove, nothing new."""
+        try:
+            return await self._own_trades()
+        except RedisError as exc:
+            if not refuses_writes(exc):
+                raise
+            self._refused(exc)
+            return self.owned
+
+    async def _own_trades(self) -> dict[str, str]:
         ttl_ms = int(self.settings.lease_ttl * 1000)
         if time.monotonic() >= self._next_renew:
             self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
@@ -140,7 +203,13 @@ class Coordinator:
         """Trades other workers routed here because a due action needs an account we sign for."""
         if not self.accounts_held:
             return []
-        return list(dict.fromkeys(await self.store.take_routed(sorted(self.accounts_held), limit)))
+        try:
+            return list(dict.fromkeys(await self.store.take_routed(sorted(self.accounts_held), limit)))
+        except RedisError as exc:  # taking from an outbox is a write: while Redis refuses them, they wait there
+            if not refuses_writes(exc):
+                raise
+            self._refused(exc)
+            return []
 
     async def route(self, account: str, trade_id: str) -> bool:
         """Hand a trade to the worker that signs for `account` (its outbox); False if it is routed already."""
@@ -150,7 +219,11 @@ class Coordinator:
         """A trade we drove is terminal: its lease goes back at once."""
         value = self.owned.pop(trade_id, None)
         if value is not None:
-            await self.store.release_trade_leases({trade_id: value})
+            try:
+                await self.store.release_trade_leases({trade_id: value})
+            except RedisError as exc:
+                if not refuses_writes(exc):
+                    raise  # refused: the lease lapses after its TTL instead
 
     def lost(self, trade_id: str) -> None:
         """Another worker took the trade over (our fence is stale): stop acting on it."""
@@ -167,8 +240,9 @@ class Coordinator:
                 pass
             try:
                 await self.hold_accounts()
-                self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
-                await self.renew_trades()
+                if self.refusing_since is None:
+                    self._next_renew = time.monotonic() + self.settings.lease_ttl / 4
+                    await self.renew_trades()
             except (RedisError, LedgerError, OSError) as exc:
                 self.log.warning("lease_renewal_failed", error=str(exc))
 

@@ -8,15 +8,18 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from adapters.errors import LedgerError
 from adapters.htlc import LockedEvent
 from relayer import metrics
 from relayer.actions import Due, DueKey, dvp_terms
 from relayer.authorizations import kept_dvp_signature, stored_authorization
+from relayer.errors import LeaseLapsed
 from relayer.follow import ChainSide, LockInstance
 from relayer.strays import StrayBook
 from relayer.leases import ACTOR
@@ -40,7 +43,7 @@ from relayer.protocol.states import TERMINAL, TradeState, can_transition
 from relayer.reveal_proofs import REVEALS_KEPT, RevealProofs
 from relayer.routing import Route, Routes
 from relayer.secrets import SecretBox, SecretDecryptError
-from relayer.store import Store, TradeRecord
+from relayer.store import Store, TradeRecord, refuses_writes
 
 NO_EVENT_CHECK_TIMEOUT = 1.5  # seconds the lock-without-event slot read may take within a decision
 
@@ -82,6 +85,24 @@ class Advanced:
 
     due: list[Due]
     finished: bool = False  # it reached a terminal state in this call
+    # why a write of this decision did not go through ("" when all did): "refused" (Redis refuses every write) or
+    # "lapsed" (the trade's lease lapsed, nobody holds it); engine._decide_one says what of it may go out
+    unrecorded: str = ""
+
+
+async def _unless_refused(write: Awaitable[Any]) -> tuple[str, Any]:
+    """Await a write that only records (the trade's first blocks, a stray kept, the decided state): ("", its
+    result); or, so that the decision goes on without it, ("refused", None) when Redis refuses every write
+    (store.refuses_writes) and ("lapsed", None) when the trade's lease lapsed with nobody holding it (its
+    renewals were refused). The engine says what of such a decision may still go out (Advanced.unrecorded)."""
+    try:
+        return "", await write
+    except LeaseLapsed:
+        return "lapsed", None
+    except RedisError as exc:
+        if not refuses_writes(exc):
+            raise
+        return "refused", None
 
 
 class Driver:
@@ -140,8 +161,9 @@ class Driver:
         roles = self.roles_for(rec, route)
         st_leg, st_ev, sc_leg, sc_ev, strays = self._legs(rec, route)
         now_st, now_sc = rnd.now(st), rnd.now(sc)
+        unwritten = ""  # why a write of this decision did not go through, if one did not (Advanced.unrecorded)
         if fence is not None:
-            await self._note_from_blocks(rec, route, fence)
+            unwritten = (await _unless_refused(self._note_from_blocks(rec, route, fence)))[0]
             if roles.seller and st_leg.lock is None and not st_leg.refunded and st.fresh:
                 holder_signed = ins.sellerStAccount in self.holders  # T_st is the one its holder signs
                 if rec.get("hashlock") is None:
@@ -189,12 +211,12 @@ class Driver:
             # the secret is out and the ST follower has read up to the head: where is the ST lock?
             await self._lock_without_event(rec, route, log, legs=("st",))
         if fence is not None:
-            await self._keep_strays(strays, log)
+            unwritten = (await _unless_refused(self._keep_strays(strays, log)))[0] or unwritten
             await self._report_anomalies(rec, d, [i.lock for _, i in strays], log)
             if proven_at is not None and self._first(rec.trade_id, "reveal-proven"):
                 metrics.REVEALS_PROVEN_DIRECTLY.labels(route.sc.name).inc()
                 log.warning("reveal_confirmed_directly", chain=route.sc.name, block=proven_at)
-                await self.store.add_audit(rec.trade_id, ACTOR, "reveal_confirmed_directly", chain=route.sc.name,
+                await self.store.note(rec.trade_id, ACTOR, "reveal_confirmed_directly", chain=route.sc.name,
                                            block=proven_at)
             follower = route.sc.follower
             if proven_at is not None and reveal_lock is not None and follower is not None \
@@ -212,8 +234,11 @@ class Driver:
                 observed["st_timelock"] = st_leg.lock.timelock
             if sc_leg.lock and rec.get("sc_timelock") is None:
                 observed["sc_timelock"] = sc_leg.lock.timelock
-            finished = await self._apply(rec, d, observed, log, fence)
-        return Advanced([Due(rec, action, view, st_ev, sc_ev, rnd.observed_at) for action in d.actions], finished)
+            not_applied, finished = await _unless_refused(self._apply(rec, d, observed, log, fence))
+            unwritten = not_applied or unwritten  # the state (and a secret learned) are written when decided next
+            finished = bool(finished)
+        return Advanced([Due(rec, action, view, st_ev, sc_ev, rnd.observed_at) for action in d.actions], finished,
+                        unrecorded=unwritten)
 
     def _our_reveal_lock(self, rec: TradeRecord, route: Route, roles: Roles, st_leg: LegView, sc_leg: LegView,
                          sc_ev: Any, hashlock: bytes | None) -> Any:
@@ -371,7 +396,7 @@ class Driver:
             if self._first(rec.trade_id, f"no-event-{side.name}"):
                 metrics.LOCKS_WITHOUT_EVENT.labels(side.name).inc()
                 log.error("lock_without_event", chain=side.name, swap_sender=sender, reread_from=from_block)
-                await self.store.add_audit(rec.trade_id, ACTOR, "lock_without_event", chain=side.name,
+                await self.store.note(rec.trade_id, ACTOR, "lock_without_event", chain=side.name,
                                            reread_from=from_block)
             self.reread(side.name, from_block)
         return found or unknown
@@ -494,11 +519,11 @@ class Driver:
     async def _report_anomalies(self, rec: TradeRecord, d: Decision, foreign: list[Any], log: Any) -> None:
         for note in d.notes:
             if self._first(rec.trade_id, note):
-                await self.store.add_audit(rec.trade_id, ACTOR, "not_acting", reason=note)
+                await self.store.note(rec.trade_id, ACTOR, "not_acting", reason=note)
                 log.warning("counterparty_terms", reason=note)
         for ev in foreign:
             if self._first(rec.trade_id, ev.tx_hash):
-                await self.store.add_audit(rec.trade_id, ACTOR, "foreign_lock_ignored", sender=ev.sender,
+                await self.store.note(rec.trade_id, ACTOR, "foreign_lock_ignored", sender=ev.sender,
                                            tx=ev.tx_hash, block=ev.block)
                 log.warning("foreign_lock_ignored", sender=ev.sender, tx=ev.tx_hash)
         if d.one_sided and self._first(rec.trade_id, "one-sided"):

@@ -28,7 +28,7 @@ from relayer.config import DEVNET_CHAIN_IDS, Settings
 from relayer.coordination import Coordinator
 from relayer.driver import Driver, Quarantine, Round
 from relayer.errors import ConcurrentUpdate, ConfigError, CorruptRecord, FencedOut
-from relayer.executor import Executor
+from relayer.executor import NEED_NO_RECORD, Executor
 from relayer.follow import FOLLOW_BUDGET, ChainSide, Followers
 from relayer.authorizations import HolderLocks, SettlementAuthorizations
 from relayer.intake import Intake
@@ -45,13 +45,14 @@ from relayer.read_model import ReadModel
 from relayer.routing import Routes
 from relayer.schedule import Schedule, next_instants
 from relayer.secrets import SecretBox
-from relayer.store import Store, TradeRecord
+from relayer.store import Store, TradeRecord, refuses_writes
 from relayer.webhooks import WebhookSender, queue_alerts
 
 PRUNE_EVERY_ROUNDS = 200
 # trades decided concurrently in a round (their Redis writes overlap; decide() itself is CPU): half the Redis pool,
 # so lease renewals and the executor's checks still find connections
 DECIDE_AT_ONCE = 32
+REFUSED_RETRY = 1.0  # seconds before a trade whose decision Redis refused to record is decided (and written) again
 
 
 class Engine:
@@ -275,6 +276,8 @@ class Engine:
         """Follow the chains, decide the trades whose view changed (see relayer/schedule.py) among those this
         worker drives or was routed, send what is due."""
         await self.coordinator.hold_accounts()
+        if self.coordinator.refusing_since is None and self.store.audits_kept:
+            await self.store.add_audits([])  # what was audited while Redis refused writes, now that it takes them
         fresh = tuple(await self.followers.follow_all())
         if not any(fresh):
             raise RpcUnavailable("no chain answers: nothing can be decided this round")
@@ -399,12 +402,31 @@ class Engine:
         except ConcurrentUpdate:
             self.schedule.mark(rec.trade_id)  # another worker moved it: next round re-reads
             return []
-        except (LedgerError, RedisError, OSError):
+        except RedisError as exc:
+            if not refuses_writes(exc):
+                raise
+            # Redis refuses every write and this decision needed one before its action (a secret, a plan):
+            # nothing new starts; decided again once Redis may take writes
+            self.schedule.mark_at(rec.trade_id, time.monotonic() + REFUSED_RETRY)
+            return []
+        except (LedgerError, OSError):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or bad data in ONE trade: set it aside, go on
             await self._set_aside(rec.trade_id, exc)
             return []
         self.quarantine.clear(rec.trade_id)
+        if advanced.unrecorded == "refused":
+            self.coordinator.refused_now()
+        if advanced.unrecorded:
+            if self.coordinator.refusing_since is None:
+                # Redis takes writes and the trade's lease lapsed: another worker may take it now (a FencedOut)
+                self.coordinator.lost(rec.trade_id)
+                self._drop(rec.trade_id)
+                return []
+            # Redis refuses every write: the claims and refunds go out (Coordinator.may_send), nothing new starts,
+            # and the trade is decided again soon, which writes what this decision could not
+            self.schedule.mark_at(rec.trade_id, time.monotonic() + REFUSED_RETRY)
+            return [d for d in advanced.due if d.action in NEED_NO_RECORD]
         if advanced.finished:
             self._finished(rec)
             await self.coordinator.finished(rec.trade_id)

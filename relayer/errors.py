@@ -99,6 +99,14 @@ class FencedOut(ConcurrentUpdate):
     code = "fenced_out"
 
 
+class LeaseLapsed(FencedOut):
+    """Raised when a state write finds the trade's lease expired with no holder: its renewals were refused (Redis
+    refusing writes) or came too late. Nobody else drives the trade yet; while Redis refuses every write nobody
+    can, so the trade's claims and refunds may still go out (engine.py); otherwise it is a FencedOut."""
+
+    code = "lease_lapsed"
+
+
 class CorruptRecord(RelayerError):
     """Raised when a stored trade record cannot be read back (a field missing or malformed): that trade is set
     aside and alerted on; every other trade goes on."""

@@ -33,6 +33,9 @@ FORGET_BATCH = 256  # finished trades forgotten in one sweep of the executor's m
 PREPARE_AT_ONCE = 32  # batch entries checked concurrently (each may write its plan to Redis)
 BLOCK_SHARE = 0.5  # the most of a block one batch may fill: room for other accounts' batches and other senders
 _ST_SIDE = frozenset({Action.LOCK_ST, Action.CLAIM_ST, Action.REFUND_ST, Action.SETTLE_DVP})
+# what may still go out while Redis refuses every write (Coordinator.may_send): the claims and refunds, whose effect
+# the lock on chain fixes and whose intent (the secret) is already kept; a lock or a settlement starts something new
+NEED_NO_RECORD = frozenset({Action.CLAIM_ST, Action.CLAIM_SC, Action.REFUND_ST, Action.REFUND_SC})
 
 
 def _trades_named(prepared: list[Prepared]) -> dict[str, Any]:
@@ -193,7 +196,7 @@ class Executor:
                     if isinstance(res, Exception):
                         reason = getattr(res, "reason", None) or str(res)
                         self.not_before[p.due.key] = time.monotonic() + 2 * side.block_time
-                        await self.store.add_audit(p.due.rec.trade_id, ACTOR, f"{action.value}_failed", reason=reason)
+                        await self.store.note(p.due.rec.trade_id, ACTOR, f"{action.value}_failed", reason=reason)
                 return
             await self._send_and_record(prepared, data)
         except TransactionReverted as exc:
@@ -202,7 +205,7 @@ class Executor:
             for d in items:
                 self.log.warning("action_failed", trade_id=d.rec.trade_id, action=action.value,
                                  reason=exc.reason or str(exc))
-                await self.store.add_audit(d.rec.trade_id, ACTOR, f"{action.value}_failed",
+                await self.store.note(d.rec.trade_id, ACTOR, f"{action.value}_failed",
                                            reason=exc.reason or str(exc))
         except LedgerError as exc:
             cooldown = 2 * side.block_time
@@ -228,7 +231,7 @@ class Executor:
         via = prepared[0].via
         action = prepared[0].due.action
         chain = self.side_of(prepared[0].due).name
-        if time.monotonic() > self.coordinator.lease_valid_until:
+        if not await self.coordinator.may_send(via.address, action in NEED_NO_RECORD):
             raise LeaseLost(f"account lease of {via.address} may have lapsed: not sending")
         # the reveal races T_sc under whatever congestion the counterparty may cause: it pays to win inclusion
         tx = await via.send(prepared[0].target, data, gas=gas, urgent=action is Action.CLAIM_SC)
@@ -246,7 +249,7 @@ class Executor:
         # of a busy worker's CPU); each trade's audit trail has its own entry
         named = _trades_named(prepared)
         self.log.info("tx_sent", action=action.value, tx=tx_hash, chain=chain, **batch, **named)
-        await self.store.add_audits(audits)  # one round trip per transaction, not one per trade
+        await self.store.add_audits(audits, keep_if_refused=True)  # one round trip per transaction, not one per trade
         receipt = await via.wait(tx, timeout=self._wait_budget(prepared))
         gas_used = int(receipt["gasUsed"])
         metrics.GAS.labels(chain, action.value).inc(gas_used)
@@ -254,7 +257,7 @@ class Executor:
         mined = receipt["transactionHash"].to_0x_hex()
         mined_entry = dict(tx=mined, block=receipt["blockNumber"], gas=gas_used // len(prepared), chain=chain, **batch)
         await self.store.add_audits([(p.due.rec.trade_id, ACTOR, f"{action.value}_mined", mined_entry)
-                                     for p in prepared])
+                                     for p in prepared], keep_if_refused=True)
         self.log.info("tx_mined", action=action.value, tx=mined, block=receipt["blockNumber"],
                       gas=gas_used // len(prepared), seconds=round(time.monotonic() - sent_at, 3), **batch, **named)
 
@@ -395,7 +398,7 @@ class Executor:
             if self._withheld.get(f"{rec.trade_id}:{leg}") != reason:  # logged and audited once per reason
                 self._withheld[f"{rec.trade_id}:{leg}"] = reason
                 self.log.warning(event, trade_id=rec.trade_id, leg=leg, reason=reason)
-                await self.store.add_audit(rec.trade_id, ACTOR, event, leg=leg, reason=reason)
+                await self.store.note(rec.trade_id, ACTOR, event, leg=leg, reason=reason)
             return None
         permit = auth.permit_args if allowance < auth.amount else None
         via = self._gas_sender(ledger, [holder])
@@ -473,13 +476,13 @@ class Executor:
                 self._reveal_ok[d.key] = reason is None
                 if reason is None:
                     if self._withheld.pop(tid, None) is not None:
-                        await self.store.add_audit(tid, ACTOR, "reveal_unblocked")
+                        await self.store.note(tid, ACTOR, "reveal_unblocked")
                     continue
                 metrics.REVEALS_WITHHELD.labels(reason.split(":")[0]).inc()
                 if self._withheld.get(tid) != reason:
                     self._withheld[tid] = reason
                     self.log.warning("reveal_withheld", trade_id=tid, chain=route.st.name, reason=reason)
-                    await self.store.add_audit(tid, ACTOR, "reveal_withheld", reason=reason)
+                    await self.store.note(tid, ACTOR, "reveal_withheld", reason=reason)
 
     def _preimage(self, d: Due) -> bytes | None:
         view, rec = d.view, d.rec

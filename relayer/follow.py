@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from adapters.errors import LedgerError
 from adapters.htlc import ClaimedEvent, EscrowEvent, EscrowFollower, FollowResult, HtlcLedger, LockedEvent, RefundedEvent, SettledEvent
@@ -27,7 +28,7 @@ from relayer.config import LedgerConfig, Settings
 from relayer.errors import ConfigError
 from relayer.logging import get_logger
 from relayer.protocol.rules import LegView, ObservedLock
-from relayer.store import Store
+from relayer.store import Store, refuses_writes
 
 
 
@@ -388,7 +389,13 @@ class Followers:
         self._export(metrics.RPC_ENDPOINT_SLOW, side.name, side.ledger.chain.slow_switches)
         metrics.FEE_CEILING_HITS.labels(side.name).set(sum(s.fee_ceiling_hits for s in side.ledger.all_senders.values()))
         if bhash and side.ledger.chain.chain_id is not None:
-            await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)
+            try:
+                await self.store.set_cursor(side.name, height, bhash, side.ledger.chain.chain_id)
+            except RedisError as exc:
+                if not refuses_writes(exc):
+                    raise
+                # Redis refuses writes: the index goes on in memory, the cursor is written with a later block (a
+                # restart before that replays from the one written last: more replay, nothing missed)
         side.ledger.chain.saw_head(res.head)
         side.gas_limit = res.head_gas_limit or side.gas_limit
         if res.head != side.head:

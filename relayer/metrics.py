@@ -39,6 +39,9 @@ LOGS_WITHHELD = Counter("dvp_rpc_logs_withheld_total", "eth_getLogs answers that
 REVEALS_PROVEN_DIRECTLY = Counter("dvp_reveals_proven_directly_total", "Our SC claims found final by reading the "
                                   "escrow slot k deep because the follower had not shown them (a lagging follower)",
                                   ["chain"], registry=REGISTRY)
+REDIS_REFUSING_WRITES = Gauge("dvp_redis_refusing_writes", "1 while Redis answers reads but refuses every write "
+                              "(NOREPLICAS, OOM, MISCONF): only claims and refunds go out, nothing new starts",
+                              registry=REGISTRY)
 FEE_CEILING_HITS = Gauge("dvp_fee_ceiling_hits", "Times a transaction's fee was held at DVP_MAX_FEE_GWEI (it then "
                          "waits for the fees to come down)", ["chain"], registry=REGISTRY)
 GAS = Counter("dvp_gas_used_total", "Gas used by transactions this worker sent", ["leg", "action"],

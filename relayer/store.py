@@ -31,14 +31,18 @@ Delivery: at-least-once; every action the engine takes is idempotent and checked
 from __future__ import annotations
 
 import json
+import re
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
-from relayer.errors import ConcurrentUpdate, ConflictingInstruction, CorruptRecord, FencedOut, NotReplicated
+from relayer.errors import (ConcurrentUpdate, ConflictingInstruction, CorruptRecord, FencedOut, LeaseLapsed,
+                            NotReplicated)
 from relayer.protocol.instruction import SignedInstruction
 from relayer.protocol.states import TERMINAL, TradeState
 from relayer.together import Together
@@ -112,11 +116,18 @@ return 1
 
 # KEYS: trade, audit, open, counts, trade lease, webhook outbox, ONE_SIDED index. ARGV: expected version, fields
 # JSON, audit JSON (or ''), terminal flag, trade id, lease value the writer holds (or '' = unfenced: intake, single-worker tools),
-# webhooks on ('1': a state change is added to the outbox in the same script), now
+# webhooks on ('1': a state change is added to the outbox in the same script), now. Returns the new version, or -1
+# (version changed), -2 (another holds the lease), -3 (the lease lapsed, nobody holds it)
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if v ~= ARGV[1] then return -1 end
-if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then return -2 end
+if ARGV[6] ~= '' then
+  local held = redis.call('GET', KEYS[5])
+  if held ~= ARGV[6] then
+    if held then return -2 end
+    return -3
+  end
+end
 local fields = cjson.decode(ARGV[2])
 if ARGV[7] == '1' and fields['state'] then
   local previous = redis.call('HGET', KEYS[1], 'state')
@@ -194,6 +205,18 @@ def lease_key(name: str) -> str:
 
 POOL_SIZE, POOL_WAIT = 64, 10.0  # Redis connections per worker; seconds a command waits for a free one
 PARSED_MAX = 20_000  # parsed instructions kept (immutable: each is validated once while its trade is open)
+AUDITS_KEPT_MAX = 50_000  # audit entries kept in memory while Redis refuses writes (the oldest go first beyond)
+# the error codes of a Redis that answers reads but refuses every client's writes (a command's own reply, or the
+# one a pipeline quotes): min-replicas-to-write not met, maxmemory reached, a failed RDB save
+_REFUSED = re.compile(r"(?:^|caused error: )(?:NOREPLICAS|OOM|MISCONF) ")
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """True when `exc` says Redis refuses writes to every client while it still answers reads (NOREPLICAS: a
+    Sentinel group's replica is restarting under min-replicas-to-write; OOM; MISCONF). Then no worker can take a
+    lease either, so claims and refunds, which need nothing written, may still go out (coordination.py). READONLY
+    is not one: that connection reached a replica, and another client may be writing to the master."""
+    return isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and bool(_REFUSED.search(str(exc))))
 
 
 @dataclass
@@ -238,6 +261,8 @@ class Store:
         # trade is answered only once this many replicas have it
         self.min_replicas, self.replica_wait_ms = 0, 1000
         self.webhooks = False  # state changes also go to the webhook outbox (DVP_WEBHOOK_URL; relayer/webhooks.py)
+        # audit entries of actions taken while Redis refused writes: written before the next ones that go through
+        self._audits_kept: deque[tuple[str, str]] = deque(maxlen=AUDITS_KEPT_MAX)
 
     @classmethod
     def from_sentinels(cls, sentinels: list[tuple[str, int]], master: str, db: int = 0) -> Store:
@@ -400,6 +425,8 @@ class Store:
             raise ConcurrentUpdate(f"trade {rec.trade_id} changed concurrently (had version {rec.version})")
         if int(res) == -2:
             raise FencedOut(f"trade {rec.trade_id}: this worker no longer holds its lease ({fence}); not writing")
+        if int(res) == -3:
+            raise LeaseLapsed(f"trade {rec.trade_id}: its lease ({fence}) lapsed and nobody holds it; not writing")
         rec.fields.update(str_fields)
         rec.version, rec.state = int(res), new_state
         return rec
@@ -496,14 +523,38 @@ class Store:
         """An audit entry that changes no state (e.g. a counterparty lock with wrong terms was seen)."""
         await self.r.rpush(audit_key(trade_id), _audit_entry(actor, event, **data))
 
-    async def add_audits(self, entries: list[tuple[str, str, str, dict[str, Any]]]) -> None:
-        """Many audit entries (trade id, actor, event, data) in one round trip: one per batch transaction."""
-        if not entries:
+    async def add_audits(self, entries: list[tuple[str, str, str, dict[str, Any]]], keep_if_refused: bool = False
+                         ) -> None:
+        """Many audit entries (trade id, actor, event, data) in one round trip: one per batch transaction.
+
+        `keep_if_refused`: the entries of an action that must not wait for Redis (a claim sent while it refuses
+        writes) are kept in memory then, and written, in their order, with the next entries Redis takes (a
+        worker stopped before that loses them: the chain keeps what the action did)."""
+        rows = [(audit_key(tid), _audit_entry(actor, event, **data)) for tid, actor, event, data in entries]
+        kept = list(self._audits_kept)  # taken out: a concurrent call must not write them a second time
+        self._audits_kept.clear()
+        if not rows and not kept:
             return
-        async with self.r.pipeline(transaction=False) as pipe:
-            for trade_id, actor, event, data in entries:
-                pipe.rpush(audit_key(trade_id), _audit_entry(actor, event, **data))
-            await pipe.execute()
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for key, entry in kept + rows:
+                    pipe.rpush(key, entry)
+                await pipe.execute()
+        except RedisError as exc:
+            self._audits_kept.extendleft(reversed(kept))  # back in front, in their order (at least once)
+            if not (keep_if_refused and refuses_writes(exc)):
+                raise
+            self._audits_kept.extend(rows)
+
+    async def note(self, trade_id: str, actor: str, event: str, **data: Any) -> None:
+        """An audit entry that must never hold back the action or decision it describes: kept in memory while
+        Redis refuses writes, written with the next entries it takes (add_audits)."""
+        await self.add_audits([(trade_id, actor, event, data)], keep_if_refused=True)
+
+    @property
+    def audits_kept(self) -> int:
+        """Audit entries waiting in memory for Redis to take writes again."""
+        return len(self._audits_kept)
 
     async def open_trades(self, settled_for: float = 0.0) -> list[str]:
         """Ids of the non-terminal trades; with `settled_for`, only those accepted at least that long ago."""

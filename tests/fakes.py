@@ -58,9 +58,15 @@ class FakeStore:
             self.audits[rec.trade_id].append({"event": event, "actor": actor, **audit})
         return rec
 
-    async def add_audits(self, entries: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+    async def add_audits(self, entries: list[tuple[str, str, str, dict[str, Any]]], keep_if_refused: bool = False
+                         ) -> None:
         for trade_id, actor, event, data in entries:
             await self.add_audit(trade_id, actor, event, **data)
+
+    async def note(self, trade_id: str, actor: str, event: str, **data: Any) -> None:
+        await self.add_audits([(trade_id, actor, event, data)], keep_if_refused=True)
+
+    audits_kept = 0
 
     async def add_audit(self, trade_id: str, actor: str, event: str, **data: Any) -> None:
         self.audits.setdefault(trade_id, []).append({"event": event, "actor": actor, **data})

@@ -31,9 +31,13 @@ ST_ESCROW, SC_ESCROW = "0x" + "e1" * 20, "0x" + "e2" * 20
 
 class _Coordinator:
     lease_valid_until = float("inf")
+    refusing_since = None
 
     def __init__(self, store: FakeStore) -> None:
         self.store = store
+
+    async def may_send(self, account: str, needs_no_record: bool) -> bool:
+        return True
 
     async def route(self, account: str, trade_id: str) -> bool:
         return await self.store.route(account, trade_id, ttl_ms=2000)
@@ -229,7 +233,7 @@ async def test_redis_refusing_the_record_of_a_sent_claim_is_a_retry_later_not_a_
     store, st_side, sc_side, _, _, executor = world()
     dues = _claims(store, st_side, 2, executor.box)
 
-    async def refuse(entries):
+    async def refuse(entries, keep_if_refused=False):
         raise RedisConnectionError("Connection refused")
 
     store.add_audits = refuse  # type: ignore[method-assign]
