@@ -39,6 +39,8 @@ class Coordinator:
         # monotonic time since which every write this worker tried was refused (Redis answering reads only:
         # NOREPLICAS, OOM, MISCONF; store.refuses_writes); None once one went through
         self.refusing_since: float | None = None
+        # while Redis refuses writes: open trades nobody live holds, decided without writing (_adopt_while_refused)
+        self.helping: set[str] = set()
 
     @property
     def accounts(self) -> list[str]:
@@ -63,8 +65,41 @@ class Coordinator:
             if not refuses_writes(exc):
                 raise
             self._refused(exc)
+            if self.lease_valid_until == float("inf"):
+                self.lease_valid_until = float("-inf")  # its first attempt was refused: it never held a lease
+            await self._adopt_while_refused()
             return
         self._writes_taken()
+
+    async def _alone(self) -> bool:
+        """Every worker token Redis knows (heartbeats are writes, so none has moved or been pruned during the
+        refusal) is this worker's or a dead process's of this host: what nobody holds is this worker's to act on
+        while Redis refuses writes. With any other worker known, which of them would take it cannot be agreed
+        on without a write, so nobody does. Not told apart: two workers both started during one refusal."""
+        seen = await self.store.workers_seen(float("-inf"))
+        return all(t == WORKER_TOKEN or holder_is_dead(t) for t in seen)
+
+    async def _adopt_while_refused(self) -> None:
+        """Redis refuses every write, so nobody can take or renew a lease: a worker started during it (its
+        predecessor killed) holds none. If it is alone, the accounts and trades whose lease lapsed or whose
+        holder is dead are acted on as if held, for claims and refunds only (may_send; the engine decides these
+        trades without writing), until Redis takes writes and the leases are taken as usual."""
+        try:
+            if not await self._alone():
+                return
+            names = [f"account:{a}" for a in self.accounts]
+            current = await self.store.account_lease_holders(names)
+            adopted = {n.split(":", 1)[1] for n in names if (holder := current[n]) is None or holder_is_dead(holder)}
+            if not adopted <= self.accounts_held:
+                self.log.warning("accounts_adopted_while_redis_refuses_writes", accounts=sorted(adopted - self.accounts_held))
+                self.accounts_held = self.accounts_held | adopted
+                for side in self.sides:
+                    await side.ledger.set_active(self.accounts_held)
+            open_ids = [t for t in await self.store.open_trades() if t not in self.owned]
+            holders = await self.store.trade_lease_holders(open_ids)
+            self.helping = {t for t, h in holders.items() if h is None or holder_is_dead(h.split("#", 1)[0])}
+        except RedisError as exc:  # Redis stopped answering reads too: nothing is adopted this time
+            self.log.warning("adoption_failed", error=str(exc), error_type=type(exc).__name__)
 
     def refused_now(self) -> None:
         """A write elsewhere (a trade's decision) found Redis refusing every write."""
@@ -82,19 +117,23 @@ class Coordinator:
         if self.refusing_since is not None:
             self.log.info("redis_takes_writes_again", refused_s=round(time.monotonic() - self.refusing_since, 1))
             self.refusing_since = None
+            self.helping = set()
             metrics.REDIS_REFUSING_WRITES.set(0)
 
     async def may_send(self, account: str, needs_no_record: bool) -> bool:
-        """Whether this worker may sign for `account` now. Within its lease (as last renewed), yes. Past it, only
+        """Whether this worker may sign for `account` now. While Redis refuses writes, only a claim or a refund.
+        Within its lease (as last renewed), yes. Past it, only
         an action that needs nothing written (a claim, a refund: what it does is fixed by the lock on chain, so
         a second sender could only waste gas or a nonce) on an account this worker held when Redis began
         refusing writes, and only while it still refuses them: taking a lease is a write, so no other worker
         can have taken this one. A write right before the send checks that; once one goes through, the leases
         are held as usual first. Not covered: Redis taking writes only between two of this worker's attempts
         (a round or TTL/4 apart) while another worker takes the lease, then refusing again."""
+        if self.refusing_since is not None and not needs_no_record:
+            return False  # nothing new starts while Redis cannot record it
         if time.monotonic() <= self.lease_valid_until:
             return True
-        if not needs_no_record or self.refusing_since is None or account not in self.accounts_held:
+        if self.refusing_since is None or account not in self.accounts_held:
             return False
         try:
             await self.store.heartbeat(WORKER_TOKEN, self.settings.lease_ttl)
@@ -144,9 +183,15 @@ class Coordinator:
         held = dict(self.owned)
         values = await self.store.hold_trade_leases(list(held), WORKER_TOKEN, int(self.settings.lease_ttl * 1000))
         for tid, value in values.items():
-            if value != held[tid]:
-                self.owned.pop(tid, None)
-                self.log.info("trade_lease_lost", trade_id=tid)
+            if value == held[tid]:
+                continue
+            if value.startswith(WORKER_TOKEN + "#") and tid in self.owned:
+                # it had lapsed (renewals refused or late) and nobody took it: ours again under a new fence (state
+                # writes are compare-and-set on the version too, so whatever happened meanwhile is re-read)
+                self.owned[tid] = value
+                continue
+            self.owned.pop(tid, None)
+            self.log.info("trade_lease_lost", trade_id=tid)
 
     def _busy(self, account: str) -> bool:
         return any(s.in_flight for side in self.sides

@@ -90,6 +90,7 @@ class Engine:
         self.executor.on_settled = self._action_done
         self.driver.reveals.wake = lambda tid, after: self.schedule.mark_at(tid, time.monotonic() + after)
         self._states: dict[str, str] = {}  # trade id -> state, for the trades this worker drives
+        self._helped: set[str] = set()  # trades nobody holds, decided without writing while Redis refuses writes
         self._fresh: tuple[bool, ...] = ()
         self._skew_ok: tuple[bool, ...] = ()
         settlements = SettlementAuthorizations(self.routes, store, on_accepted=self.schedule.mark)
@@ -254,6 +255,7 @@ class Engine:
         await asyncio.gather(*watchers, return_exceptions=True)
         await self.drain()
         try:
+            await self.store.add_audits([])  # what was audited while Redis refused writes, if it takes them now
             await self.coordinator.release()  # a standby takes over at once instead of after the TTL
         except RedisError:
             pass
@@ -277,7 +279,8 @@ class Engine:
         worker drives or was routed, send what is due."""
         await self.coordinator.hold_accounts()
         if self.coordinator.refusing_since is None and self.store.audits_kept:
-            await self.store.add_audits([])  # what was audited while Redis refused writes, now that it takes them
+            # what was audited while Redis refused writes, now that it takes them (kept again if it refuses again)
+            await self.store.add_audits([], keep_if_refused=True)
         fresh = tuple(await self.followers.follow_all())
         if not any(fresh):
             raise RpcUnavailable("no chain answers: nothing can be decided this round")
@@ -296,7 +299,11 @@ class Engine:
         self.clock_offset = max(offsets, key=abs, default=0)  # the pair of chains furthest apart
         metrics.CLOCK_OFFSET.set(self.clock_offset)
         owned = await self.coordinator.own_trades()
-        await self._operator_requests(owned)
+        try:
+            await self._operator_requests(owned)
+        except RedisError as exc:  # carrying one out is a write: asked again once Redis takes writes
+            if not refuses_writes(exc):
+                raise
         for tid in owned:
             if tid not in self._states:
                 self.schedule.mark(tid)  # newly ours (intake, or taken over from a dead worker)
@@ -304,8 +311,15 @@ class Engine:
         for tid in [t for t in self._states if t not in owned]:
             self._drop(tid)  # passed to another worker
         routed = await self.coordinator.routed_to_us()
+        helping = [t for t in self.coordinator.helping if t not in owned]  # only while Redis refuses writes
+        for tid in set(helping) - self._helped:
+            self.schedule.mark(tid)
+        for tid in self._helped - set(helping) - set(owned):
+            self.schedule.forget(tid)
+            self.driver.forget(tid)
+        self._helped = set(helping)
         now = time.monotonic()
-        ids = self.schedule.take(list(owned)) + [t for t in routed if t not in owned]
+        ids = self.schedule.take(list(owned) + helping) + [t for t in routed if t not in owned]
         for tid in [t for t in ids if self.quarantine.held(t, now)]:
             self.schedule.mark_at(tid, self.quarantine.until(tid))  # what woke it waits for the pause's end
         ids = [t for t in ids if not self.quarantine.held(t, now)]
@@ -407,6 +421,7 @@ class Engine:
                 raise
             # Redis refuses every write and this decision needed one before its action (a secret, a plan):
             # nothing new starts; decided again once Redis may take writes
+            self.coordinator.refused_now()
             self.schedule.mark_at(rec.trade_id, time.monotonic() + REFUSED_RETRY)
             return []
         except (LedgerError, OSError):
@@ -417,23 +432,24 @@ class Engine:
         self.quarantine.clear(rec.trade_id)
         if advanced.unrecorded == "refused":
             self.coordinator.refused_now()
-        if advanced.unrecorded:
-            if self.coordinator.refusing_since is None:
-                # Redis takes writes and the trade's lease lapsed: another worker may take it now (a FencedOut)
-                self.coordinator.lost(rec.trade_id)
-                self._drop(rec.trade_id)
-                return []
-            # Redis refuses every write: the claims and refunds go out (Coordinator.may_send), nothing new starts,
-            # and the trade is decided again soon, which writes what this decision could not
+        refusing = self.coordinator.refusing_since is not None
+        if advanced.unrecorded and not refusing:
+            # Redis takes writes and the trade's lease lapsed: another worker may take it now (a FencedOut)
+            self.coordinator.lost(rec.trade_id)
+            self._drop(rec.trade_id)
+            return []
+        if refusing and (advanced.unrecorded or rec.trade_id not in owned):
+            # decided again soon, which writes what this decision could not (a trade nobody holds,
+            # Coordinator._adopt_while_refused, is decided without writing)
             self.schedule.mark_at(rec.trade_id, time.monotonic() + REFUSED_RETRY)
-            return [d for d in advanced.due if d.action in NEED_NO_RECORD]
-        if advanced.finished:
+        elif advanced.finished:
             self._finished(rec)
             await self.coordinator.finished(rec.trade_id)
         elif rec.trade_id in owned:
             self._states[rec.trade_id] = rec.state.value
             self._set_timer(rec, rnd)
-        return advanced.due
+        # while Redis refuses every write only the claims and refunds go out (Coordinator.may_send): nothing new
+        return [d for d in advanced.due if not refusing or d.action in NEED_NO_RECORD]
 
     async def _operator_requests(self, owned: dict[str, str]) -> None:
         """Carry out the operators' re-drives of the trades this worker drives, and a requested refund sweep when

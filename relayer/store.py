@@ -208,7 +208,8 @@ PARSED_MAX = 20_000  # parsed instructions kept (immutable: each is validated on
 AUDITS_KEPT_MAX = 50_000  # audit entries kept in memory while Redis refuses writes (the oldest go first beyond)
 # the error codes of a Redis that answers reads but refuses every client's writes (a command's own reply, or the
 # one a pipeline quotes): min-replicas-to-write not met, maxmemory reached, a failed RDB save
-_REFUSED = re.compile(r"(?:^|caused error: )(?:NOREPLICAS|OOM|MISCONF) ")
+# (Redis 6 wraps a script's refused write as "ERR Error running script ...: @user_script: 5: -NOREPLICAS ...")
+_REFUSED = re.compile(r"(?:^|caused error: |@user_script: ?\d+: -)(?:NOREPLICAS|OOM|MISCONF) ")
 
 
 def refuses_writes(exc: BaseException) -> bool:
@@ -683,6 +684,10 @@ class Store:
             pipe.zrangebyscore(WORKERS, now - ttl, "+inf")
             res = await pipe.execute()
         return list(res[2])
+
+    async def workers_seen(self, since: float) -> list[str]:
+        """The worker tokens whose last heartbeat is at or after `since` (wall clock); a read only."""
+        return list(await self.r.zrangebyscore(WORKERS, since, "+inf"))
 
     async def leave(self, *tokens: str) -> None:
         if tokens:

@@ -18,7 +18,7 @@ from deploy.processes import RedisProcess, free_port
 from relayer.coordination import Coordinator
 from relayer.protocol.states import TradeState
 from relayer.store import Store, refuses_writes
-from tests.relayer_kit import Net, close_engine, drive
+from tests.relayer_kit import Net, Worker, close_engine, drive, wait_all_settled
 
 
 
@@ -89,11 +89,80 @@ async def test_the_buyers_st_claim_goes_out_after_the_reveal_while_its_redis_ref
         buyer_redis.stop()
 
 
+
+@pytest.mark.slow  # worker processes on the chains: `make test-slow` (CI runs it)
+async def test_a_buyer_worker_killed_and_started_again_while_its_redis_refuses_writes_still_claims_the_st(
+        net: Net, tmp_path):
+    """The chaos run's window: Redis refuses writes (a Sentinel group's replica restarting), the worker is killed
+    and started again meanwhile. The new process cannot take the dead one's leases (a write), yet nobody else can
+    either: it must still claim the ST after the reveal, and settle once Redis takes writes."""
+    buyer_redis = RedisProcess(free_port(), tmp_path / "buyer-redis").start()
+    seller_firm = await net.engine([net.seller])
+    settings = net.settings([net.buyer], redis_url=buyer_redis.url, lease_ttl=2.0, api_port=free_port())
+    store = Store.from_url(settings.redis_url)
+    workers = []
+    try:
+        signed = await net.instruction(stAmount=3, scAmount=3_000)
+        ins = signed.instruction
+        tid = ins.tradeId
+        assert await seller_firm.intake(signed)
+        intake = await net.engine([net.buyer], redis_url=buyer_redis.url)
+        assert await intake.intake(signed)
+        await close_engine(intake)
+        for _ in range(600):  # the seller's firm locks the ST, then goes down before it could reveal
+            await seller_firm.step()
+            if (await seller_firm.store.get(tid)).state is TradeState.ST_LOCKED:
+                break
+        await seller_firm.drain()
+        secret = seller_firm.box.open((await seller_firm.store.get(tid)).fields["secret"], tid)
+        await close_engine(seller_firm)
+        seller_firm = None
+
+        workers.append(Worker(settings, tmp_path / "worker-1.log").start())
+        await workers[-1].api_up(settings.api_port)
+        deadline = time.monotonic() + 60
+        while (await store.get(tid)).state is not TradeState.SC_LOCKED:
+            assert time.monotonic() < deadline, "the buyer's worker did not lock the SC"
+            await asyncio.sleep(0.1)
+        t_sc = int((await store.get(tid)).fields["t_sc"])
+        st_before = await net.balance(net.st, net.st_token, net.buyer.address)
+
+        await _refuse_writes(buyer_redis.url, True)
+        workers[-1].kill()
+        workers.append(Worker(settings, tmp_path / "worker-2.log").start())
+        await workers[-1].api_up(settings.api_port)
+        await asyncio.sleep(3.0)  # past the lease TTL (2 s): the dead worker's leases lapsed, none could be taken
+        claim = HtlcLedger.single_call("claim", (secret, swap_id(ins.buyerScAccount, ins.trade_id_bytes),
+                                                 ins.scToken, ins.scAmount, ins.sellerScAccount, t_sc))
+        seller_sc = net.sender(net.sc, net.seller)
+        assert (await seller_sc.wait(await seller_sc.send(net.doc["sc"]["escrow"], claim)))["status"] == 1
+
+        deadline = time.monotonic() + 30
+        while await net.balance(net.st, net.st_token, net.buyer.address) == st_before:
+            assert time.monotonic() < deadline, "the restarted worker made no ST claim while Redis refused writes"
+            await asyncio.sleep(0.2)
+        with pytest.raises(ResponseError, match="NOREPLICAS"):  # still refusing: the claim needed no write
+            await store.add_audit(tid, "test", "probe")
+
+        await _refuse_writes(buyer_redis.url, False)
+        await wait_all_settled(store, [tid], timeout=60)
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.kill()
+        if seller_firm is not None:
+            await close_engine(seller_firm)
+        await store.close()
+        buyer_redis.stop()
+
 def test_only_a_refusal_of_every_write_counts_as_one():
     assert refuses_writes(ResponseError("NOREPLICAS Not enough good replicas to write."))
     assert refuses_writes(ResponseError("Command # 1 (ZADD dvp:workers 1 w) of pipeline caused error: NOREPLICAS "
                                         "Not enough good replicas to write."))
     assert refuses_writes(OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."))
+    # the form Redis 6 gives a script's refused write (as its source reads; this machine runs Redis 7)
+    assert refuses_writes(ResponseError("ERR Error running script (call to f_0733f0fd): @user_script:5: "
+                                        "@user_script: 5: -NOREPLICAS Not enough good replicas to write. "))
     assert refuses_writes(ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently "
                                         "unable to persist to disk."))
     # a replica (another client may be writing to the master), Redis down, or another error quoting the words
@@ -123,24 +192,58 @@ async def test_audit_entries_redis_refused_are_kept_in_order_and_written_with_th
         server.stop()
 
 
-class _RefusingStore:
-    """Just the store calls Coordinator.may_send makes; `heartbeat_error` is what Redis answers to a write."""
+NOREPLICAS = ResponseError("Command # 1 (ZADD dvp:workers 1 w) of pipeline caused error: NOREPLICAS Not enough "
+                           "good replicas to write.")
 
-    def __init__(self, error: Exception | None) -> None:
-        self.heartbeat_error = error
+
+class _RefusingStore:
+    """Just the store calls the Coordinator makes here; `error` is what Redis answers to a write."""
+
+    def __init__(self, error: Exception | None, workers: tuple[str, ...] = (), holders: dict | None = None) -> None:
+        self.error = error
         self.heartbeats = 0
+        self.workers = list(workers)
+        self.holders = holders or {}
 
     async def heartbeat(self, token: str, ttl: float) -> list[str]:
         self.heartbeats += 1
-        if self.heartbeat_error is not None:
-            raise self.heartbeat_error
+        if self.error is not None:
+            raise self.error
         return [token]
 
+    async def workers_seen(self, since: float) -> list[str]:
+        return self.workers
 
-def _coordinator(store: _RefusingStore, held: set[str], refusing: bool) -> Coordinator:
+    async def account_lease_holders(self, names: list[str]) -> dict[str, str | None]:
+        return {n: self.holders.get(n) for n in names}
+
+    async def open_trades(self) -> list[str]:
+        return ["0xtrade"]
+
+    async def trade_lease_holders(self, ids: list[str]) -> dict[str, str | None]:
+        return {t: None for t in ids}
+
+    async def hold_trade_leases(self, ids: list[str], token: str, ttl_ms: int, dead=None) -> dict[str, str]:
+        return {t: self.holders[t] for t in ids}
+
+
+class _Ledger:
+    def __init__(self, accounts: list[str]) -> None:
+        self.all_senders = {a: object() for a in accounts}
+        self.active: set[str] = set()
+
+    async def set_active(self, addresses: set[str]) -> None:
+        self.active = set(addresses)
+
+
+def _coordinator(store: _RefusingStore, held: set[str], refusing: bool, accounts: tuple[str, ...] = ()
+                 ) -> Coordinator:
+    from types import SimpleNamespace
+
     from relayer.config import Settings
 
-    coordinator = Coordinator([], Settings(_env_file=None, lease_ttl=2.0), store)  # type: ignore[arg-type]
+    sides = [SimpleNamespace(ledger=_Ledger(list(accounts)))] if accounts else []
+    coordinator = Coordinator(sides, Settings(_env_file=None, lease_ttl=2.0), store)  # type: ignore[arg-type]
     coordinator.accounts_held = held
     coordinator.lease_valid_until = time.monotonic() - 1  # the lease as last renewed has lapsed
     coordinator.refusing_since = time.monotonic() - 5 if refusing else None
@@ -148,14 +251,14 @@ def _coordinator(store: _RefusingStore, held: set[str], refusing: bool) -> Coord
 
 
 async def test_past_its_lease_a_worker_signs_only_claims_and_refunds_and_only_while_redis_refuses_every_write():
-    norep = ResponseError("Command # 1 (ZADD dvp:workers 1 w) of pipeline caused error: NOREPLICAS Not enough good "
-                          "replicas to write.")
-    store = _RefusingStore(norep)
+    store = _RefusingStore(NOREPLICAS)
     coordinator = _coordinator(store, {"0xA"}, refusing=True)
     assert await coordinator.may_send("0xA", needs_no_record=True)
     assert store.heartbeats == 1  # checked with a write right before the send
     assert not await coordinator.may_send("0xA", needs_no_record=False)  # a lock: nothing new starts
     assert not await coordinator.may_send("0xB", needs_no_record=True)  # an account it did not hold
+    coordinator.lease_valid_until = time.monotonic() + 60  # within the lease too: nothing new while refusing
+    assert not await coordinator.may_send("0xA", needs_no_record=False)
     # Redis down (not answering at all), or a replica answering: it cannot know that nobody took the lease
     for error in (RedisConnectionError("Connection refused"), ReadOnlyError("READONLY You can't write")):
         assert not await _coordinator(_RefusingStore(error), {"0xA"}, refusing=True).may_send("0xA", True)
@@ -164,6 +267,49 @@ async def test_past_its_lease_a_worker_signs_only_claims_and_refunds_and_only_wh
     assert not await _coordinator(back, {"0xA"}, refusing=True).may_send("0xA", True)
     assert back.heartbeats == 1
     # never refused: the lapsed lease is the answer
-    untouched = _RefusingStore(norep)
+    untouched = _RefusingStore(NOREPLICAS)
     assert not await _coordinator(untouched, {"0xA"}, refusing=False).may_send("0xA", True)
     assert untouched.heartbeats == 0
+
+
+async def test_a_worker_started_during_a_refusal_adopts_what_nobody_holds_only_when_no_other_worker_is_known():
+    """Started while Redis refuses writes, it never held a lease (no send on an unchecked one). It acts on the
+    accounts nobody holds only if every worker Redis knows is itself or dead: heartbeats are writes, so a live
+    worker elsewhere looks as old as a dead one, and is never taken for gone."""
+    import subprocess
+
+    from relayer.leases import HOST, PID_NS, WORKER_TOKEN
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = f"relayer@{HOST}:{gone.pid}:{PID_NS}:0000"  # a process of this host that has exited
+    elsewhere = "relayer@otherhost:1:1:0000"  # cannot be proven dead: on another host
+
+    fresh = _coordinator(_RefusingStore(NOREPLICAS, workers=(dead,)), set(), refusing=False, accounts=("0xA",))
+    fresh.lease_valid_until = float("inf")  # as built: no lease asked yet
+    await fresh.hold_accounts()
+    assert fresh.refusing_since is not None and fresh.lease_valid_until == float("-inf")
+    assert fresh.accounts_held == {"0xA"} and fresh.helping == {"0xtrade"}
+    assert fresh.sides[0].ledger.active == {"0xA"}
+    assert not await fresh.may_send("0xA", needs_no_record=False)
+
+    others = _coordinator(_RefusingStore(NOREPLICAS, workers=(dead, elsewhere, WORKER_TOKEN)), set(),
+                          refusing=False, accounts=("0xA",))
+    await others.hold_accounts()
+    assert others.refusing_since is not None and others.accounts_held == set() and others.helping == set()
+    held = _coordinator(_RefusingStore(NOREPLICAS, holders={"account:0xA": elsewhere}), set(), refusing=False,
+                        accounts=("0xA",))
+    await held.hold_accounts()
+    assert held.accounts_held == set()  # held by a live-looking worker: not adopted
+
+
+async def test_a_trade_lease_that_lapsed_and_was_taken_again_under_our_token_stays_ours_with_its_new_fence():
+    """Renewals refused past the TTL: the first renewal Redis takes re-takes the lease under a new fence. The
+    trade stays this worker's (it was idle a whole TTL more before); a lease another worker took is let go."""
+    from relayer.leases import WORKER_TOKEN
+
+    store = _RefusingStore(None, holders={"0x1": f"{WORKER_TOKEN}#8", "0x2": "relayer@otherhost:1:1:0000#9"})
+    coordinator = _coordinator(store, set(), refusing=False)
+    coordinator.owned = {"0x1": f"{WORKER_TOKEN}#7", "0x2": f"{WORKER_TOKEN}#8"}
+    await coordinator.renew_trades()
+    assert coordinator.owned == {"0x1": f"{WORKER_TOKEN}#8"}
