@@ -20,6 +20,8 @@ from relayer.store import Store, refuses_writes
 
 
 INTAKE_MIN, INTAKE_MAX = 16, 1000  # intake stream entries one round reads
+ADOPT_EVERY = 1.0  # seconds between two looks for the leases nobody holds while Redis refuses writes (reads of
+# every open trade's lease: not every round)
 
 class Coordinator:
     """This worker's share of the accounts and of the open trades."""
@@ -41,6 +43,7 @@ class Coordinator:
         self.refusing_since: float | None = None
         # while Redis refuses writes: open trades nobody live holds, decided without writing (_adopt_while_refused)
         self.helping: set[str] = set()
+        self._next_adoption = 0.0  # monotonic time of the next look for what nobody holds (while refusing)
 
     @property
     def accounts(self) -> list[str]:
@@ -84,6 +87,9 @@ class Coordinator:
         predecessor killed) holds none. If it is alone, the accounts and trades whose lease lapsed or whose
         holder is dead are acted on as if held, for claims and refunds only (may_send; the engine decides these
         trades without writing), until Redis takes writes and the leases are taken as usual."""
+        if time.monotonic() < self._next_adoption:
+            return
+        self._next_adoption = time.monotonic() + ADOPT_EVERY
         try:
             if not await self._alone():
                 return
