@@ -168,6 +168,9 @@ class FollowResult:
     withheld_by: str = ""  # the endpoint that left it out
     now_using: str = ""  # set when another endpoint showed the log: it is the active one from now on
     withheld_believed: bool = False  # every endpoint answered the same, or none other could be asked in time
+    # blocks at or below the head the node has no header for (a hole in its history: anvil's after a deep reorg)
+    missing: list[int] = field(default_factory=list)
+    missing_passed: bool = False  # missing for longer than the patience: read past (their events are unknowable)
 
 
 class EscrowFollower:
@@ -213,6 +216,7 @@ class EscrowFollower:
         # asked (a node that drops logs for good is then believed, and the relayer's slot reads take over)
         self.withheld_patience = 5.0
         self._withheld_since: float | None = None  # since when answers with no other endpoint to ask contradict
+        self._missing_since: float | None = None  # since when blocks below the head have no header
 
     @property
     def cursor(self) -> tuple[int, str | None]:
@@ -317,10 +321,13 @@ class EscrowFollower:
         wanted = list(range(start, end + 1))
         blocks = await self.chain.rpc_batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
         hashes = {n: (b["hash"].lower() if b else "") for n, b in zip(wanted, blocks)}
-        end_timestamp = int(blocks[-1]["timestamp"], 16) if blocks[-1] else 0
         for lg in logs:
             if hashes[lg["blockNumber"]] != lg["blockHash"]:
                 return  # a reorg happened while reading: try again next poll
+        if not self._hole_passable([n for n in wanted if not hashes[n]], result):
+            return
+        known = [n for n in wanted if hashes[n]]  # the newest block of the range the node has a header for
+        end_timestamp = int(blocks[wanted.index(known[-1])]["timestamp"], 16) if known else self.confirmed_timestamp
         suspects = withheld_blocks(blocks, logs, self._watched)
         if not suspects:
             self._withheld_since = None
@@ -333,9 +340,27 @@ class EscrowFollower:
                 result.events.append(ev)
         self.height = end
         self.confirmed_timestamp = end_timestamp
-        self._hashes[end] = hashes[end] or ""
+        if known:  # only a hash the node showed: an empty one never matches again, and every poll would rewind
+            self._hashes[known[-1]] = hashes[known[-1]]
         while len(self._hashes) > self._hash_window:
             self._hashes.popitem(last=False)
+
+    def _hole_passable(self, missing: list[int], result: FollowResult) -> bool:
+        """Blocks at or below the head with no header: a node still indexing has them soon, so the cursor holds
+        back for `withheld_patience`; one that lost them (anvil's history after a deep reorg) never will, and then
+        they are read past, reported (their events are unknowable: the relayer's escrow-slot reads, the chain's
+        state, cover what they held). True when the range may be taken."""
+        if not missing:
+            self._missing_since = None
+            return True
+        result.missing = missing
+        if self._missing_since is None:
+            self._missing_since = time.monotonic()
+        if time.monotonic() - self._missing_since < self.withheld_patience:
+            return False
+        self._missing_since = None
+        result.missing_passed = True
+        return True
 
     async def _believe_no_log(self, number: int, block_hash: str, logs: list[dict[str, Any]],
                               result: FollowResult) -> bool:

@@ -378,6 +378,10 @@ class Followers:
                            confirmations=side.confirmations)
         if res.withheld is not None:
             self._report_withheld(side, res)
+        if res.missing_passed:  # a hole in the node's history: the escrow's slots still decide (driver, janitor)
+            metrics.BLOCKS_MISSING.labels(side.name).inc(len(res.missing))
+            self.log.error("rpc_blocks_missing", chain=side.name, blocks=res.missing,
+                           endpoint=side.ledger.chain.active_url, read_past=True)
         self.touched |= side.index.apply(res.events)
         for h in side.index.learn_preimages(res.preimages):  # the secret of a lock on either chain
             for s in self.sides:

@@ -30,6 +30,9 @@ RPC_ENDPOINT_SLOW = Counter("dvp_rpc_endpoint_slow_total", "Times the active RPC
                             registry=REGISTRY)
 DEEP_REORGS = Counter("dvp_reorgs_beyond_confirmations_total", "Reorgs that replaced blocks the follower had taken "
                       "as final (deeper than k): beyond the protocol's guarantee", ["chain"], registry=REGISTRY)
+BLOCKS_MISSING = Counter("dvp_rpc_blocks_missing_total", "Blocks below the head a node had no header for, for longer "
+                         "than the follower's patience (a hole in its history): read past, their events unknown",
+                         ["chain"], registry=REGISTRY)
 LOCKS_WITHOUT_EVENT = Counter("dvp_locks_without_event_total", "Trades about to be aborted whose lock the escrow holds "
                               "though the node gave no event for it (a node dropping logs)", ["chain"],
                               registry=REGISTRY)

@@ -166,3 +166,44 @@ async def test_a_false_positive_cleared_early_in_the_range_never_clears_a_withhe
     assert res.withheld == 5 and res.now_using == nodes.rpc_urls[1] and follower.height == 0
     again = await follower.poll()
     assert [type(e).__name__ for e in again.events] == ["ClaimedEvent"] and follower.height == 8
+
+
+class _HoledNodes(_Nodes):
+    """150 blocks, of which the node has lost 99 and 100 (no header by number, no logs): anvil's history after an
+    injected deep reorg had such holes (seed 42, 50 rounds: blocks 7864-7867 and 8020 of the coin ledger)."""
+
+    HOLE = frozenset({99, 100})
+
+    def __init__(self) -> None:
+        super().__init__(1, dropping=set(), escrow=ESCROW, claimed=CLAIMED_EVENT)
+        self.head = 150
+
+    def _answer(self, index: int, method: str, params: list) -> object:
+        if method != "eth_getLogs" and int(params[0], 16) in self.HOLE:
+            return None
+        return super()._answer(index, method, params)
+
+    async def get_block(self, ident: object) -> dict[str, object]:
+        from web3.exceptions import BlockNotFound
+
+        if ident in self.HOLE:
+            raise BlockNotFound(f"block {ident} not found")
+        return await super().get_block(ident)
+
+
+async def test_a_hole_in_the_nodes_history_at_the_end_of_a_range_is_waited_for_then_passed_never_looped_on():
+    """A range read ending in blocks the node no longer has: its empty hash was remembered as the block's, the
+    next poll found the block "gone" and rewound, read the range again, and so on for good (the coin ledger's
+    follower of seed 42's long run, 22 minutes, every round a `reorg_beyond_confirmations` of depth 0)."""
+    nodes = _HoledNodes()
+    follower = _follower(nodes, ESCROW)
+    follower.withheld_patience = 0.3
+    first = await follower.poll()  # a node still indexing would have them soon: held back for its patience
+    assert first.missing == [99, 100] and follower.height == 0 and first.rewound_to is None
+    await asyncio.sleep(0.35)
+    passed = await follower.poll()  # then gone for good: passed, with the events of the rest of the range
+    assert passed.missing == [99, 100] and passed.missing_passed and passed.rewound_to is None
+    assert follower.height == 150 and [type(e).__name__ for e in passed.events] == ["ClaimedEvent"]
+    for _ in range(3):  # and never read again
+        again = await follower.poll()
+        assert again.rewound_to is None and not again.events and follower.height == 150
