@@ -358,8 +358,7 @@ class EscrowFollower:
             self._missing_since = time.monotonic()
         if time.monotonic() - self._missing_since < self.withheld_patience:
             return False
-        self._missing_since = None
-        result.missing_passed = True
+        result.missing_passed = True  # (its patience is spent until a range comes with every header again)
         return True
 
     async def _believe_no_log(self, number: int, block_hash: str, logs: list[dict[str, Any]],
