@@ -22,6 +22,18 @@ from tests.relayer_kit import Net, Worker, close_engine, drive, wait_all_settled
 
 
 
+async def _seller_locks_then_goes_down(seller_firm, tid: str) -> bytes:
+    """The seller's firm locks the ST, then goes down before it could reveal; its secret, for a reveal by hand."""
+    for _ in range(600):
+        await seller_firm.step()
+        if (await seller_firm.store.get(tid)).state is TradeState.ST_LOCKED:
+            break
+    await seller_firm.drain()
+    secret = seller_firm.box.open((await seller_firm.store.get(tid)).fields["secret"], tid)
+    await close_engine(seller_firm)
+    return secret
+
+
 async def _refuse_writes(url: str, refuse: bool) -> None:
     r = aioredis.Redis.from_url(url)
     try:
@@ -43,13 +55,7 @@ async def test_the_buyers_st_claim_goes_out_after_the_reveal_while_its_redis_ref
         ins = signed.instruction
         tid = ins.tradeId
         assert await seller_firm.intake(signed) and await buyer_firm.intake(signed)
-        for _ in range(600):  # the seller's firm locks the ST, then goes down before it could reveal
-            await seller_firm.step()
-            if (await seller_firm.store.get(tid)).state is TradeState.ST_LOCKED:
-                break
-        await seller_firm.drain()
-        secret = seller_firm.box.open((await seller_firm.store.get(tid)).fields["secret"], tid)
-        await close_engine(seller_firm)
+        secret = await _seller_locks_then_goes_down(seller_firm, tid)
         seller_firm = None
         assert (await drive(buyer_firm, [tid], until={TradeState.SC_LOCKED}))[tid] is TradeState.SC_LOCKED
         await buyer_firm.drain()
@@ -109,13 +115,7 @@ async def test_a_buyer_worker_killed_and_started_again_while_its_redis_refuses_w
         intake = await net.engine([net.buyer], redis_url=buyer_redis.url)
         assert await intake.intake(signed)
         await close_engine(intake)
-        for _ in range(600):  # the seller's firm locks the ST, then goes down before it could reveal
-            await seller_firm.step()
-            if (await seller_firm.store.get(tid)).state is TradeState.ST_LOCKED:
-                break
-        await seller_firm.drain()
-        secret = seller_firm.box.open((await seller_firm.store.get(tid)).fields["secret"], tid)
-        await close_engine(seller_firm)
+        secret = await _seller_locks_then_goes_down(seller_firm, tid)
         seller_firm = None
 
         workers.append(Worker(settings, tmp_path / "worker-1.log").start())
